@@ -1,0 +1,3 @@
+//! signet-agent: workload attestation, the SPIFFE Workload API and Envoy SDS on a node.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! signet-operator: policy reconciler, certificate authority and issuer API.
+
+fn main() {}
