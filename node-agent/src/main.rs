@@ -1,3 +1,3 @@
-//! signet-agent: workload attestation, the SPIFFE Workload API and Envoy SDS on a node.
+//! signet-agent binary.
 
 fn main() {}

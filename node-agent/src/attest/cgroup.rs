@@ -1,0 +1,510 @@
+//! Locating a process's container and pod from `/proc/<pid>/cgroup`.
+//!
+//! Only the kernel's cgroup file is consulted. `/proc/<pid>/mountinfo` is
+//! deliberately never used: a workload controls its own mount namespace and
+//! can forge the cgroup mount roots listed there.
+//!
+//! Layouts handled (each has a fixture in the tests):
+//! - cgroup v1, cgroupfs driver: `/kubepods/burstable/pod<uid>/<cid>`
+//! - systemd driver: `kubepods-burstable-pod<uid_>.slice/cri-containerd-<cid>.scope`,
+//!   `crio-<cid>.scope`, `docker-<cid>.scope`, and containerd's
+//!   `...pod<uid_>.slice:cri-containerd:<cid>` form
+//! - cgroup v2 (`0::/...`), with or without a pod segment
+//! - nested nodes (kind): `/docker/<host cid>/kubepods/.../pod<uid>/<cid>`
+//! - cgroup namespaces: `/../../pod<uid>/<cid>`
+//! - Guaranteed QoS pods (no QoS segment)
+//! - plain Docker (`/docker/<cid>`, `docker-<cid>.scope`) and Podman
+//!   (`libpod-<cid>.scope`, optionally followed by `/container`)
+//!
+//! Runtime monitor processes (`crio-conmon-<cid>.scope`,
+//! `libpod-conmon-<cid>.scope`) are not the container's workload and are
+//! never attributed to it.
+
+use std::fmt;
+
+/// Length of a container ID as written by containerd, CRI-O, Docker and Podman.
+const CONTAINER_ID_LEN: usize = 64;
+/// Length of a pod UID (an RFC 4122 UUID in text form).
+const POD_UID_LEN: usize = 36;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CgroupError {
+    #[error("cgroup entries name different containers: {first} and {second}")]
+    ConflictingContainerIds { first: String, second: String },
+    #[error("cgroup entries name different pods: {first} and {second}")]
+    ConflictingPodUids { first: String, second: String },
+    #[error("malformed cgroup line {line}: {reason}")]
+    Malformed { line: usize, reason: &'static str },
+}
+
+/// A container ID: 64 lowercase hexadecimal characters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContainerId(String);
+
+impl ContainerId {
+    /// Parses a bare 64-character hex ID (any case; stored lowercase).
+    pub fn parse(value: &str) -> Option<Self> {
+        (value.len() == CONTAINER_ID_LEN && value.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| Self(value.to_ascii_lowercase()))
+    }
+
+    /// Parses a runtime-qualified ID as the kubelet reports it
+    /// (`containerd://<id>`, `cri-o://<id>`, `docker://<id>`) or a bare ID.
+    pub fn parse_qualified(value: &str) -> Option<Self> {
+        let bare = value.rsplit_once("://").map_or(value, |(_, id)| id);
+        Self::parse(bare)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ContainerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A pod UID in canonical form (lowercase, dash separated).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodUid(String);
+
+impl PodUid {
+    /// Parses a UUID whose groups are separated by `-` or, as systemd escapes
+    /// them in slice names, by `_`.
+    pub fn parse(value: &str) -> Option<Self> {
+        if value.len() != POD_UID_LEN {
+            return None;
+        }
+        let mut canonical = String::with_capacity(POD_UID_LEN);
+        for (index, byte) in value.bytes().enumerate() {
+            let separator = matches!(index, 8 | 13 | 18 | 23);
+            match (separator, byte) {
+                (true, b'-' | b'_') => canonical.push('-'),
+                (false, b) if b.is_ascii_hexdigit() => {
+                    canonical.push(b.to_ascii_lowercase() as char)
+                }
+                _ => return None,
+            }
+        }
+        Some(Self(canonical))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PodUid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the cgroup file says about the process's container.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// Present when the process runs in a container.
+    pub container_id: Option<ContainerId>,
+    /// Present when the container belongs to a Kubernetes pod and the layout
+    /// names the pod (cgroup v2 under CRI-O may not).
+    pub pod_uid: Option<PodUid>,
+}
+
+impl ContainerInfo {
+    pub fn is_container(&self) -> bool {
+        self.container_id.is_some()
+    }
+}
+
+/// Parses the contents of `/proc/<pid>/cgroup`.
+///
+/// A process outside any container yields an empty [`ContainerInfo`], not an
+/// error. Entries that disagree about the container or the pod are an error:
+/// the answer would otherwise depend on line order.
+pub fn parse_proc_cgroup(contents: &str) -> Result<ContainerInfo, CgroupError> {
+    let mut found = ContainerInfo::default();
+    for (index, line) in contents.lines().enumerate() {
+        let line = line.trim_end();
+        if line.is_empty() {
+            continue;
+        }
+        // hierarchy-ID:controller-list:cgroup-path; the path itself may hold ':'.
+        let mut fields = line.splitn(3, ':');
+        let (Some(_hierarchy), Some(_controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(CgroupError::Malformed {
+                line: index + 1,
+                reason: "expected hierarchy-ID:controllers:path",
+            });
+        };
+        let entry = parse_cgroup_path(path);
+        merge(&mut found, entry)?;
+    }
+    Ok(found)
+}
+
+fn merge(found: &mut ContainerInfo, entry: ContainerInfo) -> Result<(), CgroupError> {
+    if let Some(id) = entry.container_id {
+        match &found.container_id {
+            Some(existing) if *existing != id => {
+                return Err(CgroupError::ConflictingContainerIds {
+                    first: existing.to_string(),
+                    second: id.to_string(),
+                });
+            }
+            _ => found.container_id = Some(id),
+        }
+    }
+    if let Some(uid) = entry.pod_uid {
+        match &found.pod_uid {
+            Some(existing) if *existing != uid => {
+                return Err(CgroupError::ConflictingPodUids {
+                    first: existing.to_string(),
+                    second: uid.to_string(),
+                });
+            }
+            _ => found.pod_uid = Some(uid),
+        }
+    }
+    Ok(())
+}
+
+/// Extracts the container (innermost) and its pod from one cgroup path.
+///
+/// Walks the path from its last segment backwards: the first container ID
+/// met is the process's own container (outer ones belong to a nesting host,
+/// as on kind nodes); a pod UID only counts when it encloses that container.
+pub fn parse_cgroup_path(path: &str) -> ContainerInfo {
+    let mut info = ContainerInfo::default();
+    for segment in path.rsplit('/') {
+        if info.container_id.is_none() {
+            if is_runtime_monitor(segment) {
+                // A conmon process shares the container's ID but is not it.
+                return ContainerInfo::default();
+            }
+            if let Some((id, before)) = find_container_id(segment) {
+                info.container_id = Some(id);
+                // The containerd systemd form keeps the pod in the same
+                // segment: `...pod<uid>.slice:cri-containerd:<cid>`.
+                if let Some(uid) = find_pod_uid(before) {
+                    info.pod_uid = Some(uid);
+                    return info;
+                }
+            }
+            continue;
+        }
+        if let Some(uid) = find_pod_uid(segment) {
+            info.pod_uid = Some(uid);
+            return info;
+        }
+    }
+    info
+}
+
+fn is_runtime_monitor(segment: &str) -> bool {
+    segment.contains("conmon-")
+}
+
+fn is_word_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric()
+}
+
+/// Finds the last 64-hex run delimited by non-alphanumerics in `segment`;
+/// returns it and the text before it.
+fn find_container_id(segment: &str) -> Option<(ContainerId, &str)> {
+    let bytes = segment.as_bytes();
+    if bytes.len() < CONTAINER_ID_LEN {
+        return None;
+    }
+    let mut end = bytes.len();
+    while end >= CONTAINER_ID_LEN {
+        let start = end - CONTAINER_ID_LEN;
+        let bounded_after = end == bytes.len() || !is_word_byte(bytes[end]);
+        let bounded_before = start == 0 || !is_word_byte(bytes[start - 1]);
+        if bounded_after && bounded_before && bytes[start..end].iter().all(u8::is_ascii_hexdigit) {
+            let id = ContainerId::parse(&segment[start..end])?;
+            return Some((id, &segment[..start]));
+        }
+        end -= 1;
+    }
+    None
+}
+
+/// Finds `pod<uuid>` delimited by non-alphanumerics (or the segment's ends).
+fn find_pod_uid(segment: &str) -> Option<PodUid> {
+    let bytes = segment.as_bytes();
+    let mut search_from = 0;
+    while let Some(offset) = segment[search_from..].find("pod") {
+        let start = search_from + offset;
+        let uid_start = start + 3;
+        let uid_end = uid_start + POD_UID_LEN;
+        let bounded_before = start == 0 || !is_word_byte(bytes[start - 1]);
+        if bounded_before && uid_end <= bytes.len() {
+            let bounded_after = uid_end == bytes.len() || !is_word_byte(bytes[uid_end]);
+            if bounded_after && let Some(uid) = PodUid::parse(&segment[uid_start..uid_end]) {
+                return Some(uid);
+            }
+        }
+        search_from = uid_start;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const CID: &str = "3e5bcb5a2e7c0b6f1c4cd1c1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5";
+    const HOST_CID: &str = "aaaabbbbccccddddeeeeffff0000111122223333444455556666777788889999";
+    const POD: &str = "2c48913c-b29f-11e7-9350-020968147796";
+    const POD_ESCAPED: &str = "2c48913c_b29f_11e7_9350_020968147796";
+
+    fn expect(contents: &str, pod: Option<&str>, cid: Option<&str>) {
+        let info = parse_proc_cgroup(contents).unwrap_or_else(|e| panic!("{contents}: {e}"));
+        assert_eq!(
+            info.pod_uid.as_ref().map(PodUid::as_str),
+            pod,
+            "pod in {contents}"
+        );
+        assert_eq!(
+            info.container_id.as_ref().map(ContainerId::as_str),
+            cid,
+            "container in {contents}"
+        );
+    }
+
+    #[test]
+    fn cgroup_v1_cgroupfs_burstable() {
+        let contents = format!(
+            "12:memory:/kubepods/burstable/pod{POD}/{CID}\n\
+             11:cpu,cpuacct:/kubepods/burstable/pod{POD}/{CID}\n\
+             1:name=systemd:/kubepods/burstable/pod{POD}/{CID}\n"
+        );
+        expect(&contents, Some(POD), Some(CID));
+    }
+
+    #[test]
+    fn cgroup_v1_cgroupfs_besteffort() {
+        expect(
+            &format!("4:pids:/kubepods/besteffort/pod{POD}/{CID}\n"),
+            Some(POD),
+            Some(CID),
+        );
+    }
+
+    #[test]
+    fn guaranteed_qos_has_no_qos_segment() {
+        expect(
+            &format!("9:memory:/kubepods/pod{POD}/{CID}\n"),
+            Some(POD),
+            Some(CID),
+        );
+    }
+
+    #[test]
+    fn systemd_containerd_scope() {
+        let path = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_ESCAPED}.slice/cri-containerd-{CID}.scope"
+        );
+        expect(
+            &format!("5:devices:{path}\n1:name=systemd:{path}\n"),
+            Some(POD),
+            Some(CID),
+        );
+    }
+
+    #[test]
+    fn systemd_crio_scope() {
+        let path = format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{POD_ESCAPED}.slice/crio-{CID}.scope"
+        );
+        expect(&format!("3:cpuset:{path}\n"), Some(POD), Some(CID));
+    }
+
+    #[test]
+    fn systemd_docker_scope() {
+        let path = format!("/kubepods.slice/kubepods-pod{POD_ESCAPED}.slice/docker-{CID}.scope");
+        expect(&format!("7:blkio:{path}\n"), Some(POD), Some(CID));
+    }
+
+    #[test]
+    fn systemd_containerd_colon_form() {
+        let path = format!(
+            "/system.slice/containerd.service/kubepods-burstable-pod{POD_ESCAPED}.slice:cri-containerd:{CID}"
+        );
+        expect(
+            &format!("1:name=systemd:{path}\n0::{path}\n"),
+            Some(POD),
+            Some(CID),
+        );
+    }
+
+    #[test]
+    fn cgroup_v2_with_pod() {
+        let path = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_ESCAPED}.slice/cri-containerd-{CID}.scope"
+        );
+        expect(&format!("0::{path}\n"), Some(POD), Some(CID));
+    }
+
+    #[test]
+    fn cgroup_v2_crio_without_pod() {
+        expect(&format!("0::/../crio-{CID}.scope\n"), None, Some(CID));
+    }
+
+    #[test]
+    fn kind_nested_node() {
+        let contents = format!(
+            "12:memory:/docker/{HOST_CID}/kubepods/besteffort/pod{POD}/{CID}\n\
+             1:name=systemd:/docker/{HOST_CID}/kubepods/besteffort/pod{POD}/{CID}\n"
+        );
+        expect(&contents, Some(POD), Some(CID));
+    }
+
+    #[test]
+    fn cgroup_namespace_relative_path() {
+        expect(&format!("0::/../../pod{POD}/{CID}\n"), Some(POD), Some(CID));
+    }
+
+    #[test]
+    fn entry_with_pod_wins_over_entry_without() {
+        let contents = format!("0::/../crio-{CID}.scope\n4:memory:/kubepods/pod{POD}/{CID}\n");
+        expect(&contents, Some(POD), Some(CID));
+    }
+
+    #[test]
+    fn host_process_is_not_a_container() {
+        let contents = "12:memory:/user.slice/user-1000.slice/session-2.scope\n\
+                        1:name=systemd:/user.slice/user-1000.slice/session-2.scope\n0::/\n";
+        expect(contents, None, None);
+    }
+
+    #[test]
+    fn plain_docker_container() {
+        expect(&format!("4:memory:/docker/{CID}\n0::/\n"), None, Some(CID));
+        expect(
+            &format!("0::/system.slice/docker-{CID}.scope\n"),
+            None,
+            Some(CID),
+        );
+    }
+
+    #[test]
+    fn podman_container() {
+        expect(
+            &format!("0::/machine.slice/libpod-{CID}.scope/container\n"),
+            None,
+            Some(CID),
+        );
+        expect(
+            &format!("1:name=systemd:/libpod_parent/libpod-{CID}\n"),
+            None,
+            Some(CID),
+        );
+    }
+
+    #[test]
+    fn runtime_monitor_is_not_the_container() {
+        expect(
+            &format!("0::/machine.slice/libpod-conmon-{CID}.scope\n"),
+            None,
+            None,
+        );
+        let path =
+            format!("/kubepods.slice/kubepods-pod{POD_ESCAPED}.slice/crio-conmon-{CID}.scope");
+        expect(&format!("0::{path}\n"), None, None);
+    }
+
+    #[test]
+    fn pod_slice_without_container_is_not_attributed() {
+        // A process in the pod's slice but outside any container (e.g. a
+        // runtime helper) must not inherit a container identity.
+        expect(&format!("0::/kubepods/burstable/pod{POD}\n"), None, None);
+    }
+
+    #[test]
+    fn conflicting_containers_are_an_error() {
+        let contents =
+            format!("4:memory:/kubepods/pod{POD}/{CID}\n5:cpu:/kubepods/pod{POD}/{HOST_CID}\n");
+        assert!(matches!(
+            parse_proc_cgroup(&contents),
+            Err(CgroupError::ConflictingContainerIds { .. })
+        ));
+    }
+
+    #[test]
+    fn conflicting_pods_are_an_error() {
+        let other = "11111111-2222-3333-4444-555555555555";
+        let contents =
+            format!("4:memory:/kubepods/pod{POD}/{CID}\n5:cpu:/kubepods/pod{other}/{CID}\n");
+        assert!(matches!(
+            parse_proc_cgroup(&contents),
+            Err(CgroupError::ConflictingPodUids { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_line_is_an_error() {
+        assert!(matches!(
+            parse_proc_cgroup("garbage without colons\n"),
+            Err(CgroupError::Malformed { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn ids_must_be_delimited() {
+        // 65 hex digits: not a container ID.
+        expect(&format!("0::/docker/{CID}f\n"), None, None);
+        // "xpod<uid>" is not a pod segment.
+        expect(&format!("0::/kubepods/xpod{POD}/{CID}\n"), None, Some(CID));
+    }
+
+    #[test]
+    fn qualified_container_ids() {
+        assert_eq!(
+            ContainerId::parse_qualified(&format!("containerd://{CID}")).map(|c| c.to_string()),
+            Some(CID.to_string())
+        );
+        assert_eq!(
+            ContainerId::parse_qualified(&format!("cri-o://{}", CID.to_uppercase()))
+                .map(|c| c.to_string()),
+            Some(CID.to_string())
+        );
+        assert!(ContainerId::parse_qualified("containerd://abc").is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_input_never_panics(input in "\\PC{0,400}") {
+            let _ = parse_proc_cgroup(&input);
+        }
+
+        #[test]
+        fn arbitrary_paths_never_panic(segments in proptest::collection::vec("[a-z0-9_:.-]{0,80}", 0..8)) {
+            let path = format!("/{}", segments.join("/"));
+            let _ = parse_proc_cgroup(&format!("0::{path}\n"));
+        }
+
+        #[test]
+        fn generated_layouts_are_recognised(
+            pod in "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+            cid in "[0-9a-f]{64}",
+            qos in prop_oneof![Just(""), Just("burstable/"), Just("besteffort/")],
+            systemd in any::<bool>(),
+        ) {
+            let path = if systemd {
+                let escaped = pod.replace('-', "_");
+                format!("/kubepods.slice/kubepods-pod{escaped}.slice/cri-containerd-{cid}.scope")
+            } else {
+                format!("/kubepods/{qos}pod{pod}/{cid}")
+            };
+            let info = parse_proc_cgroup(&format!("0::{path}\n")).unwrap();
+            prop_assert_eq!(info.pod_uid.map(|p| p.to_string()), Some(pod));
+            prop_assert_eq!(info.container_id.map(|c| c.to_string()), Some(cid));
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The unix attestor: who the caller is according to the kernel.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Mutex;
+
+use serde::Deserialize;
+
+use super::Attributes;
+use super::procfs::{ProcError, ProcessHandle};
+
+/// Hashing stops being worth it (and becomes a denial-of-service lever) for
+/// huge binaries; above the limit `binary_hash` is simply absent.
+pub const DEFAULT_BINARY_HASH_MAX_SIZE_BYTES: i64 = 1 << 30;
+/// Distinct binaries whose hash is remembered.
+const HASH_CACHE_CAPACITY: usize = 1024;
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UnixAttestorConfig {
+    /// Largest executable that is hashed for `workload.unix.binary_hash`;
+    /// -1 hashes any size, 0 disables hashing.
+    #[serde(default = "default_hash_limit")]
+    pub binary_hash_max_size_bytes: i64,
+}
+
+fn default_hash_limit() -> i64 {
+    DEFAULT_BINARY_HASH_MAX_SIZE_BYTES
+}
+
+impl Default for UnixAttestorConfig {
+    fn default() -> Self {
+        Self {
+            binary_hash_max_size_bytes: DEFAULT_BINARY_HASH_MAX_SIZE_BYTES,
+        }
+    }
+}
+
+/// Credentials the kernel recorded for the peer of a unix socket
+/// (`SO_PEERCRED`, taken when it connected).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCredentials {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnixError {
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+    #[error(
+        "process {pid} runs as uid {proc_uid}/gid {proc_gid} but connected as uid {peer_uid}/gid {peer_gid}"
+    )]
+    CredentialMismatch {
+        pid: u32,
+        proc_uid: u32,
+        proc_gid: u32,
+        peer_uid: u32,
+        peer_gid: u32,
+    },
+    #[error("hashing the executable of process {pid}: {source}")]
+    Hash {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    ctime: i64,
+}
+
+/// Attests `workload.unix.*`. Cheap to share between connections.
+#[derive(Debug, Default)]
+pub struct UnixAttestor {
+    config: UnixAttestorConfig,
+    hashes: Mutex<HashMap<FileKey, String>>,
+}
+
+impl UnixAttestor {
+    pub fn new(config: UnixAttestorConfig) -> Self {
+        Self {
+            config,
+            hashes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Adds `workload.unix.{pid,uid,gid,binary_path,binary_hash}`.
+    ///
+    /// Blocking (reads procfs and may hash the executable): call it from a
+    /// blocking-capable context.
+    pub fn attest(
+        &self,
+        peer: PeerCredentials,
+        process: &ProcessHandle,
+        attributes: &mut Attributes,
+    ) -> Result<(), UnixError> {
+        let identity = process.identity();
+        if identity.effective_uid() != peer.uid || identity.effective_gid() != peer.gid {
+            return Err(UnixError::CredentialMismatch {
+                pid: peer.pid,
+                proc_uid: identity.effective_uid(),
+                proc_gid: identity.effective_gid(),
+                peer_uid: peer.uid,
+                peer_gid: peer.gid,
+            });
+        }
+        attributes.insert("workload.unix.pid", peer.pid.to_string());
+        attributes.insert("workload.unix.uid", peer.uid.to_string());
+        attributes.insert("workload.unix.gid", peer.gid.to_string());
+        // Both are best effort: a process of another user may hide its exe
+        // link from us only if we lack privileges, which is a deployment
+        // error worth a log line, not a reason to refuse other attributes.
+        match process.exe_path() {
+            Ok(path) => {
+                // A deleted binary shows as "<path> (deleted)"; keep it so
+                // rules cannot match a binary that was replaced underneath.
+                attributes.insert(
+                    "workload.unix.binary_path",
+                    path.to_string_lossy().into_owned(),
+                );
+            }
+            Err(ProcError::Gone { pid }) => return Err(ProcError::Gone { pid }.into()),
+            Err(error) => tracing::debug!(pid = peer.pid, %error, "executable path unavailable"),
+        }
+        if let Some(hash) = self.binary_hash(process)? {
+            attributes.insert("workload.unix.binary_hash", hash);
+        }
+        Ok(())
+    }
+
+    fn binary_hash(&self, process: &ProcessHandle) -> Result<Option<String>, UnixError> {
+        let limit = self.config.binary_hash_max_size_bytes;
+        if limit == 0 {
+            return Ok(None);
+        }
+        let pid = process.pid();
+        let file = match process.open_exe() {
+            Ok(file) => file,
+            Err(ProcError::Gone { pid }) => return Err(ProcError::Gone { pid }.into()),
+            Err(error) => {
+                tracing::debug!(pid, %error, "executable unavailable for hashing");
+                return Ok(None);
+            }
+        };
+        let metadata = file
+            .metadata()
+            .map_err(|source| UnixError::Hash { pid, source })?;
+        if limit > 0 && metadata.len() > limit.unsigned_abs() {
+            return Ok(None);
+        }
+        let key = FileKey {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            size: metadata.len(),
+            mtime: metadata.mtime(),
+            mtime_nsec: metadata.mtime_nsec(),
+            ctime: metadata.ctime(),
+        };
+        if let Some(hash) = self.cached_hash(&key) {
+            return Ok(Some(hash));
+        }
+        let hash = sha256_hex(file).map_err(|source| UnixError::Hash { pid, source })?;
+        if let Ok(mut hashes) = self.hashes.lock() {
+            if hashes.len() >= HASH_CACHE_CAPACITY {
+                hashes.clear();
+            }
+            hashes.insert(key, hash.clone());
+        }
+        Ok(Some(hash))
+    }
+
+    fn cached_hash(&self, key: &FileKey) -> Option<String> {
+        self.hashes.lock().ok()?.get(key).cloned()
+    }
+}
+
+fn sha256_hex(mut file: std::fs::File) -> std::io::Result<String> {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        context.update(&buffer[..read]);
+    }
+    Ok(hex::encode(context.finish()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attest::procfs::ProcRoot;
+
+    fn me() -> PeerCredentials {
+        PeerCredentials {
+            pid: std::process::id(),
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+        }
+    }
+
+    #[test]
+    fn attests_own_process() {
+        let attestor = UnixAttestor::new(UnixAttestorConfig::default());
+        let handle = ProcRoot::default().open(std::process::id()).unwrap();
+        let mut attributes = Attributes::default();
+        attestor.attest(me(), &handle, &mut attributes).unwrap();
+        assert_eq!(
+            attributes.get("workload.unix.pid"),
+            Some(std::process::id().to_string().as_str())
+        );
+        assert_eq!(
+            attributes.get("workload.unix.uid"),
+            Some(me().uid.to_string().as_str())
+        );
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(attributes.get("workload.unix.binary_path"), exe.to_str());
+        let expected = sha256_hex(std::fs::File::open(&exe).unwrap()).unwrap();
+        assert_eq!(
+            attributes.get("workload.unix.binary_hash"),
+            Some(expected.as_str())
+        );
+        // Second time from the cache: same answer.
+        let mut again = Attributes::default();
+        attestor.attest(me(), &handle, &mut again).unwrap();
+        assert_eq!(
+            again.get("workload.unix.binary_hash"),
+            Some(expected.as_str())
+        );
+    }
+
+    #[test]
+    fn hash_limit_omits_hash_of_large_binaries() {
+        let attestor = UnixAttestor::new(UnixAttestorConfig {
+            binary_hash_max_size_bytes: 16,
+        });
+        let handle = ProcRoot::default().open(std::process::id()).unwrap();
+        let mut attributes = Attributes::default();
+        attestor.attest(me(), &handle, &mut attributes).unwrap();
+        assert!(attributes.get("workload.unix.binary_hash").is_none());
+        assert!(attributes.get("workload.unix.binary_path").is_some());
+    }
+
+    #[test]
+    fn credentials_must_match_the_process() {
+        let attestor = UnixAttestor::default();
+        let handle = ProcRoot::default().open(std::process::id()).unwrap();
+        let forged = PeerCredentials {
+            uid: me().uid.wrapping_add(1),
+            ..me()
+        };
+        let mut attributes = Attributes::default();
+        assert!(matches!(
+            attestor.attest(forged, &handle, &mut attributes),
+            Err(UnixError::CredentialMismatch { .. })
+        ));
+    }
+}

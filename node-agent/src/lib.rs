@@ -1,0 +1,4 @@
+//! signet-agent: workload attestation, the SPIFFE Workload API and Envoy SDS
+//! on a node.
+
+pub mod attest;
