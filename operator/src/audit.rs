@@ -1,0 +1,263 @@
+//! The audit trail: one JSON object per line for every issuance and every
+//! denial, so "who got which identity, and who was refused why" can be
+//! answered after the fact.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("opening audit log {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What kind of credential an event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    X509Svid,
+    JwtSvid,
+    AgentSvid,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Issued,
+    Denied,
+}
+
+/// One audit record. Field names are part of the user-facing contract
+/// (documented in the README); add fields, never rename them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AuditEvent {
+    /// RFC 3339 time of the decision.
+    pub time: String,
+    /// `svid.issued` or `svid.denied` (`agent.joined` / `agent.join_denied` for agents).
+    pub event: &'static str,
+    pub outcome: Outcome,
+    pub credential: CredentialKind,
+    /// The agent that asked (its join name or node), if known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_spiffe_id: Option<String>,
+    /// The workload's attributes as the issuer evaluated them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub workload: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload_identity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns_sans: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ip_sans: Vec<String>,
+    /// Certificate serial (hex) for X.509-SVIDs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// `jti` of a JWT-SVID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_id: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Machine-readable reason of a denial (`no_matching_rule`, `role_denied`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Policy version the decision was made under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u64>,
+}
+
+impl AuditEvent {
+    /// A skeleton event; callers fill in what they know.
+    pub fn new(credential: CredentialKind, outcome: Outcome, now: SystemTime) -> Self {
+        let event = match (credential, outcome) {
+            (CredentialKind::AgentSvid, Outcome::Issued) => "agent.joined",
+            (CredentialKind::AgentSvid, Outcome::Denied) => "agent.join_denied",
+            (_, Outcome::Issued) => "svid.issued",
+            (_, Outcome::Denied) => "svid.denied",
+        };
+        Self {
+            time: rfc3339(now),
+            event,
+            outcome,
+            credential,
+            agent: None,
+            agent_spiffe_id: None,
+            workload: BTreeMap::new(),
+            workload_identity: None,
+            spiffe_id: None,
+            dns_sans: Vec::new(),
+            ip_sans: Vec::new(),
+            serial: None,
+            jwt_id: None,
+            audiences: Vec::new(),
+            ttl_seconds: None,
+            expires_at: None,
+            reason: None,
+            message: None,
+            policy_version: None,
+        }
+    }
+}
+
+/// RFC 3339 with second precision, UTC.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// Seconds between two instants, saturating at zero.
+pub fn seconds_between(from: SystemTime, to: SystemTime) -> u64 {
+    to.duration_since(from).unwrap_or(Duration::ZERO).as_secs()
+}
+
+enum Sink {
+    Stdout,
+    File(std::fs::File),
+    /// Kept in memory, for tests.
+    Memory(Vec<AuditEvent>),
+}
+
+/// Where audit events go. Writes are synchronous and flushed per line: an
+/// issuance is not reported to the agent before its record is written.
+pub struct AuditLog {
+    sink: Mutex<Sink>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditLog")
+    }
+}
+
+impl AuditLog {
+    /// `-` means standard output; anything else is a file opened for
+    /// appending (created 0600: events contain workload attributes).
+    pub fn open(destination: &Path) -> Result<Self, AuditError> {
+        if destination == Path::new("-") {
+            return Ok(Self {
+                sink: Mutex::new(Sink::Stdout),
+            });
+        }
+        if let Some(parent) = destination.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|source| AuditError::Open {
+                path: destination.to_owned(),
+                source,
+            })?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(destination)
+            .map_err(|source| AuditError::Open {
+                path: destination.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            sink: Mutex::new(Sink::File(file)),
+        })
+    }
+
+    /// An audit log that keeps events in memory (tests, benchmarks).
+    pub fn in_memory() -> Self {
+        Self {
+            sink: Mutex::new(Sink::Memory(Vec::new())),
+        }
+    }
+
+    pub fn record(&self, event: AuditEvent) {
+        let Ok(mut sink) = self.sink.lock() else {
+            tracing::error!("audit log lock poisoned; event lost");
+            return;
+        };
+        let line = match serde_json::to_string(&event) {
+            Ok(line) => line,
+            Err(error) => {
+                tracing::error!(%error, "audit event could not be encoded");
+                return;
+            }
+        };
+        let written = match &mut *sink {
+            Sink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{line}").and_then(|()| out.flush())
+            }
+            Sink::File(file) => writeln!(file, "{line}").and_then(|()| file.flush()),
+            Sink::Memory(events) => {
+                events.push(event);
+                Ok(())
+            }
+        };
+        if let Err(error) = written {
+            tracing::error!(%error, "writing the audit log failed");
+        }
+    }
+
+    /// Events recorded by an in-memory log (empty for other sinks).
+    pub fn recorded(&self) -> Vec<AuditEvent> {
+        match self.sink.lock().as_deref() {
+            Ok(Sink::Memory(events)) => events.clone(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_log_appends_one_json_object_per_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit/audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut issued = AuditEvent::new(CredentialKind::X509Svid, Outcome::Issued, now);
+        issued.spiffe_id = Some("spiffe://example.org/web".into());
+        issued.serial = Some("0a1b".into());
+        issued
+            .workload
+            .insert("workload.unix.uid".into(), "1000".into());
+        log.record(issued);
+        let mut denied = AuditEvent::new(CredentialKind::JwtSvid, Outcome::Denied, now);
+        denied.reason = Some("role_denied".into());
+        denied.audiences = vec!["vault".into()];
+        log.record(denied);
+
+        let contents = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = contents
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["event"], "svid.issued");
+        assert_eq!(lines[0]["time"], "2023-11-14T22:13:20Z");
+        assert_eq!(lines[0]["workload"]["workload.unix.uid"], "1000");
+        assert_eq!(lines[1]["event"], "svid.denied");
+        assert_eq!(lines[1]["reason"], "role_denied");
+        assert_eq!(lines[1]["audiences"][0], "vault");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+    }
+}
