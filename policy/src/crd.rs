@@ -1,0 +1,463 @@
+//! The `signet.dev/v1alpha1` custom resources: `WorkloadIdentity` and `Role`.
+//!
+//! These types are the wire shape only (what `kubectl apply` sends and the
+//! loader reads). Meaning is given by [`crate::snapshot::PolicySnapshot::compile`],
+//! which validates every field and reports problems per object.
+//!
+//! Doc comments on fields become the `kubectl explain` text, so they are
+//! written for the cluster administrator rather than for Rust callers.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of both kinds.
+pub const GROUP: &str = "signet.dev";
+/// API version of both kinds.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` value of both kinds.
+pub const API_VERSION: &str = "signet.dev/v1alpha1";
+/// The condition type every Signet object reports in `status.conditions`.
+pub const READY_CONDITION: &str = "Ready";
+
+/// What identity a matching workload gets.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "signet.dev",
+    version = "v1alpha1",
+    kind = "WorkloadIdentity",
+    status = "PolicyStatus",
+    derive = "PartialEq",
+    shortname = "wi",
+    category = "signet",
+    doc = "WorkloadIdentity describes a SPIFFE identity (its ID, SANs, subject and lifetimes) and which attested workloads may receive it. A Role must also grant the identity to the workload.",
+    printcolumn = r#"{"name":"SPIFFE ID","type":"string","jsonPath":".spec.spiffe.id","description":"SPIFFE ID path template"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether the object compiled and is in force"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","description":"Why the object is not ready","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadIdentitySpec {
+    /// Which attested workloads may receive this identity. Omitted (or an empty allow list) matches every attested workload; a Role still has to grant it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Rules>,
+    /// The SPIFFE ID and SVID contents issued to matching workloads.
+    pub spiffe: SpiffeSpec,
+    /// Trust domains (e.g. "partner.example") whose trust bundles are delivered to workloads holding this identity, so they can authenticate peers from those domains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub federates_with: Vec<String>,
+}
+
+/// Attribute rules deciding which workloads match.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Rules {
+    /// The workload matches if any one of these rules holds. Empty means every workload matches (subject to deny).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Rule>,
+    /// The workload is refused if any one of these rules holds, whatever allow says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<Rule>,
+}
+
+/// A conjunction of attribute conditions.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    /// Every condition must hold for the rule to hold. At least one condition is required.
+    #[schemars(length(min = 1))]
+    pub conditions: Vec<AttributeCondition>,
+}
+
+/// A test of one workload attribute. Exactly one of eq, not_eq, in, not_in must be set. A condition on an attribute the workload does not have never holds (not even not_eq or not_in).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[schemars(transform = exactly_one_operator)]
+pub struct AttributeCondition {
+    /// Dotted attribute name, e.g. "workload.kubernetes.namespace" or "workload.kubernetes.labels.app".
+    pub attribute: String,
+    /// Holds when the attribute equals this value exactly (no globs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eq: Option<String>,
+    /// Holds when the attribute is present and differs from this value.
+    #[serde(default, rename = "not_eq", skip_serializing_if = "Option::is_none")]
+    pub not_eq: Option<String>,
+    /// Holds when the attribute equals one of these values.
+    #[serde(default, rename = "in", skip_serializing_if = "Option::is_none")]
+    pub in_: Option<Vec<String>>,
+    /// Holds when the attribute is present and equals none of these values.
+    #[serde(default, rename = "not_in", skip_serializing_if = "Option::is_none")]
+    pub not_in: Option<Vec<String>>,
+}
+
+/// Lets the API server reject a condition without exactly one operator, before
+/// the operator's own validation reports it on the object.
+fn exactly_one_operator(schema: &mut schemars::Schema) {
+    let branches: Vec<serde_json::Value> = ["eq", "not_eq", "in", "not_in"]
+        .iter()
+        .map(|op| serde_json::json!({ "required": [op] }))
+        .collect();
+    schema.insert("oneOf".to_owned(), serde_json::Value::Array(branches));
+}
+
+/// The SPIFFE ID and SVID contents.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SpiffeSpec {
+    /// Path of the SPIFFE ID within the configured trust domain, starting with "/", with {{ attribute }} templates, e.g. "/ns/{{ workload.kubernetes.namespace }}/sa/{{ workload.kubernetes.service_account }}". Attribute values rendered here may only contain letters, digits, ".", "-" and "_". A full "spiffe://<trust domain>/..." form is accepted if the trust domain is the configured one.
+    pub id: String,
+    /// Hint passed to workloads in the Workload API to tell SVIDs apart (may use templates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// X.509-SVID settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509: Option<X509Spec>,
+    /// JWT-SVID settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSpec>,
+}
+
+/// X.509-SVID settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct X509Spec {
+    /// Certificate lifetime as a duration ("1h", "30m", "1h30m"). Default 1h, allowed 1m to 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^([0-9]+[hms])+$"))]
+    pub ttl: Option<String>,
+    /// DNS subject alternative names (may use templates), e.g. "{{ workload.kubernetes.pod_name }}.payments.svc". Each rendered name must be a valid hostname; "*" is allowed only as a whole first label.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_sans: Vec<String>,
+    /// IP address subject alternative names (literal IPv4 or IPv6 addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_sans: Vec<String>,
+    /// Subject distinguished name fields (may use templates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_template: Option<SubjectTemplate>,
+}
+
+/// Subject distinguished name of the X.509-SVID.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SubjectTemplate {
+    /// Common name. Empty or omitted uses the first rendered DNS SAN, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_name: Option<String>,
+    /// Organization (O) values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub organization: Vec<String>,
+    /// Organizational unit (OU) values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub organizational_unit: Vec<String>,
+}
+
+/// JWT-SVID settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtSpec {
+    /// Token lifetime as a duration ("5m", "90s"). Default 5m, allowed 1m to 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^([0-9]+[hms])+$"))]
+    pub ttl: Option<String>,
+    /// Extra claims added to every JWT-SVID. Any JSON value; string values anywhere inside (up to 10 levels deep) may use templates. Registered claims (iss, sub, aud, exp, nbf, iat, jti) cannot be set.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "free_form_object")]
+    pub extra_claims: BTreeMap<String, serde_json::Value>,
+}
+
+fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// Observed state written by the operator; the same shape for both kinds.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    /// The "Ready" condition says whether the object compiled and is in force; when False its reason (e.g. InvalidTemplate, UnknownAttribute, InvalidTtl) and message say what to fix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The metadata.generation the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Declares conditions as a map keyed by type, so server-side apply merges
+/// each condition separately instead of replacing the list.
+fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let item = generator.subschema_for::<Condition>();
+    schemars::json_schema!({
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": item
+    })
+}
+
+/// Who may hold which WorkloadIdentities.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "signet.dev",
+    version = "v1alpha1",
+    kind = "Role",
+    status = "PolicyStatus",
+    derive = "PartialEq",
+    shortname = "signetrole",
+    category = "signet",
+    doc = "Role grants WorkloadIdentities (selected by label) and SPIFFE IDs/SANs to the workloads matched by its subjects. Deny entries of any applying Role override allows.",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether the object compiled and is in force"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","description":"Why the object is not ready","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleSpec {
+    /// Workloads this Role applies to; it applies when any subject matches. No subjects means the Role applies to nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<Subject>,
+    /// What the Role grants.
+    #[serde(default)]
+    pub allow: RoleGrant,
+    /// What the Role refuses; refusals win over any allow in any Role.
+    #[serde(default)]
+    pub deny: RoleGrant,
+}
+
+/// A set of workloads a Role applies to.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Subject {
+    /// ServiceAccount: pods running as a Kubernetes service account (namespace and name, "*" globs allowed). Node: workloads on nodes whose labels match selector. Agent: workloads attested by agents whose name matches name ("*" globs allowed), e.g. standalone agents by join name.
+    pub kind: SubjectKind,
+    /// Service account namespace (ServiceAccount only); "*" globs allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Service account name (ServiceAccount) or agent name (Agent); "*" globs allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Node label selector (Node only). An empty selector matches every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// The kind of a Role subject.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubjectKind {
+    /// A Kubernetes service account.
+    ServiceAccount,
+    /// Kubernetes nodes selected by label.
+    Node,
+    /// Signet agents selected by name.
+    Agent,
+}
+
+/// Grants (under allow) or refusals (under deny).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleGrant {
+    /// WorkloadIdentities selected by their labels: every key listed must be present on the identity with one of the listed values. Values may use "*" globs; the key "*" with value "*" selects every identity. Empty selects none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub workload_identity_labels: BTreeMap<String, Vec<String>>,
+    /// Under allow: the rendered SPIFFE ID must match one entry whose SAN lists cover every rendered SAN; omitted or empty puts no limit on IDs and SANs. Under deny: an identity is refused if an entry's path matches and (when listed) any of its SANs matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spiffe: Vec<SpiffeGrant>,
+}
+
+/// A SPIFFE ID path pattern with the SANs allowed (or refused) alongside it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SpiffeGrant {
+    /// SPIFFE ID path glob, e.g. "/ns/payments/*"; "*" matches any characters including "/".
+    pub path: String,
+    /// DNS SAN globs, e.g. "*.payments.svc".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_sans: Vec<String>,
+    /// IP SAN ranges in CIDR notation, e.g. "10.0.0.0/8"; a bare address means that single address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_sans: Vec<String>,
+}
+
+/// Errors producing the CRD manifests.
+#[derive(Debug, thiserror::Error)]
+pub enum CrdError {
+    /// YAML serialization failed.
+    #[error("serializing CRD {name} to YAML: {source}")]
+    Yaml {
+        /// The CRD's metadata.name.
+        name: String,
+        /// The serializer's error.
+        source: serde_yaml::Error,
+    },
+}
+
+/// One generated CRD manifest file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrdFile {
+    /// File name inside `crds/`, e.g. `signet.dev_roles.yaml`.
+    pub file_name: String,
+    /// Complete file contents.
+    pub contents: String,
+}
+
+/// The CustomResourceDefinitions for both kinds.
+pub fn definitions() -> Vec<CustomResourceDefinition> {
+    vec![WorkloadIdentity::crd(), Role::crd()]
+}
+
+/// The manifests checked in under `crds/`, one file per CRD named
+/// `<group>_<plural>.yaml` (the controller-gen convention Helm charts expect).
+/// Output is deterministic so regeneration produces no diff.
+pub fn crd_files() -> Result<Vec<CrdFile>, CrdError> {
+    definitions()
+        .into_iter()
+        .map(|crd| {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let body = serde_yaml::to_string(&crd).map_err(|source| CrdError::Yaml {
+                name: name.clone(),
+                source,
+            })?;
+            Ok(CrdFile {
+                file_name: format!("{}_{}.yaml", crd.spec.group, crd.spec.names.plural),
+                contents: format!(
+                    "# Generated from policy/src/crd.rs by `make crds`; do not edit.\n{body}"
+                ),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema_of(crd: &CustomResourceDefinition) -> serde_json::Value {
+        serde_json::to_value(&crd.spec.versions[0].schema).unwrap()
+    }
+
+    #[test]
+    fn both_kinds_are_cluster_scoped_with_status_and_names() {
+        for crd in definitions() {
+            assert_eq!(crd.spec.group, GROUP);
+            assert_eq!(crd.spec.scope, "Cluster");
+            let v = &crd.spec.versions[0];
+            assert_eq!(v.name, VERSION);
+            assert!(v.subresources.as_ref().unwrap().status.is_some());
+            assert_eq!(
+                crd.spec.names.categories.as_deref(),
+                Some(&["signet".to_owned()][..])
+            );
+        }
+        let wi = WorkloadIdentity::crd();
+        assert_eq!(
+            wi.metadata.name.as_deref(),
+            Some("workloadidentities.signet.dev")
+        );
+        assert_eq!(
+            wi.spec.names.short_names.as_deref(),
+            Some(&["wi".to_owned()][..])
+        );
+        let cols: Vec<_> = wi.spec.versions[0]
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(cols, ["SPIFFE ID", "Ready", "Reason", "Age"]);
+        assert_eq!(
+            Role::crd().metadata.name.as_deref(),
+            Some("roles.signet.dev")
+        );
+    }
+
+    #[test]
+    fn conditions_merge_per_type_under_server_side_apply() {
+        let s = schema_of(&WorkloadIdentity::crd());
+        let conds = &s["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
+        assert_eq!(conds["x-kubernetes-list-type"], json!("map"));
+        assert_eq!(conds["x-kubernetes-list-map-keys"], json!(["type"]));
+        assert!(conds["items"]["properties"]["lastTransitionTime"].is_object());
+        assert!(
+            s["openAPIV3Schema"]["properties"]["status"]["properties"]["observedGeneration"]
+                .is_object()
+        );
+    }
+
+    #[test]
+    fn condition_schema_requires_exactly_one_operator() {
+        let s = schema_of(&WorkloadIdentity::crd());
+        let cond = &s["openAPIV3Schema"]["properties"]["spec"]["properties"]["rules"]["properties"]
+            ["allow"]["items"]["properties"]["conditions"]["items"];
+        assert_eq!(
+            cond["oneOf"],
+            json!([{"required": ["eq"]}, {"required": ["not_eq"]}, {"required": ["in"]}, {"required": ["not_in"]}])
+        );
+        for key in ["attribute", "eq", "not_eq", "in", "not_in"] {
+            assert!(cond["properties"][key].is_object(), "{key}");
+        }
+    }
+
+    #[test]
+    fn extra_claims_keep_arbitrary_json() {
+        let s = schema_of(&WorkloadIdentity::crd());
+        let claims = &s["openAPIV3Schema"]["properties"]["spec"]["properties"]["spiffe"]["properties"]
+            ["jwt"]["properties"]["extraClaims"];
+        assert_eq!(claims["x-kubernetes-preserve-unknown-fields"], json!(true));
+    }
+
+    #[test]
+    fn every_spec_property_has_a_description() {
+        fn walk(path: &str, v: &serde_json::Value, missing: &mut Vec<String>) {
+            if let Some(props) = v.get("properties").and_then(|p| p.as_object()) {
+                for (k, p) in props {
+                    let here = format!("{path}.{k}");
+                    if p.get("description").is_none() {
+                        missing.push(here.clone());
+                    }
+                    walk(&here, p, missing);
+                }
+            }
+            if let Some(items) = v.get("items") {
+                walk(&format!("{path}[]"), items, missing);
+            }
+        }
+        for crd in definitions() {
+            let s = schema_of(&crd);
+            let mut missing = Vec::new();
+            walk(
+                "spec",
+                &s["openAPIV3Schema"]["properties"]["spec"],
+                &mut missing,
+            );
+            assert!(
+                missing.is_empty(),
+                "{}: undocumented {missing:?}",
+                crd.spec.names.kind
+            );
+        }
+    }
+
+    #[test]
+    fn file_names_follow_group_plural() {
+        let files = crd_files().unwrap();
+        let names: Vec<_> = files.iter().map(|f| f.file_name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "signet.dev_workloadidentities.yaml",
+                "signet.dev_roles.yaml"
+            ]
+        );
+        assert_eq!(
+            crd_files().unwrap(),
+            files,
+            "generation must be deterministic"
+        );
+    }
+}
