@@ -2,3 +2,6 @@
 //! on a node.
 
 pub mod attest;
+pub mod backoff;
+pub mod cache;
+pub mod clock;

@@ -20,6 +20,14 @@ impl Attributes {
         self.0.get(name).map(String::as_str)
     }
 
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        self.0.remove(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     pub fn into_map(self) -> BTreeMap<String, String> {
         self.0
     }
