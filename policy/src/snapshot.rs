@@ -647,9 +647,28 @@ fn check_path_segment(value: &str) -> Result<(), String> {
     }
 }
 
+/// Attribute values rendered into DNS SANs may only add hostname characters:
+/// a wildcard must come from the template text, never from a workload.
+fn check_dns_value(value: &str) -> Result<(), String> {
+    if value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+    {
+        Ok(())
+    } else {
+        Err(
+            "contains characters not allowed in a DNS name (only letters, digits, '.' and '-')"
+                .to_owned(),
+        )
+    }
+}
+
 fn render_denial(field: &str, e: RenderError) -> Denial {
     let reason = match e {
         RenderError::Missing(_) | RenderError::Empty(_) => DenialReason::MissingAttribute,
+        RenderError::Rejected { .. } if field.starts_with("spec.spiffe.x509.dnsSans") => {
+            DenialReason::InvalidRenderedSan
+        }
         RenderError::Rejected { .. } => DenialReason::InvalidRenderedId,
     };
     Denial::new(reason, format!("{field}: {e}"))
@@ -677,7 +696,10 @@ impl CompiledIdentity {
         let mut dns_sans: Vec<String> = Vec::with_capacity(self.dns_sans.len());
         for (i, t) in self.dns_sans.iter().enumerate() {
             let field = format!("spec.spiffe.x509.dnsSans[{i}]");
-            let name = render(&field, t)?.to_ascii_lowercase();
+            let name = t
+                .render_with(attrs, check_dns_value)
+                .map_err(|e| render_denial(&field, e))?
+                .to_ascii_lowercase();
             validate_dns_name(&name).map_err(|e| {
                 Denial::new(DenialReason::InvalidRenderedSan, format!("{field}: {e}"))
             })?;
