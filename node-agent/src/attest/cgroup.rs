@@ -15,6 +15,13 @@
 //! - Guaranteed QoS pods (no QoS segment)
 //! - plain Docker (`/docker/<cid>`, `docker-<cid>.scope`) and Podman
 //!   (`libpod-<cid>.scope`, optionally followed by `/container`)
+//! - static (file or URL) pods, whose UID is the kubelet's 32-hex-digit hash
+//!   of the manifest rather than a UUID: `/kubepods/pod<hash>/<cid>`
+//!
+//! Besides the IDs, the parser reports which runtime the path names, when it
+//! names one ([`ContainerRuntime`]). The Docker and Podman attestors use it to
+//! tell "a container of another runtime" (nothing to say) from "our container
+//! that the engine cannot find" (an error).
 //!
 //! Runtime monitor processes (`crio-conmon-<cid>.scope`,
 //! `libpod-conmon-<cid>.scope`) are not the container's workload and are
@@ -26,6 +33,8 @@ use std::fmt;
 const CONTAINER_ID_LEN: usize = 64;
 /// Length of a pod UID (an RFC 4122 UUID in text form).
 const POD_UID_LEN: usize = 36;
+/// Length of a static pod's UID: the kubelet uses the hex MD5 of the manifest.
+const STATIC_POD_UID_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CgroupError {
@@ -72,8 +81,14 @@ pub struct PodUid(String);
 
 impl PodUid {
     /// Parses a UUID whose groups are separated by `-` or, as systemd escapes
-    /// them in slice names, by `_`.
+    /// them in slice names, by `_`; or a static pod's 32-hex-digit UID.
     pub fn parse(value: &str) -> Option<Self> {
+        if value.len() == STATIC_POD_UID_LEN {
+            return value
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit())
+                .then(|| Self(value.to_ascii_lowercase()));
+        }
         if value.len() != POD_UID_LEN {
             return None;
         }
@@ -102,6 +117,19 @@ impl fmt::Display for PodUid {
     }
 }
 
+/// The container runtime a cgroup path names, when it names one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ContainerRuntime {
+    /// `docker-<cid>.scope`, or `<cid>` directly under a `docker` cgroup.
+    Docker,
+    /// `libpod-<cid>`.
+    Podman,
+    /// `cri-containerd-<cid>.scope` or `...:cri-containerd:<cid>`.
+    Containerd,
+    /// `crio-<cid>.scope`.
+    CriO,
+}
+
 /// What the cgroup file says about the process's container.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ContainerInfo {
@@ -110,6 +138,10 @@ pub struct ContainerInfo {
     /// Present when the container belongs to a Kubernetes pod and the layout
     /// names the pod (cgroup v2 under CRI-O may not).
     pub pod_uid: Option<PodUid>,
+    /// The runtime named by the path around the container ID. `None` when
+    /// the layout does not say (e.g. cgroupfs `/kubepods/.../pod<uid>/<cid>`,
+    /// which any CRI runtime, or Docker via cri-dockerd, may produce).
+    pub runtime: Option<ContainerRuntime>,
 }
 
 impl ContainerInfo {
@@ -158,6 +190,11 @@ fn merge(found: &mut ContainerInfo, entry: ContainerInfo) -> Result<(), CgroupEr
             _ => found.container_id = Some(id),
         }
     }
+    // Lines of a hybrid hierarchy may spell the same container differently;
+    // the first one that names a runtime wins, as the ID already agrees.
+    if found.runtime.is_none() {
+        found.runtime = entry.runtime;
+    }
     if let Some(uid) = entry.pod_uid {
         match &found.pod_uid {
             Some(existing) if *existing != uid => {
@@ -179,6 +216,9 @@ fn merge(found: &mut ContainerInfo, entry: ContainerInfo) -> Result<(), CgroupEr
 /// as on kind nodes); a pod UID only counts when it encloses that container.
 pub fn parse_cgroup_path(path: &str) -> ContainerInfo {
     let mut info = ContainerInfo::default();
+    // Set when the container ID was a whole segment: its parent may then
+    // name the runtime (`/docker/<cid>`).
+    let mut bare_id = false;
     for segment in path.rsplit('/') {
         if info.container_id.is_none() {
             if is_runtime_monitor(segment) {
@@ -187,6 +227,8 @@ pub fn parse_cgroup_path(path: &str) -> ContainerInfo {
             }
             if let Some((id, before)) = find_container_id(segment) {
                 info.container_id = Some(id);
+                info.runtime = runtime_from_prefix(before);
+                bare_id = before.is_empty();
                 // The containerd systemd form keeps the pod in the same
                 // segment: `...pod<uid>.slice:cri-containerd:<cid>`.
                 if let Some(uid) = find_pod_uid(before) {
@@ -196,12 +238,33 @@ pub fn parse_cgroup_path(path: &str) -> ContainerInfo {
             }
             continue;
         }
+        if bare_id {
+            bare_id = false;
+            if segment == "docker" {
+                info.runtime = Some(ContainerRuntime::Docker);
+            }
+        }
         if let Some(uid) = find_pod_uid(segment) {
             info.pod_uid = Some(uid);
             return info;
         }
     }
     info
+}
+
+/// The runtime named by the text just before a container ID in a segment.
+fn runtime_from_prefix(before: &str) -> Option<ContainerRuntime> {
+    if before.ends_with(":cri-containerd:") || before.ends_with("cri-containerd-") {
+        Some(ContainerRuntime::Containerd)
+    } else if before.ends_with("crio-") {
+        Some(ContainerRuntime::CriO)
+    } else if before.ends_with("docker-") {
+        Some(ContainerRuntime::Docker)
+    } else if before.ends_with("libpod-") {
+        Some(ContainerRuntime::Podman)
+    } else {
+        None
+    }
 }
 
 fn is_runtime_monitor(segment: &str) -> bool {
@@ -233,19 +296,28 @@ fn find_container_id(segment: &str) -> Option<(ContainerId, &str)> {
     None
 }
 
-/// Finds `pod<uuid>` delimited by non-alphanumerics (or the segment's ends).
+/// Finds `pod<uid>` delimited by non-alphanumerics (or the segment's ends),
+/// where `<uid>` is a UUID or a static pod's 32-hex-digit hash.
 fn find_pod_uid(segment: &str) -> Option<PodUid> {
     let bytes = segment.as_bytes();
     let mut search_from = 0;
     while let Some(offset) = segment[search_from..].find("pod") {
         let start = search_from + offset;
         let uid_start = start + 3;
-        let uid_end = uid_start + POD_UID_LEN;
         let bounded_before = start == 0 || !is_word_byte(bytes[start - 1]);
-        if bounded_before && uid_end <= bytes.len() {
-            let bounded_after = uid_end == bytes.len() || !is_word_byte(bytes[uid_end]);
-            if bounded_after && let Some(uid) = PodUid::parse(&segment[uid_start..uid_end]) {
-                return Some(uid);
+        if bounded_before {
+            for len in [POD_UID_LEN, STATIC_POD_UID_LEN] {
+                let uid_end = uid_start + len;
+                if uid_end > bytes.len() {
+                    continue;
+                }
+                let bounded_after = uid_end == bytes.len() || !is_word_byte(bytes[uid_end]);
+                // `get`: the candidate may end inside a multi-byte character.
+                if bounded_after
+                    && let Some(uid) = segment.get(uid_start..uid_end).and_then(PodUid::parse)
+                {
+                    return Some(uid);
+                }
             }
         }
         search_from = uid_start;
@@ -477,10 +549,147 @@ mod tests {
         assert!(ContainerId::parse_qualified("containerd://abc").is_none());
     }
 
+    fn runtime_of(contents: &str) -> Option<ContainerRuntime> {
+        parse_proc_cgroup(contents)
+            .unwrap_or_else(|e| panic!("{contents}: {e}"))
+            .runtime
+    }
+
+    #[test]
+    fn runtime_is_named_where_the_path_says() {
+        use ContainerRuntime::*;
+        assert_eq!(
+            runtime_of(&format!("4:memory:/docker/{CID}\n")),
+            Some(Docker)
+        );
+        assert_eq!(
+            runtime_of(&format!("0::/system.slice/docker-{CID}.scope\n")),
+            Some(Docker)
+        );
+        assert_eq!(
+            runtime_of(&format!("0::/machine.slice/libpod-{CID}.scope/container\n")),
+            Some(Podman)
+        );
+        assert_eq!(
+            runtime_of(&format!(
+                "0::/kubepods.slice/kubepods-pod{POD_ESCAPED}.slice/cri-containerd-{CID}.scope\n"
+            )),
+            Some(Containerd)
+        );
+        assert_eq!(
+            runtime_of(&format!(
+                "1:name=systemd:/system.slice/containerd.service/kubepods-pod{POD_ESCAPED}.slice:cri-containerd:{CID}\n"
+            )),
+            Some(Containerd)
+        );
+        assert_eq!(
+            runtime_of(&format!("0::/../crio-{CID}.scope\n")),
+            Some(CriO)
+        );
+        // cgroupfs pods do not say which runtime created the container.
+        assert_eq!(
+            runtime_of(&format!("4:memory:/kubepods/burstable/pod{POD}/{CID}\n")),
+            None
+        );
+        // On a kind node the outer `docker` is the node's container, not the
+        // workload's.
+        assert_eq!(
+            runtime_of(&format!(
+                "4:memory:/docker/{HOST_CID}/kubepods/besteffort/pod{POD}/{CID}\n"
+            )),
+            None
+        );
+        assert_eq!(runtime_of("0::/user.slice/session-1.scope\n"), None);
+    }
+
+    /// Captured from a container started by Debian's dockerd 20.10 on a
+    /// cgroup v1 (hybrid) host.
+    #[test]
+    fn docker_20_10_on_hybrid_cgroup_v1() {
+        let cid = "78ce688a43026892c604836dddb74406e3e8d52e7fa76cac7ee89c768ebff77d";
+        let contents = [
+            "9:name=systemd",
+            "8:pids",
+            "7:blkio",
+            "6:freezer",
+            "5:devices",
+            "4:memory",
+            "3:cpuset",
+            "2:cpuacct",
+            "1:cpu",
+            "0:",
+        ]
+        .iter()
+        .map(|prefix| format!("{prefix}:/docker/{cid}\n"))
+        .collect::<String>();
+        expect(&contents, None, Some(cid));
+        assert_eq!(runtime_of(&contents), Some(ContainerRuntime::Docker));
+    }
+
+    /// Captured from a container started by Debian's podman 4.3 (cgroupfs
+    /// manager, in a pod without an infra container).
+    #[test]
+    fn podman_4_3_cgroupfs() {
+        let cid = "1e3d7daef42c7b714c81ef180697c80b8750e0546bec7b0c6ad0f352a64f9095";
+        let contents = format!(
+            "9:name=systemd:/libpod_parent/libpod-{cid}\n4:memory:/libpod_parent/libpod-{cid}\n0::/libpod_parent/libpod-{cid}\n"
+        );
+        expect(&contents, None, Some(cid));
+        assert_eq!(runtime_of(&contents), Some(ContainerRuntime::Podman));
+    }
+
+    /// The agent's own sandbox on this machine: a 32-hex memory cgroup that
+    /// is neither a container nor a pod.
+    #[test]
+    fn non_container_hex_cgroups_are_ignored() {
+        expect(
+            "4:memory:/process_api/d55a7197c164c54a3d0dea05d3c4c25a\n0::/\n",
+            None,
+            None,
+        );
+    }
+
+    #[test]
+    fn static_pod_uid_is_a_manifest_hash() {
+        let hash = "6D3A1C0F9B2E4F8A7C5D3E1F0A9B8C7D";
+        expect(
+            &format!("4:memory:/kubepods/burstable/pod{hash}/{CID}\n"),
+            Some("6d3a1c0f9b2e4f8a7c5d3e1f0a9b8c7d"),
+            Some(CID),
+        );
+        let path = format!("/kubepods.slice/kubepods-pod{hash}.slice/cri-containerd-{CID}.scope");
+        expect(
+            &format!("0::{path}\n"),
+            Some(&hash.to_ascii_lowercase()),
+            Some(CID),
+        );
+        // 33 hex digits are neither form.
+        expect(&format!("0::/kubepods/pod{hash}0/{CID}\n"), None, Some(CID));
+    }
+
+    #[test]
+    fn multibyte_text_after_pod_does_not_panic() {
+        let uid_prefix = "2c48913c-b29f-11e7-9350-0209681477";
+        for tail in ["é", "€x", "😀", "ée"] {
+            let _ = parse_proc_cgroup(&format!("0::/kubepods/pod{uid_prefix}{tail}/{CID}\n"));
+            let _ = parse_proc_cgroup(&format!("0::/pod0123456789abcdef0123456789abcd{tail}\n"));
+        }
+    }
+
     proptest! {
         #[test]
         fn arbitrary_input_never_panics(input in "\\PC{0,400}") {
             let _ = parse_proc_cgroup(&input);
+        }
+
+        #[test]
+        fn arbitrary_pod_segments_never_panic(
+            prefix in "[a-z_.-]{0,4}",
+            body in "[0-9a-f_\\-é€😀:.]{0,45}",
+            cid in proptest::option::of("[0-9a-f]{64}"),
+        ) {
+            let tail = cid.map(|c| format!("/{c}")).unwrap_or_default();
+            let _ = parse_proc_cgroup(&format!("0::/kubepods/{prefix}pod{body}{tail}\n"));
         }
 
         #[test]
