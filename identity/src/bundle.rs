@@ -55,14 +55,6 @@ pub enum BundleError {
     /// A public key could not be used.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// A bundle in a [`BundleSet`] was inserted under another trust domain.
-    #[error("bundle for {found} cannot be stored as {expected}")]
-    TrustDomainMismatch {
-        /// The key it was to be stored under.
-        expected: TrustDomain,
-        /// The bundle's own trust domain.
-        found: TrustDomain,
-    },
 }
 
 /// A JWT signing authority: a public key named by its `kid`.
@@ -489,5 +481,234 @@ fn public_key_from_jwk(jwk: &Map<String, Value>) -> Result<Option<PublicKey>, St
                 .map_err(|e| e.to_string())
         }
         _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{KeyType, PrivateKey};
+    use crate::x509::X509Ca;
+    use std::time::UNIX_EPOCH;
+
+    fn td(name: &str) -> TrustDomain {
+        TrustDomain::new(name).unwrap()
+    }
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_750_000_000)
+    }
+
+    fn ca_cert(key_type: KeyType) -> CertificateDer<'static> {
+        let key = PrivateKey::generate(key_type).unwrap();
+        X509Ca::self_signed(&td("example.org"), key, Duration::from_secs(3600), now())
+            .unwrap()
+            .certificate()
+            .clone()
+    }
+
+    fn jwt_authority(kid: &str, key_type: KeyType) -> JwtAuthority {
+        JwtAuthority {
+            key_id: kid.to_owned(),
+            public_key: PrivateKey::generate(key_type).unwrap().public_key().clone(),
+            not_after: None,
+        }
+    }
+
+    fn full_bundle() -> TrustBundle {
+        TrustBundle {
+            trust_domain: td("example.org"),
+            x509_authorities: vec![ca_cert(KeyType::EcP256), ca_cert(KeyType::Rsa2048)],
+            jwt_authorities: vec![
+                jwt_authority("a", KeyType::EcP256),
+                jwt_authority("b", KeyType::EcP384),
+                jwt_authority("c", KeyType::Rsa2048),
+            ],
+            sequence: 7,
+            refresh_hint: Some(Duration::from_secs(300)),
+        }
+    }
+
+    #[test]
+    fn spiffe_json_round_trips_and_follows_the_spec() {
+        let bundle = full_bundle();
+        let json = bundle.to_spiffe_json().unwrap();
+        let parsed = TrustBundle::from_spiffe_json(td("example.org"), json.as_bytes()).unwrap();
+        assert_eq!(parsed, bundle);
+
+        let doc: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(doc["spiffe_sequence"], json!(7));
+        assert_eq!(doc["spiffe_refresh_hint"], json!(300));
+        let keys = doc["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 5);
+        for key in &keys[..2] {
+            assert_eq!(key["use"], json!("x509-svid"));
+            assert_eq!(key["x5c"].as_array().unwrap().len(), 1);
+            assert!(key.get("kid").is_none());
+        }
+        assert_eq!(keys[0]["kty"], json!("EC"));
+        assert_eq!(keys[0]["crv"], json!("P-256"));
+        assert_eq!(keys[1]["kty"], json!("RSA"));
+        assert_eq!(keys[1]["e"], json!("AQAB"));
+        for (key, kid) in keys[2..].iter().zip(["a", "b", "c"]) {
+            assert_eq!(key["use"], json!("jwt-svid"));
+            assert_eq!(key["kid"], json!(kid));
+        }
+        assert_eq!(keys[3]["crv"], json!("P-384"));
+    }
+
+    #[test]
+    fn parsing_ignores_what_the_spec_says_to_ignore() {
+        let cert = ca_cert(KeyType::EcP256);
+        let other = ca_cert(KeyType::EcP256);
+        let jwt = jwt_authority("k", KeyType::EcP256);
+        let (x, y) = jwt.public_key.ec_coordinates().unwrap();
+        let doc = json!({
+            "spiffe_sequence": 3,
+            "keys": [
+                {"use": "x509-svid", "kty": "EC", "x5c": [STANDARD.encode(&cert), STANDARD.encode(&other)]},
+                {"use": "x509-svid", "kty": "EC"},
+                {"use": "x509-svid", "kty": "EC", "x5c": []},
+                {"use": "wit-svid", "kty": "EC", "kid": "w", "crv": "P-256", "x": "AA", "y": "AA"},
+                {"kty": "EC", "kid": "nouse", "crv": "P-256", "x": "AA", "y": "AA"},
+                {"use": "jwt-svid", "kty": "OKP", "kid": "ed", "crv": "Ed25519", "x": "AA"},
+                {"use": "jwt-svid", "kty": "EC", "kid": "p192", "crv": "P-192", "x": "AA", "y": "AA"},
+                {"use": "jwt-svid", "kty": "EC", "kid": "k", "crv": "P-256",
+                 "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y)}
+            ]
+        });
+        let b =
+            TrustBundle::from_spiffe_json(td("example.org"), doc.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            b.x509_authorities,
+            vec![cert],
+            "only the first x5c certificate counts"
+        );
+        assert_eq!(b.jwt_authorities, vec![jwt]);
+        assert_eq!(b.sequence, 3);
+        assert_eq!(b.refresh_hint, None);
+    }
+
+    #[test]
+    fn empty_keys_is_a_valid_distrusting_bundle() {
+        let b = TrustBundle::from_spiffe_json(td("example.org"), br#"{"keys":[]}"#).unwrap();
+        assert_eq!(b, TrustBundle::new(td("example.org")));
+        let json = b.to_spiffe_json().unwrap();
+        assert_eq!(json, r#"{"keys":[],"spiffe_sequence":0}"#);
+    }
+
+    #[test]
+    fn parsing_rejects_malformed_documents() {
+        let parse = |s: &str| TrustBundle::from_spiffe_json(td("example.org"), s.as_bytes());
+        assert!(matches!(parse("not json"), Err(BundleError::Json(_))));
+        assert!(matches!(parse("[]"), Err(BundleError::Json(_))));
+        assert_eq!(parse("{}"), Err(BundleError::MissingKeys));
+        assert_eq!(parse(r#"{"keys":{}}"#), Err(BundleError::MissingKeys));
+        assert_eq!(
+            parse(r#"{"keys":[],"spiffe_sequence":-1}"#),
+            Err(BundleError::InvalidMember("spiffe_sequence"))
+        );
+        assert_eq!(
+            parse(r#"{"keys":[],"spiffe_refresh_hint":"5m"}"#),
+            Err(BundleError::InvalidMember("spiffe_refresh_hint"))
+        );
+        assert!(matches!(
+            parse(r#"{"keys":[{"use":"jwt-svid","kty":"EC","crv":"P-256","x":"AA","y":"AA"}]}"#),
+            Err(BundleError::InvalidKey { index: 0, .. })
+        ));
+        assert!(matches!(
+            parse(
+                r#"{"keys":[{"use":"jwt-svid","kid":"k","kty":"EC","crv":"P-256","x":"AA","y":"AA"}]}"#
+            ),
+            Err(BundleError::InvalidKey { index: 0, .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"keys":[{"use":"x509-svid","x5c":["!!"]}]}"#),
+            Err(BundleError::InvalidKey { index: 0, .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"keys":[{"use":"x509-svid","x5c":["MAA="]}]}"#),
+            Err(BundleError::X509(_))
+        ));
+        assert!(matches!(
+            parse(r#"{"keys":[1]}"#),
+            Err(BundleError::InvalidKey { index: 0, .. })
+        ));
+
+        let mut b = full_bundle();
+        b.jwt_authorities.push(jwt_authority("a", KeyType::EcP256));
+        let json = b.to_spiffe_json().unwrap();
+        assert_eq!(parse(&json), Err(BundleError::DuplicateKeyId("a".into())));
+    }
+
+    #[test]
+    fn pem_and_der_forms_round_trip() {
+        let bundle = full_bundle();
+        let pem = bundle.to_x509_pem();
+        let from_pem = TrustBundle::from_x509_pem(td("example.org"), &pem).unwrap();
+        assert_eq!(from_pem.x509_authorities, bundle.x509_authorities);
+        assert!(from_pem.jwt_authorities.is_empty());
+        let der = bundle.to_x509_der();
+        let from_der = TrustBundle::from_x509_der(td("example.org"), &der).unwrap();
+        assert_eq!(from_der.x509_authorities, bundle.x509_authorities);
+        assert!(TrustBundle::from_x509_der(td("example.org"), &der[1..]).is_err());
+        assert!(
+            TrustBundle::from_x509_pem(
+                td("example.org"),
+                "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn plain_jwks_round_trips() {
+        let bundle = full_bundle();
+        let jwks = bundle.to_jwks_json().unwrap();
+        let doc: Value = serde_json::from_str(&jwks).unwrap();
+        assert!(doc.get("spiffe_sequence").is_none());
+        let keys = doc["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 3, "JWT authorities only");
+        let algs: Vec<&str> = keys.iter().map(|k| k["alg"].as_str().unwrap()).collect();
+        assert_eq!(algs, ["ES256", "ES384", "RS256"]);
+        assert!(keys.iter().all(|k| k["use"] == json!("sig")));
+
+        let parsed = TrustBundle::from_jwks_json(td("example.org"), jwks.as_bytes()).unwrap();
+        assert_eq!(parsed.jwt_authorities, bundle.jwt_authorities);
+
+        // Encryption keys and keys without kid are skipped.
+        let mut doc = doc;
+        doc["keys"][0]["use"] = json!("enc");
+        doc["keys"][1].as_object_mut().unwrap().remove("kid");
+        let parsed =
+            TrustBundle::from_jwks_json(td("example.org"), doc.to_string().as_bytes()).unwrap();
+        assert_eq!(parsed.jwt_authorities, bundle.jwt_authorities[2..].to_vec());
+    }
+
+    #[test]
+    fn bundle_sets_and_sources() {
+        let a = full_bundle();
+        let mut b = TrustBundle::new(td("other.org"));
+        b.sequence = 1;
+        let mut set: BundleSet = [a.clone(), b.clone()].into_iter().collect();
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.bundle(&td("example.org")), Some(&a));
+        assert_eq!(set.get(&td("other.org")), Some(&b));
+        assert_eq!(set.bundle(&td("third.org")), None);
+        assert_eq!(a.bundle(&td("example.org")), Some(&a));
+        assert_eq!(a.bundle(&td("other.org")), None);
+        assert_eq!(
+            set.x509_authorities(&td("example.org")).map(<[_]>::len),
+            Some(2)
+        );
+        let mut b2 = b.clone();
+        b2.sequence = 2;
+        assert_eq!(set.insert(b2.clone()), Some(b));
+        assert_eq!(set.remove(&td("other.org")), Some(b2));
+        assert!(!set.is_empty());
+        let shared = Arc::new(set);
+        assert!(shared.bundle(&td("example.org")).is_some());
+        let names: Vec<&str> = shared.iter().map(|b| b.trust_domain.as_str()).collect();
+        assert_eq!(names, ["example.org"]);
     }
 }

@@ -2,6 +2,7 @@
 //! trust bundles and the CA keyset. No I/O: time is always passed in as
 //! `now: SystemTime` so callers and tests control the clock.
 
+pub mod authority;
 pub mod bundle;
 mod der;
 pub mod id;
@@ -9,6 +10,9 @@ pub mod jwt;
 pub mod keys;
 pub mod x509;
 
+pub use authority::{
+    AuthorityError, AuthorityKind, AuthorityState, CaConfig, CaKeyset, JwtKey, RotationEvent,
+};
 pub use bundle::{BundleError, BundleSet, BundleSource, JwtAuthority, TrustBundle};
 pub use id::{IdError, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, TrustDomain};
 pub use jwt::{JwtAlgorithm, JwtError, JwtSvid, ValidatedJwt, mint_jwt_svid, validate_jwt_svid};
