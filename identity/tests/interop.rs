@@ -2,6 +2,9 @@
 //! the `spiffe` crate's X.509 and JWT validation, and rustls/webpki in a real
 //! mutual-TLS handshake.
 
+// Test helpers outside #[test] functions panic on setup failure too.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
