@@ -4,6 +4,7 @@
 //! signet-csi never depend on each other, and apart from the SPIFFE crates
 //! because nothing here knows about identities.
 
+pub mod clock;
 pub mod endpoint;
 pub mod files;
 pub mod http;
