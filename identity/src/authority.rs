@@ -164,6 +164,9 @@ pub struct CaConfig {
     pub activate_fraction: f64,
     /// `spiffe_refresh_hint` of the bundle (default 5 min).
     pub refresh_hint: Option<Duration>,
+    /// `iss` claim of JWT-SVIDs (default none); set it to the OIDC issuer
+    /// URL when JWT-SVIDs are consumed through OIDC discovery.
+    pub jwt_issuer: Option<String>,
 }
 
 impl CaConfig {
@@ -178,6 +181,7 @@ impl CaConfig {
             prepare_fraction: DEFAULT_PREPARE_FRACTION,
             activate_fraction: DEFAULT_ACTIVATE_FRACTION,
             refresh_hint: Some(DEFAULT_REFRESH_HINT),
+            jwt_issuer: None,
         }
     }
 
@@ -579,9 +583,10 @@ impl CaKeyset {
             return Err(AuthorityError::NoActiveAuthority(AuthorityKind::Jwt));
         }
         let ttl = ttl.min(Duration::from_secs(left.as_secs()));
-        Ok(jwt::mint_jwt_svid(
+        Ok(jwt::mint_jwt_svid_with_issuer(
             &key.key,
             &key.kid,
+            self.config.jwt_issuer.as_deref(),
             sub,
             audiences,
             ttl,
@@ -1074,6 +1079,14 @@ mod tests {
             ),
             Err(AuthorityError::NoActiveAuthority(AuthorityKind::Jwt))
         );
+        let mut with_issuer = ks.config().clone();
+        with_issuer.jwt_issuer = Some("https://oidc.example.org".to_owned());
+        let ks2 = CaKeyset::new(with_issuer, t0()).unwrap();
+        let token = ks2
+            .mint_jwt_svid(&workload(), &["a".to_owned()], HOUR, &Map::new(), t0())
+            .unwrap();
+        let v = jwt::validate_jwt_svid(&token.token, "a", &ks2.bundle(t0()), t0()).unwrap();
+        assert_eq!(v.claims["iss"], "https://oidc.example.org");
         let foreign = SpiffeId::parse("spiffe://other.org/x").unwrap();
         assert!(matches!(
             ks.mint_jwt_svid(&foreign, &["a".to_owned()], HOUR, &Map::new(), t0()),

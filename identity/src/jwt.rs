@@ -228,6 +228,24 @@ pub fn mint_jwt_svid(
     extra_claims: &Map<String, Value>,
     now: SystemTime,
 ) -> Result<JwtSvid, JwtError> {
+    mint_jwt_svid_with_issuer(key, kid, None, sub, audiences, ttl, extra_claims, now)
+}
+
+/// Like [`mint_jwt_svid`], adding an `iss` claim when `issuer` is given.
+/// OIDC relying parties (cloud IAM federation, Vault) require `iss` to equal
+/// the discovery document's issuer URL; only the operator's configuration
+/// should decide it, which is why extra claims cannot set it.
+#[allow(clippy::too_many_arguments)]
+pub fn mint_jwt_svid_with_issuer(
+    key: &PrivateKey,
+    kid: &str,
+    issuer: Option<&str>,
+    sub: &SpiffeId,
+    audiences: &[String],
+    ttl: Duration,
+    extra_claims: &Map<String, Value>,
+    now: SystemTime,
+) -> Result<JwtSvid, JwtError> {
     if ttl.is_zero() {
         return Err(JwtError::ZeroTtl);
     }
@@ -258,6 +276,9 @@ pub fn mint_jwt_svid(
         Value::from(kid)
     );
     let mut claims = extra_claims.clone();
+    if let Some(iss) = issuer {
+        claims.insert("iss".into(), Value::from(iss));
+    }
     claims.insert("sub".into(), Value::from(sub.as_str()));
     claims.insert(
         "aud".into(),
@@ -658,6 +679,37 @@ mod tests {
             validate_jwt_svid(&svid.token, "", &b, now()),
             Err(JwtError::AudienceMismatch(String::new()))
         );
+    }
+
+    #[test]
+    fn issuer_is_set_only_when_configured() {
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let b = bundle_with("k", key.public_key());
+        let with = mint_jwt_svid_with_issuer(
+            &key,
+            "k",
+            Some("https://oidc.example.org"),
+            &sub(),
+            &aud(&["a"]),
+            Duration::from_secs(60),
+            &Map::new(),
+            now(),
+        )
+        .unwrap();
+        let v = validate_jwt_svid(&with.token, "a", &b, now()).unwrap();
+        assert_eq!(v.claims["iss"], json!("https://oidc.example.org"));
+        let without = mint_jwt_svid(
+            &key,
+            "k",
+            &sub(),
+            &aud(&["a"]),
+            Duration::from_secs(60),
+            &Map::new(),
+            now(),
+        )
+        .unwrap();
+        let v = validate_jwt_svid(&without.token, "a", &b, now()).unwrap();
+        assert!(!v.claims.contains_key("iss"));
     }
 
     #[test]

@@ -191,10 +191,9 @@ pub struct X509Svid {
 }
 
 impl X509Svid {
-    /// The leaf certificate.
-    pub fn leaf(&self) -> &CertificateDer<'static> {
-        // Constructed with exactly one leaf; the chain is never empty.
-        &self.cert_chain[0]
+    /// The leaf certificate (`None` only if `cert_chain` was emptied by hand).
+    pub fn leaf(&self) -> Option<&CertificateDer<'static>> {
+        self.cert_chain.first()
     }
 }
 
@@ -942,7 +941,7 @@ mod tests {
         assert_eq!(svid.not_before, now() - NOT_BEFORE_BACKDATE);
         assert_eq!(svid.not_after, now() + Duration::from_secs(3600));
 
-        let cert = parse_cert(svid.leaf()).unwrap();
+        let cert = parse_cert(svid.leaf().unwrap()).unwrap();
         assert_eq!(cert.version(), x509_parser::x509::X509Version::V3);
         assert_eq!(validity(&cert), (svid.not_before, svid.not_after));
         assert!(
@@ -1029,7 +1028,7 @@ mod tests {
         params.dns_sans = vec!["db.payments.svc".into(), "db".into()];
         params.ip_sans = vec!["10.1.2.3".parse().unwrap(), "::1".parse().unwrap()];
         let svid = ca.mint_svid(&params, key.public_key(), now()).unwrap();
-        let cert = parse_cert(svid.leaf()).unwrap();
+        let cert = parse_cert(svid.leaf().unwrap()).unwrap();
         assert_eq!(cert.subject().to_string(), "CN=db.payments.svc");
         assert!(!ext(&cert, oid::SUBJECT_ALT_NAME).critical);
         let names = &cert
@@ -1049,7 +1048,7 @@ mod tests {
             organizational_unit: vec!["Unit".into()],
         };
         let svid = ca.mint_svid(&params, key.public_key(), now()).unwrap();
-        let cert = parse_cert(svid.leaf()).unwrap();
+        let cert = parse_cert(svid.leaf().unwrap()).unwrap();
         assert_eq!(
             cert.subject().to_string(),
             "O=Org A, O=Org B, OU=Unit, CN=explicit"
@@ -1134,7 +1133,7 @@ mod tests {
                     verified.is_ok(),
                     "{ca_type} CA, {leaf_type} leaf: {verified:?}"
                 );
-                let ku = key_usage(&parse_cert(svid.leaf()).unwrap())
+                let ku = key_usage(&parse_cert(svid.leaf().unwrap()).unwrap())
                     .unwrap()
                     .key_encipherment();
                 assert_eq!(ku, leaf_type == KeyType::Rsa2048);
@@ -1150,7 +1149,7 @@ mod tests {
         assert_eq!(&public_key_from_csr(&csr).unwrap(), key.public_key());
         let params = X509SvidParams::new(id("spiffe://example.org/w"), Duration::from_secs(60));
         let svid = ca.mint_svid_from_csr(&params, &csr, now()).unwrap();
-        let cert = parse_cert(svid.leaf()).unwrap();
+        let cert = parse_cert(svid.leaf().unwrap()).unwrap();
         assert_eq!(cert.public_key().raw, key.public_key().spki_der());
 
         // A CSR asking for extra names and CA powers gets none of them.
@@ -1163,7 +1162,7 @@ mod tests {
         req.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
         let rc_csr = req.serialize_request(&rc_key).unwrap();
         let svid = ca.mint_svid_from_csr(&params, rc_csr.der(), now()).unwrap();
-        let cert = parse_cert(svid.leaf()).unwrap();
+        let cert = parse_cert(svid.leaf().unwrap()).unwrap();
         assert_eq!(spiffe_id_of(&cert).unwrap(), params.spiffe_id);
         assert_eq!(
             cert.subject_alternative_name()
@@ -1242,7 +1241,7 @@ mod tests {
         ));
         // A leaf is not a CA.
         assert!(matches!(
-            X509Ca::from_parts(svid.leaf().clone(), leaf),
+            X509Ca::from_parts(svid.leaf().unwrap().clone(), leaf),
             Err(X509Error::InvalidCa(_))
         ));
         assert!(format!("{original:?}").contains("<redacted>"));
