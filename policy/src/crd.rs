@@ -107,7 +107,7 @@ fn exactly_one_operator(schema: &mut schemars::Schema) {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SpiffeSpec {
-    /// Path of the SPIFFE ID within the configured trust domain, starting with "/", with {{ attribute }} templates, e.g. "/ns/{{ workload.kubernetes.namespace }}/sa/{{ workload.kubernetes.service_account }}". Attribute values rendered here may only contain letters, digits, ".", "-" and "_". A full "spiffe://<trust domain>/..." form is accepted if the trust domain is the configured one.
+    /// Path of the SPIFFE ID within the configured trust domain, starting with "/", with {{ attribute }} templates, e.g. "/ns/{{ workload.kubernetes.namespace }}/sa/{{ workload.kubernetes.service_account }}". Attribute values rendered here may only contain letters, digits, ".", "-" and "_". A full "spiffe://TRUST_DOMAIN/..." form is accepted if the trust domain is the configured one.
     pub id: String,
     /// Hint passed to workloads in the Workload API to tell SVIDs apart (may use templates).
     #[serde(default, skip_serializing_if = "Option::is_none")]

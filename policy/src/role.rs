@@ -25,7 +25,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::attributes::{Attributes, Field, LabelMap};
+use crate::attributes::{AttributeName, Attributes, Field, LabelMap};
 use crate::crd::{self, SubjectKind};
 use crate::glob::Glob;
 
@@ -73,7 +73,7 @@ enum SelectorOp {
 /// A compiled Kubernetes label selector over `node.labels.*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct NodeSelector {
-    requirements: Vec<(String, SelectorOp)>,
+    requirements: Vec<(AttributeName, SelectorOp)>,
 }
 
 impl NodeSelector {
@@ -83,8 +83,23 @@ impl NodeSelector {
         errors: &mut Vec<(String, RoleError)>,
     ) -> Self {
         let mut requirements = Vec::new();
+        // Keys become full attribute names once, so matching does not build strings.
+        let push = |reqs: &mut Vec<(AttributeName, SelectorOp)>,
+                    key: &str,
+                    op: SelectorOp,
+                    errors: &mut Vec<(String, RoleError)>| {
+            match AttributeName::label(LabelMap::NodeLabels, key) {
+                Ok(name) => reqs.push((name, op)),
+                Err(e) => errors.push((path.to_owned(), RoleError::Selector(e.to_string()))),
+            }
+        };
         for (k, v) in sel.match_labels.iter().flatten() {
-            requirements.push((k.clone(), SelectorOp::In([v.clone()].into())));
+            push(
+                &mut requirements,
+                k,
+                SelectorOp::In([v.clone()].into()),
+                errors,
+            );
         }
         for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
             let values: BTreeSet<String> = e.values.iter().flatten().cloned().collect();
@@ -118,14 +133,14 @@ impl NodeSelector {
                     continue;
                 }
             };
-            requirements.push((e.key.clone(), op));
+            push(&mut requirements, &e.key, op, errors);
         }
         NodeSelector { requirements }
     }
 
     fn matches(&self, attrs: &Attributes) -> bool {
         self.requirements.iter().all(|(key, op)| {
-            let value = attrs.label(LabelMap::NodeLabels, key);
+            let value = attrs.get(key);
             match op {
                 SelectorOp::In(vs) => value.is_some_and(|v| vs.contains(v)),
                 SelectorOp::NotIn(vs) => value.is_none_or(|v| !vs.contains(v)),
@@ -217,25 +232,41 @@ impl SubjectMatcher {
         matcher.filter(|_| errors.len() == before)
     }
 
-    fn matches(&self, attrs: &Attributes) -> bool {
+    fn matches(&self, w: &SubjectView<'_>) -> bool {
         match self {
             SubjectMatcher::ServiceAccount { namespace, name } => {
-                match (
-                    attrs.field(Field::KubernetesNamespace),
-                    attrs.field(Field::KubernetesServiceAccount),
-                ) {
+                match (w.namespace, w.service_account) {
                     (Some(ns), Some(sa)) => namespace.matches(ns) && name.matches(sa),
                     _ => false,
                 }
             }
-            SubjectMatcher::Node(sel) => {
-                let on_node = attrs.field(Field::KubernetesNodeName).is_some()
-                    || attrs.field(Field::AgentNodeName).is_some();
-                on_node && sel.matches(attrs)
-            }
-            SubjectMatcher::Agent(name) => attrs
-                .field(Field::AgentName)
-                .is_some_and(|a| name.matches(a)),
+            SubjectMatcher::Node(sel) => w.on_node && sel.matches(w.attrs),
+            SubjectMatcher::Agent(name) => w.agent_name.is_some_and(|a| name.matches(a)),
+        }
+    }
+}
+
+/// The attributes subjects look at, fetched once per workload rather than once
+/// per Role.
+#[derive(Debug, Clone, Copy)]
+pub struct SubjectView<'a> {
+    attrs: &'a Attributes,
+    namespace: Option<&'a str>,
+    service_account: Option<&'a str>,
+    on_node: bool,
+    agent_name: Option<&'a str>,
+}
+
+impl<'a> SubjectView<'a> {
+    /// Extracts the subject-relevant attributes of a workload.
+    pub fn new(attrs: &'a Attributes) -> Self {
+        SubjectView {
+            attrs,
+            namespace: attrs.field(Field::KubernetesNamespace),
+            service_account: attrs.field(Field::KubernetesServiceAccount),
+            on_node: attrs.field(Field::KubernetesNodeName).is_some()
+                || attrs.field(Field::AgentNodeName).is_some(),
+            agent_name: attrs.field(Field::AgentName),
         }
     }
 }
@@ -440,7 +471,12 @@ impl CompiledRole {
 
     /// Whether any subject matches the workload.
     pub fn applies_to(&self, attrs: &Attributes) -> bool {
-        self.subjects.iter().any(|s| s.matches(attrs))
+        self.applies_to_view(&SubjectView::new(attrs))
+    }
+
+    /// Like [`CompiledRole::applies_to`], with the attributes fetched beforehand.
+    pub fn applies_to_view(&self, view: &SubjectView<'_>) -> bool {
+        self.subjects.iter().any(|s| s.matches(view))
     }
 
     /// Whether the allow labels select an identity with these labels.

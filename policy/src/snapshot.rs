@@ -34,7 +34,7 @@ use crate::attributes::{Attributes, Field};
 use crate::crd::{READY_CONDITION, Role, WorkloadIdentity};
 use crate::dns::validate_dns_name;
 use crate::document::PolicyDocument;
-use crate::role::{CompiledRole, RoleError, SvidNames};
+use crate::role::{CompiledRole, RoleError, SubjectView, SvidNames};
 use crate::rules::{RuleError, Rules, RulesOutcome};
 use crate::selector::IdentitySelector;
 use crate::template::{RenderError, Template, TemplateError};
@@ -695,13 +695,17 @@ impl CompiledIdentity {
             .transpose()?;
         let mut dns_sans: Vec<String> = Vec::with_capacity(self.dns_sans.len());
         for (i, t) in self.dns_sans.iter().enumerate() {
-            let field = format!("spec.spiffe.x509.dnsSans[{i}]");
+            // Field paths are only formatted on failure: this is the hot path.
+            let field = || format!("spec.spiffe.x509.dnsSans[{i}]");
             let name = t
                 .render_with(attrs, check_dns_value)
-                .map_err(|e| render_denial(&field, e))?
+                .map_err(|e| render_denial(&field(), e))?
                 .to_ascii_lowercase();
             validate_dns_name(&name).map_err(|e| {
-                Denial::new(DenialReason::InvalidRenderedSan, format!("{field}: {e}"))
+                Denial::new(
+                    DenialReason::InvalidRenderedSan,
+                    format!("{}: {e}", field()),
+                )
             })?;
             if !dns_sans.contains(&name) {
                 dns_sans.push(name);
@@ -714,7 +718,10 @@ impl CompiledIdentity {
         let render_all = |field: &str, ts: &[Template]| {
             ts.iter()
                 .enumerate()
-                .map(|(i, t)| render(&format!("{field}[{i}]"), t))
+                .map(|(i, t)| {
+                    t.render(attrs)
+                        .map_err(|e| render_denial(&format!("{field}[{i}]"), e))
+                })
                 .collect::<Result<Vec<_>, _>>()
         };
         let organization = render_all(
@@ -1016,6 +1023,7 @@ impl PolicySnapshot {
     /// Roles that apply to the workload, in name order.
     fn applicable_roles(&self, attrs: &Attributes) -> Vec<&CompiledRole> {
         let inner = &*self.inner;
+        let view = SubjectView::new(attrs);
         let pinned = attrs
             .field(Field::KubernetesNamespace)
             .and_then(|ns| inner.roles_by_namespace.get(ns))
@@ -1024,7 +1032,7 @@ impl PolicySnapshot {
         merge_sorted(pinned, &inner.roles_anywhere)
             .into_iter()
             .filter_map(|i| inner.roles.get(i as usize))
-            .filter(|r| r.applies_to(attrs))
+            .filter(|r| r.applies_to_view(&view))
             .collect()
     }
 
@@ -1133,8 +1141,16 @@ impl PolicySnapshot {
             return Vec::new();
         }
         self.candidate_identities(attrs)
+            .filter(|id| Self::may_issue(id, attrs, &roles))
             .filter_map(|id| self.decide_one(id, attrs, &roles).ok())
             .collect()
+    }
+
+    /// Cheap checks run before [`Self::decide_one`] on the fast path, so the
+    /// common "does not match" case builds no denial message.
+    fn may_issue(id: &CompiledIdentity, attrs: &Attributes, roles: &[&CompiledRole]) -> bool {
+        id.rules.evaluate(attrs) == RulesOutcome::Allowed
+            && roles.iter().any(|r| r.allows_labels(&id.labels))
     }
 
     /// Like [`PolicySnapshot::evaluate`], restricted to identities the
@@ -1150,6 +1166,7 @@ impl PolicySnapshot {
         }
         self.candidate_identities(attrs)
             .filter(|id| selector.matches(&id.name, &id.labels))
+            .filter(|id| Self::may_issue(id, attrs, &roles))
             .filter_map(|id| self.decide_one(id, attrs, &roles).ok())
             .collect()
     }
