@@ -13,6 +13,7 @@
 //! per-workload `watch` channel that Workload API streams follow.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -321,6 +322,7 @@ pub struct SvidCache {
     clock: Clock,
     jwts: Arc<Mutex<HashMap<JwtKey, Arc<SignedJwt>>>>,
     config: Arc<CacheConfig>,
+    svid_count: Arc<AtomicUsize>,
 }
 
 impl SvidCache {
@@ -333,7 +335,9 @@ impl SvidCache {
         keys: Arc<dyn KeyFactory>,
     ) -> Self {
         let (commands, receiver) = mpsc::unbounded_channel();
+        let svid_count = Arc::new(AtomicUsize::new(0));
         let worker = Worker {
+            svid_count: svid_count.clone(),
             config: config.clone(),
             clock,
             signer: signer.clone(),
@@ -352,7 +356,13 @@ impl SvidCache {
             clock,
             jwts: Arc::new(Mutex::new(HashMap::new())),
             config: Arc::new(config),
+            svid_count,
         }
+    }
+
+    /// X.509-SVIDs currently held, across workloads (for metrics).
+    pub fn cached_svids(&self) -> usize {
+        self.svid_count.load(Ordering::Relaxed)
     }
 
     /// Registers interest in `workload`'s X.509-SVIDs.
@@ -564,6 +574,7 @@ struct Worker {
     workloads: HashMap<WorkloadKey, Workload>,
     in_flight: FuturesUnordered<BoxFuture<'static, BatchResult>>,
     last_error: Option<String>,
+    svid_count: Arc<AtomicUsize>,
 }
 
 impl Worker {
@@ -847,6 +858,13 @@ impl Worker {
     }
 
     fn publish_all(&mut self) {
+        let held = self
+            .workloads
+            .values()
+            .flat_map(|w| w.entries.values())
+            .filter(|e| e.svid.is_some())
+            .count();
+        self.svid_count.store(held, Ordering::Relaxed);
         let last_error = self.last_error.clone();
         for workload in self.workloads.values() {
             let view = build_view(workload, last_error.as_deref());

@@ -1,0 +1,214 @@
+//! `signet-agent run`: joins the issuer (or reuses the stored agent SVID),
+//! follows the policy, runs the SVID cache and serves the Workload API, SDS
+//! and health on the unix socket, plus the admin HTTP endpoint, until SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use signet_runtime::http::Readiness;
+use tokio::sync::watch;
+
+use crate::attest::procfs::ProcRoot;
+use crate::attest::{AttestError, WorkloadAttestor};
+use crate::backoff::Backoff;
+use crate::cache::{CacheConfig, SvidCache};
+use crate::clock::Clock;
+use crate::config::{AgentConfig, ConfigError};
+use crate::issuer_client::{IssuerClient, IssuerClientConfig, IssuerError};
+use crate::keys::SvidKeyFactory;
+use crate::metrics::Metrics;
+use crate::policy_watch::{PolicyStore, run_policy_watch};
+use crate::server::{ServerState, serve};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Issuer(#[from] IssuerError),
+    #[error("attestors: {0}")]
+    Attestors(#[from] AttestError),
+    #[error("workload API socket: {0}")]
+    Socket(#[from] signet_runtime::uds::UdsError),
+    #[error("admin endpoint {address}: {source}")]
+    Admin {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving the workload API: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("stopped before the agent had an identity")]
+    Interrupted,
+}
+
+/// Whether a failed Join/RenewAgent is worth retrying (issuer not up yet)
+/// rather than a reason to stop (bad or spent token, no credential).
+fn transient(error: &IssuerError) -> bool {
+    match error {
+        IssuerError::Call { code, .. } => matches!(
+            code,
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::ResourceExhausted
+        ),
+        _ => false,
+    }
+}
+
+/// Runs the agent until SIGINT/SIGTERM.
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let (stop, stopping) = watch::channel(false);
+    tokio::spawn(async move {
+        signet_runtime::shutdown::signal().await;
+        stop.send_replace(true);
+    });
+    run_until(config, stopping).await
+}
+
+/// Runs the agent until `shutdown` becomes true.
+pub async fn run_until(
+    config: AgentConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    signet_tls::install_default_provider();
+    let clock = Clock::new();
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let readiness = Readiness::default();
+
+    // Admin endpoint first, so liveness answers while the agent joins.
+    if let Some(address) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| AgentError::Admin { address, source })?;
+        let registry = Arc::new(registry);
+        let readiness = readiness.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(signet_runtime::http::serve_admin(
+            listener,
+            registry,
+            readiness,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
+        tracing::info!(%address, "admin endpoint listening");
+    }
+
+    let bootstrap = IssuerClient::read_bootstrap_bundle(
+        &config.issuer.trust_bundle_path,
+        &config.trust_domain,
+    )?;
+    let client = IssuerClient::new(
+        IssuerClientConfig {
+            address: config.issuer.address.clone(),
+            trust_domain: config.trust_domain.clone(),
+            state_dir: config.state_dir.clone(),
+            join_token: config.join_token()?,
+            node_name: config.node_name().map(str::to_owned),
+        },
+        bootstrap,
+        clock,
+        metrics.clone(),
+    )?;
+    join(&client, shutdown.clone()).await?;
+    if let Some((id, expires)) = client.agent_svid() {
+        tracing::info!(agent = %id, expires = %humantime::format_rfc3339_seconds(expires), "agent identity ready");
+    }
+
+    let store = PolicyStore::new();
+    tokio::spawn(client.clone().run_renewal(shutdown.clone()));
+    tokio::spawn(run_policy_watch(
+        client.clone(),
+        store.clone(),
+        config.selector.clone(),
+        shutdown.clone(),
+    ));
+    {
+        // Ready once the first policy is in force.
+        let mut policy = store.subscribe();
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            if policy.wait_for(Option::is_some).await.is_ok() {
+                readiness.set(true);
+            }
+        });
+    }
+
+    let cache = SvidCache::spawn(
+        CacheConfig::default(),
+        clock,
+        store.cache_receiver(),
+        Arc::new(client.clone()),
+        Arc::new(SvidKeyFactory::new(config.svid_key_type)),
+    );
+    {
+        let cache = cache.clone();
+        let metrics = metrics.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => metrics.set_svids_cached(cache.cached_svids()),
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        });
+    }
+
+    let attestor = WorkloadAttestor::new(&config.attestors)?;
+    let state = Arc::new(ServerState {
+        cache,
+        policy: store.subscribe(),
+        attestor: Arc::new(attestor),
+        metrics,
+        clock,
+        first_svid_timeout: config.first_svid_timeout,
+    });
+    let Some(path) = config.listen.unix_path().map(ToOwned::to_owned) else {
+        return Err(ConfigError::Invalid("listen must be a unix socket".into()).into());
+    };
+    let listener = signet_runtime::uds::bind_unix_listener(&path, config.socket_mode)?;
+    tracing::info!(
+        socket = %config.listen,
+        mode = format!("{:o}", config.socket_mode),
+        "Workload API and SDS listening; export SPIFFE_ENDPOINT_SOCKET={}",
+        config.listen
+    );
+    tracing::debug!(admin = %config.admin_listen, "delegated API socket reserved (not served yet)");
+    let mut stop = shutdown.clone();
+    let served = serve(listener, ProcRoot::from_env(), state, async move {
+        let _ = stop.wait_for(|s| *s).await;
+    })
+    .await;
+    signet_runtime::uds::remove_socket(&path);
+    tracing::info!("signet-agent stopped");
+    served.map_err(AgentError::from)
+}
+
+/// Gets the agent an identity, retrying while the issuer is unreachable.
+async fn join(
+    client: &IssuerClient,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        match client.ensure_identity().await {
+            Ok(()) => return Ok(()),
+            Err(error) if transient(&error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in = ?delay, "cannot reach the issuer yet");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait_for(|s| *s) => return Err(AgentError::Interrupted),
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}

@@ -1,0 +1,889 @@
+//! The agent's side of the issuer API: joining (and re-using a persisted
+//! agent SVID across restarts), renewing the agent SVID at half-life,
+//! watching the policy, and signing workload SVIDs for the cache.
+//!
+//! The issuer is authenticated by its SVID (`spiffe://<td>/signet/issuer`)
+//! against the bootstrap bundle and, once known, the bundle the issuer
+//! itself ships, kept current in a [`SharedBundles`] so that CA rotation
+//! never breaks the connection. Every SVID the issuer returns is verified
+//! before use: it must chain to the current bundle, name a member of the
+//! trust domain and carry exactly the key of the CSR it answers.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use rustls_pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+use signet_identity::x509::{certs_from_pem, certs_to_pem, public_key_from_csr};
+use signet_identity::{
+    BundleSet, KeyType, PrivateKey, PublicKey, SpiffeId, TrustBundle, TrustDomain,
+    validate_jwt_svid, verify_x509_svid,
+};
+use signet_proto::issuer::v1 as pb;
+use signet_proto::issuer::v1::issuer_client::IssuerClient as GrpcIssuer;
+use signet_tls::{PeerPolicy, SharedBundles, SpiffeServerVerifier, SvidResolver};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use zeroize::Zeroizing;
+
+use crate::attest::Attributes;
+use crate::backoff::{Backoff, jitter};
+use crate::cache::{
+    Denial, JwtSignRequest, SignError, SignOutcome, SignedJwt, SignedX509, Signer, X509SignRequest,
+};
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::policy_watch::AgentAttributes;
+
+/// Requests per SignX509Svids / SignJwtSvids call, as SPIRE batches.
+pub const MAX_BATCH: usize = 500;
+/// File in `state_dir` holding the agent SVID, its key and the last bundle.
+pub const AGENT_STATE_FILE: &str = "agent.json";
+const STATE_VERSION: u32 = 1;
+const POD_UID_ATTRIBUTE: &str = "workload.kubernetes.pod_uid";
+/// Gives up on one issuer call after this long.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerError {
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("issuer call {call} failed: {code:?}: {message}")]
+    Call {
+        call: &'static str,
+        code: tonic::Code,
+        message: String,
+    },
+    #[error("the issuer returned an invalid agent SVID: {0}")]
+    InvalidAgentSvid(String),
+    #[error("no valid agent SVID in {state_dir} and no join token configured")]
+    NoCredential { state_dir: PathBuf },
+    #[error("agent state {path}: {reason}")]
+    State { path: PathBuf, reason: String },
+    #[error("key generation: {0}")]
+    Key(String),
+    #[error("the agent has not joined yet")]
+    NotJoined,
+}
+
+impl IssuerError {
+    fn call(call: &'static str, status: tonic::Status) -> Self {
+        Self::Call {
+            call,
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
+}
+
+/// What the client needs to know.
+#[derive(Clone, Debug)]
+pub struct IssuerClientConfig {
+    /// `host:port` of the issuer.
+    pub address: String,
+    pub trust_domain: TrustDomain,
+    pub state_dir: PathBuf,
+    pub join_token: Option<String>,
+    pub node_name: Option<String>,
+}
+
+/// The agent's own credential.
+struct AgentCredential {
+    name: String,
+    spiffe_id: SpiffeId,
+    chain: Vec<CertificateDer<'static>>,
+    key: Zeroizing<Vec<u8>>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+}
+
+/// The persisted form of [`AgentCredential`] plus the bundle it chains to.
+#[derive(Serialize, Deserialize)]
+struct StoredState {
+    version: u32,
+    agent_name: String,
+    spiffe_id: String,
+    cert_chain_pem: String,
+    private_key_pem: String,
+    /// SPIFFE bundle JSON of the own trust domain.
+    trust_bundle: String,
+}
+
+struct Inner {
+    config: IssuerClientConfig,
+    bundles: SharedBundles,
+    resolver: Arc<SvidResolver>,
+    /// mTLS with the agent SVID in `resolver`; connects lazily and picks up
+    /// a renewed SVID on its next connection.
+    mtls: Channel,
+    /// Server-authenticated TLS only, for Join.
+    anonymous: Channel,
+    credential: RwLock<Option<Arc<AgentCredential>>>,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+}
+
+/// Cheap-to-clone handle on the issuer connection.
+#[derive(Clone)]
+pub struct IssuerClient {
+    inner: Arc<Inner>,
+}
+
+/// The SPIFFE ID the issuer's server certificate must carry.
+pub fn issuer_spiffe_id(trust_domain: &TrustDomain) -> Result<SpiffeId, IssuerError> {
+    SpiffeId::from_path(trust_domain, "/signet/issuer")
+        .map_err(|e| IssuerError::Tls(format!("issuer SPIFFE ID: {e}")))
+}
+
+impl IssuerClient {
+    /// Sets up the (lazy) connections. `bootstrap` is the PEM bundle the
+    /// operator published, trusted until the issuer sends its own.
+    pub fn new(
+        config: IssuerClientConfig,
+        bootstrap: TrustBundle,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, IssuerError> {
+        let mut set = BundleSet::new();
+        set.insert(bootstrap);
+        let bundles = SharedBundles::new(set);
+        let issuer_id = issuer_spiffe_id(&config.trust_domain)?;
+        let verifier = Arc::new(SpiffeServerVerifier::new(
+            bundles.clone(),
+            PeerPolicy::OneOf(vec![issuer_id]),
+        ));
+        let resolver = Arc::new(SvidResolver::new());
+        let tls = |resolver: Option<Arc<SvidResolver>>| {
+            signet_tls::client_config(resolver, verifier.clone())
+                .map(Arc::new)
+                .map_err(|e| IssuerError::Tls(e.to_string()))
+        };
+        let mtls = signet_tls::connect_channel(&config.address, tls(Some(resolver.clone()))?)
+            .map_err(|e| IssuerError::Tls(e.to_string()))?;
+        let anonymous = signet_tls::connect_channel(&config.address, tls(None)?)
+            .map_err(|e| IssuerError::Tls(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                bundles,
+                resolver,
+                mtls,
+                anonymous,
+                credential: RwLock::new(None),
+                clock,
+                metrics,
+            }),
+        })
+    }
+
+    /// Reads the bootstrap bundle file (PEM X.509 authorities).
+    pub fn read_bootstrap_bundle(
+        path: &Path,
+        trust_domain: &TrustDomain,
+    ) -> Result<TrustBundle, IssuerError> {
+        let state = |reason: String| IssuerError::State {
+            path: path.to_owned(),
+            reason,
+        };
+        let pem = std::fs::read_to_string(path).map_err(|e| state(e.to_string()))?;
+        let bundle = TrustBundle::from_x509_pem(trust_domain.clone(), &pem)
+            .map_err(|e| state(e.to_string()))?;
+        if bundle.x509_authorities.is_empty() {
+            return Err(state("no CERTIFICATE block".into()));
+        }
+        Ok(bundle)
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.inner.config.trust_domain
+    }
+
+    /// `agent.name` / `agent.node_name` for local policy evaluation.
+    pub fn agent_attributes(&self) -> AgentAttributes {
+        AgentAttributes {
+            name: self
+                .credential()
+                .map(|c| c.name.clone())
+                .unwrap_or_default(),
+            node_name: self
+                .inner
+                .config
+                .node_name
+                .clone()
+                .filter(|name| !name.is_empty()),
+        }
+    }
+
+    /// The agent's SPIFFE ID and expiry, once joined.
+    pub fn agent_svid(&self) -> Option<(SpiffeId, SystemTime)> {
+        self.credential()
+            .map(|c| (c.spiffe_id.clone(), c.not_after))
+    }
+
+    /// Replaces the bundle that issuer certificates (TLS and SVIDs) must
+    /// chain to.
+    pub fn set_trust_bundle(&self, bundle: TrustBundle) {
+        if bundle.x509_authorities.is_empty() {
+            tracing::warn!("ignoring an empty trust bundle from the issuer");
+            return;
+        }
+        let mut set = BundleSet::new();
+        set.insert(bundle);
+        self.inner.bundles.replace(set);
+    }
+
+    fn credential(&self) -> Option<Arc<AgentCredential>> {
+        match self.inner.credential.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.inner.config.state_dir.join(AGENT_STATE_FILE)
+    }
+
+    /// Makes sure the agent holds a valid SVID: the persisted one while it
+    /// is valid (a single-use join token is never needed twice), otherwise a
+    /// new one from `Join`.
+    pub async fn ensure_identity(&self) -> Result<(), IssuerError> {
+        match self.load_state() {
+            Ok(Some(())) => return Ok(()),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "ignoring the stored agent SVID"),
+        }
+        self.join().await
+    }
+
+    /// Loads the persisted credential if it is still valid for at least a
+    /// minute and chains to a trusted bundle.
+    fn load_state(&self) -> Result<Option<()>, IssuerError> {
+        let path = self.state_path();
+        let error = |reason: String| IssuerError::State {
+            path: path.clone(),
+            reason,
+        };
+        let Some(bytes) =
+            signet_runtime::files::read_optional(&path).map_err(|e| error(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let stored: StoredState =
+            serde_json::from_slice(&bytes).map_err(|e| error(e.to_string()))?;
+        if stored.version != STATE_VERSION {
+            return Err(error(format!("unknown version {}", stored.version)));
+        }
+        let td = self.trust_domain().clone();
+        let stored_bundle =
+            TrustBundle::from_spiffe_json(td.clone(), stored.trust_bundle.as_bytes())
+                .map_err(|e| error(e.to_string()))?;
+        // Trust both the operator's bootstrap file and the last bundle the
+        // issuer sent: either may be the newer one after a restart.
+        let mut trusted = self
+            .inner
+            .bundles
+            .current()
+            .get(&td)
+            .cloned()
+            .unwrap_or_else(|| TrustBundle::new(td.clone()));
+        for cert in &stored_bundle.x509_authorities {
+            if !trusted.x509_authorities.contains(cert) {
+                trusted.x509_authorities.push(cert.clone());
+            }
+        }
+        let chain = certs_from_pem(&stored.cert_chain_pem).map_err(|e| error(e.to_string()))?;
+        let key = PrivateKey::from_pkcs8_pem(&stored.private_key_pem)
+            .map_err(|e| error(e.to_string()))?;
+        let now = self.inner.clock.now();
+        let credential = match check_agent_svid(&chain, &key, &trusted, &td, now) {
+            Ok(checked) => checked,
+            Err(reason) => {
+                tracing::info!(%reason, "the stored agent SVID cannot be used");
+                return Ok(None);
+            }
+        };
+        if credential.1 <= now + Duration::from_secs(60) {
+            tracing::info!("the stored agent SVID has expired");
+            return Ok(None);
+        }
+        let mut set = BundleSet::new();
+        set.insert(trusted);
+        self.inner.bundles.replace(set);
+        self.install(AgentCredential {
+            name: stored.agent_name,
+            spiffe_id: credential.0,
+            chain,
+            key: key.to_pkcs8_der(),
+            not_before: credential.2,
+            not_after: credential.1,
+        })?;
+        tracing::info!(path = %path.display(), "using the stored agent SVID");
+        Ok(Some(()))
+    }
+
+    fn install(&self, credential: AgentCredential) -> Result<(), IssuerError> {
+        self.inner
+            .resolver
+            .set(credential.chain.clone(), &credential.key)
+            .map_err(|e| IssuerError::Tls(e.to_string()))?;
+        let credential = Arc::new(credential);
+        match self.inner.credential.write() {
+            Ok(mut guard) => *guard = Some(credential),
+            Err(poisoned) => *poisoned.into_inner() = Some(credential),
+        }
+        Ok(())
+    }
+
+    /// Exchanges the join token for an agent SVID.
+    pub async fn join(&self) -> Result<(), IssuerError> {
+        let token =
+            self.inner
+                .config
+                .join_token
+                .clone()
+                .ok_or_else(|| IssuerError::NoCredential {
+                    state_dir: self.inner.config.state_dir.clone(),
+                })?;
+        let key =
+            PrivateKey::generate(KeyType::EcP256).map_err(|e| IssuerError::Key(e.to_string()))?;
+        let csr =
+            signet_identity::x509::create_csr(&key).map_err(|e| IssuerError::Key(e.to_string()))?;
+        let request = pb::JoinRequest {
+            credential: Some(pb::join_request::Credential::JoinToken(token)),
+            csr,
+            node_name: self.inner.config.node_name.clone().unwrap_or_default(),
+        };
+        let mut client = GrpcIssuer::new(self.inner.anonymous.clone());
+        let response = with_timeout(client.join(request))
+            .await
+            .map_err(|status| IssuerError::call("Join", status))?
+            .into_inner();
+        self.accept_agent_svid(response, key)?;
+        tracing::info!(
+            agent = %self.agent_attributes().name,
+            "joined the issuer"
+        );
+        Ok(())
+    }
+
+    /// Renews the agent SVID for a new key over mTLS.
+    pub async fn renew(&self) -> Result<(), IssuerError> {
+        if self.credential().is_none() {
+            return Err(IssuerError::NotJoined);
+        }
+        let key =
+            PrivateKey::generate(KeyType::EcP256).map_err(|e| IssuerError::Key(e.to_string()))?;
+        let csr =
+            signet_identity::x509::create_csr(&key).map_err(|e| IssuerError::Key(e.to_string()))?;
+        let mut client = GrpcIssuer::new(self.inner.mtls.clone());
+        let response = with_timeout(client.renew_agent(pb::RenewAgentRequest { csr }))
+            .await
+            .map_err(|status| IssuerError::call("RenewAgent", status))?
+            .into_inner();
+        self.accept_agent_svid(response, key)?;
+        tracing::info!("renewed the agent SVID");
+        Ok(())
+    }
+
+    fn accept_agent_svid(&self, svid: pb::AgentSvid, key: PrivateKey) -> Result<(), IssuerError> {
+        let td = self.trust_domain().clone();
+        let invalid = |reason: String| IssuerError::InvalidAgentSvid(reason);
+        let bundle = if svid.trust_bundle.is_empty() {
+            self.inner
+                .bundles
+                .current()
+                .get(&td)
+                .cloned()
+                .ok_or_else(|| invalid("no trust bundle".into()))?
+        } else {
+            TrustBundle::from_spiffe_json(td.clone(), &svid.trust_bundle)
+                .map_err(|e| invalid(format!("trust bundle: {e}")))?
+        };
+        let chain: Vec<CertificateDer<'static>> = svid
+            .cert_chain
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        let now = self.inner.clock.now();
+        let (spiffe_id, not_after, not_before) =
+            check_agent_svid(&chain, &key, &bundle, &td, now).map_err(invalid)?;
+        if !svid.spiffe_id.is_empty() && svid.spiffe_id != spiffe_id.as_str() {
+            return Err(invalid(format!(
+                "the response names {} but the certificate {spiffe_id}",
+                svid.spiffe_id
+            )));
+        }
+        let name = if svid.agent_name.is_empty() {
+            spiffe_id
+                .path()
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        } else {
+            svid.agent_name
+        };
+        let stored = StoredState {
+            version: STATE_VERSION,
+            agent_name: name.clone(),
+            spiffe_id: spiffe_id.to_string(),
+            cert_chain_pem: certs_to_pem(&chain),
+            private_key_pem: key.to_pkcs8_pem().to_string(),
+            trust_bundle: bundle
+                .to_spiffe_json()
+                .map_err(|e| invalid(format!("trust bundle: {e}")))?,
+        };
+        self.persist(&stored)?;
+        self.set_trust_bundle(bundle);
+        self.install(AgentCredential {
+            name,
+            spiffe_id,
+            chain,
+            key: key.to_pkcs8_der(),
+            not_before,
+            not_after,
+        })
+    }
+
+    fn persist(&self, stored: &StoredState) -> Result<(), IssuerError> {
+        let path = self.state_path();
+        let error = |reason: String| IssuerError::State {
+            path: path.clone(),
+            reason,
+        };
+        signet_runtime::files::ensure_private_dir(&self.inner.config.state_dir, 0o700)
+            .map_err(|e| error(e.to_string()))?;
+        let json = Zeroizing::new(serde_json::to_vec(stored).map_err(|e| error(e.to_string()))?);
+        signet_runtime::files::write_atomic(&path, &json, 0o600).map_err(|e| error(e.to_string()))
+    }
+
+    /// Renews the agent SVID at half-life (±10 %) until `shutdown`; after a
+    /// failure retries with backoff, and re-joins once the SVID has expired
+    /// if a join token is configured.
+    pub async fn run_renewal(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let mut retry_at: Option<SystemTime> = None;
+        loop {
+            let clock = self.inner.clock;
+            let due = match (self.credential(), retry_at) {
+                (_, Some(at)) => at,
+                (Some(credential), None) => {
+                    let lifetime = credential
+                        .not_after
+                        .duration_since(credential.not_before)
+                        .unwrap_or(Duration::ZERO);
+                    credential.not_before + jitter(lifetime / 2, 0.2)
+                }
+                (None, None) => clock.now(),
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(clock.instant_at(due)) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            let expired = self.credential().is_none_or(|c| c.not_after <= clock.now());
+            let result = if expired && self.inner.config.join_token.is_some() {
+                self.join().await
+            } else {
+                self.renew().await
+            };
+            match result {
+                Ok(()) => {
+                    backoff.reset();
+                    retry_at = None;
+                }
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in = ?delay, "agent SVID renewal failed");
+                    retry_at = Some(clock.now() + delay);
+                }
+            }
+        }
+    }
+
+    /// Opens the policy stream.
+    pub async fn watch_policy(
+        &self,
+        known_version: u64,
+    ) -> Result<tonic::Streaming<pb::PolicyUpdate>, IssuerError> {
+        let mut client = GrpcIssuer::new(self.inner.mtls.clone());
+        client
+            .watch_policy(pb::WatchPolicyRequest { known_version })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| IssuerError::call("WatchPolicy", status))
+    }
+
+    fn current_bundles(&self) -> Arc<BundleSet> {
+        self.inner.bundles.current()
+    }
+}
+
+async fn with_timeout<T>(
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(result) => result,
+        Err(_) => Err(tonic::Status::deadline_exceeded(
+            "the issuer did not answer in time",
+        )),
+    }
+}
+
+/// Checks an agent SVID: valid now against `bundle`, a member of the trust
+/// domain, and certifying `key`. Returns (ID, notAfter, notBefore).
+fn check_agent_svid(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKey,
+    bundle: &TrustBundle,
+    td: &TrustDomain,
+    now: SystemTime,
+) -> Result<(SpiffeId, SystemTime, SystemTime), String> {
+    let verified = verify_x509_svid(chain, bundle, now).map_err(|e| e.to_string())?;
+    if !verified.spiffe_id.is_member_of(td) {
+        return Err(format!("{} is not in {td}", verified.spiffe_id));
+    }
+    let leaf = chain.first().ok_or("empty chain")?;
+    if leaf_public_key(leaf)? != *key.public_key() {
+        return Err("the certificate is not for the agent's key".into());
+    }
+    Ok((verified.spiffe_id, verified.not_after, verified.not_before))
+}
+
+fn leaf_public_key(leaf: &[u8]) -> Result<PublicKey, String> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf)
+        .map_err(|e| format!("certificate: {e}"))?;
+    PublicKey::from_spki_der(cert.public_key().raw).map_err(|e| e.to_string())
+}
+
+fn workload_message(attributes: &Attributes) -> pb::Workload {
+    pb::Workload {
+        // The issuer sets agent.* itself from the caller's SVID.
+        attributes: attributes
+            .iter()
+            .filter(|(name, _)| !name.starts_with("agent."))
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect(),
+        pod_uid: attributes
+            .get(POD_UID_ATTRIBUTE)
+            .unwrap_or_default()
+            .to_owned(),
+        pod_token: String::new(),
+    }
+}
+
+fn sign_error(call: &'static str, status: &tonic::Status) -> SignError {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::ResourceExhausted
+        | Code::Aborted => {}
+        code => tracing::warn!(?code, message = %status.message(), "the issuer rejected {call}"),
+    }
+    SignError::Unavailable(format!("{call}: {:?}: {}", status.code(), status.message()))
+}
+
+fn denial(denial: pb::Denial) -> Denial {
+    Denial {
+        reason: denial.reason,
+        message: denial.message,
+        retryable: denial.retryable,
+    }
+}
+
+/// A certificate the issuer should not have produced: treated as a
+/// retryable refusal so the cache keeps the old SVID and tries again.
+fn invalid_svid(message: String) -> Denial {
+    tracing::error!(%message, "the issuer returned an invalid SVID");
+    Denial {
+        reason: "invalid_svid".into(),
+        message,
+        retryable: true,
+    }
+}
+
+/// Verifies one returned X.509-SVID against its request.
+pub fn check_issued_x509(
+    svid: pb::X509Svid,
+    requested_identity: &str,
+    csr_key: &PublicKey,
+    bundles: &BundleSet,
+    trust_domain: &TrustDomain,
+    now: SystemTime,
+) -> Result<SignedX509, String> {
+    if svid.workload_identity != requested_identity {
+        return Err(format!(
+            "answer for {:?} to a request for {requested_identity:?}",
+            svid.workload_identity
+        ));
+    }
+    let chain: Vec<CertificateDer<'static>> = svid
+        .cert_chain
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let verified = verify_x509_svid(&chain, bundles, now).map_err(|e| e.to_string())?;
+    if !verified.spiffe_id.is_member_of(trust_domain) {
+        return Err(format!("{} is not in {trust_domain}", verified.spiffe_id));
+    }
+    if !svid.spiffe_id.is_empty() && svid.spiffe_id != verified.spiffe_id.as_str() {
+        return Err(format!(
+            "the answer names {} but the certificate {}",
+            svid.spiffe_id, verified.spiffe_id
+        ));
+    }
+    let leaf = chain.first().ok_or("empty chain")?;
+    if leaf_public_key(leaf)? != *csr_key {
+        return Err(format!(
+            "the certificate for {} does not carry the requested key",
+            verified.spiffe_id
+        ));
+    }
+    let federates_with = svid
+        .federates_with
+        .iter()
+        .filter_map(|name| match TrustDomain::new(name) {
+            Ok(td) => Some(td),
+            Err(error) => {
+                tracing::warn!(name, %error, "ignoring an invalid federated trust domain");
+                None
+            }
+        })
+        .collect();
+    Ok(SignedX509 {
+        spiffe_id: verified.spiffe_id,
+        cert_chain: chain.into_iter().map(|c| c.to_vec()).collect(),
+        hint: Some(svid.hint).filter(|h| !h.is_empty()),
+        not_before: verified.not_before,
+        not_after: verified.not_after,
+        federates_with,
+    })
+}
+
+/// Verifies one returned JWT-SVID against its request.
+fn check_issued_jwt(
+    svid: pb::JwtSvid,
+    request: &JwtSignRequest,
+    bundles: &BundleSet,
+    trust_domain: &TrustDomain,
+    now: SystemTime,
+) -> Result<SignedJwt, String> {
+    if svid.workload_identity != request.workload_identity {
+        return Err(format!(
+            "answer for {:?} to a request for {:?}",
+            svid.workload_identity, request.workload_identity
+        ));
+    }
+    let audience = request.audiences.first().ok_or("no audience requested")?;
+    let validated =
+        validate_jwt_svid(&svid.token, audience, bundles, now).map_err(|e| e.to_string())?;
+    if !validated.spiffe_id.is_member_of(trust_domain) {
+        return Err(format!("{} is not in {trust_domain}", validated.spiffe_id));
+    }
+    if !svid.spiffe_id.is_empty() && svid.spiffe_id != validated.spiffe_id.as_str() {
+        return Err(format!(
+            "the answer names {} but the token {}",
+            svid.spiffe_id, validated.spiffe_id
+        ));
+    }
+    for wanted in &request.audiences {
+        if !validated.audience.contains(wanted) {
+            return Err(format!("the token is not for audience {wanted:?}"));
+        }
+    }
+    let issued_at = validated
+        .claims
+        .get("iat")
+        .and_then(serde_json::Value::as_u64)
+        .map_or(now, |secs| UNIX_EPOCH + Duration::from_secs(secs));
+    Ok(SignedJwt {
+        workload_identity: svid.workload_identity,
+        spiffe_id: validated.spiffe_id,
+        token: svid.token,
+        hint: Some(svid.hint).filter(|h| !h.is_empty()),
+        issued_at,
+        expires_at: validated.expiry,
+    })
+}
+
+impl Inner {
+    async fn sign_x509(
+        self: Arc<Self>,
+        requests: Vec<X509SignRequest>,
+    ) -> Result<Vec<SignOutcome<SignedX509>>, SignError> {
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut requests = requests.into_iter().peekable();
+        while requests.peek().is_some() {
+            let batch: Vec<X509SignRequest> = requests.by_ref().take(MAX_BATCH).collect();
+            outcomes.extend(self.sign_x509_batch(batch).await?);
+        }
+        Ok(outcomes)
+    }
+
+    async fn sign_x509_batch(
+        &self,
+        batch: Vec<X509SignRequest>,
+    ) -> Result<Vec<SignOutcome<SignedX509>>, SignError> {
+        self.metrics.signing_requests("x509", batch.len());
+        let mut keys = Vec::with_capacity(batch.len());
+        let mut names = Vec::with_capacity(batch.len());
+        let mut messages = Vec::with_capacity(batch.len());
+        for request in batch {
+            keys.push(public_key_from_csr(&request.csr_der).ok());
+            names.push(request.workload_identity.clone());
+            messages.push(pb::X509SvidRequest {
+                workload: Some(workload_message(&request.workload)),
+                workload_identity: request.workload_identity,
+                csr: request.csr_der,
+            });
+        }
+        let count = messages.len();
+        let mut client = GrpcIssuer::new(self.mtls.clone());
+        let response =
+            with_timeout(client.sign_x509_svids(pb::SignX509SvidsRequest { requests: messages }))
+                .await
+                .map_err(|status| {
+                    self.metrics.signing_failures("x509", "unavailable", count);
+                    sign_error("SignX509Svids", &status)
+                })?
+                .into_inner();
+        if response.results.len() != count {
+            self.metrics.signing_failures("x509", "unavailable", count);
+            return Err(SignError::Unavailable(format!(
+                "the issuer answered {} results for {count} requests",
+                response.results.len()
+            )));
+        }
+        let bundles = self.bundles.current();
+        let now = self.clock.now();
+        let td = &self.config.trust_domain;
+        let mut outcomes = Vec::with_capacity(count);
+        for ((result, key), name) in response.results.into_iter().zip(keys).zip(names) {
+            let outcome = match (result.result, key) {
+                (Some(pb::x509_svid_result::Result::Svid(svid)), Some(key)) => {
+                    match check_issued_x509(svid, &name, &key, &bundles, td, now) {
+                        Ok(signed) => SignOutcome::Issued(signed),
+                        Err(message) => {
+                            self.metrics.signing_failures("x509", "invalid_svid", 1);
+                            SignOutcome::Denied(invalid_svid(message))
+                        }
+                    }
+                }
+                (Some(pb::x509_svid_result::Result::Svid(_)), None) => {
+                    SignOutcome::Denied(invalid_svid("the request's CSR was unreadable".into()))
+                }
+                (Some(pb::x509_svid_result::Result::Denial(d)), _) => {
+                    self.metrics.signing_failures("x509", "denied", 1);
+                    SignOutcome::Denied(denial(d))
+                }
+                (None, _) => {
+                    self.metrics.signing_failures("x509", "invalid_svid", 1);
+                    SignOutcome::Denied(invalid_svid("empty result".into()))
+                }
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    async fn sign_jwt(
+        self: Arc<Self>,
+        requests: Vec<JwtSignRequest>,
+    ) -> Result<Vec<SignOutcome<SignedJwt>>, SignError> {
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for batch in requests.chunks(MAX_BATCH) {
+            outcomes.extend(self.sign_jwt_batch(batch).await?);
+        }
+        Ok(outcomes)
+    }
+
+    async fn sign_jwt_batch(
+        &self,
+        batch: &[JwtSignRequest],
+    ) -> Result<Vec<SignOutcome<SignedJwt>>, SignError> {
+        self.metrics.signing_requests("jwt", batch.len());
+        let messages = batch
+            .iter()
+            .map(|request| pb::JwtSvidRequest {
+                workload: Some(workload_message(&request.workload)),
+                workload_identity: request.workload_identity.clone(),
+                audience: request.audiences.clone(),
+            })
+            .collect();
+        let mut client = GrpcIssuer::new(self.mtls.clone());
+        let response =
+            with_timeout(client.sign_jwt_svids(pb::SignJwtSvidsRequest { requests: messages }))
+                .await
+                .map_err(|status| {
+                    self.metrics
+                        .signing_failures("jwt", "unavailable", batch.len());
+                    sign_error("SignJwtSvids", &status)
+                })?
+                .into_inner();
+        if response.results.len() != batch.len() {
+            self.metrics
+                .signing_failures("jwt", "unavailable", batch.len());
+            return Err(SignError::Unavailable(format!(
+                "the issuer answered {} results for {} requests",
+                response.results.len(),
+                batch.len()
+            )));
+        }
+        let bundles = self.bundles.current();
+        let now = self.clock.now();
+        let td = &self.config.trust_domain;
+        Ok(response
+            .results
+            .into_iter()
+            .zip(batch)
+            .map(|(result, request)| match result.result {
+                Some(pb::jwt_svid_result::Result::Svid(svid)) => {
+                    match check_issued_jwt(svid, request, &bundles, td, now) {
+                        Ok(signed) => SignOutcome::Issued(signed),
+                        Err(message) => {
+                            self.metrics.signing_failures("jwt", "invalid_svid", 1);
+                            SignOutcome::Denied(invalid_svid(message))
+                        }
+                    }
+                }
+                Some(pb::jwt_svid_result::Result::Denial(d)) => {
+                    self.metrics.signing_failures("jwt", "denied", 1);
+                    SignOutcome::Denied(denial(d))
+                }
+                None => SignOutcome::Denied(invalid_svid("empty result".into())),
+            })
+            .collect())
+    }
+}
+
+impl Signer for IssuerClient {
+    fn sign_x509(
+        &self,
+        requests: Vec<X509SignRequest>,
+    ) -> BoxFuture<'static, Result<Vec<SignOutcome<SignedX509>>, SignError>> {
+        Box::pin(self.inner.clone().sign_x509(requests))
+    }
+
+    fn sign_jwt(
+        &self,
+        requests: Vec<JwtSignRequest>,
+    ) -> BoxFuture<'static, Result<Vec<SignOutcome<SignedJwt>>, SignError>> {
+        Box::pin(self.inner.clone().sign_jwt(requests))
+    }
+}
+
+impl IssuerClient {
+    /// The bundles issuer certificates are checked against right now.
+    pub fn trusted_bundles(&self) -> Arc<BundleSet> {
+        self.current_bundles()
+    }
+}
+
+#[cfg(test)]
+#[path = "issuer_client_tests.rs"]
+mod tests;

@@ -1,0 +1,432 @@
+//! The issuer client against a scripted issuer over real TLS: join, state
+//! persistence across restarts, renewal, signing and the checks on what the
+//! issuer returns.
+
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use signet_identity::{CaConfig, CaKeyset, X509SvidParams};
+use signet_proto::issuer::v1::issuer_server::{Issuer, IssuerServer};
+use signet_tls::{SpiffeClientVerifier, TlsIncoming};
+use tonic::{Request, Response, Status};
+
+use super::*;
+use crate::policy_watch::{PolicyStore, apply_update};
+
+const TD: &str = "example.org";
+
+struct FakeIssuer {
+    keyset: Mutex<CaKeyset>,
+    tokens: Mutex<HashSet<String>>,
+    joins: AtomicUsize,
+    renewals: AtomicUsize,
+    /// Answers with a certificate for a key other than the CSR's.
+    evil: AtomicBool,
+}
+
+impl FakeIssuer {
+    fn td() -> TrustDomain {
+        TrustDomain::new(TD).unwrap()
+    }
+
+    fn new() -> Arc<Self> {
+        let keyset = CaKeyset::new(CaConfig::new(Self::td()), SystemTime::now()).unwrap();
+        Arc::new(Self {
+            keyset: Mutex::new(keyset),
+            tokens: Mutex::new(["good-token".to_owned()].into()),
+            joins: AtomicUsize::new(0),
+            renewals: AtomicUsize::new(0),
+            evil: AtomicBool::new(false),
+        })
+    }
+
+    fn bundle(&self) -> TrustBundle {
+        self.keyset.lock().unwrap().bundle(SystemTime::now())
+    }
+
+    fn mint(&self, path: &str, csr: &[u8]) -> Result<Vec<Vec<u8>>, Status> {
+        let id = SpiffeId::from_path(&Self::td(), path).unwrap();
+        let params = X509SvidParams::new(id, Duration::from_secs(3600));
+        let keyset = self.keyset.lock().unwrap();
+        let svid = if self.evil.load(Ordering::SeqCst) {
+            let other = PrivateKey::generate(KeyType::EcP256).unwrap();
+            keyset.mint_x509_svid(&params, other.public_key(), SystemTime::now())
+        } else {
+            keyset.mint_x509_svid_from_csr(&params, csr, SystemTime::now())
+        }
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(svid.cert_chain.iter().map(|c| c.to_vec()).collect())
+    }
+
+    fn agent_svid(&self, csr: &[u8]) -> Result<pb::AgentSvid, Status> {
+        let chain = self.mint("/signet/agent/join/vm-1", csr)?;
+        Ok(pb::AgentSvid {
+            spiffe_id: format!("spiffe://{TD}/signet/agent/join/vm-1"),
+            cert_chain: chain,
+            trust_bundle: self.bundle().to_spiffe_json().unwrap().into_bytes(),
+            agent_name: "vm-1".into(),
+            expires_at_unix: 0,
+        })
+    }
+
+    fn server_resolver(&self) -> Arc<SvidResolver> {
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let id = issuer_spiffe_id(&Self::td()).unwrap();
+        let svid = self
+            .keyset
+            .lock()
+            .unwrap()
+            .mint_x509_svid(
+                &X509SvidParams::new(id, Duration::from_secs(3600)),
+                key.public_key(),
+                SystemTime::now(),
+            )
+            .unwrap();
+        let resolver = Arc::new(SvidResolver::new());
+        resolver.set(svid.cert_chain, &key.to_pkcs8_der()).unwrap();
+        resolver
+    }
+}
+
+struct Service(Arc<FakeIssuer>);
+
+type PolicyStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::PolicyUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Issuer for Service {
+    type WatchPolicyStream = PolicyStream;
+
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::AgentSvid>, Status> {
+        let request = request.into_inner();
+        let Some(pb::join_request::Credential::JoinToken(token)) = request.credential else {
+            return Err(Status::invalid_argument("no token"));
+        };
+        if !self.0.tokens.lock().unwrap().remove(&token) {
+            return Err(Status::unauthenticated("bad or spent join token"));
+        }
+        self.0.joins.fetch_add(1, Ordering::SeqCst);
+        Ok(Response::new(self.0.agent_svid(&request.csr)?))
+    }
+
+    async fn renew_agent(
+        &self,
+        request: Request<pb::RenewAgentRequest>,
+    ) -> Result<Response<pb::AgentSvid>, Status> {
+        let caller = signet_tls::peer_spiffe_id(&request)
+            .ok_or_else(|| Status::permission_denied("no client certificate"))?;
+        if !caller.path().starts_with("/signet/agent/") {
+            return Err(Status::permission_denied("not an agent"));
+        }
+        self.0.renewals.fetch_add(1, Ordering::SeqCst);
+        Ok(Response::new(self.0.agent_svid(&request.into_inner().csr)?))
+    }
+
+    async fn watch_policy(
+        &self,
+        request: Request<pb::WatchPolicyRequest>,
+    ) -> Result<Response<Self::WatchPolicyStream>, Status> {
+        signet_tls::peer_spiffe_id(&request)
+            .ok_or_else(|| Status::permission_denied("no client certificate"))?;
+        let update = pb::PolicyUpdate {
+            version: 3,
+            trust_domain: TD.into(),
+            policy: br#"{"workloadIdentities":[],"roles":[]}"#.to_vec(),
+            trust_bundle: self.0.bundle().to_spiffe_json().unwrap().into_bytes(),
+            federated_bundles: Default::default(),
+            bundle_sequence: 1,
+        };
+        let stream =
+            futures::stream::once(async move { Ok(update) }).chain(futures::stream::pending());
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn sign_x509_svids(
+        &self,
+        request: Request<pb::SignX509SvidsRequest>,
+    ) -> Result<Response<pb::SignX509SvidsResponse>, Status> {
+        signet_tls::peer_spiffe_id(&request)
+            .ok_or_else(|| Status::permission_denied("no client certificate"))?;
+        let mut results = Vec::new();
+        for item in request.into_inner().requests {
+            let path = format!("/w/{}", item.workload_identity);
+            let chain = self.0.mint(&path, &item.csr)?;
+            results.push(pb::X509SvidResult {
+                result: Some(pb::x509_svid_result::Result::Svid(pb::X509Svid {
+                    workload_identity: item.workload_identity,
+                    spiffe_id: format!("spiffe://{TD}{path}"),
+                    cert_chain: chain,
+                    hint: "h".into(),
+                    expires_at_unix: 0,
+                    federates_with: vec![],
+                    serial: String::new(),
+                })),
+            });
+        }
+        Ok(Response::new(pb::SignX509SvidsResponse { results }))
+    }
+
+    async fn sign_jwt_svids(
+        &self,
+        _request: Request<pb::SignJwtSvidsRequest>,
+    ) -> Result<Response<pb::SignJwtSvidsResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+}
+
+use futures::StreamExt as _;
+
+async fn start_issuer(fake: Arc<FakeIssuer>) -> String {
+    let bundles = SharedBundles::new([fake.bundle()].into_iter().collect());
+    let verifier = Arc::new(SpiffeClientVerifier::optional(
+        bundles,
+        PeerPolicy::MemberOf(FakeIssuer::td()),
+    ));
+    let config = signet_tls::server_config(fake.server_resolver(), verifier).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(IssuerServer::new(Service(fake)))
+            .serve_with_incoming(TlsIncoming::new(listener, Arc::new(config))),
+    );
+    address
+}
+
+fn client(
+    address: &str,
+    state_dir: &Path,
+    token: Option<&str>,
+    bootstrap: TrustBundle,
+) -> IssuerClient {
+    IssuerClient::new(
+        IssuerClientConfig {
+            address: address.to_owned(),
+            trust_domain: FakeIssuer::td(),
+            state_dir: state_dir.to_owned(),
+            join_token: token.map(str::to_owned),
+            node_name: None,
+        },
+        bootstrap,
+        Clock::new(),
+        Arc::new(Metrics::default()),
+    )
+    .unwrap()
+}
+
+fn x509_request(name: &str) -> (X509SignRequest, PrivateKey) {
+    let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let csr = signet_identity::x509::create_csr(&key).unwrap();
+    let mut workload = Attributes::default();
+    workload.insert("workload.unix.uid", "1000");
+    (
+        X509SignRequest {
+            workload: Arc::new(workload),
+            workload_identity: name.into(),
+            csr_der: csr,
+        },
+        key,
+    )
+}
+
+#[tokio::test]
+async fn join_once_then_restart_reuses_the_stored_svid() {
+    let fake = FakeIssuer::new();
+    let address = start_issuer(fake.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = fake.bundle();
+
+    let first = client(&address, dir.path(), Some("good-token"), bootstrap.clone());
+    first.ensure_identity().await.unwrap();
+    let (id, _) = first.agent_svid().unwrap();
+    assert_eq!(id.as_str(), "spiffe://example.org/signet/agent/join/vm-1");
+    assert_eq!(first.agent_attributes().name, "vm-1");
+    let state = dir.path().join(AGENT_STATE_FILE);
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // A restart: no token any more (it was single-use), same state dir.
+    let second = client(&address, dir.path(), None, bootstrap);
+    second.ensure_identity().await.unwrap();
+    assert_eq!(fake.joins.load(Ordering::SeqCst), 1);
+    assert_eq!(second.agent_attributes().name, "vm-1");
+
+    // mTLS works with the reloaded credential: renew and sign.
+    second.renew().await.unwrap();
+    assert_eq!(fake.renewals.load(Ordering::SeqCst), 1);
+    let (request, key) = x509_request("web");
+    let outcomes = second.sign_x509(vec![request]).await.unwrap();
+    let [SignOutcome::Issued(signed)] = outcomes.as_slice() else {
+        panic!("expected an SVID: {outcomes:?}");
+    };
+    assert_eq!(signed.spiffe_id.as_str(), "spiffe://example.org/w/web");
+    assert_eq!(signed.hint.as_deref(), Some("h"));
+    assert_eq!(
+        leaf_public_key(&signed.cert_chain[0]).unwrap(),
+        *key.public_key()
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_key_is_refused() {
+    let fake = FakeIssuer::new();
+    let address = start_issuer(fake.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = client(&address, dir.path(), Some("good-token"), fake.bundle());
+    issuer.ensure_identity().await.unwrap();
+    fake.evil.store(true, Ordering::SeqCst);
+    let (request, _) = x509_request("web");
+    let outcomes = issuer.sign_x509(vec![request]).await.unwrap();
+    let [SignOutcome::Denied(denial)] = outcomes.as_slice() else {
+        panic!("a swapped key must not be accepted: {outcomes:?}");
+    };
+    assert_eq!(denial.reason, "invalid_svid");
+    assert!(denial.retryable);
+    assert!(
+        denial.message.contains("requested key"),
+        "{}",
+        denial.message
+    );
+}
+
+#[tokio::test]
+async fn bad_token_and_missing_credential_are_reported() {
+    let fake = FakeIssuer::new();
+    let address = start_issuer(fake.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bad = client(&address, dir.path(), Some("wrong"), fake.bundle());
+    match bad.ensure_identity().await {
+        Err(IssuerError::Call { code, .. }) => assert_eq!(code, tonic::Code::Unauthenticated),
+        other => panic!("unexpected {other:?}"),
+    }
+    let none = client(&address, dir.path(), None, fake.bundle());
+    assert!(matches!(
+        none.ensure_identity().await,
+        Err(IssuerError::NoCredential { .. })
+    ));
+}
+
+#[tokio::test]
+async fn an_issuer_with_an_untrusted_certificate_is_refused() {
+    let fake = FakeIssuer::new();
+    let address = start_issuer(fake.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Bootstrap bundle of an unrelated CA.
+    let stranger = CaKeyset::new(CaConfig::new(FakeIssuer::td()), SystemTime::now())
+        .unwrap()
+        .bundle(SystemTime::now());
+    let issuer = client(&address, dir.path(), Some("good-token"), stranger);
+    assert!(issuer.ensure_identity().await.is_err());
+    assert_eq!(
+        fake.joins.load(Ordering::SeqCst),
+        0,
+        "the token must not be sent"
+    );
+}
+
+#[tokio::test]
+async fn policy_updates_are_compiled_and_published() {
+    let fake = FakeIssuer::new();
+    let address = start_issuer(fake.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = client(&address, dir.path(), Some("good-token"), fake.bundle());
+    issuer.ensure_identity().await.unwrap();
+    let mut stream = issuer.watch_policy(0).await.unwrap();
+    let update = stream.message().await.unwrap().unwrap();
+    let store = PolicyStore::new();
+    apply_update(&issuer, &store, &update, None);
+    let policy = store.current().unwrap();
+    assert_eq!(policy.issuer_version(), 3);
+    assert_eq!(policy.agent().name, "vm-1");
+    assert_eq!(
+        policy.own_bundle().unwrap().x509_authorities,
+        fake.bundle().x509_authorities
+    );
+}
+
+#[test]
+fn returned_svids_are_checked_against_the_request() {
+    let td = FakeIssuer::td();
+    let now = SystemTime::now();
+    let keyset = CaKeyset::new(CaConfig::new(td.clone()), now).unwrap();
+    let bundles: BundleSet = [keyset.bundle(now)].into_iter().collect();
+    let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let id = SpiffeId::from_path(&td, "/w/web").unwrap();
+    let params = X509SvidParams::new(id.clone(), Duration::from_secs(600));
+    let svid = keyset
+        .mint_x509_svid(&params, key.public_key(), now)
+        .unwrap();
+    let answer = |chain: Vec<CertificateDer<'static>>, name: &str| pb::X509Svid {
+        workload_identity: name.into(),
+        spiffe_id: id.to_string(),
+        cert_chain: chain.iter().map(|c| c.to_vec()).collect(),
+        hint: String::new(),
+        expires_at_unix: 0,
+        federates_with: vec!["partner.org".into()],
+        serial: String::new(),
+    };
+    let good = check_issued_x509(
+        answer(svid.cert_chain.clone(), "web"),
+        "web",
+        key.public_key(),
+        &bundles,
+        &td,
+        now,
+    )
+    .unwrap();
+    assert_eq!(good.spiffe_id, id);
+    assert_eq!(
+        good.federates_with,
+        vec![TrustDomain::new("partner.org").unwrap()]
+    );
+    assert!(good.hint.is_none());
+
+    // Answer to another request.
+    assert!(
+        check_issued_x509(
+            answer(svid.cert_chain.clone(), "db"),
+            "web",
+            key.public_key(),
+            &bundles,
+            &td,
+            now
+        )
+        .is_err()
+    );
+    // Another key than the CSR's.
+    let other = PrivateKey::generate(KeyType::EcP256).unwrap();
+    assert!(
+        check_issued_x509(
+            answer(svid.cert_chain.clone(), "web"),
+            "web",
+            other.public_key(),
+            &bundles,
+            &td,
+            now
+        )
+        .is_err()
+    );
+    // Signed by a CA the agent does not trust.
+    let stranger = CaKeyset::new(CaConfig::new(td.clone()), now).unwrap();
+    let forged = stranger
+        .mint_x509_svid(&params, key.public_key(), now)
+        .unwrap();
+    assert!(
+        check_issued_x509(
+            answer(forged.cert_chain, "web"),
+            "web",
+            key.public_key(),
+            &bundles,
+            &td,
+            now
+        )
+        .is_err()
+    );
+}
