@@ -1221,6 +1221,27 @@ mod tests {
     }
 
     #[test]
+    fn tampered_leaf_is_untrusted() {
+        let ca = ca(KeyType::EcP256);
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let params = X509SvidParams::new(id("spiffe://example.org/web"), Duration::from_secs(60));
+        let svid = ca.mint_svid(&params, key.public_key(), now()).unwrap();
+        // Rewrite the path inside the signed URI SAN: same length, still a valid SVID shape.
+        let mut der = svid.leaf().unwrap().to_vec();
+        let pos = der.windows(4).position(|w| w == b"/web").unwrap();
+        der[pos + 1..pos + 4].copy_from_slice(b"adm");
+        let tampered = vec![CertificateDer::from(der)];
+        assert_eq!(
+            spiffe_id_from_cert(&tampered[0]).unwrap(),
+            id("spiffe://example.org/adm")
+        );
+        assert_eq!(
+            verify_x509_svid(&tampered, &bundle_of(&ca), now()),
+            Err(X509Error::UntrustedIssuer)
+        );
+    }
+
+    #[test]
     fn ca_round_trips_through_parts() {
         let original = ca(KeyType::EcP384);
         let key = PrivateKey::from_pkcs8_der(&original.key().to_pkcs8_der()).unwrap();
