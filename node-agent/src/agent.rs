@@ -162,14 +162,14 @@ pub async fn run_until(
     }
 
     let attestor = WorkloadAttestor::new(&config.attestors)?;
-    let state = Arc::new(ServerState {
+    let state = Arc::new(ServerState::new(
         cache,
-        policy: store.subscribe(),
-        attestor: Arc::new(attestor),
+        store.subscribe(),
+        Arc::new(attestor),
         metrics,
         clock,
-        first_svid_timeout: config.first_svid_timeout,
-    });
+        config.first_svid_timeout,
+    ));
     let Some(path) = config.listen.unix_path().map(ToOwned::to_owned) else {
         return Err(ConfigError::Invalid("listen must be a unix socket".into()).into());
     };

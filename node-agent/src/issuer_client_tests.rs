@@ -136,7 +136,10 @@ impl Issuer for Service {
         let update = pb::PolicyUpdate {
             version: 3,
             trust_domain: TD.into(),
-            policy: br#"{"workloadIdentities":[],"roles":[]}"#.to_vec(),
+            policy: serde_json::to_vec(&crate::testing::document_from_yaml(
+                &crate::testing::own_user_policy(),
+            ))
+            .unwrap(),
             trust_bundle: self.0.bundle().to_spiffe_json().unwrap().into_bytes(),
             federated_bundles: Default::default(),
             bundle_sequence: 1,
@@ -429,4 +432,78 @@ fn returned_svids_are_checked_against_the_request() {
         )
         .is_err()
     );
+}
+
+#[tokio::test]
+async fn the_agent_serves_workloads_and_stops_cleanly() {
+    let fake = FakeIssuer::new();
+    let address = start_issuer(fake.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bundle_path = dir.path().join("bundle.pem");
+    std::fs::write(&bundle_path, certs_to_pem(&fake.bundle().x509_authorities)).unwrap();
+    let socket = dir.path().join("run/agent.sock");
+    let yaml = format!(
+        "trust_domain: example.org\n\
+         issuer: {{address: '{address}', trust_bundle_path: {}, join_token: good-token}}\n\
+         state_dir: {}\n\
+         listen: unix://{}\n\
+         admin_listen: unix://{}\n",
+        bundle_path.display(),
+        dir.path().join("state").display(),
+        socket.display(),
+        dir.path().join("run/admin.sock").display(),
+    );
+    let config = crate::config::AgentConfig::parse(&yaml).unwrap();
+    let (stop, stopping) = watch::channel(false);
+    let agent = tokio::spawn(crate::agent::run_until(config, stopping));
+
+    // The socket appears once the agent has joined; there is no event to
+    // wait on from outside the process, so poll briefly.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the socket never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut api = crate::cli::connect(&format!("unix://{}", socket.display()))
+        .await
+        .unwrap();
+    let first = api
+        .fetch_x509svid(signet_proto::workload::X509svidRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let ids: Vec<&str> = first.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![
+            "spiffe://example.org/w/a-web",
+            "spiffe://example.org/w/b-db"
+        ]
+    );
+    assert_eq!(fake.joins.load(Ordering::SeqCst), 1);
+
+    // Shutdown does not wait for open streams: they end with Unavailable
+    // (clients reconnect to the next agent).
+    let mut open = api
+        .fetch_x509svid(signet_proto::workload::X509svidRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    open.message().await.unwrap().unwrap();
+    stop.send_replace(true);
+    let ended = open.message().await.unwrap_err();
+    assert_eq!(ended.code(), tonic::Code::Unavailable);
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .expect("shutdown must not hang")
+        .unwrap()
+        .unwrap();
+    assert!(!socket.exists(), "the socket is removed on shutdown");
 }

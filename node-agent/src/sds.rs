@@ -339,10 +339,22 @@ impl SdsStream {
         true
     }
 
-    async fn run(mut self, mut requests: Streaming<DiscoveryRequest>) {
+    async fn run(
+        mut self,
+        mut requests: Streaming<DiscoveryRequest>,
+        stopped: impl Future<Output = ()>,
+    ) {
         self.policy.mark_unchanged();
+        tokio::pin!(stopped);
         loop {
             let keep_going = tokio::select! {
+                () = &mut stopped => {
+                    let _ = self
+                        .sender
+                        .send(Err(ApiError::Unavailable("the agent is shutting down".into()).into()))
+                        .await;
+                    false
+                }
                 request = requests.message() => match request {
                     Ok(Some(request)) => self.request(request).await,
                     Ok(None) => false,
@@ -386,7 +398,7 @@ impl SdsService {
             nonces: 0,
             warned: HashSet::new(),
         };
-        tokio::spawn(stream.run(request.into_inner()));
+        tokio::spawn(stream.run(request.into_inner(), self.state.stopped()));
         Ok(ReceiverStream::new(receiver))
     }
 

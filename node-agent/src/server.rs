@@ -222,9 +222,39 @@ pub struct ServerState {
     pub clock: Clock,
     /// How long a first answer waits for SVIDs (or the policy).
     pub first_svid_timeout: Duration,
+    /// Set when the server stops, so open streams end (with Unavailable:
+    /// clients reconnect) and graceful shutdown does not wait for them.
+    pub stopping: watch::Sender<bool>,
 }
 
 impl ServerState {
+    pub fn new(
+        cache: SvidCache,
+        policy: watch::Receiver<Option<Arc<AgentPolicy>>>,
+        attestor: Arc<WorkloadAttestor>,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        first_svid_timeout: Duration,
+    ) -> Self {
+        Self {
+            cache,
+            policy,
+            attestor,
+            metrics,
+            clock,
+            first_svid_timeout,
+            stopping: watch::channel(false).0,
+        }
+    }
+
+    /// Resolves when the server is stopping.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.subscribe();
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }
+    }
+
     /// Attests the caller of `request` with the process handle taken when
     /// its connection was accepted.
     pub async fn attest<T>(&self, request: &Request<T>) -> Result<Attributes, ApiError> {
@@ -302,6 +332,11 @@ pub async fn serve(
     reporter
         .set_serving::<SecretDiscoveryServiceServer<SdsService>>()
         .await;
+    let stopping = state.stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.send_replace(true);
+    };
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(SpiffeWorkloadApiServer::new(WorkloadApiService::new(

@@ -371,14 +371,14 @@ impl TestAgentBuilder {
         let attestor = WorkloadAttestor::new(&AttestorsConfig::default())
             .unwrap_or_else(|e| panic!("attestor: {e}"));
         let metrics = Arc::new(Metrics::default());
-        let state = Arc::new(ServerState {
-            cache: cache.clone(),
-            policy: store.subscribe(),
-            attestor: Arc::new(attestor),
-            metrics: metrics.clone(),
+        let state = Arc::new(ServerState::new(
+            cache.clone(),
+            store.subscribe(),
+            Arc::new(attestor),
+            metrics.clone(),
             clock,
-            first_svid_timeout: self.first_svid_timeout,
-        });
+            self.first_svid_timeout,
+        ));
         let listener = signet_runtime::uds::bind_unix_listener(&socket, self.socket_mode)
             .unwrap_or_else(|e| panic!("bind: {e}"));
         let shutdown = watch::channel(false).0;

@@ -221,7 +221,15 @@ impl WorkloadApiService {
         // Cannot fail: the receiver is right here.
         let _ = sender.send(Ok(first.clone())).await;
         let policy_updates = self.state.policy.clone();
-        tokio::spawn(follow_x509(subscription, policy_updates, sender, first));
+        let stopped = self.state.stopped();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = follow_x509(subscription, policy_updates, sender.clone(), first) => {}
+                () = stopped => {
+                    let _ = sender.send(Err(shutting_down())).await;
+                }
+            }
+        });
         Ok(ReceiverStream::new(receiver))
     }
 
@@ -239,12 +247,18 @@ impl WorkloadApiService {
         let _ = sender.send(Ok(first.clone())).await;
         let mut updates = self.state.policy.clone();
         updates.mark_unchanged();
+        let stopped = self.state.stopped();
         tokio::spawn(async move {
             let mut last = first;
+            tokio::pin!(stopped);
             loop {
                 tokio::select! {
                     changed = updates.changed() => if changed.is_err() { return },
                     () = sender.closed() => return,
+                    () = &mut stopped => {
+                        let _ = sender.send(Err(shutting_down())).await;
+                        return;
+                    }
                 }
                 let Some(policy) = updates.borrow_and_update().clone() else {
                     continue;
@@ -347,6 +361,10 @@ impl WorkloadApiService {
             claims: Some(claims_struct(&validated.claims)),
         })
     }
+}
+
+fn shutting_down() -> Status {
+    ApiError::Unavailable("the agent is shutting down".into()).into()
 }
 
 /// Pushes the full state on every change until the client leaves, the
