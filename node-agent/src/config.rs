@@ -395,6 +395,16 @@ first_svid_timeout: 3s
     }
 
     #[test]
+    fn shipped_examples_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/agent");
+        for name in ["standalone.yaml", "kubernetes.yaml"] {
+            let config =
+                AgentConfig::load(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(config.trust_domain.as_str(), "example.org");
+        }
+    }
+
+    #[test]
     fn join_token_from_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
