@@ -1,7 +1,8 @@
 // Command k8s is a multi-call binary (like the old hyperkube) holding the
 // Kubernetes components the local e2e cluster runs. It dispatches on the name
 // it was started as (symlinks kube-apiserver, kubelet, ... point at it), or on
-// its first argument: `k8s kubelet --config ...`.
+// its first argument: `k8s kubelet --config ...`. `k8s cri-reset ENDPOINT`
+// removes every pod of a CRI runtime (see cri.go; used by down.sh).
 //
 // Each branch calls the same cobra command constructor the upstream
 // k8s.io/kubernetes/cmd/<name>/main.go calls, with the same blank imports.
@@ -54,6 +55,9 @@ func names() string {
 
 func main() {
 	name := filepath.Base(os.Args[0])
+	if len(os.Args) > 1 && os.Args[1] == "cri-reset" && name == "k8s" {
+		os.Exit(criReset(os.Args[2:]))
+	}
 	if _, ok := commands[name]; !ok && name != "kubectl" {
 		if len(os.Args) < 2 {
 			fmt.Fprintf(os.Stderr, "usage: %s COMMAND [ARGS...] (or run it through a symlink named COMMAND)\ncommands: %s\n", name, names())
