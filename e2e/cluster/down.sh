@@ -87,9 +87,10 @@ for pid in $(our_shims); do
 done
 
 # 4. kube-proxy, control plane, etcd.
-stop kube-proxy "$BIN_DIR/kube-proxy"
-stop kube-scheduler "$BIN_DIR/kube-scheduler"
-stop kube-controller-manager "$BIN_DIR/kube-controller-manager"
+stop kube-proxy "$BIN_DIR/kube-proxy" &
+stop kube-scheduler "$BIN_DIR/kube-scheduler" &
+stop kube-controller-manager "$BIN_DIR/kube-controller-manager" &
+wait
 stop kube-apiserver "$BIN_DIR/kube-apiserver" 20
 stop etcd "$BIN_DIR/etcd" 20
 
@@ -170,6 +171,7 @@ clean_iptables ip6tables
 
 # 7. CNI state, cgroups, runtime directories.
 rm -rf "$S/cni/ipam" /var/lib/cni/results/"$CNI_NETWORK"-* 2>/dev/null
+rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null # only when empty
 for root in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
   [ -d "$root" ] || continue
   find "$root" -depth -type d -exec rmdir {} \; 2>/dev/null

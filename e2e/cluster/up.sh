@@ -131,8 +131,8 @@ done
 
 # --- binaries and images ---------------------------------------------------------
 
-"$E2E_CLUSTER_DIR/build-tools.sh" k8s etcd coredns
-for b in k8s etcd coredns; do [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b missing after build"; done
+"$E2E_CLUSTER_DIR/build-tools.sh" k8s etcd coredns helm
+for b in k8s etcd coredns helm; do [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b missing after build"; done
 images_out="$(SIGNET_IMPORT=0 "$REPO_ROOT/e2e/images/build-all.sh" signet-pause signet-probe < /dev/null)"
 PAUSE_TAR="$SIGNET_CACHE_DIR/images/pause_dev.tar"
 PROBE_TAR="$SIGNET_CACHE_DIR/images/probe_dev.tar"
@@ -186,9 +186,9 @@ ossl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365
   -keyout "$PKI/ca.key" -out "$PKI/ca.crt" -subj "/CN=signet-e2e-ca" \
   -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
 
-# cert NAME SUBJECT EXTKEYUSAGE [SANS]
+# cert NAME SUBJECT EXTKEYUSAGE [SANS] [CA]
 cert() {
-  local name="$1" subj="$2" eku="$3" sans="${4:-}"
+  local name="$1" subj="$2" eku="$3" sans="${4:-}" ca="${5:-ca}"
   local ext="$PKI/$name.ext"
   {
     echo "basicConstraints=critical,CA:FALSE"
@@ -198,7 +198,7 @@ cert() {
   } > "$ext"
   ossl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$PKI/$name.key" \
     -out "$PKI/$name.csr" -subj "$subj"
-  ossl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+  ossl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" -CAcreateserial \
     -days 365 -extfile "$ext" -out "$PKI/$name.crt"
   rm -f "$PKI/$name.csr" "$ext"
 }
@@ -212,6 +212,13 @@ cert kubelet-client "/O=system:nodes/CN=system:node:$NODE" clientAuth
 cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
 cert kubelet-serving "/O=system:nodes/CN=system:node:$NODE" serverAuth \
   "DNS:$NODE,DNS:localhost,IP:$NODE_IP,IP:127.0.0.1"
+# Front-proxy (request header) CA: lets the apiserver proxy to aggregated APIs
+# and gives the controller manager and scheduler a complete authentication
+# configuration.
+ossl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \
+  -keyout "$PKI/front-proxy-ca.key" -out "$PKI/front-proxy-ca.crt" -subj "/CN=signet-e2e-front-proxy-ca" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+cert front-proxy-client "/CN=front-proxy-client" clientAuth "" front-proxy-ca
 ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key"
 ossl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
 chmod 600 "$PKI"/*.key
@@ -263,6 +270,13 @@ start kube-apiserver "$BIN_DIR/kube-apiserver" \
   --kubelet-certificate-authority="$PKI/ca.crt" \
   --kubelet-preferred-address-types=InternalIP,Hostname \
   --authorization-mode=Node,RBAC \
+  --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" \
+  --requestheader-allowed-names=front-proxy-client \
+  --requestheader-username-headers=X-Remote-User \
+  --requestheader-group-headers=X-Remote-Group \
+  --requestheader-extra-headers-prefix=X-Remote-Extra- \
+  --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
+  --proxy-client-key-file="$PKI/front-proxy-client.key" \
   --enable-admission-plugins=NodeRestriction \
   --allow-privileged=true \
   --service-cluster-ip-range="$SERVICE_CIDR" \
