@@ -14,7 +14,11 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("-v") {
-        let _ = writeln!(std::io::stdout(), "signet-pause {}", env!("CARGO_PKG_VERSION"));
+        let _ = writeln!(
+            std::io::stdout(),
+            "signet-pause {}",
+            env!("CARGO_PKG_VERSION")
+        );
         return ExitCode::SUCCESS;
     }
     let set = match block(&[libc::SIGINT, libc::SIGTERM, libc::SIGCHLD]) {
@@ -25,7 +29,10 @@ fn main() -> ExitCode {
         }
     };
     if std::process::id() != 1 {
-        let _ = writeln!(std::io::stderr(), "signet-pause: warning: not running as PID 1");
+        let _ = writeln!(
+            std::io::stderr(),
+            "signet-pause: warning: not running as PID 1"
+        );
     }
     loop {
         reap();
@@ -37,7 +44,10 @@ fn main() -> ExitCode {
         }
         match sig {
             libc::SIGINT | libc::SIGTERM => {
-                let _ = writeln!(std::io::stderr(), "signet-pause: shutting down, got signal {sig}");
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "signet-pause: shutting down, got signal {sig}"
+                );
                 reap();
                 return ExitCode::SUCCESS;
             }

@@ -74,11 +74,9 @@ fn serve(addr: &str) -> ExitCode {
     };
     out(&format!("listening on {addr}"));
     let greeting = format!("signet-probe {}\n", hostname());
-    for stream in listener.incoming() {
-        if let Ok(mut s) = stream {
-            let _ = s.set_write_timeout(Some(TIMEOUT));
-            let _ = s.write_all(greeting.as_bytes());
-        }
+    for mut s in listener.incoming().flatten() {
+        let _ = s.set_write_timeout(Some(TIMEOUT));
+        let _ = s.write_all(greeting.as_bytes());
     }
     ExitCode::SUCCESS
 }
