@@ -124,6 +124,8 @@ if [ -d /run/netns ]; then
   done
 fi
 
+[ -f "$S/netns-dir-created" ] && rmdir /run/netns 2>/dev/null
+
 # 6. network: bridge, iptables rules and chains.
 if ip link show "$CNI_BRIDGE" >/dev/null 2>&1; then
   log "removing bridge $CNI_BRIDGE"

@@ -168,6 +168,7 @@ chmod 700 "$S" "$PKI"
 touch "$KUBELET_DIR/.signet-e2e" # lets down.sh remove the directory
 # Netns mounts that exist before we start are never touched by down.sh.
 ls /run/netns 2>/dev/null | grep '^cni-' > "$S/netns-before" || true
+[ -d /run/netns ] || touch "$S/netns-dir-created"
 # Likewise CNI iptables chains that exist before we start (another CNI user's).
 { iptables-save; ip6tables-save; } 2>/dev/null | sed -n 's/^:\(CNI-[^ ]*\) .*/\1/p' | sort -u > "$S/cni-chains-before" || true
 # Bidirectional mount propagation (CSI drivers) needs the kubelet directory on
