@@ -115,9 +115,13 @@ struct Inner {
     config: IssuerClientConfig,
     bundles: SharedBundles,
     resolver: Arc<SvidResolver>,
-    /// mTLS with the agent SVID in `resolver`; connects lazily and picks up
-    /// a renewed SVID on its next connection.
-    mtls: Channel,
+    /// mTLS with the agent SVID in `resolver`. Replaced by a fresh (lazy)
+    /// channel whenever the SVID changes, so calls never ride a connection
+    /// authenticated with an SVID that may since have expired.
+    mtls: RwLock<Channel>,
+    mtls_config: Arc<rustls::ClientConfig>,
+    /// Bumped on every new agent SVID; long-lived streams reconnect on it.
+    credential_changes: watch::Sender<u64>,
     /// Server-authenticated TLS only, for Join.
     anonymous: Channel,
     credential: RwLock<Option<Arc<AgentCredential>>>,
@@ -160,7 +164,8 @@ impl IssuerClient {
                 .map(Arc::new)
                 .map_err(|e| IssuerError::Tls(e.to_string()))
         };
-        let mtls = signet_tls::connect_channel(&config.address, tls(Some(resolver.clone()))?)
+        let mtls_config = tls(Some(resolver.clone()))?;
+        let mtls = signet_tls::connect_channel(&config.address, mtls_config.clone())
             .map_err(|e| IssuerError::Tls(e.to_string()))?;
         let anonymous = signet_tls::connect_channel(&config.address, tls(None)?)
             .map_err(|e| IssuerError::Tls(e.to_string()))?;
@@ -169,7 +174,9 @@ impl IssuerClient {
                 config,
                 bundles,
                 resolver,
-                mtls,
+                mtls: RwLock::new(mtls),
+                mtls_config,
+                credential_changes: watch::channel(0).0,
                 anonymous,
                 credential: RwLock::new(None),
                 clock,
@@ -333,7 +340,23 @@ impl IssuerClient {
             Ok(mut guard) => *guard = Some(credential),
             Err(poisoned) => *poisoned.into_inner() = Some(credential),
         }
+        match signet_tls::connect_channel(
+            &self.inner.config.address,
+            self.inner.mtls_config.clone(),
+        ) {
+            Ok(channel) => match self.inner.mtls.write() {
+                Ok(mut guard) => *guard = channel,
+                Err(poisoned) => *poisoned.into_inner() = channel,
+            },
+            Err(error) => tracing::warn!(%error, "keeping the previous issuer channel"),
+        }
+        self.inner.credential_changes.send_modify(|n| *n += 1);
         Ok(())
+    }
+
+    /// Changes whenever the agent gets a new SVID.
+    pub fn credential_changes(&self) -> watch::Receiver<u64> {
+        self.inner.credential_changes.subscribe()
     }
 
     /// Exchanges the join token for an agent SVID.
@@ -377,7 +400,7 @@ impl IssuerClient {
             PrivateKey::generate(KeyType::EcP256).map_err(|e| IssuerError::Key(e.to_string()))?;
         let csr =
             signet_identity::x509::create_csr(&key).map_err(|e| IssuerError::Key(e.to_string()))?;
-        let mut client = GrpcIssuer::new(self.inner.mtls.clone());
+        let mut client = GrpcIssuer::new(self.inner.mtls());
         let response = with_timeout(client.renew_agent(pb::RenewAgentRequest { csr }))
             .await
             .map_err(|status| IssuerError::call("RenewAgent", status))?
@@ -507,7 +530,7 @@ impl IssuerClient {
         &self,
         known_version: u64,
     ) -> Result<tonic::Streaming<pb::PolicyUpdate>, IssuerError> {
-        let mut client = GrpcIssuer::new(self.inner.mtls.clone());
+        let mut client = GrpcIssuer::new(self.inner.mtls());
         client
             .watch_policy(pb::WatchPolicyRequest { known_version })
             .await
@@ -712,6 +735,13 @@ fn check_issued_jwt(
 }
 
 impl Inner {
+    fn mtls(&self) -> Channel {
+        match self.mtls.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     async fn sign_x509(
         self: Arc<Self>,
         requests: Vec<X509SignRequest>,
@@ -743,7 +773,7 @@ impl Inner {
             });
         }
         let count = messages.len();
-        let mut client = GrpcIssuer::new(self.mtls.clone());
+        let mut client = GrpcIssuer::new(self.mtls());
         let response =
             with_timeout(client.sign_x509_svids(pb::SignX509SvidsRequest { requests: messages }))
                 .await
@@ -815,7 +845,7 @@ impl Inner {
                 audience: request.audiences.clone(),
             })
             .collect();
-        let mut client = GrpcIssuer::new(self.mtls.clone());
+        let mut client = GrpcIssuer::new(self.mtls());
         let response =
             with_timeout(client.sign_jwt_svids(pb::SignJwtSvidsRequest { requests: messages }))
                 .await

@@ -289,8 +289,10 @@ pub async fn run_policy_watch(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut renewed = client.credential_changes();
     loop {
         let known = store.current().map_or(0, |p| p.issuer_version());
+        renewed.mark_unchanged();
         let stream = tokio::select! {
             stream = client.watch_policy(known) => stream,
             _ = shutdown.wait_for(|stop| *stop) => return,
@@ -299,6 +301,13 @@ pub async fn run_policy_watch(
             Ok(mut stream) => loop {
                 let message = tokio::select! {
                     message = stream.message() => message,
+                    _ = renewed.changed() => {
+                        // Re-open on a connection authenticated with the
+                        // new agent SVID; the issuer resends its state.
+                        tracing::debug!("agent SVID renewed; reopening the policy stream");
+                        backoff.reset();
+                        break;
+                    }
                     _ = shutdown.wait_for(|stop| *stop) => return,
                 };
                 match message {
