@@ -109,6 +109,7 @@ pub async fn run_until(
             trust_domain: config.trust_domain.clone(),
             state_dir: config.state_dir.clone(),
             join_token: config.join_token()?,
+            service_account_token_path: config.issuer.service_account_token_path.clone(),
             node_name: config.node_name().map(str::to_owned),
         },
         bootstrap,

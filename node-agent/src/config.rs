@@ -6,7 +6,8 @@
 //! issuer:
 //!   address: 127.0.0.1:8443
 //!   trust_bundle_path: /var/lib/signet/operator/bundle.pem
-//!   join_token: ...            # or join_token_path: /etc/signet/join-token
+//!   join_token: ...            # or join_token_path: /etc/signet/join-token,
+//!                              # or service_account_token_path (in a cluster)
 //! state_dir: /var/lib/signet/agent
 //! node_name: ""                # default: $SIGNET_NODE_NAME
 //! listen: unix:///run/signet/agent.sock
@@ -117,6 +118,10 @@ pub struct IssuerConfig {
     /// File holding the join token (read at start; trailing whitespace ignored).
     #[serde(default)]
     pub join_token_path: Option<PathBuf>,
+    /// In a cluster: the projected service-account token (audience bound
+    /// to the issuer) the agent joins with, re-read at every join.
+    #[serde(default)]
+    pub service_account_token_path: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -241,9 +246,14 @@ impl AgentConfig {
         if self.issuer.address.trim().is_empty() {
             return invalid("issuer.address is empty".into());
         }
-        if self.issuer.join_token.is_some() && self.issuer.join_token_path.is_some() {
+        let credentials = [
+            self.issuer.join_token.is_some(),
+            self.issuer.join_token_path.is_some(),
+            self.issuer.service_account_token_path.is_some(),
+        ];
+        if credentials.iter().filter(|set| **set).count() > 1 {
             return invalid(
-                "set at most one of issuer.join_token and issuer.join_token_path".into(),
+                "set at most one of issuer.join_token, issuer.join_token_path and issuer.service_account_token_path".into(),
             );
         }
         if self.listen.unix_path().is_none() {

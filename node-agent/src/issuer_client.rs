@@ -58,7 +58,7 @@ pub enum IssuerError {
     },
     #[error("the issuer returned an invalid agent SVID: {0}")]
     InvalidAgentSvid(String),
-    #[error("no valid agent SVID in {state_dir} and no join token configured")]
+    #[error("no valid agent SVID in {state_dir} and no join credential configured")]
     NoCredential { state_dir: PathBuf },
     #[error("agent state {path}: {reason}")]
     State { path: PathBuf, reason: String },
@@ -86,7 +86,16 @@ pub struct IssuerClientConfig {
     pub trust_domain: TrustDomain,
     pub state_dir: PathBuf,
     pub join_token: Option<String>,
+    /// In a cluster: the projected service-account token file, read at
+    /// every join (the kubelet rotates it). Used when no join token is set.
+    pub service_account_token_path: Option<PathBuf>,
     pub node_name: Option<String>,
+}
+
+impl IssuerClientConfig {
+    fn can_join(&self) -> bool {
+        self.join_token.is_some() || self.service_account_token_path.is_some()
+    }
 }
 
 /// The agent's own credential.
@@ -359,22 +368,35 @@ impl IssuerClient {
         self.inner.credential_changes.subscribe()
     }
 
-    /// Exchanges the join token for an agent SVID.
+    fn join_credential(&self) -> Result<pb::join_request::Credential, IssuerError> {
+        let config = &self.inner.config;
+        if let Some(token) = &config.join_token {
+            return Ok(pb::join_request::Credential::JoinToken(token.clone()));
+        }
+        if let Some(path) = &config.service_account_token_path {
+            let token = std::fs::read_to_string(path).map_err(|e| IssuerError::State {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            return Ok(pb::join_request::Credential::ServiceAccountToken(
+                token.trim().to_owned(),
+            ));
+        }
+        Err(IssuerError::NoCredential {
+            state_dir: config.state_dir.clone(),
+        })
+    }
+
+    /// Exchanges the join credential (join token or service-account token)
+    /// for an agent SVID.
     pub async fn join(&self) -> Result<(), IssuerError> {
-        let token =
-            self.inner
-                .config
-                .join_token
-                .clone()
-                .ok_or_else(|| IssuerError::NoCredential {
-                    state_dir: self.inner.config.state_dir.clone(),
-                })?;
+        let credential = self.join_credential()?;
         let key =
             PrivateKey::generate(KeyType::EcP256).map_err(|e| IssuerError::Key(e.to_string()))?;
         let csr =
             signet_identity::x509::create_csr(&key).map_err(|e| IssuerError::Key(e.to_string()))?;
         let request = pb::JoinRequest {
-            credential: Some(pb::join_request::Credential::JoinToken(token)),
+            credential: Some(credential),
             csr,
             node_name: self.inner.config.node_name.clone().unwrap_or_default(),
         };
@@ -506,7 +528,7 @@ impl IssuerClient {
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
             let expired = self.credential().is_none_or(|c| c.not_after <= clock.now());
-            let result = if expired && self.inner.config.join_token.is_some() {
+            let result = if expired && self.inner.config.can_join() {
                 self.join().await
             } else {
                 self.renew().await

@@ -104,8 +104,16 @@ impl Issuer for Service {
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::AgentSvid>, Status> {
         let request = request.into_inner();
-        let Some(pb::join_request::Credential::JoinToken(token)) = request.credential else {
-            return Err(Status::invalid_argument("no token"));
+        let token = match request.credential {
+            Some(pb::join_request::Credential::JoinToken(token)) => token,
+            // Stands in for a TokenReview of a projected token.
+            Some(pb::join_request::Credential::ServiceAccountToken(token))
+                if token == "sa-token" && request.node_name == "node-1" =>
+            {
+                self.0.joins.fetch_add(1, Ordering::SeqCst);
+                return Ok(Response::new(self.0.agent_svid(&request.csr)?));
+            }
+            _ => return Err(Status::unauthenticated("no valid credential")),
         };
         if !self.0.tokens.lock().unwrap().remove(&token) {
             return Err(Status::unauthenticated("bad or spent join token"));
@@ -213,6 +221,7 @@ fn client(
             trust_domain: FakeIssuer::td(),
             state_dir: state_dir.to_owned(),
             join_token: token.map(str::to_owned),
+            service_account_token_path: None,
             node_name: None,
         },
         bootstrap,
@@ -274,6 +283,35 @@ async fn join_once_then_restart_reuses_the_stored_svid() {
     assert_eq!(
         leaf_public_key(&signed.cert_chain[0]).unwrap(),
         *key.public_key()
+    );
+}
+
+#[tokio::test]
+async fn joins_with_a_service_account_token_file() {
+    let fake = FakeIssuer::new();
+    let address = start_issuer(fake.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "sa-token\n").unwrap();
+    let issuer = IssuerClient::new(
+        IssuerClientConfig {
+            address,
+            trust_domain: FakeIssuer::td(),
+            state_dir: dir.path().join("state"),
+            join_token: None,
+            service_account_token_path: Some(token),
+            node_name: Some("node-1".into()),
+        },
+        fake.bundle(),
+        Clock::new(),
+        Arc::new(Metrics::default()),
+    )
+    .unwrap();
+    issuer.ensure_identity().await.unwrap();
+    assert_eq!(fake.joins.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        issuer.agent_attributes().node_name.as_deref(),
+        Some("node-1")
     );
 }
 
