@@ -86,14 +86,14 @@ pub struct KubeletConfig {
     /// checked against the node name.
     pub host: Option<String>,
     /// Minimum time between the starts of two kubelet requests.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_text")]
     pub poll_interval: Duration,
     /// Pod-list fetches an attestation may wait through for a container the
     /// kubelet does not list yet (60 × 500 ms ≈ 30 s).
     pub max_poll_attempts: u32,
     /// A cached list older than this is refreshed before it is trusted for
     /// a hit, so pod label changes reach attestations within this time.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_text")]
     pub pod_list_max_age: Duration,
 }
 
@@ -116,7 +116,7 @@ impl Default for KubeletConfig {
 }
 
 /// Durations written as `500ms`, `30s`, `1m`.
-mod humantime_serde_compat {
+mod duration_text {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
@@ -1000,6 +1000,15 @@ impl PodCache {
         start: Instant,
     ) -> Result<Arc<PodList>, KubeletError> {
         tokio::time::sleep_until(start).await;
+        // Space the next fetch from when this one really starts: timers
+        // wake on a millisecond tick, possibly after `start`.
+        {
+            let mut state = match inner.flight.lock() {
+                Ok(state) => state,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            state.next_start = Some(Instant::now() + inner.poll_interval);
+        }
         let result = match inner.source.fetch().await {
             Ok(body) => PodList::parse(&body, generation, Instant::now()).map(Arc::new),
             Err(error) => Err(error),

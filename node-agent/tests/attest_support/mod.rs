@@ -177,6 +177,8 @@ impl FakeKubelet {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
+                // As Go servers (the kubelet) do: no Nagle delay on replies.
+                let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let state = server_state.clone();
                 tokio::spawn(async move {
