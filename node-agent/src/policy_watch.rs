@@ -108,18 +108,23 @@ impl AgentPolicy {
         )?;
         bundles.insert(own);
         for (name, json) in &update.federated_bundles {
-            let trust_domain =
-                TrustDomain::new(name).map_err(|_| PolicyError::FederatedName(name.clone()))?;
-            if &trust_domain == expected {
-                continue;
-            }
-            let bundle = TrustBundle::from_spiffe_json(trust_domain, json).map_err(|source| {
-                PolicyError::Bundle {
-                    trust_domain: name.clone(),
-                    source,
+            // One bad federated bundle must not hold back the own policy:
+            // skip it (its workloads get no bundle for it) and say so.
+            let parsed = TrustDomain::new(name)
+                .map_err(|_| PolicyError::FederatedName(name.clone()))
+                .and_then(|td| {
+                    TrustBundle::from_spiffe_json(td, json).map_err(|source| PolicyError::Bundle {
+                        trust_domain: name.clone(),
+                        source,
+                    })
+                });
+            match parsed {
+                Ok(bundle) if &bundle.trust_domain == expected => {}
+                Ok(bundle) => {
+                    bundles.insert(bundle);
                 }
-            })?;
-            bundles.insert(bundle);
+                Err(error) => tracing::error!(%error, "federated bundle left out"),
+            }
         }
         Ok(Self::new(generation, snapshot, bundles, agent, selector))
     }
@@ -448,6 +453,27 @@ mod tests {
         let mut workload = Attributes::default();
         workload.insert("workload.unix.uid", "1000");
         assert!(policy.desired_identities(&workload).is_empty());
+    }
+
+    #[test]
+    fn a_bad_federated_bundle_is_left_out() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let mut update = update("example.org", POLICY);
+        update
+            .federated_bundles
+            .insert("partner.org".into(), b"not json".to_vec());
+        let partner = TrustBundle::new(TrustDomain::new("other.org").unwrap());
+        update.federated_bundles.insert(
+            "other.org".into(),
+            partner.to_spiffe_json().unwrap().into_bytes(),
+        );
+        let policy = AgentPolicy::from_update(&update, 1, &td, agent(), None).unwrap();
+        let tds: Vec<&str> = policy
+            .bundles()
+            .iter()
+            .map(|b| b.trust_domain.as_str())
+            .collect();
+        assert_eq!(tds, vec!["example.org", "other.org"]);
     }
 
     #[test]
