@@ -480,12 +480,18 @@ async fn the_agent_serves_workloads_and_stops_cleanly() {
     let bundle_path = dir.path().join("bundle.pem");
     std::fs::write(&bundle_path, certs_to_pem(&fake.bundle().x509_authorities)).unwrap();
     let socket = dir.path().join("run/agent.sock");
+    // A free port for the admin endpoint (released just before the agent binds it).
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let yaml = format!(
         "trust_domain: example.org\n\
          issuer: {{address: '{address}', trust_bundle_path: {}, join_token: good-token}}\n\
          state_dir: {}\n\
          listen: unix://{}\n\
-         admin_listen: unix://{}\n",
+         admin_listen: unix://{}\n\
+         metrics_listen: {admin}\n",
         bundle_path.display(),
         dir.path().join("state").display(),
         socket.display(),
@@ -527,6 +533,18 @@ async fn the_agent_serves_workloads_and_stops_cleanly() {
     );
     assert_eq!(fake.joins.load(Ordering::SeqCst), 1);
 
+    assert!(http_get(admin, "/readyz").await.starts_with("HTTP/1.1 200"));
+    let metrics = http_get(admin, "/metrics").await;
+    for expected in [
+        r#"signet_agent_workload_api_requests_total{rpc="FetchX509SVID",code="OK"} 1"#,
+        r#"signet_agent_signing_requests_total{type="x509"} 2"#,
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from\n{metrics}"
+        );
+    }
+
     // Shutdown does not wait for open streams: they end with Unavailable
     // (clients reconnect to the next agent).
     let mut open = api
@@ -544,4 +562,18 @@ async fn the_agent_serves_workloads_and_stops_cleanly() {
         .unwrap()
         .unwrap();
     assert!(!socket.exists(), "the socket is removed on shutdown");
+}
+
+async fn http_get(address: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
 }
