@@ -27,6 +27,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
+use signet_identity::PrivateKey;
 use signet_identity::x509::{certs_from_der_concat, certs_to_pem};
 use signet_proto::workload as pb;
 use signet_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
@@ -345,18 +346,6 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CliError> {
     })
 }
 
-fn pem_key(der: &[u8]) -> zeroize::Zeroizing<String> {
-    use base64::Engine as _;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
-    for line in body.as_bytes().chunks(64) {
-        pem.push_str(&String::from_utf8_lossy(line));
-        pem.push('\n');
-    }
-    pem.push_str("-----END PRIVATE KEY-----\n");
-    zeroize::Zeroizing::new(pem)
-}
-
 /// Writes the response's SVIDs, keys and bundles as PEM files into `dir`;
 /// returns the paths written.
 pub fn write_x509(dir: &Path, response: &pb::X509svidResponse) -> Result<Vec<PathBuf>, CliError> {
@@ -375,7 +364,9 @@ pub fn write_x509(dir: &Path, response: &pb::X509svidResponse) -> Result<Vec<Pat
         let cert_path = dir.join(format!("svid{suffix}.pem"));
         write_file(&cert_path, certs_to_pem(&chain).as_bytes(), 0o644)?;
         let key_path = dir.join(format!("svid_key{suffix}.pem"));
-        write_file(&key_path, pem_key(&svid.x509_svid_key).as_bytes(), 0o600)?;
+        let key = PrivateKey::from_pkcs8_der(&svid.x509_svid_key)
+            .map_err(|e| CliError::Malformed(format!("key of {}: {e}", svid.spiffe_id)))?;
+        write_file(&key_path, key.to_pkcs8_pem().as_bytes(), 0o600)?;
         written.push(cert_path);
         written.push(key_path);
         if index == 0 {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use prost::Message;
 use signet_identity::x509::certs_to_pem;
-use signet_identity::{SpiffeId, TrustBundle, TrustDomain};
+use signet_identity::{PrivateKey, SpiffeId, TrustBundle, TrustDomain};
 use signet_proto::envoy::config::core::v3::{DataSource, TypedExtensionConfig, data_source};
 use signet_proto::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, SpiffeCertValidatorConfig, TlsCertificate, secret,
@@ -74,34 +74,29 @@ fn pem_of(bundle: &TrustBundle) -> String {
     certs_to_pem(&bundle.x509_authorities)
 }
 
-fn tls_secret(name: &str, svid: &IssuedX509) -> Secret {
+/// A TLS certificate secret; `None` if the stored key cannot be read back
+/// (never expected: the agent generated it).
+fn tls_secret(name: &str, svid: &IssuedX509) -> Option<Secret> {
     let chain: Vec<rustls_pki_types::CertificateDer<'_>> = svid
         .cert_chain
         .iter()
         .map(|c| rustls_pki_types::CertificateDer::from(c.as_slice()))
         .collect();
-    let key_pem = pem_block("PRIVATE KEY", &svid.private_key);
-    Secret {
+    let key_pem = match PrivateKey::from_pkcs8_der(&svid.private_key) {
+        Ok(key) => key.to_pkcs8_pem(),
+        Err(error) => {
+            tracing::error!(spiffe_id = %svid.spiffe_id, %error, "unreadable SVID key");
+            return None;
+        }
+    };
+    Some(Secret {
         name: name.to_owned(),
         r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
             certificate_chain: inline(certs_to_pem(&chain)),
             private_key: inline(key_pem.as_bytes().to_vec()),
             ..Default::default()
         })),
-    }
-}
-
-fn pem_block(label: &str, der: &[u8]) -> zeroize::Zeroizing<String> {
-    use base64::Engine as _;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut pem = String::with_capacity(body.len() + 64);
-    pem.push_str(&format!("-----BEGIN {label}-----\n"));
-    for line in body.as_bytes().chunks(64) {
-        pem.push_str(&String::from_utf8_lossy(line));
-        pem.push('\n');
-    }
-    pem.push_str(&format!("-----END {label}-----\n"));
-    zeroize::Zeroizing::new(pem)
+    })
 }
 
 fn trusted_ca_secret(name: &str, bundle: &TrustBundle) -> Secret {
@@ -194,7 +189,9 @@ pub fn build_secrets(
             continue;
         }
         let secret = match name.as_str() {
-            DEFAULT_NAME => svids.first().map(|svid| tls_secret(DEFAULT_NAME, svid)),
+            DEFAULT_NAME => svids
+                .first()
+                .and_then(|svid| tls_secret(DEFAULT_NAME, svid)),
             ROOTCA_NAME => own.map(|bundle| trusted_ca_secret(ROOTCA_NAME, bundle)),
             ALL_NAME => {
                 let mut all: Vec<&TrustBundle> = own.into_iter().collect();
@@ -208,7 +205,7 @@ pub fn build_secrets(
                 Ok(id) => svids
                     .iter()
                     .find(|svid| svid.spiffe_id == id)
-                    .map(|svid| tls_secret(other, svid)),
+                    .and_then(|svid| tls_secret(other, svid)),
                 Err(_) => None,
             },
         };
