@@ -1,4 +1,9 @@
 //! signet-operator: policy reconciler, certificate authority and issuer API.
 
+pub mod agents;
 pub mod audit;
+pub mod authority;
+pub mod issuer;
 pub mod join;
+pub mod metrics;
+pub mod policy_source;

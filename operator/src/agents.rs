@@ -1,0 +1,144 @@
+//! Who an agent is, from its SVID, and how agents prove they may join.
+
+use futures::future::BoxFuture;
+use signet_identity::{SpiffeId, TrustDomain};
+
+use crate::join::JoinTokens;
+
+/// SPIFFE ID path prefix of agents that joined with a token.
+pub const JOIN_AGENT_PREFIX: &str = "/signet/agent/join/";
+/// SPIFFE ID path prefix of in-cluster agents (one per node).
+pub const NODE_AGENT_PREFIX: &str = "/signet/agent/k8s/";
+
+/// An authenticated agent. Everything here comes from the agent's SVID,
+/// which the issuer minted: never from what the agent says in a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentRecord {
+    pub spiffe_id: SpiffeId,
+    /// `agent.name`: the join name, or the node name in a cluster.
+    pub name: String,
+    /// `agent.node_name`, for in-cluster agents.
+    pub node_name: Option<String>,
+}
+
+impl AgentRecord {
+    /// Recognises an agent SVID's SPIFFE ID.
+    pub fn from_spiffe_id(id: &SpiffeId, trust_domain: &TrustDomain) -> Option<Self> {
+        if !id.is_member_of(trust_domain) {
+            return None;
+        }
+        let path = id.path();
+        if let Some(name) = path.strip_prefix(JOIN_AGENT_PREFIX)
+            && !name.is_empty()
+            && !name.contains('/')
+        {
+            return Some(Self {
+                spiffe_id: id.clone(),
+                name: name.to_owned(),
+                node_name: None,
+            });
+        }
+        if let Some(node) = path.strip_prefix(NODE_AGENT_PREFIX)
+            && !node.is_empty()
+            && !node.contains('/')
+        {
+            return Some(Self {
+                spiffe_id: id.clone(),
+                name: node.to_owned(),
+                node_name: Some(node.to_owned()),
+            });
+        }
+        None
+    }
+}
+
+/// An agent admitted by [`JoinVerifier`]: the SPIFFE ID path to issue it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdmittedAgent {
+    pub path: String,
+    pub name: String,
+    pub node_name: Option<String>,
+}
+
+/// Why a join was refused; the message goes back to the agent.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct JoinRejection {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The credential check of `Join`.
+pub trait JoinVerifier: Send + Sync + 'static {
+    fn verify<'a>(
+        &'a self,
+        request: &'a signet_proto::issuer::v1::JoinRequest,
+    ) -> BoxFuture<'a, Result<AdmittedAgent, JoinRejection>>;
+}
+
+impl JoinVerifier for JoinTokens {
+    fn verify<'a>(
+        &'a self,
+        request: &'a signet_proto::issuer::v1::JoinRequest,
+    ) -> BoxFuture<'a, Result<AdmittedAgent, JoinRejection>> {
+        use signet_proto::issuer::v1::join_request::Credential;
+        Box::pin(async move {
+            let token = match &request.credential {
+                Some(Credential::JoinToken(token)) if !token.is_empty() => token,
+                _ => {
+                    return Err(JoinRejection {
+                        reason: "unsupported_credential",
+                        message: "this issuer accepts join tokens only".into(),
+                    });
+                }
+            };
+            let name = self.redeem(token).map_err(|error| JoinRejection {
+                reason: match error {
+                    crate::join::JoinError::Spent { .. } => "token_spent",
+                    crate::join::JoinError::Unknown => "invalid_token",
+                    _ => "token_state",
+                },
+                message: error.to_string(),
+            })?;
+            Ok(AdmittedAgent {
+                path: format!("{JOIN_AGENT_PREFIX}{name}"),
+                name,
+                node_name: None,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_ids_are_recognised() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let join = SpiffeId::parse("spiffe://example.org/signet/agent/join/vm-1").unwrap();
+        let record = AgentRecord::from_spiffe_id(&join, &td).unwrap();
+        assert_eq!(record.name, "vm-1");
+        assert_eq!(record.node_name, None);
+        let node = SpiffeId::parse("spiffe://example.org/signet/agent/k8s/node-a").unwrap();
+        assert_eq!(
+            AgentRecord::from_spiffe_id(&node, &td)
+                .unwrap()
+                .node_name
+                .as_deref(),
+            Some("node-a")
+        );
+        for not_agent in [
+            "spiffe://example.org/signet/issuer",
+            "spiffe://example.org/signet/agent/join/a/b",
+            "spiffe://example.org/web",
+            "spiffe://other.org/signet/agent/join/vm-1",
+        ] {
+            let id = SpiffeId::parse(not_agent).unwrap();
+            assert!(
+                AgentRecord::from_spiffe_id(&id, &td).is_none(),
+                "{not_agent}"
+            );
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! The certificate authority as a running service: the CA keyset, where it
+//! is persisted, its rotation schedule, the trust bundle it publishes and
+//! the issuer's own serving certificate.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+use signet_identity::authority::AuthorityState;
+use signet_identity::x509::X509SvidParams;
+use signet_identity::{
+    AuthorityError, CaConfig, CaKeyset, JwtSvid, KeyType, PrivateKey, RotationEvent, SpiffeId,
+    TrustBundle, X509Svid,
+};
+use signet_runtime::clock::Clock;
+use signet_tls::SvidResolver;
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+/// Path of the issuer's SVID under the trust domain.
+pub const ISSUER_PATH: &str = "/signet/issuer";
+/// Lifetime of the issuer's serving certificate; renewed at half-life.
+const ISSUER_SVID_TTL: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("reading the CA state: {0}")]
+    Read(String),
+    #[error("writing the CA state: {0}")]
+    Write(String),
+    /// Another writer changed the state since it was read (Kubernetes
+    /// resourceVersion precondition); re-read and retry.
+    #[error("the CA state was changed concurrently")]
+    Conflict,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorityServiceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Keyset(#[from] AuthorityError),
+    #[error("the stored CA state is for trust domain {stored}, not {configured}")]
+    TrustDomainMismatch { stored: String, configured: String },
+    #[error("issuer certificate: {0}")]
+    IssuerCertificate(String),
+}
+
+/// Where the keyset's serialized state lives. The state holds private keys.
+pub trait KeysetStore: Send + Sync + 'static {
+    fn load(&self) -> BoxFuture<'_, Result<Option<Zeroizing<String>>, StoreError>>;
+    /// Replaces the state. A store that supports it refuses with
+    /// [`StoreError::Conflict`] when the state changed since it was loaded.
+    fn save(&self, state: Zeroizing<String>) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// The keyset in a file of the state directory (standalone mode).
+#[derive(Debug)]
+pub struct FileKeysetStore {
+    path: PathBuf,
+}
+
+impl FileKeysetStore {
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+}
+
+impl KeysetStore for FileKeysetStore {
+    fn load(&self) -> BoxFuture<'_, Result<Option<Zeroizing<String>>, StoreError>> {
+        Box::pin(async move {
+            let bytes = signet_runtime::files::read_optional(&self.path)
+                .map_err(|e| StoreError::Read(e.to_string()))?;
+            bytes
+                .map(|bytes| {
+                    String::from_utf8(bytes).map(Zeroizing::new).map_err(|_| {
+                        StoreError::Read(format!("{} is not UTF-8", self.path.display()))
+                    })
+                })
+                .transpose()
+        })
+    }
+
+    fn save(&self, state: Zeroizing<String>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            signet_runtime::files::write_atomic(&self.path, state.as_bytes(), 0o600)
+                .map_err(|e| StoreError::Write(e.to_string()))
+        })
+    }
+}
+
+/// The trust bundle as published: the value and its encodings.
+#[derive(Clone, Debug)]
+pub struct PublishedBundle {
+    pub bundle: TrustBundle,
+    /// SPIFFE bundle (JWKS with `spiffe_sequence`), for agents and federation.
+    pub spiffe_json: String,
+    /// X.509 authorities as PEM, for tools that want a CA file.
+    pub pem: String,
+    /// JWT authorities as a plain JWKS, for OIDC consumers.
+    pub jwks_json: String,
+}
+
+impl PublishedBundle {
+    fn new(bundle: TrustBundle) -> Result<Self, AuthorityServiceError> {
+        let spiffe_json = bundle
+            .to_spiffe_json()
+            .map_err(|e| AuthorityServiceError::IssuerCertificate(e.to_string()))?;
+        let jwks_json = bundle
+            .to_jwks_json()
+            .map_err(|e| AuthorityServiceError::IssuerCertificate(e.to_string()))?;
+        let pem = bundle.to_x509_pem();
+        Ok(Self {
+            bundle,
+            spiffe_json,
+            pem,
+            jwks_json,
+        })
+    }
+}
+
+/// The running authority. Cheap to share behind an `Arc`.
+pub struct Authority {
+    keyset: RwLock<CaKeyset>,
+    store: Arc<dyn KeysetStore>,
+    bundle: watch::Sender<Arc<PublishedBundle>>,
+    issuer_names: IssuerNames,
+    issuer_resolver: Arc<SvidResolver>,
+    issuer_svid: RwLock<Option<X509Svid>>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority").finish_non_exhaustive()
+    }
+}
+
+/// DNS names and IPs the issuer's certificate carries, so clients that also
+/// check hostnames (or humans with openssl) see sensible names.
+#[derive(Clone, Debug, Default)]
+pub struct IssuerNames {
+    pub dns: Vec<String>,
+    pub ips: Vec<IpAddr>,
+}
+
+impl Authority {
+    /// Loads the keyset from `store`, or creates and saves a new one.
+    pub async fn load_or_create(
+        config: CaConfig,
+        store: Arc<dyn KeysetStore>,
+        issuer_names: IssuerNames,
+        now: SystemTime,
+    ) -> Result<Arc<Self>, AuthorityServiceError> {
+        let keyset = match store.load().await? {
+            Some(state) => {
+                let keyset = CaKeyset::from_state_json(config.clone(), &state)?;
+                tracing::info!(
+                    trust_domain = %config.trust_domain,
+                    sequence = keyset.sequence(),
+                    "loaded the CA keyset"
+                );
+                keyset
+            }
+            None => {
+                let keyset = CaKeyset::new(config.clone(), now)?;
+                store.save(keyset.to_state_json()?).await?;
+                tracing::info!(trust_domain = %config.trust_domain, "created a new CA keyset");
+                keyset
+            }
+        };
+        let published = PublishedBundle::new(keyset.bundle(now))?;
+        let (bundle, _) = watch::channel(Arc::new(published));
+        let authority = Arc::new(Self {
+            keyset: RwLock::new(keyset),
+            store,
+            bundle,
+            issuer_names,
+            issuer_resolver: Arc::new(SvidResolver::new()),
+            issuer_svid: RwLock::new(None),
+        });
+        // A restarted operator may find a keyset whose rotation fell due
+        // while it was down.
+        authority.rotate(now).await?;
+        authority.refresh_issuer_svid(now, true)?;
+        Ok(authority)
+    }
+
+    pub fn trust_domain(&self) -> signet_identity::TrustDomain {
+        self.read().config().trust_domain.clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, CaKeyset> {
+        match self.keyset.read() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, CaKeyset> {
+        match self.keyset.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The bundle as it changes.
+    pub fn bundle(&self) -> watch::Receiver<Arc<PublishedBundle>> {
+        self.bundle.subscribe()
+    }
+
+    pub fn current_bundle(&self) -> Arc<PublishedBundle> {
+        self.bundle.borrow().clone()
+    }
+
+    /// The issuer's serving certificate (kept current by [`Self::tick`]).
+    pub fn issuer_resolver(&self) -> Arc<SvidResolver> {
+        self.issuer_resolver.clone()
+    }
+
+    /// Advances the rotation schedule; the new state is saved before it is
+    /// used or published, so a crash never loses an authority that signed.
+    pub async fn rotate(
+        &self,
+        now: SystemTime,
+    ) -> Result<Vec<RotationEvent>, AuthorityServiceError> {
+        let mut candidate = {
+            let keyset = self.read();
+            CaKeyset::from_state_json(keyset.config().clone(), &keyset.to_state_json()?)?
+        };
+        let events = candidate.rotate(now)?;
+        let bundle = candidate.bundle(now);
+        let bundle_changed = bundle != self.bundle.borrow().bundle;
+        if events.is_empty() && !bundle_changed {
+            return Ok(events);
+        }
+        if !events.is_empty() {
+            self.store.save(candidate.to_state_json()?).await?;
+            for event in &events {
+                tracing::info!(?event, "CA rotation");
+            }
+        }
+        *self.write() = candidate;
+        let published = PublishedBundle::new(bundle)?;
+        self.bundle.send_replace(Arc::new(published));
+        Ok(events)
+    }
+
+    /// Mints the issuer's SVID again when it passed half-life or the active
+    /// CA changed (`force` for the first one).
+    pub fn refresh_issuer_svid(
+        &self,
+        now: SystemTime,
+        force: bool,
+    ) -> Result<(), AuthorityServiceError> {
+        let keyset = self.read();
+        let active_ca_not_after = keyset.active_x509().map(|ca| ca.not_after());
+        let due = match &*self
+            .issuer_svid
+            .read()
+            .map_err(|_| AuthorityServiceError::IssuerCertificate("lock poisoned".into()))?
+        {
+            None => true,
+            Some(svid) => {
+                let lifetime = svid
+                    .not_after
+                    .duration_since(svid.not_before)
+                    .unwrap_or_default();
+                let half_life = svid.not_before + lifetime / 2;
+                now >= half_life || Some(svid.not_after) > active_ca_not_after
+            }
+        };
+        if !(due || force) {
+            return Ok(());
+        }
+        let trust_domain = keyset.config().trust_domain.clone();
+        let id = SpiffeId::from_path(&trust_domain, ISSUER_PATH)
+            .map_err(|e| AuthorityServiceError::IssuerCertificate(e.to_string()))?;
+        let key = PrivateKey::generate(KeyType::EcP256)
+            .map_err(|e| AuthorityServiceError::IssuerCertificate(e.to_string()))?;
+        let mut params = X509SvidParams::new(id, ISSUER_SVID_TTL);
+        params.dns_sans = self.issuer_names.dns.clone();
+        params.ip_sans = self.issuer_names.ips.clone();
+        let svid = keyset.mint_x509_svid(&params, key.public_key(), now)?;
+        self.issuer_resolver
+            .set(svid.cert_chain.clone(), &key.to_pkcs8_der())
+            .map_err(|e| AuthorityServiceError::IssuerCertificate(e.to_string()))?;
+        if let Ok(mut slot) = self.issuer_svid.write() {
+            *slot = Some(svid);
+        }
+        Ok(())
+    }
+
+    /// One step of the background schedule.
+    pub async fn tick(&self, now: SystemTime) -> Result<(), AuthorityServiceError> {
+        let events = self.rotate(now).await?;
+        let activated = events
+            .iter()
+            .any(|e| matches!(e, RotationEvent::Activated { .. }));
+        self.refresh_issuer_svid(now, activated)
+    }
+
+    /// Runs the schedule every `interval` until the task is dropped.
+    pub async fn run(self: Arc<Self>, clock: Clock, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(error) = self.tick(clock.now()).await {
+                tracing::error!(%error, "CA rotation step failed; retrying next tick");
+            }
+        }
+    }
+
+    pub fn mint_x509_from_csr(
+        &self,
+        params: &X509SvidParams,
+        csr_der: &[u8],
+        now: SystemTime,
+    ) -> Result<X509Svid, AuthorityError> {
+        self.read().mint_x509_svid_from_csr(params, csr_der, now)
+    }
+
+    pub fn mint_jwt(
+        &self,
+        sub: &SpiffeId,
+        audiences: &[String],
+        ttl: Duration,
+        extra_claims: &serde_json::Map<String, serde_json::Value>,
+        now: SystemTime,
+    ) -> Result<JwtSvid, AuthorityError> {
+        self.read()
+            .mint_jwt_svid(sub, audiences, ttl, extra_claims, now)
+    }
+
+    /// Authorities and their states, for status output.
+    pub fn describe(&self) -> Vec<(String, AuthorityState, SystemTime)> {
+        let keyset = self.read();
+        let mut out: Vec<_> = keyset
+            .x509_authorities()
+            .map(|(state, ca)| (format!("x509:{}", ca.key_id_hex()), state, ca.not_after()))
+            .collect();
+        out.extend(
+            keyset
+                .jwt_authorities()
+                .map(|(state, key)| (format!("jwt:{}", key.key_id()), state, key.not_after())),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use signet_identity::TrustDomain;
+
+    fn config() -> CaConfig {
+        let mut config = CaConfig::new(TrustDomain::new("example.org").unwrap());
+        config.x509_ttl = Duration::from_secs(6 * 3600);
+        config.jwt_ttl = Duration::from_secs(6 * 3600);
+        config
+    }
+
+    #[tokio::test]
+    async fn created_once_then_loaded_from_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.json");
+        let now = SystemTime::now();
+        let store: Arc<dyn KeysetStore> = Arc::new(FileKeysetStore::new(path.clone()));
+        let first = Authority::load_or_create(config(), store.clone(), IssuerNames::default(), now)
+            .await
+            .unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        let second = Authority::load_or_create(config(), store, IssuerNames::default(), now)
+            .await
+            .unwrap();
+        assert_eq!(
+            first.current_bundle().bundle.x509_authorities,
+            second.current_bundle().bundle.x509_authorities,
+            "a restart keeps the CA"
+        );
+        assert!(second.issuer_resolver().current().is_some());
+    }
+
+    #[tokio::test]
+    async fn rotation_persists_and_publishes_before_activation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.json");
+        let start = SystemTime::now();
+        let store: Arc<dyn KeysetStore> = Arc::new(FileKeysetStore::new(path.clone()));
+        let authority =
+            Authority::load_or_create(config(), store.clone(), IssuerNames::default(), start)
+                .await
+                .unwrap();
+        let mut bundles = authority.bundle();
+        assert_eq!(bundles.borrow().bundle.x509_authorities.len(), 1);
+
+        // Past half-life a successor is prepared: published, and saved.
+        authority
+            .tick(start + Duration::from_secs(3 * 3600 + 60))
+            .await
+            .unwrap();
+        assert!(bundles.has_changed().unwrap());
+        assert_eq!(bundles.borrow_and_update().bundle.x509_authorities.len(), 2);
+        let reloaded = Authority::load_or_create(
+            config(),
+            store,
+            IssuerNames::default(),
+            start + Duration::from_secs(3 * 3600 + 60),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reloaded.current_bundle().bundle.x509_authorities.len(), 2);
+
+        // At a sixth of life left the successor activates; SVIDs then chain to it.
+        let later = start + Duration::from_secs(5 * 3600 + 60);
+        authority.tick(later).await.unwrap();
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let csr = signet_identity::x509::create_csr(&key).unwrap();
+        let id = SpiffeId::parse("spiffe://example.org/w").unwrap();
+        let svid = authority
+            .mint_x509_from_csr(
+                &X509SvidParams::new(id, Duration::from_secs(3600)),
+                &csr,
+                later,
+            )
+            .unwrap();
+        assert!(
+            svid.not_after > start + Duration::from_secs(6 * 3600),
+            "issued by the new CA"
+        );
+        signet_identity::verify_x509_svid(
+            &svid.cert_chain,
+            &authority.current_bundle().bundle,
+            later,
+        )
+        .unwrap();
+    }
+}
