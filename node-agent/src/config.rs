@@ -28,6 +28,8 @@ use serde::Deserialize;
 use signet_identity::{KeyType, TrustDomain};
 use signet_policy::IdentitySelector;
 use signet_runtime::endpoint::Endpoint;
+pub use signet_runtime::logging::LogConfig;
+#[cfg(test)]
 use signet_runtime::logging::LogFormat;
 
 use crate::attest::AttestorsConfig;
@@ -100,7 +102,10 @@ pub struct AgentConfig {
     pub log: LogConfig,
     /// How long a first FetchX509SVID/FetchSecrets waits for SVIDs before
     /// answering Unavailable (default 10s).
-    #[serde(default = "default_first_svid_timeout", with = "humantime_serde_lite")]
+    #[serde(
+        default = "default_first_svid_timeout",
+        with = "signet_runtime::duration"
+    )]
     pub first_svid_timeout: Duration,
 }
 
@@ -124,25 +129,6 @@ pub struct IssuerConfig {
     pub service_account_token_path: Option<PathBuf>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogConfig {
-    #[serde(default)]
-    pub format: LogFormat,
-    /// A tracing filter: `info`, `debug`, `signet_agent=debug,info`, ...
-    #[serde(default = "default_log_level")]
-    pub level: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Text,
-            level: default_log_level(),
-        }
-    }
-}
-
 fn default_state_dir() -> PathBuf {
     PathBuf::from(DEFAULT_STATE_DIR)
 }
@@ -163,26 +149,11 @@ fn default_key_type() -> KeyType {
     KeyType::EcP256
 }
 
-fn default_log_level() -> String {
-    "info".to_owned()
-}
-
 fn default_first_svid_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
 /// Durations written like `10s` or `1m30s`.
-mod humantime_serde_lite {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-}
-
 /// A file mode. YAML 1.2 reads `0666` as the decimal number 666, so an
 /// integer is taken digit by digit as octal (what people mean when they
 /// write a mode); strings (`"0666"`, `"0o600"`) are parsed as octal too.

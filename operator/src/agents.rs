@@ -5,6 +5,9 @@ use signet_identity::{SpiffeId, TrustDomain};
 
 use crate::join::JoinTokens;
 
+/// Every agent SVID's path starts with this; the issuer's TLS accepts no
+/// other client certificate.
+pub const AGENT_PATH_PREFIX: &str = "/signet/agent";
 /// SPIFFE ID path prefix of agents that joined with a token.
 pub const JOIN_AGENT_PREFIX: &str = "/signet/agent/join/";
 /// SPIFFE ID path prefix of in-cluster agents (one per node).

@@ -3,7 +3,9 @@
 pub mod agents;
 pub mod audit;
 pub mod authority;
+pub mod config;
 pub mod issuer;
 pub mod join;
 pub mod metrics;
 pub mod policy_source;
+pub mod standalone;

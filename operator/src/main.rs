@@ -1,3 +1,177 @@
 //! signet-operator: policy reconciler, certificate authority and issuer API.
 
-fn main() {}
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use signet_operator::config::{FileConfig, Overrides, StandaloneConfig};
+use signet_operator::join::{generate_token, hash_token, validate_join_name};
+
+#[derive(Parser)]
+#[command(
+    name = "signet-operator",
+    version,
+    about = "Signet policy, CA and issuer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the issuer on one machine, with policy from a directory.
+    Standalone {
+        /// YAML configuration file; flags override its fields.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, env = "SIGNET_TRUST_DOMAIN")]
+        trust_domain: Option<String>,
+        /// Directory of WorkloadIdentity and Role YAML, reloaded on change.
+        #[arg(long)]
+        policy_dir: Option<PathBuf>,
+        /// Directory for the CA keyset, spent tokens and bundle files.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Address of the issuer gRPC API.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Audit log file, or `-` for standard output.
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
+        /// Address for /healthz, /readyz and /metrics.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+        /// A single-use join token read from a file, as NAME=PATH (repeatable).
+        #[arg(long = "join-token-file", value_parser = parse_name_path)]
+        join_token_files: Vec<(String, PathBuf)>,
+    },
+    /// Join token helpers.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a new random token and the configuration entry holding its hash.
+    Generate {
+        /// The agent's join name (becomes agent.name).
+        #[arg(long)]
+        name: String,
+        /// Let the token join any number of agents.
+        #[arg(long)]
+        reusable: bool,
+        /// Write the token to this file (0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn parse_name_path(value: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value:?} is not NAME=PATH"))?;
+    validate_join_name(name).map_err(|e| format!("join name {name:?} {e}"))?;
+    Ok((name.to_owned(), PathBuf::from(path)))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Standalone {
+            config,
+            trust_domain,
+            policy_dir,
+            state_dir,
+            listen,
+            audit_log,
+            metrics_listen,
+            join_token_files,
+        } => {
+            let file = match config.as_deref().map(FileConfig::read).transpose() {
+                Ok(file) => file.unwrap_or_default(),
+                Err(error) => return fail(&error.to_string()),
+            };
+            let overrides = Overrides {
+                trust_domain,
+                policy_dir,
+                state_dir,
+                listen,
+                audit_log,
+                metrics_listen,
+                join_token_files,
+            };
+            let config = match StandaloneConfig::resolve(file, overrides) {
+                Ok(config) => config,
+                Err(error) => return fail(&error.to_string()),
+            };
+            signet_runtime::logging::init(config.log.format, &config.log.level);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => return fail(&format!("starting the runtime: {error}")),
+            };
+            let result = runtime.block_on(signet_operator::standalone::run(
+                config,
+                signet_runtime::shutdown::signal(),
+            ));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!(%error, "signet-operator failed");
+                    fail(&error.to_string())
+                }
+            }
+        }
+        Command::Token(TokenCommand::Generate {
+            name,
+            reusable,
+            out,
+        }) => token_generate(&name, reusable, out),
+    }
+}
+
+fn token_generate(name: &str, reusable: bool, out: Option<PathBuf>) -> ExitCode {
+    if let Err(error) = validate_join_name(name) {
+        return fail(&format!("join name {name:?} {error}"));
+    }
+    let token = match generate_token() {
+        Ok(token) => token,
+        Err(_) => return fail("the system random number generator failed"),
+    };
+    let entry = format!(
+        "- {{name: {name}, sha256: {}{}}}\n",
+        hash_token(&token),
+        if reusable { ", reusable: true" } else { "" }
+    );
+    let mut stdout = std::io::stdout().lock();
+    let written = match out {
+        Some(path) => {
+            if let Err(error) =
+                signet_runtime::files::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)
+            {
+                return fail(&format!("writing {}: {error}", path.display()));
+            }
+            write!(
+                stdout,
+                "# token written to {}\n# join_tokens entry:\n{entry}",
+                path.display()
+            )
+        }
+        None => write!(stdout, "token: {token}\n# join_tokens entry:\n{entry}"),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&format!("writing to stdout: {error}")),
+    }
+}
+
+#[allow(clippy::print_stderr)] // the CLI's error channel
+fn fail(message: &str) -> ExitCode {
+    eprintln!("signet-operator: {message}");
+    ExitCode::FAILURE
+}

@@ -5,6 +5,7 @@
 //! because nothing here knows about identities.
 
 pub mod clock;
+pub mod duration;
 pub mod endpoint;
 pub mod files;
 pub mod http;

@@ -26,6 +26,30 @@ impl FromStr for LogFormat {
     }
 }
 
+/// The `log:` section both binaries' config files share.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `signet_agent=debug,info`, ...
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
 /// Installs the global subscriber, writing to stderr. `RUST_LOG` overrides
 /// `default_filter` (e.g. "info" or "signet_agent=debug,info").
 pub fn init(format: LogFormat, default_filter: &str) {
