@@ -1,1 +1,4 @@
-//! End-to-end tests against a real Kubernetes cluster.
+//! End-to-end tests: a real standalone stack of Signet processes, and (in
+//! `e2e/cluster`) a real single-node Kubernetes cluster.
+
+pub mod standalone;

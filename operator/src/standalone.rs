@@ -58,9 +58,25 @@ pub enum StandaloneError {
     Serve(#[from] tonic::transport::Error),
 }
 
-/// Runs until `shutdown` resolves.
+/// Binds `config.listen` and runs until `shutdown` resolves.
 pub async fn run(
     config: StandaloneConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StandaloneError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StandaloneError::Listen {
+            address: config.listen,
+            source,
+        })?;
+    serve(config, listener, shutdown).await
+}
+
+/// Runs the issuer on an already bound `listener` (tests and benchmarks
+/// bind port 0) until `shutdown` resolves.
+pub async fn serve(
+    config: StandaloneConfig,
+    listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StandaloneError> {
     signet_tls::install_default_provider();
@@ -117,11 +133,7 @@ pub async fn run(
         own_bundles.clone(),
         metrics.clone(),
     ));
-    tokio::spawn(
-        authority
-            .clone()
-            .run(clock, ROTATION_CHECK_INTERVAL),
-    );
+    tokio::spawn(authority.clone().run(clock, ROTATION_CHECK_INTERVAL));
 
     let issuer = IssuerService::new(IssuerParts {
         authority: authority.clone(),
@@ -149,12 +161,6 @@ pub async fn run(
         },
     );
     let tls = signet_tls::server_config(authority.issuer_resolver(), Arc::new(verifier))?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StandaloneError::Listen {
-            address: config.listen,
-            source,
-        })?;
     let bound = listener.local_addr().unwrap_or(config.listen);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();

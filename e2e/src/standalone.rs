@@ -1,0 +1,341 @@
+//! A real standalone Signet stack for tests: the `signet-operator` and
+//! `signet-agent` binaries as separate processes in a temporary directory,
+//! talking over real TLS and a real unix socket, exactly as `make demo`
+//! runs them.
+//!
+//! The binaries come from the workspace's target directory; `make test`
+//! builds them first (`cargo build --bins`).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a process gets to produce its first file or socket.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub const TRUST_DOMAIN: &str = "example.org";
+
+/// Path of a workspace binary, next to the running test's `deps` directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --bins` (make test does) before these tests",
+        path.display()
+    );
+    path
+}
+
+/// Waits for `ready` to hold, polling a process's side effect (a file, a
+/// socket) that no event announces across process boundaries.
+pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(18443)
+}
+
+/// A running process that is stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Process {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &'static str, mut command: Command, log: PathBuf) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", log.display()));
+        command.stdout(Stdio::null()).stderr(file);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self { name, child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process has exited (and with what).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then SIGKILL after five seconds.
+    pub fn stop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid).unwrap_or(rustix::process::Pid::INIT),
+                rustix::process::Signal::TERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.exited().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.exited().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    #[allow(clippy::print_stderr)] // a failing test's only way to show the log
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("----- {} log -----\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// An operator and (optionally) an agent, with their directories.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub operator: Option<Process>,
+    pub agent: Option<Process>,
+    /// Extra lines appended to the agent's config file.
+    agent_extra: String,
+}
+
+impl Stack {
+    /// Starts an operator with `policy` (multi-document YAML) and an agent
+    /// joined to it, and waits for the agent's socket.
+    pub fn start(policy: &str) -> Self {
+        let mut stack = Self::operator_only(policy);
+        stack.start_agent();
+        stack
+    }
+
+    /// Starts only the operator; a join token `agent` is configured.
+    pub fn operator_only(policy: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("signet-e2e-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("temp dir: {e}"));
+        // Other uids (tests run clients as nobody) must reach the socket.
+        set_mode(dir.path(), 0o755);
+        std::fs::create_dir_all(dir.path().join("policy"))
+            .unwrap_or_else(|e| panic!("policy dir: {e}"));
+        let mut stack = Self {
+            dir,
+            port: free_port(),
+            operator: None,
+            agent: None,
+            agent_extra: String::new(),
+        };
+        stack.write_policy("policy.yaml", policy);
+        let token = stack.operator_cli(
+            &["token", "generate", "--name", "agent", "--out"],
+            &[stack.path("join-token")],
+        );
+        assert!(token.status.success(), "token generate: {token:?}");
+        stack.start_operator();
+        stack
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.path("agent.sock")
+    }
+
+    /// `unix:///...` for SPIFFE_ENDPOINT_SOCKET.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket_path().display())
+    }
+
+    pub fn bundle_pem_path(&self) -> PathBuf {
+        self.path("operator/bundle.pem")
+    }
+
+    /// Writes (or replaces, atomically) a policy file.
+    pub fn write_policy(&self, file: &str, yaml: &str) {
+        let staging = self.path(&format!(".{file}.tmp"));
+        std::fs::write(&staging, yaml).unwrap_or_else(|e| panic!("writing policy: {e}"));
+        std::fs::rename(&staging, self.path("policy").join(file))
+            .unwrap_or_else(|e| panic!("moving policy in place: {e}"));
+    }
+
+    pub fn start_operator(&mut self) {
+        let mut command = Command::new(binary("signet-operator"));
+        command
+            .arg("standalone")
+            .args(["--trust-domain", TRUST_DOMAIN])
+            .arg("--policy-dir")
+            .arg(self.path("policy"))
+            .arg("--state-dir")
+            .arg(self.path("operator"))
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--audit-log")
+            .arg(self.path("audit.log"))
+            .arg("--join-token-file")
+            .arg(format!("agent={}", self.path("join-token").display()))
+            .env("RUST_LOG", "info");
+        let log = self.path("operator.log");
+        let mut process = Process::spawn("signet-operator", command, log);
+        let port = self.port;
+        wait_until("the operator to listen", START_TIMEOUT, || {
+            if let Some(status) = process.exited() {
+                panic!("signet-operator exited with {status}:\n{}", process.log());
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        self.operator = Some(process);
+    }
+
+    pub fn stop_operator(&mut self) {
+        if let Some(mut process) = self.operator.take() {
+            process.stop();
+        }
+    }
+
+    /// Extra agent configuration (YAML lines), for the next agent start.
+    pub fn set_agent_extra(&mut self, yaml: &str) {
+        self.agent_extra = yaml.to_owned();
+    }
+
+    pub fn agent_config(&self) -> String {
+        format!(
+            "trust_domain: {TRUST_DOMAIN}\n\
+             issuer:\n  address: 127.0.0.1:{port}\n  trust_bundle_path: {bundle}\n  join_token_path: {token}\n\
+             state_dir: {state}\n\
+             listen: unix://{socket}\n\
+             socket_mode: 0666\n\
+             attestors: {{unix: {{}}}}\n\
+             first_svid_timeout: 20s\n\
+             {extra}",
+            port = self.port,
+            bundle = self.bundle_pem_path().display(),
+            token = self.path("join-token").display(),
+            state = self.path("agent").display(),
+            socket = self.socket_path().display(),
+            extra = self.agent_extra,
+        )
+    }
+
+    /// Starts the agent and waits for its Workload API socket.
+    pub fn start_agent(&mut self) {
+        let config = self.path("agent.yaml");
+        std::fs::write(&config, self.agent_config())
+            .unwrap_or_else(|e| panic!("agent config: {e}"));
+        let mut command = Command::new(binary("signet-agent"));
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info");
+        let mut process = Process::spawn("signet-agent", command, self.path("agent.log"));
+        let socket = self.socket_path();
+        wait_until("the agent's socket", START_TIMEOUT, || {
+            if let Some(status) = process.exited() {
+                panic!("signet-agent exited with {status}:\n{}", process.log());
+            }
+            socket.exists()
+        });
+        self.agent = Some(process);
+    }
+
+    pub fn stop_agent(&mut self) {
+        if let Some(mut process) = self.agent.take() {
+            process.stop();
+        }
+    }
+
+    /// Runs `signet-operator ARGS PATHS`.
+    pub fn operator_cli(&self, args: &[&str], paths: &[PathBuf]) -> Output {
+        Command::new(binary("signet-operator"))
+            .args(args)
+            .args(paths)
+            .output()
+            .unwrap_or_else(|e| panic!("running signet-operator: {e}"))
+    }
+
+    /// Runs `signet-agent api ARGS` against this stack's socket.
+    pub fn agent_api(&self, args: &[&str]) -> Output {
+        Command::new(binary("signet-agent"))
+            .arg("api")
+            .args(args)
+            .env("SPIFFE_ENDPOINT_SOCKET", self.endpoint())
+            .output()
+            .unwrap_or_else(|e| panic!("running signet-agent api: {e}"))
+    }
+
+    /// The audit log's events, parsed.
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+}
+
+/// A policy giving every process of `uid` the identity
+/// `spiffe://example.org/<name>/uid/<uid>` (hint `name`), granted to every
+/// agent.
+pub fn uid_policy(name: &str, uid: u32) -> String {
+    format!(
+        r#"apiVersion: signet.dev/v1alpha1
+kind: WorkloadIdentity
+metadata: {{name: {name}, labels: {{suite: e2e}}}}
+spec:
+  rules:
+    allow:
+      - conditions: [{{attribute: workload.unix.uid, eq: "{uid}"}}]
+  spiffe:
+    id: "/{name}/uid/{{{{ workload.unix.uid }}}}"
+    hint: {name}
+    x509:
+      dnsSans: ["{name}.e2e.internal"]
+---
+apiVersion: signet.dev/v1alpha1
+kind: Role
+metadata: {{name: e2e-agents}}
+spec:
+  subjects: [{{kind: Agent, name: "*"}}]
+  allow: {{workloadIdentityLabels: {{suite: [e2e]}}}}
+"#
+    )
+}
+
+/// The current process's uid.
+pub fn current_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}

@@ -1,0 +1,168 @@
+//! The standalone stack as users run it: real `signet-operator` and
+//! `signet-agent` processes, with the Rust `spiffe` crate as the workload's
+//! client. Policy edits, revocation and the audit trail are observed from
+//! the outside only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use signet_e2e::standalone::{Stack, current_uid, uid_policy};
+use spiffe::WorkloadApiClient;
+
+fn td() -> spiffe::TrustDomain {
+    spiffe::TrustDomain::new("example.org").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_gets_the_identity_its_policy_renders() {
+    let uid = current_uid();
+    let stack = Stack::start(&uid_policy("web", uid));
+    let client = WorkloadApiClient::connect_to(stack.endpoint())
+        .await
+        .unwrap();
+
+    let context = client.fetch_x509_context().await.unwrap();
+    let svid = context.default_svid().unwrap();
+    assert_eq!(
+        svid.spiffe_id().to_string(),
+        format!("spiffe://example.org/web/uid/{uid}")
+    );
+    assert_eq!(svid.hint(), Some("web"));
+    // The bundle the agent serves is the one the operator published.
+    let published = std::fs::read_to_string(stack.bundle_pem_path()).unwrap();
+    let served = context.bundle_set().get(&td()).unwrap();
+    assert!(!served.authorities().is_empty());
+    assert_eq!(
+        served.authorities().len(),
+        published.matches("BEGIN CERTIFICATE").count()
+    );
+
+    let token = client.fetch_jwt_token(["payments"], None).await.unwrap();
+    let validated = client.validate_jwt_token("payments", &token).await.unwrap();
+    assert_eq!(
+        validated.spiffe_id().to_string(),
+        format!("spiffe://example.org/web/uid/{uid}")
+    );
+
+    // Every issuance is audited with the rendered ID and the workload's attributes.
+    let events = stack.audit_events();
+    let x509 = events
+        .iter()
+        .find(|e| e["event"] == "svid.issued" && e["credential"] == "x509_svid")
+        .expect("an X.509 issuance event");
+    assert_eq!(x509["workload_identity"], "web");
+    assert_eq!(x509["agent"], "agent");
+    assert_eq!(x509["workload"]["workload.unix.uid"], uid.to_string());
+    assert_eq!(x509["dns_sans"][0], "web.e2e.internal");
+    assert!(x509["serial"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["credential"] == "jwt_svid" && e["audiences"][0] == "payments")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_edits_reach_open_streams_and_revocation_drops_the_svid() {
+    let uid = current_uid();
+    let stack = Stack::start(&uid_policy("web", uid));
+    let client = WorkloadApiClient::connect_to(stack.endpoint())
+        .await
+        .unwrap();
+    let mut updates = client.stream_x509_contexts().await.unwrap();
+
+    let first = updates.next().await.unwrap().unwrap();
+    let ids = |c: &spiffe::X509Context| {
+        let mut ids: Vec<String> = c
+            .svids()
+            .iter()
+            .map(|s| s.spiffe_id().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&first), [format!("spiffe://example.org/web/uid/{uid}")]);
+
+    // A second identity appears on the open stream.
+    stack.write_policy(
+        "more.yaml",
+        &uid_policy("api", uid).replace("e2e-agents", "e2e-agents-2"),
+    );
+    let second = tokio::time::timeout(Duration::from_secs(30), updates.next())
+        .await
+        .expect("an update after the policy grew")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ids(&second),
+        [
+            format!("spiffe://example.org/api/uid/{uid}"),
+            format!("spiffe://example.org/web/uid/{uid}"),
+        ]
+    );
+
+    // Removing it revokes it: the next message no longer carries it.
+    std::fs::remove_file(stack.path("policy/more.yaml")).unwrap();
+    let third = tokio::time::timeout(Duration::from_secs(30), updates.next())
+        .await
+        .expect("an update after the identity was removed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids(&third), [format!("spiffe://example.org/web/uid/{uid}")]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_policy_edit_keeps_the_last_good_version() {
+    let uid = current_uid();
+    let stack = Stack::start(&uid_policy("web", uid));
+    let client = WorkloadApiClient::connect_to(stack.endpoint())
+        .await
+        .unwrap();
+    let before = client.fetch_x509_svid().await.unwrap();
+
+    // A template naming an attribute that does not exist.
+    stack.write_policy(
+        "policy.yaml",
+        &uid_policy("web", uid).replace("workload.unix.uid }}", "workload.unix.nope }}"),
+    );
+    let operator_log = || stack.operator.as_ref().unwrap().log();
+    signet_e2e::standalone::wait_until(
+        "the operator to report the bad object",
+        Duration::from_secs(30),
+        || operator_log().contains("last valid version stays in force"),
+    );
+    assert!(operator_log().contains("web"), "{}", operator_log());
+
+    // A new client still gets the identity.
+    let again = WorkloadApiClient::connect_to(stack.endpoint())
+        .await
+        .unwrap();
+    let after = again.fetch_x509_svid().await.unwrap();
+    assert_eq!(after.spiffe_id(), before.spiffe_id());
+}
+
+#[test]
+fn a_bad_join_token_is_refused_and_the_agent_says_why() {
+    let mut stack = Stack::operator_only(&uid_policy("web", current_uid()));
+    std::fs::write(stack.path("join-token"), "not-the-token\n").unwrap();
+    let config = stack.path("agent.yaml");
+    std::fs::write(&config, stack.agent_config()).unwrap();
+    let output = std::process::Command::new(signet_e2e::standalone::binary("signet-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("join"), "{stderr}");
+    assert!(
+        stack
+            .audit_events()
+            .iter()
+            .any(|e| e["event"] == "agent.join_denied" || e["outcome"] == "denied"),
+        "the refusal is audited: {:?}",
+        stack.audit_events()
+    );
+    stack.stop_operator();
+}
