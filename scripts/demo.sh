@@ -7,8 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PORT="${SIGNET_DEMO_PORT:-18443}"
-KEEP="${SIGNET_DEMO_KEEP:-}"   # set to keep both running until Ctrl-C
-cargo build -q -p signet-operator -p signet-agent
+# `scripts/demo.sh standalone` (make standalone): start the stack and keep
+# it in the foreground until Ctrl-C instead of running the walkthrough.
+MODE="${1:-demo}"
+cargo build -q -p signet-operator -p signet-agent -p signet-example-mtls
 BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
 
 DIR="$(mktemp -d /tmp/signet-demo.XXXXXX)"
@@ -56,6 +58,16 @@ for _ in $(seq 100); do [ -S "$DIR/agent.sock" ] && break; sleep 0.1; done
 [ -S "$DIR/agent.sock" ] || { cat "$DIR/agent.log"; exit 1; }
 export SPIFFE_ENDPOINT_SOCKET="unix://$DIR/agent.sock"
 
+if [ "$MODE" = standalone ]; then
+  step "running (Ctrl-C stops both and removes $DIR)"
+  echo "export SPIFFE_ENDPOINT_SOCKET=$SPIFFE_ENDPOINT_SOCKET"
+  echo "then e.g.: $BIN/signet-agent api fetch x509"
+  echo "policy: examples/standalone/policy (edits are picked up live)"
+  echo "audit log: $DIR/audit.log, logs: $DIR/operator.log $DIR/agent.log"
+  wait
+  exit 0
+fi
+
 step "X.509-SVID for this process (uid $(id -u))"
 "$BIN/signet-agent" api fetch x509 --write "$DIR/svid"
 ls -l "$DIR/svid"
@@ -65,15 +77,38 @@ token="$("$BIN/signet-agent" api fetch jwt --audience demo --output json | pytho
 echo "${token:0:60}..."
 "$BIN/signet-agent" api validate jwt --audience demo --svid "$token"
 
-if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null; then
-  step "the same request from uid 65534 gets a different identity"
-  setpriv --reuid 65534 --regid 65534 --clear-groups "$BIN/signet-agent" api fetch x509 | grep -i "spiffe id"
+# The second workload: another uid when we can switch to one.
+as_client=()
+client_id="spiffe://example.org/demo/demo/uid/$(id -u)"
+server_id="$client_id"
+if [ "$(id -u)" = 0 ]; then
+  server_id="spiffe://example.org/demo/demo/admin"
+  if command -v setpriv >/dev/null; then
+    as_client=(setpriv --reuid 65534 --regid 65534 --clear-groups)
+    client_id="spiffe://example.org/demo/demo/uid/65534"
+    step "the same request from uid 65534 gets a different identity"
+    "${as_client[@]}" "$BIN/signet-agent" api fetch x509 | grep -i "spiffe id"
+  else
+    client_id="$server_id"
+  fi
 fi
 
-step "audit log ($DIR/audit.log)"
-cat "$DIR/audit.log"
+step "two workloads talk mTLS with their SVIDs"
+MTLS_PORT="$((PORT + 1))"
+"$BIN/signet-mtls-example" server --listen "127.0.0.1:$MTLS_PORT" --allow "$client_id" --connections 1 >"$DIR/server.out" &
+server_pid=$!
+pids+=("$server_pid")
+for _ in $(seq 100); do grep -q listening "$DIR/server.out" && break; sleep 0.1; done
+echo "server ($server_id) accepts only $client_id"
+echo -n "client ($client_id) got: "
+"${as_client[@]}" "$BIN/signet-mtls-example" client --connect "127.0.0.1:$MTLS_PORT" --server-id "$server_id"
+wait "$server_pid" || true
+cat "$DIR/server.out"
 
-if [ -n "$KEEP" ]; then
-  step "running; SPIFFE_ENDPOINT_SOCKET=$SPIFFE_ENDPOINT_SOCKET (Ctrl-C to stop)"
-  wait
-fi
+step "audit log: one JSON line per issuance ($DIR/audit.log, abridged)"
+python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    e = json.loads(line)
+    print(e["time"], e["event"], e["credential"], e.get("workload_identity", "-"), e.get("spiffe_id", "-"))
+' "$DIR/audit.log"

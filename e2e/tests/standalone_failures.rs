@@ -16,7 +16,9 @@ fn expected_id() -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn cached_svids_are_served_while_the_issuer_is_down_and_it_resumes_on_the_same_ca() {
     let mut stack = Stack::start(&uid_policy("web", current_uid()));
-    let client = WorkloadApiClient::connect_to(stack.endpoint()).await.unwrap();
+    let client = WorkloadApiClient::connect_to(stack.endpoint())
+        .await
+        .unwrap();
     let before = client.fetch_x509_svid().await.unwrap();
     let token_before = client.fetch_jwt_token(["cached"], None).await.unwrap();
     let bundle_before = std::fs::read_to_string(stack.bundle_pem_path()).unwrap();
@@ -24,12 +26,21 @@ async fn cached_svids_are_served_while_the_issuer_is_down_and_it_resumes_on_the_
     stack.stop_operator();
 
     // No workload-visible error: new connections get the cached SVIDs.
-    let during = WorkloadApiClient::connect_to(stack.endpoint()).await.unwrap();
+    let during = WorkloadApiClient::connect_to(stack.endpoint())
+        .await
+        .unwrap();
     let svid = during.fetch_x509_svid().await.unwrap();
     assert_eq!(svid.spiffe_id().to_string(), expected_id());
-    assert_eq!(svid.cert_chain()[0], before.cert_chain()[0], "the cached SVID, not a new one");
+    assert_eq!(
+        svid.cert_chain()[0],
+        before.cert_chain()[0],
+        "the cached SVID, not a new one"
+    );
     let token = during.fetch_jwt_token(["cached"], None).await.unwrap();
-    assert_eq!(token, token_before, "the cached JWT-SVID for a known audience");
+    assert_eq!(
+        token, token_before,
+        "the cached JWT-SVID for a known audience"
+    );
     // ValidateJWTSVID needs only the bundle the agent holds.
     let validated = during.validate_jwt_token("cached", &token).await.unwrap();
     assert_eq!(validated.spiffe_id().to_string(), expected_id());
@@ -43,7 +54,9 @@ async fn cached_svids_are_served_while_the_issuer_is_down_and_it_resumes_on_the_
 
     // A JWT for a new audience needs the issuer: it works again once the
     // agent has reconnected (it retries with backoff).
-    let after = WorkloadApiClient::connect_to(stack.endpoint()).await.unwrap();
+    let after = WorkloadApiClient::connect_to(stack.endpoint())
+        .await
+        .unwrap();
     let mut fresh = None;
     for _ in 0..60 {
         match after.fetch_jwt_token(["fresh-audience"], None).await {
@@ -55,7 +68,10 @@ async fn cached_svids_are_served_while_the_issuer_is_down_and_it_resumes_on_the_
         }
     }
     let fresh = fresh.expect("a JWT-SVID for a new audience after the issuer came back");
-    let validated = after.validate_jwt_token("fresh-audience", &fresh).await.unwrap();
+    let validated = after
+        .validate_jwt_token("fresh-audience", &fresh)
+        .await
+        .unwrap();
     assert_eq!(validated.spiffe_id().to_string(), expected_id());
     let joins = stack
         .audit_events()
@@ -68,10 +84,15 @@ async fn cached_svids_are_served_while_the_issuer_is_down_and_it_resumes_on_the_
 #[tokio::test(flavor = "multi_thread")]
 async fn after_an_agent_restart_clients_reconnect_without_a_new_join() {
     let mut stack = Stack::start(&uid_policy("web", current_uid()));
-    let client = WorkloadApiClient::connect_to(stack.endpoint()).await.unwrap();
+    let client = WorkloadApiClient::connect_to(stack.endpoint())
+        .await
+        .unwrap();
     let mut stream = client.stream_x509_contexts().await.unwrap();
     let first = stream.next().await.unwrap().unwrap();
-    assert_eq!(first.default_svid().unwrap().spiffe_id().to_string(), expected_id());
+    assert_eq!(
+        first.default_svid().unwrap().spiffe_id().to_string(),
+        expected_id()
+    );
 
     stack.stop_agent();
     // The open stream ends (with an error or end-of-stream), never with a
@@ -84,7 +105,9 @@ async fn after_an_agent_restart_clients_reconnect_without_a_new_join() {
     // The agent restarts from its state directory: the join token is spent,
     // yet it comes back with its persisted agent SVID.
     stack.start_agent();
-    let again = WorkloadApiClient::connect_to(stack.endpoint()).await.unwrap();
+    let again = WorkloadApiClient::connect_to(stack.endpoint())
+        .await
+        .unwrap();
     let svid = again.fetch_x509_svid().await.unwrap();
     assert_eq!(svid.spiffe_id().to_string(), expected_id());
     let joins = stack
@@ -99,14 +122,17 @@ async fn after_an_agent_restart_clients_reconnect_without_a_new_join() {
 async fn a_process_no_identity_matches_gets_permission_denied() {
     // The policy names a uid nobody here runs as.
     let stack = Stack::start(&uid_policy("web", 4_000_000_000));
-    let client = WorkloadApiClient::connect_to(stack.endpoint()).await.unwrap();
+    let client = WorkloadApiClient::connect_to(stack.endpoint())
+        .await
+        .unwrap();
     let error = client.fetch_x509_svid().await.unwrap_err();
     // The spiffe crate reports the spec's PermissionDenied "no identity
     // issued" as its own variant.
     assert!(
         matches!(
             error,
-            spiffe::WorkloadApiError::NoIdentityIssued | spiffe::WorkloadApiError::PermissionDenied(_)
+            spiffe::WorkloadApiError::NoIdentityIssued
+                | spiffe::WorkloadApiError::PermissionDenied(_)
         ),
         "expected PermissionDenied, got {error:?}"
     );
@@ -134,7 +160,10 @@ fn the_operator_refuses_a_corrupt_keyset_instead_of_replacing_it() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("keyset") || stderr.contains("certificate authority"), "{stderr}");
+    assert!(
+        stderr.contains("keyset") || stderr.contains("certificate authority"),
+        "{stderr}"
+    );
     // Nothing was overwritten: an operator must never mint a new CA over
     // one it cannot read.
     assert_eq!(std::fs::read(&keyset).unwrap(), b"{ not json");
