@@ -3,16 +3,25 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test lint fmt crds bench demo standalone images e2e e2e-kind cluster-up cluster-down clean
+.PHONY: all build test test-setup lint fmt crds bench demo standalone images e2e cluster-up cluster-down clean
 
 all: build
 
 build:
 	$(CARGO) build --workspace --all-targets
 
-## test: unit, integration and standalone end-to-end tests (no Kubernetes needed)
+## test: unit, integration and standalone end-to-end tests (no Kubernetes
+## needed). The end-to-end tests run the real binaries, so build them first.
 test:
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+## test-setup: what the tests use from outside Rust (as root): Docker and
+## Podman for the attestor tests, py-spiffe and spiffe-helper for interop.
+test-setup:
+	bash node-agent/tests/setup-docker.sh
+	bash node-agent/tests/setup-podman.sh
+	bash e2e/tools/install-interop.sh
 
 ## lint: formatting, clippy with warnings as errors
 lint:
@@ -26,9 +35,34 @@ fmt:
 crds:
 	$(CARGO) run -q -p signet-policy --bin crdgen -- crds
 
-## bench: criterion benchmarks
+## bench: criterion benchmarks (policy, identity, agent, issuer, cold issuance)
 bench:
+	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench --workspace
+
+## demo: operator + agent in a temp dir, SVIDs fetched, mTLS between two processes
+demo:
+	bash scripts/demo.sh
+
+## standalone: the same stack in the foreground until Ctrl-C
+standalone:
+	bash scripts/demo.sh standalone
+
+## images: OCI images of the binaries, imported into the local containerd
+images:
+	bash e2e/images/build-all.sh
+
+## cluster-up / cluster-down: a real single-node Kubernetes on this machine
+cluster-up:
+	bash e2e/cluster/up.sh
+
+cluster-down:
+	bash e2e/cluster/down.sh
+
+## e2e: the cluster suite (brings the local cluster up when KUBECONFIG is unset)
+e2e:
+	@if [ -z "$${KUBECONFIG:-}" ]; then bash e2e/cluster/up.sh; fi
+	bash e2e/cluster/smoke.sh
 
 clean:
 	$(CARGO) clean
