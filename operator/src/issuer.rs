@@ -30,6 +30,8 @@ use crate::policy_source::PolicyState;
 
 /// Requests per batch; more is refused so one agent cannot monopolise the issuer.
 pub const MAX_BATCH: usize = 500;
+/// Audit message of an agent SVID renewal (event `agent.renewed`).
+const RENEWAL: &str = "renewal";
 /// Audiences per JWT-SVID.
 const MAX_AUDIENCES: usize = 16;
 
@@ -270,7 +272,11 @@ impl IssuerService {
         id: Option<&SpiffeId>,
         message: Option<String>,
     ) {
+        let renewal = message.as_deref() == Some(RENEWAL);
         let mut event = AuditEvent::new(CredentialKind::AgentSvid, outcome, self.inner.clock.now());
+        if renewal {
+            event.event = "agent.renewed";
+        }
         event.agent = agent.map(str::to_owned);
         event.spiffe_id = id.map(ToString::to_string);
         event.message = message;
@@ -446,7 +452,7 @@ impl Issuer for IssuerService {
             Outcome::Issued,
             Some(&agent.name),
             Some(&svid.spiffe_id),
-            Some("renewal".into()),
+            Some(RENEWAL.into()),
         );
         self.inner.metrics.issued("agent", "");
         Ok(Response::new(
