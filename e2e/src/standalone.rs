@@ -16,7 +16,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub const TRUST_DOMAIN: &str = "example.org";
 
-/// Path of a workspace binary, next to the running test's `deps` directory.
+/// Path of a workspace binary: next to the running test's (or bench's)
+/// `deps` directory first, then in the `release` and `debug` siblings, so
+/// `cargo bench` (target/release) finds binaries from `cargo build --bins`
+/// (target/debug) and the other way round.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     // target/<profile>/deps/<test> → target/<profile>/<name>
@@ -25,13 +28,22 @@ pub fn binary(name: &str) -> PathBuf {
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --bins` (make test does) before these tests",
-        path.display()
-    );
-    path
+    let mut candidates = vec![dir.join(name)];
+    if let Some(target) = dir.parent() {
+        for profile in ["release", "debug"] {
+            let path = target.join(profile).join(name);
+            if !candidates.contains(&path) {
+                candidates.push(path);
+            }
+        }
+    }
+    match candidates.iter().find(|path| path.is_file()) {
+        Some(path) => path.clone(),
+        None => panic!(
+            "{name} is missing (looked for {candidates:?}): run `cargo build --bins` \
+             (make test does) before these tests"
+        ),
+    }
 }
 
 /// Waits for `ready` to hold, polling a process's side effect (a file, a
@@ -206,11 +218,14 @@ impl Stack {
         let log = self.path("operator.log");
         let mut process = Process::spawn("signet-operator", command, log);
         let port = self.port;
+        let bundle = self.bundle_pem_path();
+        // The listener is bound before the CA is loaded; the bundle file is
+        // written once it is, and agents need it to start.
         wait_until("the operator to listen", START_TIMEOUT, || {
             if let Some(status) = process.exited() {
                 panic!("signet-operator exited with {status}:\n{}", process.log());
             }
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            bundle.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         self.operator = Some(process);
     }
