@@ -1,0 +1,196 @@
+//! Socket mode: bind-mounting the agent's socket directory read-only onto a
+//! validated target, and undoing it.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::mount::{MountFlags, UnmountFlags};
+
+use crate::mountinfo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error(
+        "the agent socket directory {path:?} is not available ({source}); \
+         is signet-agent running on this node, and does --socket-dir name its socket directory?"
+    )]
+    SocketDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "target path {path:?} already has another filesystem mounted on it; \
+         unmount it (umount {path:?}) and retry"
+    )]
+    Occupied { path: PathBuf },
+    #[error("target path {path:?} changed while it was being mounted (now {now:?}); retry")]
+    Raced { path: PathBuf, now: PathBuf },
+    #[error("target path {path:?} is not empty after unmounting; refusing to remove it")]
+    NotEmpty { path: PathBuf },
+    #[error("{op} {path:?}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MountError + 'a {
+    move |source| MountError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn errno<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(rustix::io::Errno) -> MountError + 'a {
+    move |errno| MountError::Io {
+        op,
+        path: path.to_owned(),
+        source: errno.into(),
+    }
+}
+
+/// What a successful publish did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Published {
+    /// A new bind mount was made.
+    Mounted,
+    /// The socket directory was already mounted there (kubelet retry or
+    /// restart); nothing was stacked.
+    AlreadyMounted,
+}
+
+/// Flags of the read-only remount: read-only and nothing executable,
+/// no devices, no set-uid.
+fn read_only_flags() -> MountFlags {
+    MountFlags::BIND
+        | MountFlags::RDONLY
+        | MountFlags::NOSUID
+        | MountFlags::NODEV
+        | MountFlags::NOEXEC
+}
+
+fn same_inode(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+fn socket_dir_metadata(socket_dir: &Path) -> Result<std::fs::Metadata, MountError> {
+    let meta = std::fs::metadata(socket_dir).map_err(|source| MountError::SocketDir {
+        path: socket_dir.to_owned(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(MountError::SocketDir {
+            path: socket_dir.to_owned(),
+            source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
+        });
+    }
+    Ok(meta)
+}
+
+/// Whether `target` is a mount point showing `socket_dir`, and if so whether
+/// that mount is read-only.
+pub fn published_state(socket_dir: &Path, target: &Path) -> Result<Option<bool>, MountError> {
+    let entries = mountinfo::read().map_err(io("reading", Path::new("/proc/self/mountinfo")))?;
+    let Some(entry) = mountinfo::mount_at(&entries, target) else {
+        return Ok(None);
+    };
+    let source = socket_dir_metadata(socket_dir)?;
+    let mounted = std::fs::metadata(target).map_err(io("inspecting", target))?;
+    if same_inode(&source, &mounted) {
+        Ok(Some(entry.has_option("ro")))
+    } else {
+        Err(MountError::Occupied {
+            path: target.to_owned(),
+        })
+    }
+}
+
+/// Bind-mounts `socket_dir` read-only (and nosuid, nodev, noexec) on
+/// `target`, creating the target directory. `target` must have been
+/// validated (see [`crate::paths::resolve_target`]); the mount goes through
+/// an `O_PATH|O_NOFOLLOW` descriptor checked to still name `target`, so a
+/// symlink swapped in after validation cannot redirect it.
+pub fn publish_socket(socket_dir: &Path, target: &Path) -> Result<Published, MountError> {
+    socket_dir_metadata(socket_dir)?;
+    match std::fs::DirBuilder::new().mode(0o755).create(target) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(source) => return Err(io("creating the target directory", target)(source)),
+    }
+
+    match published_state(socket_dir, target)? {
+        Some(true) => return Ok(Published::AlreadyMounted),
+        Some(false) => {
+            // Bound earlier but the read-only remount did not happen (crash
+            // in between): finish the job instead of stacking another mount.
+            rustix::mount::mount_remount(target, read_only_flags(), "")
+                .map_err(errno("remounting read-only", target))?;
+            return Ok(Published::AlreadyMounted);
+        }
+        None => {}
+    }
+
+    let fd = rustix::fs::open(
+        target,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno("opening the target directory", target))?;
+    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let now = std::fs::read_link(&fd_path).map_err(io("resolving", &fd_path))?;
+    if now != target {
+        return Err(MountError::Raced {
+            path: target.to_owned(),
+            now,
+        });
+    }
+    rustix::mount::mount_bind(socket_dir, &fd_path).map_err(errno("bind-mounting onto", target))?;
+    if let Err(error) = rustix::mount::mount_remount(target, read_only_flags(), "") {
+        // Never leave a writable view of the agent's directory behind.
+        let _ = rustix::mount::unmount(target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW);
+        return Err(errno("remounting read-only", target)(error));
+    }
+    Ok(Published::Mounted)
+}
+
+/// Unmounts everything mounted at `target` and removes the directory.
+/// A missing or already-unmounted target is fine.
+pub fn unpublish(target: &Path) -> Result<(), MountError> {
+    // Bounded: each round removes one stacked mount.
+    for _ in 0..16 {
+        let entries =
+            mountinfo::read().map_err(io("reading", Path::new("/proc/self/mountinfo")))?;
+        if mountinfo::mount_at(&entries, target).is_none() {
+            break;
+        }
+        match rustix::mount::unmount(target, UnmountFlags::NOFOLLOW) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::BUSY) => {
+                rustix::mount::unmount(target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW)
+                    .map_err(errno("unmounting (detached)", target))?;
+            }
+            // Not a mount point (any more): done.
+            Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => break,
+            Err(error) => return Err(errno("unmounting", target)(error)),
+        }
+    }
+    match std::fs::remove_dir(target) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+            Err(MountError::NotEmpty {
+                path: target.to_owned(),
+            })
+        }
+        Err(source) => Err(io("removing the target directory", target)(source)),
+    }
+}
