@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use signet_proto::csi::v1::identity_server::IdentityServer;
 use signet_proto::csi::v1::node_server::NodeServer;
@@ -10,6 +11,9 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::DriverConfig;
 use crate::service::{IdentityService, NodeService};
+
+/// How long in-flight calls get to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -36,11 +40,30 @@ pub async fn serve(
         "signet-csi serving"
     );
     let config = Arc::new(config);
-    let result = tonic::transport::Server::builder()
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
+    let server = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(IdentityService::new(config.clone())))
         .add_service(NodeServer::new(NodeService::new(config)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal);
+    // A graceful shutdown waits for clients to hang up, and the kubelet keeps
+    // its connection open: after a short grace period, stop anyway (mounts
+    // outlive the process).
+    let grace = async move {
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let result = tokio::select! {
+        result = server => result,
+        () = grace => {
+            tracing::info!("clients still connected after the shutdown grace period; stopping");
+            Ok(())
+        }
+    };
     signet_runtime::uds::remove_socket(socket);
+    tracing::info!("signet-csi stopped");
     Ok(result?)
 }

@@ -34,9 +34,12 @@
 // Test helpers outside #[test] functions panic on setup failure too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::Driver;
 
 /// `--ginkgo.skip` patterns (regular expressions on the full spec text).
 const SKIP: &[&str] = &[
@@ -83,49 +86,6 @@ fn find_csi_sanity() -> Option<PathBuf> {
             .map(|dir| dir.join("csi-sanity"))
             .find(|p| p.is_file())
     })
-}
-
-/// Stops the driver when the test ends, however it ends: SIGTERM (a clean
-/// shutdown removes the socket), then SIGKILL after a grace period.
-struct Driver(Child);
-
-impl Driver {
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let pid = rustix::process::Pid::from_child(&self.0);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        None
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            self.stop();
-        }
-    }
-}
-
-fn wait_for_socket(path: &Path, driver: &mut Driver) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        if let Some(status) = driver.0.try_wait().unwrap() {
-            panic!("signet-csi exited before listening: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "signet-csi did not create {path:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Runs `command` to completion with a time limit; returns (success, output).
@@ -177,21 +137,17 @@ fn csi_sanity_passes_in_socket_mode() {
     let endpoint = base.join("csi/csi.sock");
     let junit = base.join("junit.xml");
 
-    let mut driver = Driver(
-        Command::new(env!("CARGO_BIN_EXE_signet-csi"))
-            .arg("--endpoint")
-            .arg(format!("unix://{}", endpoint.display()))
-            .args(["--node-id", "csi-sanity-node"])
-            .arg("--socket-dir")
-            .arg(&socket_dir)
-            .arg("--kubelet-dir")
-            .arg(&kubelet)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
+    let mut driver = Driver::start(
+        &endpoint,
+        &[
+            "--node-id".as_ref(),
+            "csi-sanity-node".as_ref(),
+            "--socket-dir".as_ref(),
+            socket_dir.as_os_str(),
+            "--kubelet-dir".as_ref(),
+            kubelet.as_os_str(),
+        ],
     );
-    wait_for_socket(&endpoint, &mut driver);
 
     let mut command = Command::new(&csi_sanity);
     command
