@@ -20,8 +20,10 @@ pub struct Args {
     /// This node's name, reported by NodeGetInfo.
     #[arg(long, env = "SIGNET_NODE_NAME")]
     pub node_id: String,
-    /// The agent's socket directory, bind-mounted read-only into pods in socket mode.
-    #[arg(long, default_value = "/run/signet")]
+    /// The directory holding the agent's Workload API socket, bind-mounted
+    /// read-only into pods in socket mode. It must hold no other socket
+    /// (in particular not the agent's admin socket).
+    #[arg(long)]
     pub socket_dir: PathBuf,
     /// The kubelet's root directory; targets must lie under <kubelet-dir>/pods.
     #[arg(long, default_value = "/var/lib/kubelet")]
@@ -125,6 +127,8 @@ mod tests {
             "unix:///tmp/csi.sock",
             "--node-id",
             "node-1",
+            "--socket-dir",
+            "/run/signet/workload",
             "--log-format",
             "json",
         ])
@@ -141,10 +145,13 @@ mod tests {
             "tcp://127.0.0.1:1",
             "--node-id",
             "n",
+            "--socket-dir",
+            "/s",
         ])
         .unwrap();
         assert!(matches!(tcp.validate(), Err(ConfigError::NotUnix(_))));
-        let blank = Args::try_parse_from(["signet-csi", "--node-id", " "]).unwrap();
+        let blank =
+            Args::try_parse_from(["signet-csi", "--node-id", " ", "--socket-dir", "/s"]).unwrap();
         assert_eq!(blank.validate(), Err(ConfigError::EmptyNodeId));
     }
 }

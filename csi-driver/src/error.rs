@@ -17,8 +17,9 @@ pub enum CsiError {
     BlockAccess,
     #[error(
         "signet-csi only serves inline ephemeral volumes: declare the volume in the pod's \
-         spec.volumes[].csi (not through a PersistentVolume) and keep volumeLifecycleModes: \
-         [Ephemeral] in the CSIDriver"
+         spec.volumes[].csi (not through a PersistentVolume), and keep \
+         volumeLifecycleModes: [Ephemeral] and podInfoOnMount: true in the CSIDriver \
+         (the kubelet only sends csi.storage.k8s.io/ephemeral with podInfoOnMount)"
     )]
     NotEphemeral,
     #[error("signet-csi volumes are read-only: set readOnly: true on the pod's csi volume")]
@@ -70,6 +71,7 @@ impl CsiError {
             },
             Self::Mount(error) => match error {
                 MountError::SocketDir { .. }
+                | MountError::PrivateSocket { .. }
                 | MountError::Occupied { .. }
                 | MountError::NotEmpty { .. } => Code::FailedPrecondition,
                 MountError::Raced { .. } => Code::Aborted,

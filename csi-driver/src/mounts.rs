@@ -22,6 +22,12 @@ pub enum MountError {
         source: std::io::Error,
     },
     #[error(
+        "the socket directory {dir:?} holds {name:?}, a socket other users cannot connect to \
+         (such as the agent's admin socket); pods must not see it: give the Workload API \
+         socket a directory of its own and point --socket-dir at it"
+    )]
+    PrivateSocket { dir: PathBuf, name: String },
+    #[error(
         "target path {path:?} already has another filesystem mounted on it; \
          unmount it (umount {path:?}) and retry"
     )]
@@ -82,6 +88,30 @@ fn same_inode(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
     a.dev() == b.dev() && a.ino() == b.ino()
 }
 
+/// Refuses a socket directory that holds a socket not meant for everyone
+/// (the agent's root-only admin socket, mode 0600): the bind mount would
+/// show it to every pod, and a pod running as root could connect to it.
+pub fn check_socket_dir_contents(socket_dir: &Path) -> Result<(), MountError> {
+    use std::os::unix::fs::FileTypeExt;
+    let entries = std::fs::read_dir(socket_dir).map_err(|source| MountError::SocketDir {
+        path: socket_dir.to_owned(),
+        source,
+    })?;
+    for entry in entries {
+        let entry = entry.map_err(io("listing", socket_dir))?;
+        let Ok(meta) = entry.metadata() else {
+            continue; // replaced while listing
+        };
+        if meta.file_type().is_socket() && meta.mode() & 0o002 == 0 {
+            return Err(MountError::PrivateSocket {
+                dir: socket_dir.to_owned(),
+                name: entry.file_name().to_string_lossy().into_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn socket_dir_metadata(socket_dir: &Path) -> Result<std::fs::Metadata, MountError> {
     let meta = std::fs::metadata(socket_dir).map_err(|source| MountError::SocketDir {
         path: socket_dir.to_owned(),
@@ -121,6 +151,7 @@ pub fn published_state(socket_dir: &Path, target: &Path) -> Result<Option<bool>,
 /// symlink swapped in after validation cannot redirect it.
 pub fn publish_socket(socket_dir: &Path, target: &Path) -> Result<Published, MountError> {
     socket_dir_metadata(socket_dir)?;
+    check_socket_dir_contents(socket_dir)?;
     match std::fs::DirBuilder::new().mode(0o755).create(target) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}

@@ -170,17 +170,31 @@ fn bad_flags_are_refused_with_a_reason() {
             .output()
             .unwrap()
     };
-    let out = run(&["--node-id", "n", "--driver-name", "csi/signet"]);
+    let out = run(&[
+        "--node-id",
+        "n",
+        "--socket-dir",
+        "/s",
+        "--driver-name",
+        "csi/signet",
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--driver-name"), "{stderr}");
 
-    let out = run(&["--node-id", "n", "--endpoint", "tcp://127.0.0.1:1"]);
+    let out = run(&[
+        "--node-id",
+        "n",
+        "--socket-dir",
+        "/s",
+        "--endpoint",
+        "tcp://127.0.0.1:1",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unix://"));
 
     // No node id at all.
-    let out = run(&[]);
+    let out = run(&["--socket-dir", "/s"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--node-id"));
 }

@@ -79,6 +79,12 @@ fn fixture() -> Option<Fixture> {
     let socket_dir = base.join("run/signet");
     std::fs::create_dir_all(&socket_dir).unwrap();
     let agent = std::os::unix::net::UnixListener::bind(socket_dir.join("agent.sock")).unwrap();
+    // The Workload API socket is open to every local process, like the agent's.
+    std::fs::set_permissions(
+        socket_dir.join("agent.sock"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
     let service = NodeService::new(Arc::new(DriverConfig {
         driver_name: "csi.signet.dev".to_owned(),
         node_id: "node-1".to_owned(),
@@ -327,6 +333,31 @@ async fn request_checks_say_what_to_fix() {
         .insert("mdoe".to_owned(), "socket".to_owned());
     assert_eq!(publish_code(&f.service, typo).await, Code::InvalidArgument);
     assert!(!target.exists());
+
+    // The agent's root-only admin socket beside the Workload API socket:
+    // refused, it must not show up in pods.
+    let admin_path = f.socket_dir.join("admin.sock");
+    let admin = std::os::unix::net::UnixListener::bind(&admin_path).unwrap();
+    std::fs::set_permissions(
+        &admin_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let status = f
+        .service
+        .node_publish_volume(Request::new(publish_request(&target)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("admin.sock"),
+        "{}",
+        status.message()
+    );
+    assert!(!target.exists() || mounts_at(&target).is_empty());
+    drop(admin);
+    std::fs::remove_file(&admin_path).unwrap();
+    let _ = std::fs::remove_dir(&target);
 
     // The agent's socket directory is missing: FailedPrecondition.
     std::fs::remove_file(f.socket_dir.join("agent.sock")).unwrap();
