@@ -126,22 +126,31 @@ fn socket_dir_metadata(socket_dir: &Path) -> Result<std::fs::Metadata, MountErro
     Ok(meta)
 }
 
-/// Whether `target` is a mount point showing `socket_dir`, and if so whether
-/// that mount is read-only.
-pub fn published_state(socket_dir: &Path, target: &Path) -> Result<Option<bool>, MountError> {
+/// What is mounted at a target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MountView {
+    /// The mount is read-only.
+    pub read_only: bool,
+    /// The mount shows the socket directory (same device and inode); false
+    /// if something else is mounted there, or the socket directory was
+    /// deleted (and perhaps recreated) since.
+    pub is_socket_dir: bool,
+}
+
+/// The topmost mount at `target`, if `target` is a mount point.
+pub fn inspect(socket_dir: &Path, target: &Path) -> Result<Option<MountView>, MountError> {
     let entries = mountinfo::read().map_err(io("reading", Path::new("/proc/self/mountinfo")))?;
     let Some(entry) = mountinfo::mount_at(&entries, target) else {
         return Ok(None);
     };
-    let source = socket_dir_metadata(socket_dir)?;
     let mounted = std::fs::metadata(target).map_err(io("inspecting", target))?;
-    if same_inode(&source, &mounted) {
-        Ok(Some(entry.has_option("ro")))
-    } else {
-        Err(MountError::Occupied {
-            path: target.to_owned(),
-        })
-    }
+    let is_socket_dir = std::fs::metadata(socket_dir)
+        .map(|source| same_inode(&source, &mounted))
+        .unwrap_or(false);
+    Ok(Some(MountView {
+        read_only: entry.has_option("ro"),
+        is_socket_dir,
+    }))
 }
 
 /// Bind-mounts `socket_dir` read-only (and nosuid, nodev, noexec) on
@@ -158,9 +167,19 @@ pub fn publish_socket(socket_dir: &Path, target: &Path) -> Result<Published, Mou
         Err(source) => return Err(io("creating the target directory", target)(source)),
     }
 
-    match published_state(socket_dir, target)? {
-        Some(true) => return Ok(Published::AlreadyMounted),
-        Some(false) => {
+    match inspect(socket_dir, target)? {
+        Some(MountView {
+            is_socket_dir: false,
+            ..
+        }) => {
+            return Err(MountError::Occupied {
+                path: target.to_owned(),
+            });
+        }
+        Some(MountView {
+            read_only: true, ..
+        }) => return Ok(Published::AlreadyMounted),
+        Some(_) => {
             // Bound earlier but the read-only remount did not happen (crash
             // in between): finish the job instead of stacking another mount.
             rustix::mount::mount_remount(target, read_only_flags(), "")

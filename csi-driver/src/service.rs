@@ -242,11 +242,10 @@ impl NodeService {
                 Ok(target) if target.exists => target,
                 _ => return Err(not_published()),
             };
-            let read_only = match mounts::published_state(&config.socket_dir, &target.path) {
-                Ok(Some(read_only)) => read_only,
-                Ok(None) | Err(_) => return Err(not_published()),
-            };
-            stats(&target.path, read_only)
+            match mounts::inspect(&config.socket_dir, &target.path) {
+                Ok(Some(view)) => stats(&target.path, view),
+                Ok(None) | Err(_) => Err(not_published()),
+            }
         })
         .await
     }
@@ -255,7 +254,7 @@ impl NodeService {
 /// Usage and condition of a published socket-mode volume.
 fn stats(
     path: &std::path::Path,
-    read_only: bool,
+    view: mounts::MountView,
 ) -> Result<csi::NodeGetVolumeStatsResponse, CsiError> {
     let vfs = rustix::fs::statvfs(path)
         .map_err(|error| CsiError::Internal(format!("statvfs {}: {error}", path.display())))?;
@@ -285,7 +284,14 @@ fn stats(
             })
         })
         .unwrap_or(false);
-    let volume_condition = if !read_only {
+    let volume_condition = if !view.is_socket_dir {
+        csi::VolumeCondition {
+            abnormal: true,
+            message: "the volume no longer shows the agent's socket directory (was it deleted \
+                      and recreated?); restart the pod to mount the current one"
+                .to_owned(),
+        }
+    } else if !view.read_only {
         csi::VolumeCondition {
             abnormal: true,
             message: "the agent socket directory is mounted writable; unpublish and publish again"

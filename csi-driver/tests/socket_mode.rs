@@ -193,6 +193,30 @@ async fn publish_is_idempotent_read_only_and_unpublish_cleans_up() {
     let condition = stats.volume_condition.unwrap();
     assert!(!condition.abnormal, "{condition:?}");
 
+    // The agent recreates its directory: running pods keep the old one,
+    // and the volume condition says so.
+    let moved = f.socket_dir.with_file_name("signet-old");
+    std::fs::rename(&f.socket_dir, &moved).unwrap();
+    std::fs::create_dir(&f.socket_dir).unwrap();
+    let stats = f
+        .service
+        .node_get_volume_stats(Request::new(csi::NodeGetVolumeStatsRequest {
+            volume_id: "csi-0123".to_owned(),
+            volume_path: target.to_str().unwrap().to_owned(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let condition = stats.volume_condition.unwrap();
+    assert!(condition.abnormal, "{condition:?}");
+    assert!(
+        condition.message.contains("restart the pod"),
+        "{condition:?}"
+    );
+    std::fs::remove_dir(&f.socket_dir).unwrap();
+    std::fs::rename(&moved, &f.socket_dir).unwrap();
+
     f.service
         .node_unpublish_volume(Request::new(unpublish_request(&target)))
         .await
