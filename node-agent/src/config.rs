@@ -12,7 +12,7 @@
 //! node_name: ""                # default: $SIGNET_NODE_NAME
 //! listen: unix:///run/signet/agent.sock
 //! socket_mode: 0666
-//! admin_listen: unix:///run/signet/admin.sock
+//! admin_listen: unix:///run/signet-admin/admin.sock
 //! selector: {name: web}        # or {labels: {team: [payments]}}
 //! attestors: {unix: {}, kubernetes: {enabled: true}}
 //! svid_key_type: ec-p256
@@ -39,7 +39,7 @@ pub const NODE_NAME_ENV: &str = "SIGNET_NODE_NAME";
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/signet/agent";
 pub const DEFAULT_LISTEN: &str = "unix:///run/signet/agent.sock";
-pub const DEFAULT_ADMIN_LISTEN: &str = "unix:///run/signet/admin.sock";
+pub const DEFAULT_ADMIN_LISTEN: &str = "unix:///run/signet-admin/admin.sock";
 /// Any local process may connect; attestation decides what it gets.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o666;
 
@@ -138,7 +138,7 @@ fn default_listen() -> Endpoint {
 }
 
 fn default_admin_listen() -> Endpoint {
-    Endpoint::Unix(PathBuf::from("/run/signet/admin.sock"))
+    Endpoint::Unix(PathBuf::from("/run/signet-admin/admin.sock"))
 }
 
 fn default_socket_mode() -> u32 {
@@ -287,7 +287,7 @@ state_dir: /tmp/agent
 node_name: node-1
 listen: unix:///run/signet/agent.sock
 socket_mode: 0660
-admin_listen: unix:///run/signet/admin.sock
+admin_listen: unix:///run/signet-admin/admin.sock
 selector: {labels: {team: [payments]}}
 attestors:
   unix: {binary_hash_max_size_bytes: 1024}
