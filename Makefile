@@ -17,11 +17,13 @@ test:
 	$(CARGO) test --workspace
 
 ## test-setup: what the tests use from outside Rust (as root): Docker and
-## Podman for the attestor tests, py-spiffe and spiffe-helper for interop.
+## Podman for the attestor tests, py-spiffe and spire-agent (go-spiffe) for
+## interop, csi-sanity for signet-csi.
 test-setup:
 	bash node-agent/tests/setup-docker.sh
 	bash node-agent/tests/setup-podman.sh
 	bash e2e/tools/install-interop.sh
+	bash csi-driver/tests/setup-csi-sanity.sh
 
 ## lint: formatting, clippy with warnings as errors
 lint:
