@@ -125,15 +125,15 @@ fn run_py_spiffe(python: &Path, stack: &Stack, authority: Option<&str>) -> serde
         .unwrap_or_else(|e| panic!("py-spiffe client printed no JSON ({e}):\n{stdout}"))
 }
 
-/// Everything py-spiffe does, with the gRPC channel's `:authority` set to
-/// `localhost` (as go-spiffe sends); see the ignored test below for why.
+/// Everything py-spiffe does, unchanged: grpc's default `:authority` (see
+/// the next test for why that matters).
 #[test]
 fn py_spiffe_fetches_and_validates_x509_and_jwt_svids() {
     let Some(python) = tool("venv/bin/python") else {
         return;
     };
     let stack = start_stack();
-    let report = run_py_spiffe(&python, &stack, Some("localhost"));
+    let report = run_py_spiffe(&python, &stack, None);
     let id = expected_id();
 
     let x509 = &report["x509"];
@@ -182,19 +182,17 @@ fn py_spiffe_fetches_and_validates_x509_and_jwt_svids() {
 
 /// py-spiffe exactly as users run it. grpc's C core (grpcio >= 1.57) sends
 /// the percent-encoded socket path as `:authority` on unix sockets
-/// (`tmp%2F...%2Fagent.sock`); the agent's HTTP/2 server (h2, under
-/// tonic) rejects that as a malformed authority and resets the stream with
-/// PROTOCOL_ERROR, so every call fails with `StatusCode.INTERNAL: Stream
-/// removed (RST_STREAM ... error code 1)`. py-spiffe offers no way to set
-/// the authority. Un-ignore once the agent accepts such requests.
+/// (`tmp%2F...%2Fagent.sock`), which the HTTP/2 server under tonic would
+/// reject as a malformed authority; the agent rewrites it
+/// (node-agent/src/h2_authority.rs), so no client option is needed. A
+/// client that does set a valid authority keeps working too.
 #[test]
-#[ignore = "the agent rejects grpc C-core's percent-encoded :authority on its unix socket"]
-fn py_spiffe_with_grpc_default_authority() {
+fn py_spiffe_with_an_explicit_authority() {
     let Some(python) = tool("venv/bin/python") else {
         return;
     };
     let stack = start_stack();
-    let report = run_py_spiffe(&python, &stack, None);
+    let report = run_py_spiffe(&python, &stack, Some("localhost"));
     assert_eq!(report["x509"]["spiffe_id"], expected_id().as_str());
     assert_eq!(report["jwt"]["validated_by_agent"], expected_id().as_str());
 }

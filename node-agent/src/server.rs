@@ -27,6 +27,7 @@ use crate::attest::unix::PeerCredentials;
 use crate::attest::{AttestErrorKind, Attributes, WorkloadAttestor};
 use crate::cache::{CacheError, SvidCache};
 use crate::clock::Clock;
+use crate::h2_authority::{AuthorityRewriter, drain_into};
 use crate::metrics::Metrics;
 use crate::policy_watch::AgentPolicy;
 use crate::sds::SdsService;
@@ -116,6 +117,8 @@ pub struct PeerInfo {
 pub struct PeerStream {
     stream: UnixStream,
     info: PeerInfo,
+    /// Fixes grpc C-core's unix-socket `:authority` on the way in.
+    inbound: AuthorityRewriter,
 }
 
 impl PeerStream {
@@ -137,6 +140,7 @@ impl PeerStream {
                 credentials,
                 process,
             },
+            inbound: AuthorityRewriter::new(),
         }
     }
 }
@@ -155,7 +159,19 @@ impl AsyncRead for PeerStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = &mut *self;
+        loop {
+            if drain_into(&mut this.inbound, buf) > 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 8192];
+            let mut read = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.stream).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => this.inbound.feed(read.filled()),
+                other => return other,
+            }
+        }
     }
 }
 
