@@ -137,6 +137,9 @@ pub struct Stack {
     pub agent: Option<Process>,
     /// Extra lines appended to the agent's config file.
     agent_extra: String,
+    /// The operator's `--config` file contents (none when empty); the
+    /// flags `start_operator` passes still override it.
+    operator_config: String,
 }
 
 impl Stack {
@@ -150,6 +153,18 @@ impl Stack {
 
     /// Starts only the operator; a join token `agent` is configured.
     pub fn operator_only(policy: &str) -> Self {
+        Self::operator_only_with_config(policy, |_| String::new())
+    }
+
+    /// Like [`Stack::operator_only`], with an operator configuration file
+    /// (YAML) returned by `config`, which runs once the stack's directory
+    /// and its `join-token` file exist (so it can generate more tokens with
+    /// [`Stack::operator_cli`] and refer to files under [`Stack::path`]).
+    /// Command-line flags (trust domain, policy and state dirs, listen
+    /// address, audit log, the `agent` token) still override the file;
+    /// keys they do not set, like `server_names` or reusable
+    /// `join_tokens`, come from it. Restarts keep using it.
+    pub fn operator_only_with_config(policy: &str, config: impl FnOnce(&Self) -> String) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("signet-e2e-")
             .tempdir()
@@ -164,6 +179,7 @@ impl Stack {
             operator: None,
             agent: None,
             agent_extra: String::new(),
+            operator_config: String::new(),
         };
         stack.write_policy("policy.yaml", policy);
         let token = stack.operator_cli(
@@ -171,6 +187,7 @@ impl Stack {
             &[stack.path("join-token")],
         );
         assert!(token.status.success(), "token generate: {token:?}");
+        stack.operator_config = config(&stack);
         stack.start_operator();
         stack
     }
@@ -215,6 +232,12 @@ impl Stack {
             .arg("--join-token-file")
             .arg(format!("agent={}", self.path("join-token").display()))
             .env("RUST_LOG", "info");
+        if !self.operator_config.is_empty() {
+            let path = self.path("operator.yaml");
+            std::fs::write(&path, &self.operator_config)
+                .unwrap_or_else(|e| panic!("operator config: {e}"));
+            command.arg("--config").arg(path);
+        }
         let log = self.path("operator.log");
         let mut process = Process::spawn("signet-operator", command, log);
         let port = self.port;

@@ -1,0 +1,443 @@
+//! The agent as a DaemonSet on a real cluster (issue 4's first "done when"):
+//! with `hostPID` and the kubernetes attestor (the kubelet's secure port, a
+//! service-account token, webhook authorization), it issues pods identities
+//! rendered from their Kubernetes attributes.
+//!
+//! The operator has no Kubernetes mode yet, so the standalone operator runs
+//! on the host (this test's [`Stack`], listening on 127.0.0.1); the agent
+//! DaemonSet (`e2e/cluster/manifests/agent-daemonset.yaml`) uses the host
+//! network to reach it, joins with a reusable join token from a Secret and
+//! bootstraps trust from a ConfigMap holding the operator's `bundle.pem`. It
+//! serves the Workload API on a hostPath directory that the test pods mount
+//! (no CSI driver here); the pods run `signet-agent api fetch x509` from the
+//! agent image.
+//!
+//! Runs only with `SIGNET_E2E_CLUSTER=1` and `KUBECONFIG` set (see
+//! `e2e/cluster/README.md`: `e2e/cluster/up.sh`, `e2e/images/build-all.sh`);
+//! otherwise it prints SKIPPED and passes. kubectl is taken from
+//! `$SIGNET_E2E_BIN_DIR`, else `PATH`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use signet_e2e::standalone::{Stack, TRUST_DOMAIN};
+
+const SYSTEM_NS: &str = "signet-e2e-agent";
+const ALLOWED_NS: &str = "signet-e2e-allowed";
+const DENIED_NS: &str = "signet-e2e-denied";
+const CLUSTER_ROLE: &str = "signet-e2e-agent-kubelet";
+/// Host directory of the agent's Workload API socket (hostPath).
+const SOCKET_DIR: &str = "/run/signet-e2e-agent";
+const AGENT_MANIFEST: &str = include_str!("../cluster/manifests/agent-daemonset.yaml");
+
+fn note(message: &str) {
+    let _ = writeln!(std::io::stderr(), "{message}");
+}
+
+/// Why the cluster test cannot run, if it cannot.
+fn skip_reason() -> Option<&'static str> {
+    if std::env::var("SIGNET_E2E_CLUSTER").as_deref() != Ok("1") {
+        return Some("set SIGNET_E2E_CLUSTER=1 (and KUBECONFIG) to run against a cluster");
+    }
+    if std::env::var_os("KUBECONFIG").is_none_or(|v| v.is_empty()) {
+        return Some("KUBECONFIG is not set (e2e/cluster/up.sh writes /var/lib/signet-e2e/env)");
+    }
+    None
+}
+
+fn kubectl_path() -> PathBuf {
+    std::env::var_os("SIGNET_E2E_BIN_DIR")
+        .map(|dir| PathBuf::from(dir).join("kubectl"))
+        .filter(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from("kubectl"))
+}
+
+fn kubectl_output(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut command = Command::new(kubectl_path());
+    command
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("running kubectl {args:?}: {e}"));
+    if let Some(input) = stdin
+        && let Some(mut pipe) = child.stdin.take()
+    {
+        pipe.write_all(input.as_bytes())
+            .unwrap_or_else(|e| panic!("writing to kubectl {args:?}: {e}"));
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for kubectl {args:?}: {e}"))
+}
+
+/// Runs kubectl and returns its stdout; panics with its stderr on failure.
+fn kubectl(args: &[&str]) -> String {
+    let output = kubectl_output(args, None);
+    assert!(
+        output.status.success(),
+        "kubectl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn kubectl_apply(yaml: &str) {
+    let output = kubectl_output(&["apply", "-f", "-"], Some(yaml));
+    assert!(
+        output.status.success(),
+        "kubectl apply failed: {}\n--- manifest ---\n{yaml}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Deletes what the test creates in the cluster (also what an interrupted
+/// earlier run left) and the socket directory on the host.
+fn delete_everything(wait: bool) {
+    let wait = if wait { "--wait=true" } else { "--wait=false" };
+    let _ = kubectl_output(
+        &[
+            "delete",
+            "namespace",
+            SYSTEM_NS,
+            ALLOWED_NS,
+            DENIED_NS,
+            "--ignore-not-found",
+            wait,
+            "--timeout=180s",
+        ],
+        None,
+    );
+    let _ = kubectl_output(
+        &[
+            "delete",
+            "clusterrolebinding,clusterrole",
+            CLUSTER_ROLE,
+            "--ignore-not-found",
+        ],
+        None,
+    );
+}
+
+/// Cleans the cluster up when the test ends, passed or failed.
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the agent said, for the failure report.
+            let logs = kubectl_output(
+                &[
+                    "-n",
+                    SYSTEM_NS,
+                    "logs",
+                    "daemonset/signet-agent",
+                    "--tail=100",
+                ],
+                None,
+            );
+            note(&format!(
+                "----- signet-agent pod log -----\n{}{}",
+                String::from_utf8_lossy(&logs.stdout),
+                String::from_utf8_lossy(&logs.stderr)
+            ));
+        }
+        delete_everything(false);
+        // Only the socket (and the directory) the DaemonSet created.
+        let _ = std::fs::remove_file(PathBuf::from(SOCKET_DIR).join("agent.sock"));
+        let _ = std::fs::remove_dir(SOCKET_DIR);
+    }
+}
+
+/// WorkloadIdentity `pods`: `/ns/<namespace>/sa/<sa>/pod/<pod>` for pods in
+/// [`ALLOWED_NS`] only; every agent may issue it.
+fn pod_policy() -> String {
+    format!(
+        r#"apiVersion: signet.dev/v1alpha1
+kind: WorkloadIdentity
+metadata: {{name: pods, labels: {{suite: e2e-cluster}}}}
+spec:
+  rules:
+    allow:
+      - conditions: [{{attribute: workload.kubernetes.namespace, eq: "{ALLOWED_NS}"}}]
+  spiffe:
+    id: "/ns/{{{{ workload.kubernetes.namespace }}}}/sa/{{{{ workload.kubernetes.service_account }}}}/pod/{{{{ workload.kubernetes.pod_name }}}}"
+    hint: pods
+---
+apiVersion: signet.dev/v1alpha1
+kind: Role
+metadata: {{name: e2e-cluster-agents}}
+spec:
+  subjects: [{{kind: Agent, name: "*"}}]
+  allow: {{workloadIdentityLabels: {{suite: [e2e-cluster]}}}}
+"#
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// A pod that runs `signet-agent api fetch x509 --output json` against the
+/// agent's socket (hostPath) and exits.
+fn fetch_pod(namespace: &str, name: &str, service_account: &str, image: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {namespace}, labels: {{app: fetch}}}}
+spec:
+  serviceAccountName: {service_account}
+  restartPolicy: Never
+  containers:
+    - name: fetch
+      image: "{image}"
+      imagePullPolicy: Never
+      args: [api, fetch, x509, --output, json, --timeout, 40s]
+      env:
+        - {{name: SPIFFE_ENDPOINT_SOCKET, value: "unix:///spiffe-workload-api/agent.sock"}}
+      volumeMounts:
+        - {{name: workload-api, mountPath: /spiffe-workload-api, readOnly: true}}
+  volumes:
+    - name: workload-api
+      hostPath: {{path: "{SOCKET_DIR}", type: Directory}}
+"#
+    )
+}
+
+/// Waits for a `restartPolicy: Never` pod to finish; returns its phase and
+/// its log.
+fn run_to_completion(namespace: &str, name: &str, timeout: Duration) -> (String, String) {
+    let deadline = Instant::now() + timeout;
+    let phase = loop {
+        let phase = kubectl(&[
+            "-n",
+            namespace,
+            "get",
+            "pod",
+            name,
+            "-o",
+            "jsonpath={.status.phase}",
+        ]);
+        if phase == "Succeeded" || phase == "Failed" {
+            break phase;
+        }
+        if Instant::now() > deadline {
+            let describe = kubectl_output(&["-n", namespace, "describe", "pod", name], None);
+            panic!(
+                "pod {namespace}/{name} still {phase:?} after {timeout:?}:\n{}",
+                String::from_utf8_lossy(&describe.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let logs = kubectl_output(&["-n", namespace, "logs", name], None);
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    (phase, log)
+}
+
+/// Waits until a DaemonSet has pods scheduled and all of them Ready (the
+/// agent is Ready once its first policy is in force). `kubectl rollout
+/// status` can return before the controller has scheduled anything.
+fn wait_for_daemonset(namespace: &str, name: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = kubectl(&[
+            "-n",
+            namespace,
+            "get",
+            "daemonset",
+            name,
+            "-o",
+            "jsonpath={.status.desiredNumberScheduled} {.status.numberReady}",
+        ]);
+        let mut counts = status.split_whitespace().map(str::parse::<u32>);
+        if let (Some(Ok(desired)), Some(Ok(ready))) = (counts.next(), counts.next())
+            && desired > 0
+            && ready == desired
+        {
+            return;
+        }
+        if Instant::now() > deadline {
+            let pods = kubectl_output(
+                &[
+                    "-n",
+                    namespace,
+                    "describe",
+                    "pods",
+                    "-l",
+                    &format!("app={name}"),
+                ],
+                None,
+            );
+            panic!(
+                "daemonset {namespace}/{name} not ready after {timeout:?} (desired, ready: {status:?}):\n{}",
+                String::from_utf8_lossy(&pods.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn pod_field(namespace: &str, name: &str, path: &str) -> String {
+    kubectl(&[
+        "-n",
+        namespace,
+        "get",
+        "pod",
+        name,
+        "-o",
+        &format!("jsonpath={{{path}}}"),
+    ])
+}
+
+#[test]
+fn daemonset_agent_issues_pod_identities_from_kubelet_attributes() {
+    if let Some(reason) = skip_reason() {
+        note(&format!(
+            "SKIPPED daemonset_agent_issues_pod_identities_from_kubelet_attributes: {reason}"
+        ));
+        return;
+    }
+    let started = Instant::now();
+    let image = std::env::var("SIGNET_AGENT_IMAGE")
+        .unwrap_or_else(|_| "localhost/signet/agent:dev".to_owned());
+
+    delete_everything(true);
+    let _cleanup = Cleanup;
+
+    // The operator on the host, with a reusable token for the DaemonSet.
+    let stack = Stack::operator_only_with_config(&pod_policy(), |stack| {
+        let token = stack.operator_cli(
+            &["token", "generate", "--name", "k8s-agents", "--out"],
+            &[stack.path("k8s-join-token")],
+        );
+        assert!(token.status.success(), "token generate: {token:?}");
+        format!(
+            "join_tokens:\n  - {{name: k8s-agents, token_file: {}, reusable: true}}\n",
+            stack.path("k8s-join-token").display()
+        )
+    });
+
+    kubectl(&["create", "namespace", SYSTEM_NS]);
+    kubectl(&["create", "namespace", ALLOWED_NS]);
+    kubectl(&["create", "namespace", DENIED_NS]);
+    kubectl(&[
+        "-n",
+        SYSTEM_NS,
+        "create",
+        "secret",
+        "generic",
+        "signet-join",
+        &format!(
+            "--from-file=token={}",
+            stack.path("k8s-join-token").display()
+        ),
+    ]);
+    kubectl(&[
+        "-n",
+        SYSTEM_NS,
+        "create",
+        "configmap",
+        "signet-bundle",
+        &format!(
+            "--from-file=bundle.pem={}",
+            stack.bundle_pem_path().display()
+        ),
+    ]);
+    let manifest = AGENT_MANIFEST
+        .replace("@NAMESPACE@", SYSTEM_NS)
+        .replace("@AGENT_IMAGE@", &image)
+        .replace("@ISSUER@", &format!("127.0.0.1:{}", stack.port))
+        .replace("@SOCKET_DIR@", SOCKET_DIR)
+        .replace("@METRICS_PORT@", &free_port().to_string())
+        .replace("@CLUSTER_ROLE@", CLUSTER_ROLE);
+    kubectl_apply(&manifest);
+    wait_for_daemonset(SYSTEM_NS, "signet-agent", Duration::from_secs(180));
+    let agent_ready = started.elapsed();
+
+    // A pod in the allowed namespace, with its own service account.
+    kubectl(&["-n", ALLOWED_NS, "create", "serviceaccount", "workload"]);
+    kubectl_apply(&fetch_pod(ALLOWED_NS, "fetch-allowed", "workload", &image));
+    let (phase, log) = run_to_completion(ALLOWED_NS, "fetch-allowed", Duration::from_secs(120));
+    assert_eq!(phase, "Succeeded", "the allowed pod's fetch failed:\n{log}");
+    let uid = pod_field(ALLOWED_NS, "fetch-allowed", ".metadata.uid");
+    let node = pod_field(ALLOWED_NS, "fetch-allowed", ".spec.nodeName");
+    assert!(!uid.is_empty() && !node.is_empty());
+
+    let response: serde_json::Value = log
+        .lines()
+        .find_map(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("no JSON in the fetch output:\n{log}"));
+    let expected_id =
+        format!("spiffe://{TRUST_DOMAIN}/ns/{ALLOWED_NS}/sa/workload/pod/fetch-allowed");
+    let ids: Vec<&str> = response["svids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no svids in {response}"))
+        .iter()
+        .filter_map(|svid| svid["spiffe_id"].as_str())
+        .collect();
+    assert_eq!(ids, [expected_id.as_str()], "response: {response}");
+
+    // The operator signed it for this pod: the attributes it evaluated are
+    // the pod's real UID, node, namespace, service account and name.
+    let events = stack.audit_events();
+    let issued = events
+        .iter()
+        .find(|e| {
+            e["event"] == "svid.issued"
+                && e["credential"] == "x509_svid"
+                && e["spiffe_id"] == expected_id.as_str()
+        })
+        .unwrap_or_else(|| panic!("no issuance of {expected_id} in the audit log: {events:?}"));
+    let workload = &issued["workload"];
+    assert_eq!(workload["workload.kubernetes.pod_uid"], uid.as_str());
+    assert_eq!(workload["workload.kubernetes.node_name"], node.as_str());
+    assert_eq!(workload["workload.kubernetes.namespace"], ALLOWED_NS);
+    assert_eq!(workload["workload.kubernetes.service_account"], "workload");
+    assert_eq!(workload["workload.kubernetes.pod_name"], "fetch-allowed");
+    assert_eq!(workload["workload.kubernetes.container_name"], "fetch");
+    assert_eq!(workload["workload.kubernetes.labels.app"], "fetch");
+    assert_eq!(issued["agent"], "k8s-agents");
+    assert_eq!(issued["workload_identity"], "pods");
+    note(&format!(
+        "cluster agent: issued {expected_id}; audit: agent={} workload={workload}",
+        issued["agent"]
+    ));
+
+    // A pod in a namespace the rule does not allow gets no SVID.
+    kubectl_apply(&fetch_pod(DENIED_NS, "fetch-denied", "default", &image));
+    let (phase, log) = run_to_completion(DENIED_NS, "fetch-denied", Duration::from_secs(120));
+    assert_eq!(phase, "Failed", "the denied pod got an answer:\n{log}");
+    assert!(
+        log.contains("PermissionDenied"),
+        "expected PermissionDenied, got:\n{log}"
+    );
+    assert!(
+        !stack.audit_events().iter().any(|e| {
+            e["event"] == "svid.issued"
+                && e["workload"]["workload.kubernetes.namespace"] == DENIED_NS
+        }),
+        "the operator issued an SVID to the denied namespace"
+    );
+    note(&format!(
+        "cluster agent: denied pod answered: {}; agent Ready after {agent_ready:?}, test took {:?}",
+        log.trim(),
+        started.elapsed()
+    ));
+}
