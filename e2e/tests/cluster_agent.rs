@@ -23,6 +23,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use signet_e2e::standalone::{Stack, TRUST_DOMAIN};
+use signet_identity::x509::{certs_from_pem, spiffe_id_from_cert};
 
 const SYSTEM_NS: &str = "signet-e2e-agent";
 const ALLOWED_NS: &str = "signet-e2e-allowed";
@@ -190,9 +191,17 @@ fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
-/// A pod that runs `signet-agent api fetch x509 --output json` against the
-/// agent's socket (hostPath) and exits.
-fn fetch_pod(namespace: &str, name: &str, service_account: &str, image: &str) -> String {
+/// A pod that runs `signet-agent api fetch x509 --output json --write /out`
+/// against the agent's socket (hostPath) and exits; `/out` is the host
+/// directory `out`, so the test reads the certificates the pod received.
+fn fetch_pod(
+    namespace: &str,
+    name: &str,
+    service_account: &str,
+    image: &str,
+    out: &std::path::Path,
+) -> String {
+    let out = out.display();
     format!(
         r#"apiVersion: v1
 kind: Pod
@@ -204,14 +213,17 @@ spec:
     - name: fetch
       image: "{image}"
       imagePullPolicy: Never
-      args: [api, fetch, x509, --output, json, --timeout, 40s]
+      args: [api, fetch, x509, --output, json, --timeout, 40s, --write, /out]
       env:
         - {{name: SPIFFE_ENDPOINT_SOCKET, value: "unix:///spiffe-workload-api/agent.sock"}}
       volumeMounts:
         - {{name: workload-api, mountPath: /spiffe-workload-api, readOnly: true}}
+        - {{name: out, mountPath: /out}}
   volumes:
     - name: workload-api
       hostPath: {{path: "{SOCKET_DIR}", type: Directory}}
+    - name: out
+      hostPath: {{path: "{out}", type: Directory}}
 "#
     )
 }
@@ -373,7 +385,17 @@ fn daemonset_agent_issues_pod_identities_from_kubelet_attributes() {
 
     // A pod in the allowed namespace, with its own service account.
     kubectl(&["-n", ALLOWED_NS, "create", "serviceaccount", "workload"]);
-    kubectl_apply(&fetch_pod(ALLOWED_NS, "fetch-allowed", "workload", &image));
+    let allowed_out = tempfile::Builder::new()
+        .prefix("signet-e2e-allowed-")
+        .tempdir()
+        .unwrap();
+    kubectl_apply(&fetch_pod(
+        ALLOWED_NS,
+        "fetch-allowed",
+        "workload",
+        &image,
+        allowed_out.path(),
+    ));
     let (phase, log) = run_to_completion(ALLOWED_NS, "fetch-allowed", Duration::from_secs(120));
     assert_eq!(phase, "Succeeded", "the allowed pod's fetch failed:\n{log}");
     let uid = pod_field(ALLOWED_NS, "fetch-allowed", ".metadata.uid");
@@ -393,6 +415,23 @@ fn daemonset_agent_issues_pod_identities_from_kubelet_attributes() {
         .filter_map(|svid| svid["spiffe_id"].as_str())
         .collect();
     assert_eq!(ids, [expected_id.as_str()], "response: {response}");
+    // The certificate the pod holds names it, and chains to the operator's CA.
+    let read = |name: &str| {
+        std::fs::read_to_string(allowed_out.path().join(name))
+            .unwrap_or_else(|e| panic!("the pod wrote no {name}: {e}"))
+    };
+    let chain = certs_from_pem(&read("svid.pem")).unwrap();
+    assert_eq!(
+        spiffe_id_from_cert(&chain[0]).unwrap().to_string(),
+        expected_id
+    );
+    assert!(read("svid_key.pem").contains("PRIVATE KEY"));
+    let operator_bundle =
+        certs_from_pem(&std::fs::read_to_string(stack.bundle_pem_path()).unwrap()).unwrap();
+    assert_eq!(
+        certs_from_pem(&read("bundle.pem")).unwrap(),
+        operator_bundle
+    );
 
     // The operator signed it for this pod: the attributes it evaluated are
     // the pod's real UID, node, namespace, service account and name.
@@ -421,13 +460,24 @@ fn daemonset_agent_issues_pod_identities_from_kubelet_attributes() {
     ));
 
     // A pod in a namespace the rule does not allow gets no SVID.
-    kubectl_apply(&fetch_pod(DENIED_NS, "fetch-denied", "default", &image));
+    let denied_out = tempfile::Builder::new()
+        .prefix("signet-e2e-denied-")
+        .tempdir()
+        .unwrap();
+    kubectl_apply(&fetch_pod(
+        DENIED_NS,
+        "fetch-denied",
+        "default",
+        &image,
+        denied_out.path(),
+    ));
     let (phase, log) = run_to_completion(DENIED_NS, "fetch-denied", Duration::from_secs(120));
     assert_eq!(phase, "Failed", "the denied pod got an answer:\n{log}");
     assert!(
         log.contains("PermissionDenied"),
         "expected PermissionDenied, got:\n{log}"
     );
+    assert!(!denied_out.path().join("svid.pem").exists());
     assert!(
         !stack.audit_events().iter().any(|e| {
             e["event"] == "svid.issued"
