@@ -61,10 +61,16 @@ cluster-up:
 cluster-down:
 	bash e2e/cluster/down.sh
 
-## e2e: the cluster suite (brings the local cluster up when KUBECONFIG is unset)
+## e2e: the cluster suite (brings the local cluster up when KUBECONFIG is
+## unset): smoke checks, the agent as a DaemonSet attesting real pods, and
+## signet-csi registering with the real kubelet.
 e2e:
 	@if [ -z "$${KUBECONFIG:-}" ]; then bash e2e/cluster/up.sh; fi
 	bash e2e/cluster/smoke.sh
+	bash e2e/images/build-all.sh signet-agent
+	$(CARGO) build --workspace --bins
+	. /var/lib/signet-e2e/env && SIGNET_E2E_CLUSTER=1 $(CARGO) test -p signet-e2e --test cluster_agent -- --nocapture
+	. /var/lib/signet-e2e/env && SIGNET_E2E_CLUSTER=1 $(CARGO) test -p signet-csi --test kubelet_registration -- --nocapture
 
 clean:
 	$(CARGO) clean

@@ -34,6 +34,14 @@ pub struct Args {
     /// Log output: text or json.
     #[arg(long, default_value = "text")]
     pub log_format: LogFormat,
+    /// Register with the kubelet through `<kubelet-dir>/plugins_registry/`
+    /// (false when a node-driver-registrar sidecar does it).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub kubelet_registration: bool,
+    /// The CSI socket's path as the kubelet sees it, when it differs from
+    /// `--endpoint` (the driver's own mount namespace).
+    #[arg(long)]
+    pub kubelet_registration_path: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -90,6 +98,31 @@ impl Args {
 }
 
 /// The CSI spec's rule for plugin names (what csi-sanity checks too).
+impl Args {
+    /// Where the registration socket goes and what it tells the kubelet;
+    /// `None` when registration is off.
+    pub fn registration(
+        &self,
+        csi_socket: &std::path::Path,
+    ) -> Option<(PathBuf, crate::registration::RegistrationInfo)> {
+        if !self.kubelet_registration {
+            return None;
+        }
+        let socket = crate::registration::registration_socket(&self.kubelet_dir, &self.driver_name);
+        let endpoint = self
+            .kubelet_registration_path
+            .clone()
+            .unwrap_or_else(|| csi_socket.to_owned());
+        Some((
+            socket,
+            crate::registration::RegistrationInfo {
+                driver_name: self.driver_name.clone(),
+                endpoint,
+            },
+        ))
+    }
+}
+
 pub fn valid_driver_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     let (Some(first), Some(last)) = (bytes.first(), bytes.last()) else {

@@ -9,5 +9,6 @@ pub mod error;
 pub mod mountinfo;
 pub mod mounts;
 pub mod paths;
+pub mod registration;
 pub mod server;
 pub mod service;

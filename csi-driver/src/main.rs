@@ -20,15 +20,40 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return fail(&format!("starting the runtime: {error}")),
     };
-    match runtime.block_on(signet_csi::server::serve(
-        &socket,
-        config,
-        signet_runtime::shutdown::signal(),
-    )) {
+    let registration = args.registration(&socket);
+    let result = runtime.block_on(async move {
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            signet_runtime::shutdown::signal().await;
+            let _ = stop.send(true);
+        });
+        let until_stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopping.wait_for(|stopped| *stopped).await;
+        };
+        let registrar = async {
+            match registration {
+                Some((path, info)) => {
+                    signet_csi::registration::serve(path, info, until_stopped(stopping.clone()))
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                None => Ok(()),
+            }
+        };
+        let csi = async {
+            signet_csi::server::serve(&socket, config, until_stopped(stopping.clone()))
+                .await
+                .map_err(|e| e.to_string())
+        };
+        // A driver the kubelet cannot find is useless: a registration
+        // failure stops the process rather than leaving it half-working.
+        tokio::try_join!(csi, registrar).map(|_| ())
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "signet-csi failed");
-            fail(&error.to_string())
+            fail(&error)
         }
     }
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use signet_proto::csi::v1::identity_server::IdentityServer;
 use signet_proto::csi::v1::node_server::NodeServer;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::DriverConfig;
 use crate::service::{IdentityService, NodeService};
@@ -48,7 +47,11 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(IdentityService::new(config.clone())))
         .add_service(NodeServer::new(NodeService::new(config)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal);
+        // The kubelet's gRPC client sends the socket path as :authority.
+        .serve_with_incoming_shutdown(
+            signet_runtime::h2_authority::unix_incoming(listener),
+            signal,
+        );
     // A graceful shutdown waits for clients to hang up, and the kubelet keeps
     // its connection open: after a short grace period, stop anyway (mounts
     // outlive the process).

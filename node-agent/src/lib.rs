@@ -8,7 +8,6 @@ pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod h2_authority;
 pub mod issuer_client;
 pub mod keys;
 pub mod metrics;

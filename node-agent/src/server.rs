@@ -27,11 +27,11 @@ use crate::attest::unix::PeerCredentials;
 use crate::attest::{AttestErrorKind, Attributes, WorkloadAttestor};
 use crate::cache::{CacheError, SvidCache};
 use crate::clock::Clock;
-use crate::h2_authority::{AuthorityRewriter, drain_into};
 use crate::metrics::Metrics;
 use crate::policy_watch::AgentPolicy;
 use crate::sds::SdsService;
 use crate::workload_api::WorkloadApiService;
+use signet_runtime::h2_authority::{AuthorityRewriter, poll_read_rewritten};
 
 /// Why a Workload API or SDS call failed. The one place where failures
 /// become gRPC codes, following the Workload API specification and SPIRE.
@@ -160,18 +160,7 @@ impl AsyncRead for PeerStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        loop {
-            if drain_into(&mut this.inbound, buf) > 0 {
-                return Poll::Ready(Ok(()));
-            }
-            let mut chunk = [0u8; 8192];
-            let mut read = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut this.stream).poll_read(cx, &mut read) {
-                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(())) => this.inbound.feed(read.filled()),
-                other => return other,
-            }
-        }
+        poll_read_rewritten(&mut this.stream, &mut this.inbound, cx, buf)
     }
 }
 

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod duration;
 pub mod endpoint;
 pub mod files;
+pub mod h2_authority;
 pub mod http;
 pub mod logging;
 pub mod shutdown;

@@ -8,6 +8,7 @@
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::UnixListener;
 
@@ -59,17 +60,20 @@ pub fn bind_unix_listener(path: &Path, mode: u32) -> Result<UnixListener, UdsErr
         Err(error) => return Err(io(path)(error)),
     }
 
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "socket".to_owned());
-    let staging = parent.join(format!(".{file_name}.staging-{}", std::process::id()));
+    // Short names: a socket path must fit in sun_path (108 bytes), and the
+    // staged path must not be much longer than the final one.
+    static STAGED: AtomicU64 = AtomicU64::new(0);
+    let staging = parent.join(format!(
+        ".s{}.{}",
+        std::process::id(),
+        STAGED.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir(&staging).map_err(io(&staging))?;
     let result = (|| {
         std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))
             .map_err(io(&staging))?;
-        let staged = staging.join(&file_name);
+        let staged = staging.join("s");
         let listener = UnixListener::bind(&staged).map_err(io(&staged))?;
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
             .map_err(io(&staged))?;
@@ -125,5 +129,19 @@ mod tests {
             Err(UdsError::NotASocket { .. })
         ));
         assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
+    }
+
+    #[tokio::test]
+    async fn a_long_socket_name_near_the_sun_path_limit_binds() {
+        // The kubelet's plugins_registry/<driver>-reg.sock names are long;
+        // staging must not add the name twice.
+        let dir = tempfile::tempdir().unwrap();
+        let budget = 100 - dir.path().as_os_str().len() - 1;
+        let name = format!("{}-reg.sock", "d".repeat(budget - "-reg.sock".len()));
+        let path = dir.path().join(name);
+        assert_eq!(path.as_os_str().len(), 100);
+        let listener = bind_unix_listener(&path, 0o600).unwrap();
+        let _client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let _ = listener.accept().await.unwrap();
     }
 }

@@ -1,14 +1,14 @@
-//! Accepting grpc C-core clients on the Workload API socket.
+//! Accepting every gRPC client on a unix socket.
 //!
-//! gRPC's C core (grpcio for Python, hence py-spiffe; C++; Ruby) names a
-//! unix-socket channel by its percent-encoded path and sends that as the
-//! HTTP/2 `:authority` (`%2Frun%2Fsignet%2Fagent.sock`). The HTTP/2 server
-//! under tonic parses `:authority` as a URI authority, where `%` may not
-//! appear in a host, and resets every such stream, so those clients could
-//! not call the agent at all. The authority means nothing on a unix socket
-//! (SPIRE's Go server ignores it), so this layer sits between the socket and
-//! the HTTP/2 server and replaces an `:authority` that is not a valid URI
-//! authority with `localhost`, which go-spiffe sends anyway.
+//! gRPC clients name a unix-socket channel by its path and many send that
+//! as the HTTP/2 `:authority`: grpc's C core (grpcio, hence py-spiffe)
+//! percent-encoded (`%2Frun%2Fsignet%2Fagent.sock`), grpc-go dialers such as
+//! the kubelet's plugin and CSI clients as the bare path. The HTTP/2 server
+//! under tonic parses `:authority` as a URI authority and resets every such
+//! stream, so those clients could not call a tonic server at all. The
+//! authority means nothing on a unix socket (Go servers ignore it), so this
+//! layer sits between the socket and the HTTP/2 server and replaces an
+//! `:authority` that is not a valid URI authority with `localhost`.
 //!
 //! It reads the client's frames, passes everything but header blocks
 //! through unchanged, decodes each header block with the client's HPACK
@@ -17,9 +17,17 @@
 //! cannot parse is passed through as it is, for the server to reject.
 
 use std::borrow::Cow;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, BytesMut};
 use loona_hpack::Decoder;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::server::Connected;
 
 /// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`, the client connection preface.
 const PREFACE_LEN: usize = 24;
@@ -296,12 +304,105 @@ fn encode_length(out: &mut Vec<u8>, mut length: usize) {
 }
 
 /// Drains `rewriter`'s output into `buf`, returning how many bytes moved.
-pub fn drain_into(rewriter: &mut AuthorityRewriter, buf: &mut tokio::io::ReadBuf<'_>) -> usize {
+pub fn drain_into(rewriter: &mut AuthorityRewriter, buf: &mut ReadBuf<'_>) -> usize {
     let output = rewriter.output();
     let n = output.len().min(buf.remaining());
     buf.put_slice(&output[..n]);
     output.advance(n);
     n
+}
+
+/// Reads from `inner` through `rewriter` (the body of an `AsyncRead` for a
+/// stream wrapper).
+pub fn poll_read_rewritten<S: AsyncRead + Unpin>(
+    inner: &mut S,
+    rewriter: &mut AuthorityRewriter,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    loop {
+        if drain_into(rewriter, buf) > 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let mut chunk = [0u8; 8192];
+        let mut read = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut *inner).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Ok(())),
+            Poll::Ready(Ok(())) => rewriter.feed(read.filled()),
+            other => return other,
+        }
+    }
+}
+
+/// A unix connection whose inbound HTTP/2 goes through [`AuthorityRewriter`].
+pub struct FixedAuthority {
+    stream: UnixStream,
+    rewriter: AuthorityRewriter,
+}
+
+impl FixedAuthority {
+    pub fn new(stream: UnixStream) -> Self {
+        Self {
+            stream,
+            rewriter: AuthorityRewriter::new(),
+        }
+    }
+}
+
+/// Accepted connections of `listener`, for tonic's `serve_with_incoming`.
+pub fn unix_incoming(
+    listener: UnixListener,
+) -> impl Stream<Item = io::Result<FixedAuthority>> + Send + 'static {
+    UnixListenerStream::new(listener).map(|accepted| accepted.map(FixedAuthority::new))
+}
+
+impl Connected for FixedAuthority {
+    type ConnectInfo = <UnixStream as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for FixedAuthority {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        poll_read_rewritten(&mut this.stream, &mut this.rewriter, cx, buf)
+    }
+}
+
+impl AsyncWrite for FixedAuthority {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
 }
 
 #[cfg(test)]
