@@ -8,18 +8,14 @@
 //! cannot be mistaken for the one that connected.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
 use signet_proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use signet_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
-use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 
 use crate::attest::procfs::{ProcError, ProcRoot, ProcessHandle};
@@ -31,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::policy_watch::AgentPolicy;
 use crate::sds::SdsService;
 use crate::workload_api::WorkloadApiService;
-use signet_runtime::h2_authority::{AuthorityRewriter, poll_read_rewritten};
+use signet_runtime::h2_authority::FixedAuthority;
 
 /// Why a Workload API or SDS call failed. The one place where failures
 /// become gRPC codes, following the Workload API specification and SPIRE.
@@ -114,84 +110,28 @@ pub struct PeerInfo {
 }
 
 /// An accepted unix connection carrying its [`PeerInfo`] into every request.
-pub struct PeerStream {
-    stream: UnixStream,
-    info: PeerInfo,
-    /// Fixes grpc C-core's unix-socket `:authority` on the way in.
-    inbound: AuthorityRewriter,
-}
+pub type PeerStream = FixedAuthority<PeerInfo>;
 
-impl PeerStream {
-    pub fn accept(stream: UnixStream, proc_root: &ProcRoot) -> Self {
-        let credentials = stream.peer_cred().ok().and_then(|cred| {
-            Some(PeerCredentials {
-                pid: u32::try_from(cred.pid()?).ok()?,
-                uid: cred.uid(),
-                gid: cred.gid(),
-            })
-        });
-        let process = match credentials {
-            Some(peer) => proc_root.open(peer.pid).map(Arc::new).map_err(Arc::new),
-            None => Err(Arc::new(ProcError::Gone { pid: 0 })),
-        };
-        Self {
-            stream,
-            info: PeerInfo {
-                credentials,
-                process,
-            },
-            inbound: AuthorityRewriter::new(),
-        }
-    }
-}
-
-impl Connected for PeerStream {
-    type ConnectInfo = PeerInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for PeerStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        poll_read_rewritten(&mut this.stream, &mut this.inbound, cx, buf)
-    }
-}
-
-impl AsyncWrite for PeerStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
+/// Reads the caller's credentials and opens its process, once, at accept time.
+pub fn accept_peer(stream: UnixStream, proc_root: &ProcRoot) -> PeerStream {
+    let credentials = stream.peer_cred().ok().and_then(|cred| {
+        Some(PeerCredentials {
+            pid: u32::try_from(cred.pid()?).ok()?,
+            uid: cred.uid(),
+            gid: cred.gid(),
+        })
+    });
+    let process = match credentials {
+        Some(peer) => proc_root.open(peer.pid).map(Arc::new).map_err(Arc::new),
+        None => Err(Arc::new(ProcError::Gone { pid: 0 })),
+    };
+    FixedAuthority::with_info(
+        stream,
+        PeerInfo {
+            credentials,
+            process,
+        },
+    )
 }
 
 /// Accepted connections for `serve_with_incoming`. Accept errors (e.g. out
@@ -204,7 +144,7 @@ pub fn incoming(
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    let accepted = PeerStream::accept(stream, &proc_root);
+                    let accepted = accept_peer(stream, &proc_root);
                     return Some((Ok(accepted), (listener, proc_root)));
                 }
                 Err(error) => {

@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::server::Connected;
+use tonic::transport::server::{Connected, UdsConnectInfo};
 
 /// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`, the client connection preface.
 const PREFACE_LEN: usize = 24;
@@ -304,7 +304,7 @@ fn encode_length(out: &mut Vec<u8>, mut length: usize) {
 }
 
 /// Drains `rewriter`'s output into `buf`, returning how many bytes moved.
-pub fn drain_into(rewriter: &mut AuthorityRewriter, buf: &mut ReadBuf<'_>) -> usize {
+fn drain_into(rewriter: &mut AuthorityRewriter, buf: &mut ReadBuf<'_>) -> usize {
     let output = rewriter.output();
     let n = output.len().min(buf.remaining());
     buf.put_slice(&output[..n]);
@@ -314,7 +314,7 @@ pub fn drain_into(rewriter: &mut AuthorityRewriter, buf: &mut ReadBuf<'_>) -> us
 
 /// Reads from `inner` through `rewriter` (the body of an `AsyncRead` for a
 /// stream wrapper).
-pub fn poll_read_rewritten<S: AsyncRead + Unpin>(
+fn poll_read_rewritten<S: AsyncRead + Unpin>(
     inner: &mut S,
     rewriter: &mut AuthorityRewriter,
     cx: &mut Context<'_>,
@@ -334,18 +334,33 @@ pub fn poll_read_rewritten<S: AsyncRead + Unpin>(
     }
 }
 
-/// A unix connection whose inbound HTTP/2 goes through [`AuthorityRewriter`].
-pub struct FixedAuthority {
+/// A unix connection whose inbound HTTP/2 goes through [`AuthorityRewriter`],
+/// carrying `info` into every request (tonic's `Connected`).
+pub struct FixedAuthority<I = UdsConnectInfo> {
     stream: UnixStream,
     rewriter: AuthorityRewriter,
+    info: I,
 }
 
-impl FixedAuthority {
-    pub fn new(stream: UnixStream) -> Self {
+impl<I> FixedAuthority<I> {
+    pub fn with_info(stream: UnixStream, info: I) -> Self {
         Self {
             stream,
             rewriter: AuthorityRewriter::new(),
+            info,
         }
+    }
+
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+}
+
+impl FixedAuthority {
+    /// With tonic's own connect info for unix sockets.
+    pub fn new(stream: UnixStream) -> Self {
+        let info = stream.connect_info();
+        Self::with_info(stream, info)
     }
 }
 
@@ -356,15 +371,15 @@ pub fn unix_incoming(
     UnixListenerStream::new(listener).map(|accepted| accepted.map(FixedAuthority::new))
 }
 
-impl Connected for FixedAuthority {
-    type ConnectInfo = <UnixStream as Connected>::ConnectInfo;
+impl<I: Clone + Send + Sync + 'static> Connected for FixedAuthority<I> {
+    type ConnectInfo = I;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.info.clone()
     }
 }
 
-impl AsyncRead for FixedAuthority {
+impl<I: Unpin> AsyncRead for FixedAuthority<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -375,7 +390,7 @@ impl AsyncRead for FixedAuthority {
     }
 }
 
-impl AsyncWrite for FixedAuthority {
+impl<I: Unpin> AsyncWrite for FixedAuthority<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
