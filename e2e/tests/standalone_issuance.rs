@@ -166,3 +166,53 @@ fn a_bad_join_token_is_refused_and_the_agent_says_why() {
     );
     stack.stop_operator();
 }
+
+/// `GET path` on the operator's admin endpoint over plain HTTP/1.1.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_reports_health_and_counts_issuances_and_denials() {
+    let uid = current_uid();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut stack = Stack::operator_only_with_config(&uid_policy("web", uid), |_| {
+        format!("metrics_listen: 127.0.0.1:{metrics_port}\n")
+    });
+    stack.start_agent();
+    assert!(http_get(metrics_port, "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(http_get(metrics_port, "/readyz").starts_with("HTTP/1.1 200"));
+
+    let client = WorkloadApiClient::connect_to(stack.endpoint())
+        .await
+        .unwrap();
+    client.fetch_x509_svid().await.unwrap();
+    client.fetch_jwt_token(["metrics"], None).await.unwrap();
+
+    let metrics = http_get(metrics_port, "/metrics");
+    for expected in [
+        r#"signet_operator_svids_issued_total{kind="x509",workload_identity="web"} 1"#,
+        r#"signet_operator_svids_issued_total{kind="jwt",workload_identity="web"} 1"#,
+        "signet_operator_agents_watching 1",
+        "signet_operator_bundle_sequence ",
+        "signet_operator_policy_version ",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from:\n{metrics}"
+        );
+    }
+}
