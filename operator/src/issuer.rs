@@ -30,6 +30,9 @@ use crate::policy_source::PolicyState;
 
 /// Requests per batch; more is refused so one agent cannot monopolise the issuer.
 pub const MAX_BATCH: usize = 500;
+/// A refused request and the attributes it was decided on (for the audit).
+type Refusal = (pb::Denial, BTreeMap<String, String>);
+
 /// Audit message of an agent SVID renewal (event `agent.renewed`).
 const RENEWAL: &str = "renewal";
 /// Audiences per JWT-SVID.
@@ -301,6 +304,133 @@ impl IssuerService {
         event
     }
 
+    /// Decides and signs one X.509-SVID request; a refusal carries the
+    /// attributes it was decided on, for the audit event.
+    async fn sign_one_x509(
+        &self,
+        agent: &AgentRecord,
+        item: &pb::X509SvidRequest,
+        policy: &PolicyState,
+    ) -> Result<pb::X509Svid, Refusal> {
+        let name = item.workload_identity.as_str();
+        let (issuable, attributes) = self
+            .decide(agent, item.workload.as_ref(), name, policy)
+            .await?;
+        let params = X509SvidParams {
+            spiffe_id: issuable.spiffe_id.clone(),
+            dns_sans: issuable.x509.dns_sans.clone(),
+            ip_sans: issuable.x509.ip_sans.clone(),
+            subject: subject_of(&issuable),
+            ttl: issuable.x509.ttl,
+        };
+        let now = self.inner.clock.now();
+        let svid = match self
+            .inner
+            .authority
+            .mint_x509_from_csr(&params, &item.csr, now)
+        {
+            Ok(svid) => svid,
+            Err(error) => {
+                return Err((denial("invalid_csr", error.to_string(), false), attributes));
+            }
+        };
+        let mut event = self.base_event(
+            CredentialKind::X509Svid,
+            Outcome::Issued,
+            agent,
+            &attributes,
+            name,
+            policy.version,
+        );
+        event.spiffe_id = Some(svid.spiffe_id.to_string());
+        event.dns_sans = params.dns_sans.clone();
+        event.ip_sans = params.ip_sans.iter().map(ToString::to_string).collect();
+        event.serial = Some(svid.serial.clone());
+        event.ttl_seconds = Some(seconds_between(svid.not_before, svid.not_after));
+        event.expires_at = Some(rfc3339(svid.not_after));
+        self.inner.audit.record(event);
+        self.inner.metrics.issued("x509", name);
+        Ok(pb::X509Svid {
+            workload_identity: name.to_owned(),
+            spiffe_id: svid.spiffe_id.to_string(),
+            cert_chain: svid.cert_chain.iter().map(|c| c.to_vec()).collect(),
+            hint: issuable.hint.clone().unwrap_or_default(),
+            expires_at_unix: unix_seconds(svid.not_after),
+            federates_with: issuable
+                .federates_with
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            serial: svid.serial,
+        })
+    }
+
+    /// Decides and signs one JWT-SVID request (see [`Self::sign_one_x509`]).
+    async fn sign_one_jwt(
+        &self,
+        agent: &AgentRecord,
+        item: &pb::JwtSvidRequest,
+        policy: &PolicyState,
+    ) -> Result<pb::JwtSvid, Refusal> {
+        let name = item.workload_identity.as_str();
+        let audiences_ok = !item.audience.is_empty()
+            && item.audience.len() <= MAX_AUDIENCES
+            && item.audience.iter().all(|a| !a.is_empty());
+        if !audiences_ok {
+            return Err((
+                denial(
+                    "invalid_request",
+                    format!("1 to {MAX_AUDIENCES} non-empty audiences are required"),
+                    false,
+                ),
+                BTreeMap::new(),
+            ));
+        }
+        let (issuable, attributes) = self
+            .decide(agent, item.workload.as_ref(), name, policy)
+            .await?;
+        let now = self.inner.clock.now();
+        let minted = self.inner.authority.mint_jwt(
+            &issuable.spiffe_id,
+            &item.audience,
+            issuable.jwt.ttl,
+            &issuable.jwt.extra_claims,
+            now,
+        );
+        let jwt = match minted {
+            Ok(jwt) => jwt,
+            Err(error) => {
+                return Err((
+                    denial("signing_failed", error.to_string(), true),
+                    attributes,
+                ));
+            }
+        };
+        let mut event = self.base_event(
+            CredentialKind::JwtSvid,
+            Outcome::Issued,
+            agent,
+            &attributes,
+            name,
+            policy.version,
+        );
+        event.spiffe_id = Some(jwt.spiffe_id.to_string());
+        event.jwt_id = Some(jwt.jti.clone());
+        event.audiences = item.audience.clone();
+        event.ttl_seconds = Some(seconds_between(jwt.issued_at, jwt.expiry));
+        event.expires_at = Some(rfc3339(jwt.expiry));
+        self.inner.audit.record(event);
+        self.inner.metrics.issued("jwt", name);
+        Ok(pb::JwtSvid {
+            workload_identity: name.to_owned(),
+            spiffe_id: jwt.spiffe_id.to_string(),
+            token: jwt.token,
+            hint: issuable.hint.clone().unwrap_or_default(),
+            expires_at_unix: unix_seconds(jwt.expiry),
+            jti: jwt.jti,
+        })
+    }
+
     fn deny(
         &self,
         kind: CredentialKind,
@@ -339,8 +469,7 @@ impl IssuerService {
         workload: Option<&pb::Workload>,
         workload_identity: &str,
         policy: &PolicyState,
-    ) -> Result<(IssuableIdentity, BTreeMap<String, String>), (pb::Denial, BTreeMap<String, String>)>
-    {
+    ) -> Result<(IssuableIdentity, BTreeMap<String, String>), Refusal> {
         let empty = pb::Workload::default();
         let workload = workload.unwrap_or(&empty);
         let reported: BTreeMap<String, String> = workload
@@ -504,6 +633,7 @@ impl Issuer for IssuerService {
         &self,
         request: Request<pb::SignX509SvidsRequest>,
     ) -> Result<Response<pb::SignX509SvidsResponse>, Status> {
+        use pb::x509_svid_result::Result as Outcome_;
         let agent = self.caller(&request)?;
         let batch = request.into_inner().requests;
         if batch.len() > MAX_BATCH {
@@ -512,88 +642,19 @@ impl Issuer for IssuerService {
         let policy = self.inner.policy.borrow().clone();
         let mut results = Vec::with_capacity(batch.len());
         for item in &batch {
-            use pb::x509_svid_result::Result as Outcome_;
-            let name = item.workload_identity.as_str();
-            let decided = self
-                .decide(&agent, item.workload.as_ref(), name, &policy)
-                .await;
-            let (issuable, attributes) = match decided {
-                Ok(decided) => decided,
-                Err((refusal, attributes)) => {
-                    let refusal = self.deny(
-                        CredentialKind::X509Svid,
-                        &agent,
-                        &attributes,
-                        name,
-                        policy.version,
-                        refusal,
-                    );
-                    results.push(pb::X509SvidResult {
-                        result: Some(Outcome_::Denial(refusal)),
-                    });
-                    continue;
-                }
+            let result = match self.sign_one_x509(&agent, item, &policy).await {
+                Ok(svid) => Outcome_::Svid(svid),
+                Err((refusal, attributes)) => Outcome_::Denial(self.deny(
+                    CredentialKind::X509Svid,
+                    &agent,
+                    &attributes,
+                    &item.workload_identity,
+                    policy.version,
+                    refusal,
+                )),
             };
-            let params = X509SvidParams {
-                spiffe_id: issuable.spiffe_id.clone(),
-                dns_sans: issuable.x509.dns_sans.clone(),
-                ip_sans: issuable.x509.ip_sans.clone(),
-                subject: subject_of(&issuable),
-                ttl: issuable.x509.ttl,
-            };
-            let now = self.inner.clock.now();
-            let svid = match self
-                .inner
-                .authority
-                .mint_x509_from_csr(&params, &item.csr, now)
-            {
-                Ok(svid) => svid,
-                Err(error) => {
-                    let refusal = denial("invalid_csr", error.to_string(), false);
-                    let refusal = self.deny(
-                        CredentialKind::X509Svid,
-                        &agent,
-                        &attributes,
-                        name,
-                        policy.version,
-                        refusal,
-                    );
-                    results.push(pb::X509SvidResult {
-                        result: Some(Outcome_::Denial(refusal)),
-                    });
-                    continue;
-                }
-            };
-            let mut event = self.base_event(
-                CredentialKind::X509Svid,
-                Outcome::Issued,
-                &agent,
-                &attributes,
-                name,
-                policy.version,
-            );
-            event.spiffe_id = Some(svid.spiffe_id.to_string());
-            event.dns_sans = params.dns_sans.clone();
-            event.ip_sans = params.ip_sans.iter().map(ToString::to_string).collect();
-            event.serial = Some(svid.serial.clone());
-            event.ttl_seconds = Some(seconds_between(svid.not_before, svid.not_after));
-            event.expires_at = Some(rfc3339(svid.not_after));
-            self.inner.audit.record(event);
-            self.inner.metrics.issued("x509", name);
             results.push(pb::X509SvidResult {
-                result: Some(Outcome_::Svid(pb::X509Svid {
-                    workload_identity: name.to_owned(),
-                    spiffe_id: svid.spiffe_id.to_string(),
-                    cert_chain: svid.cert_chain.iter().map(|c| c.to_vec()).collect(),
-                    hint: issuable.hint.clone().unwrap_or_default(),
-                    expires_at_unix: unix_seconds(svid.not_after),
-                    federates_with: issuable
-                        .federates_with
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect(),
-                    serial: svid.serial,
-                })),
+                result: Some(result),
             });
         }
         Ok(Response::new(pb::SignX509SvidsResponse { results }))
@@ -603,6 +664,7 @@ impl Issuer for IssuerService {
         &self,
         request: Request<pb::SignJwtSvidsRequest>,
     ) -> Result<Response<pb::SignJwtSvidsResponse>, Status> {
+        use pb::jwt_svid_result::Result as Outcome_;
         let agent = self.caller(&request)?;
         let batch = request.into_inner().requests;
         if batch.len() > MAX_BATCH {
@@ -611,91 +673,19 @@ impl Issuer for IssuerService {
         let policy = self.inner.policy.borrow().clone();
         let mut results = Vec::with_capacity(batch.len());
         for item in &batch {
-            use pb::jwt_svid_result::Result as Outcome_;
-            let name = item.workload_identity.as_str();
-            let audiences_ok = !item.audience.is_empty()
-                && item.audience.len() <= MAX_AUDIENCES
-                && item.audience.iter().all(|a| !a.is_empty());
-            let decided = if audiences_ok {
-                self.decide(&agent, item.workload.as_ref(), name, &policy)
-                    .await
-            } else {
-                Err((
-                    denial(
-                        "invalid_request",
-                        format!("1 to {MAX_AUDIENCES} non-empty audiences are required"),
-                        false,
-                    ),
-                    BTreeMap::new(),
-                ))
+            let result = match self.sign_one_jwt(&agent, item, &policy).await {
+                Ok(svid) => Outcome_::Svid(svid),
+                Err((refusal, attributes)) => Outcome_::Denial(self.deny(
+                    CredentialKind::JwtSvid,
+                    &agent,
+                    &attributes,
+                    &item.workload_identity,
+                    policy.version,
+                    refusal,
+                )),
             };
-            let (issuable, attributes) = match decided {
-                Ok(decided) => decided,
-                Err((refusal, attributes)) => {
-                    let refusal = self.deny(
-                        CredentialKind::JwtSvid,
-                        &agent,
-                        &attributes,
-                        name,
-                        policy.version,
-                        refusal,
-                    );
-                    results.push(pb::JwtSvidResult {
-                        result: Some(Outcome_::Denial(refusal)),
-                    });
-                    continue;
-                }
-            };
-            let now = self.inner.clock.now();
-            let minted = self.inner.authority.mint_jwt(
-                &issuable.spiffe_id,
-                &item.audience,
-                issuable.jwt.ttl,
-                &issuable.jwt.extra_claims,
-                now,
-            );
-            let jwt = match minted {
-                Ok(jwt) => jwt,
-                Err(error) => {
-                    let refusal = denial("signing_failed", error.to_string(), true);
-                    let refusal = self.deny(
-                        CredentialKind::JwtSvid,
-                        &agent,
-                        &attributes,
-                        name,
-                        policy.version,
-                        refusal,
-                    );
-                    results.push(pb::JwtSvidResult {
-                        result: Some(Outcome_::Denial(refusal)),
-                    });
-                    continue;
-                }
-            };
-            let mut event = self.base_event(
-                CredentialKind::JwtSvid,
-                Outcome::Issued,
-                &agent,
-                &attributes,
-                name,
-                policy.version,
-            );
-            event.spiffe_id = Some(jwt.spiffe_id.to_string());
-            event.jwt_id = Some(jwt.jti.clone());
-            event.audiences = item.audience.clone();
-            event.ttl_seconds = Some(seconds_between(jwt.issued_at, jwt.expiry));
-            event.expires_at = Some(rfc3339(jwt.expiry));
-            self.inner.audit.record(event);
-            self.inner.metrics.issued("jwt", name);
             results.push(pb::JwtSvidResult {
-                result: Some(Outcome_::Svid(pb::JwtSvid {
-                    workload_identity: name.to_owned(),
-                    spiffe_id: jwt.spiffe_id.to_string(),
-                    token: jwt.token,
-                    hint: issuable.hint.clone().unwrap_or_default(),
-                    expires_at_unix: unix_seconds(jwt.expiry),
-                    jti: jwt.jti,
-                })),
+                result: Some(result),
             });
         }
         Ok(Response::new(pb::SignJwtSvidsResponse { results }))
