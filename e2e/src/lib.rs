@@ -1,4 +1,5 @@
 //! End-to-end tests: a real standalone stack of Signet processes, and (in
 //! `e2e/cluster`) a real single-node Kubernetes cluster.
 
+pub mod cluster;
 pub mod standalone;

@@ -6,7 +6,7 @@
 //! The binaries come from the workspace's target directory; `make test`
 //! builds them first (`cargo build --bins`).
 
-use std::net::TcpListener;
+use crate::cluster::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -48,19 +48,22 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// Waits for `ready` to hold, polling a process's side effect (a file, a
 /// socket) that no event announces across process boundaries.
-pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, timeout: Duration, ready: impl FnMut() -> bool) {
+    wait_until_every(what, timeout, Duration::from_millis(20), ready)
+}
+
+/// [`wait_until`] for checks too costly to run every 20 ms (kubectl).
+pub fn wait_until_every(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut ready: impl FnMut() -> bool,
+) {
     let deadline = Instant::now() + timeout;
     while !ready() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(interval);
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(18443)
 }
 
 /// A running process that is stopped (SIGTERM, then SIGKILL) when dropped.
@@ -71,7 +74,8 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &'static str, mut command: Command, log: PathBuf) -> Self {
+    /// Starts `command` with its stderr appended to `log`.
+    pub fn spawn(name: &'static str, mut command: Command, log: PathBuf) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -95,6 +99,12 @@ impl Process {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: a crash, with no chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM, then SIGKILL after five seconds.
@@ -127,6 +137,20 @@ impl Drop for Process {
             eprintln!("----- {} log -----\n{}", self.name, self.log());
         }
     }
+}
+
+/// `GET path` on 127.0.0.1:`port` over plain HTTP/1.1; the whole response.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut response = String::new();
+    if stream.write_all(request.as_bytes()).is_ok() {
+        let _ = stream.read_to_string(&mut response);
+    }
+    response
 }
 
 /// An operator and (optionally) an agent, with their directories.

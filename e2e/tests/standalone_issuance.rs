@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use signet_e2e::standalone::{Stack, current_uid, uid_policy};
+use signet_e2e::standalone::{Stack, current_uid, http_get, uid_policy};
 use spiffe::WorkloadApiClient;
 
 fn td() -> spiffe::TrustDomain {
@@ -165,20 +165,6 @@ fn a_bad_join_token_is_refused_and_the_agent_says_why() {
         stack.audit_events()
     );
     stack.stop_operator();
-}
-
-/// `GET path` on the operator's admin endpoint over plain HTTP/1.1.
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 #[tokio::test(flavor = "multi_thread")]
