@@ -165,9 +165,23 @@ impl Authority {
             }
             None => {
                 let keyset = CaKeyset::new(config.clone(), now)?;
-                store.save(keyset.to_state_json()?).await?;
-                tracing::info!(trust_domain = %config.trust_domain, "created a new CA keyset");
-                keyset
+                match store.save(keyset.to_state_json()?).await {
+                    Ok(()) => {
+                        tracing::info!(trust_domain = %config.trust_domain, "created a new CA keyset");
+                        keyset
+                    }
+                    // Another replica created it first: use theirs, so the
+                    // trust domain has exactly one CA.
+                    Err(StoreError::Conflict) => {
+                        let state = store.load().await?.ok_or(StoreError::Conflict)?;
+                        tracing::info!(
+                            trust_domain = %config.trust_domain,
+                            "another replica created the CA keyset first; using it"
+                        );
+                        CaKeyset::from_state_json(config.clone(), &state)?
+                    }
+                    Err(error) => return Err(error.into()),
+                }
             }
         };
         let published = PublishedBundle::new(keyset.bundle(now))?;
@@ -230,21 +244,65 @@ impl Authority {
             CaKeyset::from_state_json(keyset.config().clone(), &keyset.to_state_json()?)?
         };
         let events = candidate.rotate(now)?;
-        let bundle = candidate.bundle(now);
-        let bundle_changed = bundle != self.bundle.borrow().bundle;
-        if events.is_empty() && !bundle_changed {
-            return Ok(events);
-        }
         if !events.is_empty() {
-            self.store.save(candidate.to_state_json()?).await?;
-            for event in &events {
-                tracing::info!(?event, "CA rotation");
+            match self.store.save(candidate.to_state_json()?).await {
+                Ok(()) => {
+                    for event in &events {
+                        tracing::info!(?event, "CA rotation");
+                    }
+                }
+                // Someone else (a former leader) rotated meanwhile: theirs
+                // is the state agents may already trust.
+                Err(StoreError::Conflict) => {
+                    self.reload(now).await?;
+                    return Ok(Vec::new());
+                }
+                Err(error) => return Err(error.into()),
             }
         }
-        *self.write() = candidate;
-        let published = PublishedBundle::new(bundle)?;
-        self.bundle.send_replace(Arc::new(published));
+        self.install(candidate, now)?;
         Ok(events)
+    }
+
+    /// Replaces the keyset in use and publishes its bundle if it changed.
+    fn install(&self, keyset: CaKeyset, now: SystemTime) -> Result<(), AuthorityServiceError> {
+        *self.write() = keyset;
+        self.publish_bundle(now)
+    }
+
+    /// Publishes the keyset's bundle as of `now` if it changed (expired
+    /// authorities leave it on schedule).
+    fn publish_bundle(&self, now: SystemTime) -> Result<(), AuthorityServiceError> {
+        let bundle = self.read().bundle(now);
+        if bundle != self.bundle.borrow().bundle {
+            let published = PublishedBundle::new(bundle)?;
+            self.bundle.send_replace(Arc::new(published));
+        }
+        Ok(())
+    }
+
+    /// Adopts the stored state when another writer changed it (replicas
+    /// that do not rotate follow the leader this way). Returns true when
+    /// the keyset changed.
+    pub async fn reload(&self, now: SystemTime) -> Result<bool, AuthorityServiceError> {
+        let Some(state) = self.store.load().await? else {
+            return Ok(false);
+        };
+        let (config, current) = {
+            let keyset = self.read();
+            (keyset.config().clone(), keyset.to_state_json()?)
+        };
+        if *state == *current {
+            self.publish_bundle(now)?;
+            return Ok(false);
+        }
+        let keyset = CaKeyset::from_state_json(config, &state)?;
+        let active_changed = keyset.active_x509().map(|ca| ca.key_id_hex())
+            != self.read().active_x509().map(|ca| ca.key_id_hex());
+        tracing::info!(sequence = keyset.sequence(), "adopted the stored CA keyset");
+        self.install(keyset, now)?;
+        self.refresh_issuer_svid(now, active_changed)?;
+        Ok(true)
     }
 
     /// Mints the issuer's SVID again when it passed half-life or the active
@@ -303,11 +361,35 @@ impl Authority {
 
     /// Runs the schedule every `interval` until the task is dropped.
     pub async fn run(self: Arc<Self>, clock: Clock, interval: Duration) {
+        let (_always, leading) = watch::channel(true);
+        self.run_with_leader(clock, interval, leading).await
+    }
+
+    /// Runs the schedule while `leading` is true; otherwise follows the
+    /// store, where the leader saves every rotation before using it.
+    pub async fn run_with_leader(
+        self: Arc<Self>,
+        clock: Clock,
+        interval: Duration,
+        leading: watch::Receiver<bool>,
+    ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            if let Err(error) = self.tick(clock.now()).await {
+            let now = clock.now();
+            let result = if *leading.borrow() {
+                // A new leader first adopts what the previous one saved.
+                match self.reload(now).await {
+                    Ok(_) => self.tick(now).await,
+                    Err(error) => Err(error),
+                }
+            } else {
+                self.reload(now)
+                    .await
+                    .and_then(|_| self.refresh_issuer_svid(now, false))
+            };
+            if let Err(error) = result {
                 tracing::error!(%error, "CA rotation step failed; retrying next tick");
             }
         }
@@ -437,5 +519,93 @@ mod tests {
             later,
         )
         .unwrap();
+    }
+
+    /// A store with Kubernetes semantics: each handle remembers the version
+    /// it last read or wrote, and a write from a stale handle conflicts.
+    struct SharedStore {
+        shared: Arc<std::sync::Mutex<(Option<String>, u64)>>,
+        seen: std::sync::Mutex<u64>,
+    }
+
+    impl SharedStore {
+        fn handle(shared: &Arc<std::sync::Mutex<(Option<String>, u64)>>) -> Arc<dyn KeysetStore> {
+            Arc::new(Self {
+                shared: shared.clone(),
+                seen: std::sync::Mutex::new(0),
+            })
+        }
+    }
+
+    impl KeysetStore for SharedStore {
+        fn load(&self) -> BoxFuture<'_, Result<Option<Zeroizing<String>>, StoreError>> {
+            Box::pin(async move {
+                let shared = self.shared.lock().unwrap();
+                *self.seen.lock().unwrap() = shared.1;
+                Ok(shared.0.clone().map(Zeroizing::new))
+            })
+        }
+
+        fn save(&self, state: Zeroizing<String>) -> BoxFuture<'_, Result<(), StoreError>> {
+            Box::pin(async move {
+                let mut shared = self.shared.lock().unwrap();
+                let mut seen = self.seen.lock().unwrap();
+                if shared.1 != *seen {
+                    return Err(StoreError::Conflict);
+                }
+                shared.0 = Some(state.to_string());
+                shared.1 += 1;
+                *seen = shared.1;
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn replicas_share_one_ca_and_follow_the_leaders_rotation() {
+        let shared = Arc::new(std::sync::Mutex::new((None, 0)));
+        let start = SystemTime::now();
+        // Both start before either saved: the second one's create conflicts
+        // and it adopts the first one's CA.
+        let store_a = SharedStore::handle(&shared);
+        let store_b = SharedStore::handle(&shared);
+        assert!(store_a.load().await.unwrap().is_none());
+        assert!(store_b.load().await.unwrap().is_none());
+        let a = Authority::load_or_create(config(), store_a, IssuerNames::default(), start)
+            .await
+            .unwrap();
+        let b = Authority::load_or_create(config(), store_b, IssuerNames::default(), start)
+            .await
+            .unwrap();
+        assert_eq!(
+            a.current_bundle().bundle.x509_authorities,
+            b.current_bundle().bundle.x509_authorities,
+            "one CA for both replicas"
+        );
+
+        // The leader rotates; the follower adopts it on its next reload.
+        let later = start + Duration::from_secs(3 * 3600 + 60);
+        a.tick(later).await.unwrap();
+        assert_eq!(a.current_bundle().bundle.x509_authorities.len(), 2);
+        assert!(b.reload(later).await.unwrap());
+        assert_eq!(
+            a.current_bundle().bundle.x509_authorities,
+            b.current_bundle().bundle.x509_authorities
+        );
+
+        // A deposed leader rotating from stale state loses the race and
+        // takes the stored keyset instead of overwriting it.
+        let c_store = SharedStore::handle(&shared);
+        let stale = Authority::load_or_create(config(), c_store, IssuerNames::default(), later)
+            .await
+            .unwrap();
+        let even_later = start + Duration::from_secs(5 * 3600 + 60);
+        a.tick(even_later).await.unwrap();
+        let events = stale.rotate(even_later).await.unwrap();
+        assert!(events.is_empty(), "the stale rotation was not saved");
+        assert_eq!(
+            stale.current_bundle().bundle.x509_authorities,
+            a.current_bundle().bundle.x509_authorities
+        );
     }
 }

@@ -22,6 +22,11 @@
 //!   partner.org: /etc/signet/partner.bundle.json   # SPIFFE bundle JSON or PEM
 //! audit_log: /var/log/signet/audit.log  # or "-" for stdout
 //! metrics_listen: 127.0.0.1:9465        # /healthz /readyz /metrics (default off)
+//! oidc:                                 # OIDC discovery + JWKS for JWT-SVID consumers (default off)
+//!   listen: 0.0.0.0:8444
+//!   issuer_url: https://oidc.example.org  # also becomes ca.jwt_issuer unless that is set
+//!   tls_cert: /etc/signet/oidc/tls.crt  # without both: plain HTTP (behind a TLS-terminating proxy)
+//!   tls_key: /etc/signet/oidc/tls.key
 //! log: {format: text, level: info}
 //! ```
 
@@ -91,7 +96,24 @@ pub struct FileConfig {
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
     #[serde(default)]
+    pub oidc: Option<OidcConfig>,
+    /// Settings of `signet-operator kubernetes` only.
+    #[serde(default)]
+    pub kubernetes: Option<crate::cluster::config::KubernetesSection>,
+    #[serde(default)]
     pub log: LogConfig,
+}
+
+/// OIDC discovery (`/.well-known/openid-configuration`) and the JWKS.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    pub listen: SocketAddr,
+    pub issuer_url: String,
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -139,6 +161,7 @@ pub struct StandaloneConfig {
     /// Default: `<state_dir>/audit.log`.
     pub audit_log: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
+    pub oidc: Option<OidcConfig>,
     pub log: LogConfig,
 }
 
@@ -202,7 +225,22 @@ impl StandaloneConfig {
                 humantime::format_duration(MIN_CA_TTL)
             )));
         }
-        if let Some(issuer) = &file.ca.jwt_issuer {
+        if let Some(oidc) = &file.oidc {
+            if oidc.tls_cert.is_some() != oidc.tls_key.is_some() {
+                return Err(invalid(
+                    "oidc: set both tls_cert and tls_key, or neither".into(),
+                ));
+            }
+            crate::oidc::OidcSettings::new(&oidc.issuer_url)
+                .map_err(|e| invalid(format!("oidc.issuer_url: {e}")))?;
+        }
+        // Tokens must name the issuer their keys are discovered from.
+        let jwt_issuer = file.ca.jwt_issuer.clone().or_else(|| {
+            file.oidc
+                .as_ref()
+                .map(|o| o.issuer_url.trim_end_matches('/').to_owned())
+        });
+        if let Some(issuer) = &jwt_issuer {
             if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
                 return Err(invalid(format!(
                     "ca.jwt_issuer {issuer:?} must be an http(s) URL"
@@ -282,6 +320,7 @@ impl StandaloneConfig {
             federation,
             audit_log,
             metrics_listen: overrides.metrics_listen.or(file.metrics_listen),
+            oidc: file.oidc,
             log: file.log,
         })
     }

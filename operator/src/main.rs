@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use signet_operator::cluster::ClusterConfig;
+use signet_operator::cluster::config::KubernetesOverrides;
 use signet_operator::config::{FileConfig, Overrides, StandaloneConfig};
 use signet_operator::join::{generate_token, hash_token, validate_join_name};
 
@@ -47,6 +49,35 @@ enum Command {
         /// A single-use join token read from a file, as NAME=PATH (repeatable).
         #[arg(long = "join-token-file", value_parser = parse_name_path)]
         join_token_files: Vec<(String, PathBuf)>,
+    },
+    /// Run in a Kubernetes cluster: policy from WorkloadIdentity and Role
+    /// objects, the CA in a Secret, leader election on a Lease, agents
+    /// joining with projected service-account tokens.
+    Kubernetes {
+        /// YAML configuration file (the standalone format's shared keys
+        /// plus a `kubernetes` section); flags override its fields.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, env = "SIGNET_TRUST_DOMAIN")]
+        trust_domain: Option<String>,
+        /// The operator's namespace (Secret, ConfigMap, Lease, agents).
+        #[arg(long, env = "POD_NAMESPACE")]
+        namespace: Option<String>,
+        /// This replica's name in the leader Lease.
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Address of the issuer gRPC API.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Audit log file, or `-` for standard output (the default).
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
+        /// Address for /healthz, /readyz and /metrics.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+        /// How long a leader's Lease lasts without renewal (e.g. 15s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        lease_duration: Option<std::time::Duration>,
     },
     /// Join token helpers.
     #[command(subcommand)]
@@ -103,28 +134,46 @@ fn main() -> ExitCode {
                 metrics_listen,
                 join_token_files,
             };
-            let config = match StandaloneConfig::resolve(file, overrides) {
-                Ok(config) => config,
+            match StandaloneConfig::resolve(file, overrides) {
+                Ok(config) => launch(
+                    config.log.clone(),
+                    signet_operator::standalone::run(config, signet_runtime::shutdown::signal()),
+                ),
+                Err(error) => fail(&error.to_string()),
+            }
+        }
+        Command::Kubernetes {
+            config,
+            trust_domain,
+            namespace,
+            identity,
+            listen,
+            audit_log,
+            metrics_listen,
+            lease_duration,
+        } => {
+            let file = match config.as_deref().map(FileConfig::read).transpose() {
+                Ok(file) => file.unwrap_or_default(),
                 Err(error) => return fail(&error.to_string()),
             };
-            signet_runtime::logging::init(config.log.format, &config.log.level);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => return fail(&format!("starting the runtime: {error}")),
+            let overrides = Overrides {
+                trust_domain,
+                listen,
+                audit_log,
+                metrics_listen,
+                ..Overrides::default()
             };
-            let result = runtime.block_on(signet_operator::standalone::run(
-                config,
-                signet_runtime::shutdown::signal(),
-            ));
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    tracing::error!(%error, "signet-operator failed");
-                    fail(&error.to_string())
-                }
+            let kube = KubernetesOverrides {
+                namespace,
+                identity,
+                lease_duration,
+            };
+            match ClusterConfig::resolve(file, overrides, kube) {
+                Ok(config) => launch(
+                    config.base.log.clone(),
+                    signet_operator::cluster::run(config, signet_runtime::shutdown::signal()),
+                ),
+                Err(error) => fail(&error.to_string()),
             }
         }
         Command::Token(TokenCommand::Generate {
@@ -132,6 +181,28 @@ fn main() -> ExitCode {
             reusable,
             out,
         }) => token_generate(&name, reusable, out),
+    }
+}
+
+/// Starts logging and the runtime, and runs `service` to completion.
+fn launch<E: std::fmt::Display>(
+    log: signet_runtime::logging::LogConfig,
+    service: impl std::future::Future<Output = Result<(), E>>,
+) -> ExitCode {
+    signet_runtime::logging::init(log.format, &log.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&format!("starting the runtime: {error}")),
+    };
+    match runtime.block_on(service) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "signet-operator failed");
+            fail(&error.to_string())
+        }
     }
 }
 

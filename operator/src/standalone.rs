@@ -8,25 +8,19 @@
 //! - `bundle.pem`, `bundle.spiffe.json`, `jwks.json` (0644): the trust bundle
 //!   for agents to bootstrap from and for tools, rewritten on every change.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::registry::Registry;
-use signet_identity::BundleSet;
 use signet_runtime::clock::Clock;
-use signet_runtime::http::Readiness;
-use signet_tls::{PeerPolicy, SharedBundles, SpiffeClientVerifier, TlsIncoming};
 use tokio::sync::watch;
 
-use crate::agents::AGENT_PATH_PREFIX;
 use crate::audit::AuditLog;
 use crate::authority::{Authority, FileKeysetStore, PublishedBundle};
 use crate::config::StandaloneConfig;
 use crate::issuer::{AgentTestimony, Federation, IssuerParts, IssuerService, IssuerSettings};
 use crate::join::JoinTokens;
-use crate::metrics::Metrics;
-use crate::policy_source::{DirectorySource, PolicyState, initial_version};
+use crate::policy_source::{DirectorySource, initial_version};
+use crate::server::{IssuerServer, ServeError};
 
 /// How often the rotation schedule is checked.
 const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(10);
@@ -46,16 +40,8 @@ pub enum StandaloneError {
     JoinTokens(#[from] crate::join::JoinError),
     #[error("audit log: {0}")]
     Audit(#[from] crate::audit::AuditError),
-    #[error("TLS: {0}")]
-    Tls(#[from] rustls::Error),
-    #[error("listening on {address}: {source}")]
-    Listen {
-        address: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("issuer server: {0}")]
-    Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
 }
 
 /// Binds `config.listen` and runs until `shutdown` resolves.
@@ -63,12 +49,7 @@ pub async fn run(
     config: StandaloneConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StandaloneError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StandaloneError::Listen {
-            address: config.listen,
-            source,
-        })?;
+    let listener = crate::server::bind(config.listen).await?;
     serve(config, listener, shutdown).await
 }
 
@@ -82,27 +63,7 @@ pub async fn serve(
     signet_tls::install_default_provider();
     let clock = Clock::new();
     signet_runtime::files::ensure_private_dir(&config.state_dir, 0o700)?;
-
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    let readiness = Readiness::default();
-    let (stop, stopped) = watch::channel(false);
-
-    if let Some(address) = config.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .map_err(|source| StandaloneError::Listen { address, source })?;
-        let mut stopped = stopped.clone();
-        tokio::spawn(signet_runtime::http::serve_admin(
-            listener,
-            Arc::new(registry),
-            readiness.clone(),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        ));
-        tracing::info!(%address, "admin endpoint listening");
-    }
+    let server = IssuerServer::new(&config).await?;
 
     let store = Arc::new(FileKeysetStore::new(config.state_dir.join(KEYSET_FILE)));
     let authority = Authority::load_or_create(
@@ -112,7 +73,9 @@ pub async fn serve(
         clock.now(),
     )
     .await?;
-    publish_bundle_files(&config, &authority.current_bundle(), &metrics)?;
+    publish_bundle_files(&config, &authority.current_bundle())?;
+    tokio::spawn(follow_bundle(config.clone(), authority.bundle()));
+    tokio::spawn(authority.clone().run(clock, ROTATION_CHECK_INTERVAL));
 
     let join = Arc::new(JoinTokens::load(&config.join_tokens, &config.state_dir)?);
     let audit = Arc::new(AuditLog::open(&config.audit_log)?);
@@ -123,88 +86,47 @@ pub async fn serve(
         initial_version(),
     );
     tokio::spawn(source.run());
-    tokio::spawn(track_policy_version(policy.clone(), metrics.clone()));
-
-    // Agents' client certificates chain to our own bundle, kept current.
-    let own_bundles = SharedBundles::new(bundle_set(&authority.current_bundle()));
-    tokio::spawn(follow_bundle(
-        config.clone(),
-        authority.bundle(),
-        own_bundles.clone(),
-        metrics.clone(),
-    ));
-    tokio::spawn(authority.clone().run(clock, ROTATION_CHECK_INTERVAL));
 
     let issuer = IssuerService::new(IssuerParts {
         authority: authority.clone(),
-        policy,
+        policy: policy.clone(),
         federation: Federation {
             bundles: config.federation.clone(),
         },
         join,
         workloads: Arc::new(AgentTestimony),
         audit,
-        metrics,
+        metrics: server.metrics(),
         settings: IssuerSettings {
             agent_svid_ttl: config.agent_svid_ttl,
         },
         clock,
     });
-
-    // A client certificate is optional because Join is called before the
-    // agent has one; every other call checks for an agent SVID itself.
-    let verifier = SpiffeClientVerifier::optional(
-        own_bundles,
-        PeerPolicy::PathPrefix {
-            trust_domain: config.trust_domain.clone(),
-            prefix: AGENT_PATH_PREFIX.to_owned(),
-        },
-    );
-    let tls = signet_tls::server_config(authority.issuer_resolver(), Arc::new(verifier))?;
-    let bound = listener.local_addr().unwrap_or(config.listen);
-
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<signet_proto::issuer::v1::issuer_server::IssuerServer<IssuerService>>()
-        .await;
+    if let Some(oidc) = &config.oidc {
+        server.spawn_oidc(oidc, authority.bundle()).await?;
+    }
 
     tracing::info!(
-        address = %bound,
         trust_domain = %config.trust_domain,
         policy_dir = %config.policy_dir.display(),
         state_dir = %config.state_dir.display(),
-        "issuer listening"
+        "standalone operator starting"
     );
-    readiness.set(true);
-    let result = tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(issuer.into_server())
-        .serve_with_incoming_shutdown(TlsIncoming::new(listener, Arc::new(tls)), shutdown)
-        .await;
-    let _ = stop.send(true);
-    result?;
-    tracing::info!("issuer stopped");
+    server.readiness().set(true);
+    server
+        .serve(listener, &config, authority, policy, issuer, shutdown)
+        .await?;
     Ok(())
 }
 
-fn bundle_set(published: &PublishedBundle) -> BundleSet {
-    let mut set = BundleSet::new();
-    set.insert(published.bundle.clone());
-    set
-}
-
-/// Writes the bundle files whenever the bundle changes, and points the
-/// client verifier at the new authorities.
+/// Rewrites the bundle files whenever the bundle changes.
 async fn follow_bundle(
     config: StandaloneConfig,
     mut bundles: watch::Receiver<Arc<PublishedBundle>>,
-    shared: SharedBundles,
-    metrics: Arc<Metrics>,
 ) {
     while bundles.changed().await.is_ok() {
         let published = bundles.borrow_and_update().clone();
-        shared.replace(bundle_set(&published));
-        if let Err(error) = publish_bundle_files(&config, &published, &metrics) {
+        if let Err(error) = publish_bundle_files(&config, &published) {
             tracing::error!(%error, "writing the trust bundle files failed");
         }
     }
@@ -213,7 +135,6 @@ async fn follow_bundle(
 fn publish_bundle_files(
     config: &StandaloneConfig,
     published: &PublishedBundle,
-    metrics: &Metrics,
 ) -> Result<(), signet_runtime::files::FileError> {
     use signet_runtime::files::write_atomic;
     // Public material: readable by agents running as other users.
@@ -231,24 +152,5 @@ fn publish_bundle_files(
         &config.state_dir.join(JWKS_FILE),
         published.jwks_json.as_bytes(),
         0o644,
-    )?;
-    metrics
-        .bundle_sequence
-        .set(i64::try_from(published.bundle.sequence).unwrap_or(i64::MAX));
-    Ok(())
-}
-
-async fn track_policy_version(
-    mut policy: watch::Receiver<Arc<PolicyState>>,
-    metrics: Arc<Metrics>,
-) {
-    loop {
-        let version = policy.borrow_and_update().version;
-        metrics
-            .policy_version
-            .set(i64::try_from(version).unwrap_or(i64::MAX));
-        if policy.changed().await.is_err() {
-            return;
-        }
-    }
+    )
 }

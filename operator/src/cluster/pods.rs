@@ -1,0 +1,435 @@
+//! The issuer's own view of pods, and the workload verifier built on it.
+//!
+//! Agents name a pod by UID; everything Kubernetes says about it
+//! (namespace, service account, labels, node) comes from this cache, fed by
+//! a watch of the API server, never from the agent. Only the fields policy
+//! needs are kept, so memory stays small with tens of thousands of pods.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
+use signet_policy::Attributes;
+use signet_proto::issuer::v1 as pb;
+use tokio::sync::watch;
+
+use crate::agents::AgentRecord;
+use crate::issuer::{
+    WorkloadRejection, WorkloadVerifier, with_agent_attributes, workload_attributes_only,
+};
+
+const KUBERNETES_PREFIX: &str = "workload.kubernetes.";
+const CONTAINER_NAME: &str = "workload.kubernetes.container_name";
+const CONTAINER_IMAGE: &str = "workload.kubernetes.container_image";
+
+/// What the issuer keeps of a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodFacts {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub service_account: String,
+    /// Empty until the pod is scheduled.
+    pub node_name: String,
+    pub labels: Vec<(String, String)>,
+    /// `metadata.deletionTimestamp` is set.
+    pub terminating: bool,
+    /// Containers (init containers too) by name, with their images.
+    pub containers: Vec<(String, String)>,
+}
+
+impl PodFacts {
+    /// Trims a pod to its facts; `None` without a UID.
+    pub fn from_pod(pod: Pod) -> Option<Self> {
+        let metadata = pod.metadata;
+        let uid = metadata.uid?;
+        let spec = pod.spec.unwrap_or_default();
+        let containers = spec
+            .init_containers
+            .unwrap_or_default()
+            .into_iter()
+            .chain(spec.containers)
+            .map(|c| (c.name, c.image.unwrap_or_default()))
+            .collect();
+        let mut labels: Vec<(String, String)> =
+            metadata.labels.unwrap_or_default().into_iter().collect();
+        labels.shrink_to_fit();
+        Some(Self {
+            namespace: metadata.namespace.unwrap_or_default(),
+            name: metadata.name.unwrap_or_default(),
+            uid,
+            service_account: spec
+                .service_account_name
+                .unwrap_or_else(|| "default".to_owned()),
+            node_name: spec.node_name.unwrap_or_default(),
+            labels,
+            terminating: metadata.deletion_timestamp.is_some(),
+            containers,
+        })
+    }
+}
+
+/// Pods by UID, kept current by [`PodCache::run`].
+#[derive(Debug)]
+pub struct PodCache {
+    pods: RwLock<HashMap<String, Arc<PodFacts>>>,
+    synced: watch::Sender<bool>,
+}
+
+impl Default for PodCache {
+    fn default() -> Self {
+        Self {
+            pods: RwLock::new(HashMap::new()),
+            synced: watch::channel(false).0,
+        }
+    }
+}
+
+impl PodCache {
+    pub fn get(&self, uid: &str) -> Option<Arc<PodFacts>> {
+        self.pods.read().ok()?.get(uid).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.pods.read().map(|pods| pods.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True once the first complete list arrived.
+    pub fn synced(&self) -> watch::Receiver<bool> {
+        self.synced.subscribe()
+    }
+
+    pub fn upsert(&self, pod: Pod) {
+        if let Some(facts) = PodFacts::from_pod(pod)
+            && let Ok(mut pods) = self.pods.write()
+        {
+            pods.insert(facts.uid.clone(), Arc::new(facts));
+        }
+    }
+
+    pub fn remove(&self, pod: &Pod) {
+        if let (Some(uid), Ok(mut pods)) = (pod.metadata.uid.as_deref(), self.pods.write()) {
+            pods.remove(uid);
+        }
+    }
+
+    /// Replaces the whole cache after a (re)list.
+    pub fn replace(&self, fresh: HashMap<String, Arc<PodFacts>>) {
+        if let Ok(mut pods) = self.pods.write() {
+            *pods = fresh;
+        }
+        self.synced.send_replace(true);
+    }
+
+    /// Watches every pod until the task is dropped, reconnecting with
+    /// backoff.
+    pub async fn run(self: Arc<Self>, api: Api<Pod>) {
+        let stream = watcher(api, watcher::Config::default()).default_backoff();
+        futures::pin_mut!(stream);
+        let mut relist: HashMap<String, Arc<PodFacts>> = HashMap::new();
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::Apply(pod)) => self.upsert(pod),
+                Ok(watcher::Event::Delete(pod)) => self.remove(&pod),
+                Ok(watcher::Event::Init) => relist = HashMap::new(),
+                Ok(watcher::Event::InitApply(pod)) => {
+                    if let Some(facts) = PodFacts::from_pod(pod) {
+                        relist.insert(facts.uid.clone(), Arc::new(facts));
+                    }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let fresh = std::mem::take(&mut relist);
+                    tracing::info!(pods = fresh.len(), "pod cache synced");
+                    self.replace(fresh);
+                }
+                Err(error) => tracing::warn!(%error, "pod watch failed; retrying"),
+            }
+        }
+    }
+}
+
+fn rejection(reason: &'static str, message: String, retryable: bool) -> WorkloadRejection {
+    WorkloadRejection {
+        reason,
+        message,
+        retryable,
+    }
+}
+
+/// The pod's attributes as the issuer knows them, plus the agent's
+/// testimony about everything that is not Kubernetes.
+pub fn pod_attributes(
+    agent: &AgentRecord,
+    workload: &pb::Workload,
+    pod: &PodFacts,
+) -> Result<Attributes, WorkloadRejection> {
+    let reported = workload_attributes_only(workload)?;
+    let mut map: BTreeMap<String, String> = reported
+        .iter()
+        .filter(|(name, _)| !name.starts_with(KUBERNETES_PREFIX))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    map.insert(
+        "workload.kubernetes.namespace".into(),
+        pod.namespace.clone(),
+    );
+    map.insert("workload.kubernetes.pod_name".into(), pod.name.clone());
+    map.insert("workload.kubernetes.pod_uid".into(), pod.uid.clone());
+    map.insert(
+        "workload.kubernetes.service_account".into(),
+        pod.service_account.clone(),
+    );
+    map.insert(
+        "workload.kubernetes.node_name".into(),
+        pod.node_name.clone(),
+    );
+    for (key, value) in &pod.labels {
+        map.insert(format!("workload.kubernetes.labels.{key}"), value.clone());
+    }
+    // Which container called is the agent's testimony; it must at least be
+    // one of the pod's, and the image is the pod spec's.
+    if let Some(container) = reported.get(CONTAINER_NAME) {
+        let Some((_, image)) = pod.containers.iter().find(|(name, _)| name == container) else {
+            return Err(rejection(
+                "invalid_attributes",
+                format!(
+                    "pod {}/{} has no container {container:?}",
+                    pod.namespace, pod.name
+                ),
+                false,
+            ));
+        };
+        map.insert(CONTAINER_NAME.into(), container.clone());
+        map.insert(CONTAINER_IMAGE.into(), image.clone());
+    }
+    with_agent_attributes(map, agent)
+}
+
+/// Verifies workloads against the pod cache: the pod must exist, run on
+/// the calling agent's node and not be terminating.
+pub struct PodVerifier {
+    pods: Arc<PodCache>,
+}
+
+impl PodVerifier {
+    pub fn new(pods: Arc<PodCache>) -> Self {
+        Self { pods }
+    }
+
+    pub fn check(
+        &self,
+        agent: &AgentRecord,
+        workload: &pb::Workload,
+    ) -> Result<Attributes, WorkloadRejection> {
+        if workload.pod_uid.is_empty() {
+            // A host process on the node: the agent's testimony, but it may
+            // not claim anything about Kubernetes.
+            let reported = workload_attributes_only(workload)?;
+            if let Some(name) = reported.keys().find(|n| n.starts_with(KUBERNETES_PREFIX)) {
+                return Err(rejection(
+                    "invalid_attributes",
+                    format!("{name} needs pod_uid: Kubernetes attributes come from the API server"),
+                    false,
+                ));
+            }
+            return with_agent_attributes(reported, agent);
+        }
+        let Some(node) = agent.node_name.as_deref() else {
+            return Err(rejection(
+                "pod_not_on_node",
+                format!(
+                    "agent {} is not bound to a node and cannot vouch for pods",
+                    agent.name
+                ),
+                false,
+            ));
+        };
+        let Some(pod) = self.pods.get(&workload.pod_uid) else {
+            // The agent may have seen the pod before our watch did.
+            return Err(rejection(
+                "pod_not_found",
+                format!("no pod with UID {} (yet)", workload.pod_uid),
+                true,
+            ));
+        };
+        if pod.node_name != node {
+            return Err(rejection(
+                "pod_not_on_node",
+                format!(
+                    "pod {}/{} runs on node {:?}, not on the agent's node {node:?}",
+                    pod.namespace, pod.name, pod.node_name
+                ),
+                false,
+            ));
+        }
+        if pod.terminating {
+            return Err(rejection(
+                "pod_terminating",
+                format!("pod {}/{} is being deleted", pod.namespace, pod.name),
+                false,
+            ));
+        }
+        pod_attributes(agent, workload, &pod)
+    }
+}
+
+impl WorkloadVerifier for PodVerifier {
+    fn verify<'a>(
+        &'a self,
+        agent: &'a AgentRecord,
+        workload: &'a pb::Workload,
+    ) -> BoxFuture<'a, Result<Attributes, WorkloadRejection>> {
+        Box::pin(async move { self.check(agent, workload) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    use kube::api::ObjectMeta;
+    use signet_identity::{SpiffeId, TrustDomain};
+
+    fn pod(uid: &str, node: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("web-1".into()),
+                namespace: Some("shop".into()),
+                uid: Some(uid.into()),
+                labels: Some([("app".to_owned(), "web".to_owned())].into()),
+                annotations: Some([("big".to_owned(), "x".repeat(10_000))].into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some(node.into()),
+                service_account_name: Some("web".into()),
+                containers: vec![Container {
+                    name: "app".into(),
+                    image: Some("registry/web:1".into()),
+                    ..Container::default()
+                }],
+                ..PodSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn agent(node: &str) -> AgentRecord {
+        let td = TrustDomain::new("example.org").unwrap();
+        let id = SpiffeId::parse(&format!("spiffe://example.org/signet/agent/k8s/{node}")).unwrap();
+        AgentRecord::from_spiffe_id(&id, &td).unwrap()
+    }
+
+    fn workload(uid: &str, attributes: &[(&str, &str)]) -> pb::Workload {
+        pb::Workload {
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            pod_uid: uid.into(),
+            pod_token: String::new(),
+        }
+    }
+
+    #[test]
+    fn kubernetes_attributes_come_from_the_cache_not_the_agent() {
+        let cache = Arc::new(PodCache::default());
+        cache.upsert(pod("u1", "node-a"));
+        let verifier = PodVerifier::new(cache);
+        let attrs = verifier
+            .check(
+                &agent("node-a"),
+                &workload(
+                    "u1",
+                    &[
+                        ("workload.kubernetes.namespace", "kube-system"),
+                        ("workload.kubernetes.service_account", "admin"),
+                        ("workload.kubernetes.container_name", "app"),
+                        ("workload.kubernetes.container_image", "evil:1"),
+                        ("workload.unix.uid", "1000"),
+                    ],
+                ),
+            )
+            .unwrap();
+        let get = |name: &str| {
+            attrs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_owned())
+        };
+        assert_eq!(
+            get("workload.kubernetes.namespace").as_deref(),
+            Some("shop")
+        );
+        assert_eq!(
+            get("workload.kubernetes.service_account").as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            get("workload.kubernetes.labels.app").as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            get("workload.kubernetes.container_image").as_deref(),
+            Some("registry/web:1")
+        );
+        assert_eq!(
+            get("workload.kubernetes.node_name").as_deref(),
+            Some("node-a")
+        );
+        assert_eq!(get("workload.unix.uid").as_deref(), Some("1000"));
+        assert_eq!(get("agent.node_name").as_deref(), Some("node-a"));
+    }
+
+    #[test]
+    fn pods_elsewhere_unknown_or_terminating_are_refused() {
+        let cache = Arc::new(PodCache::default());
+        cache.upsert(pod("u1", "node-a"));
+        let mut dying = pod("u2", "node-b");
+        dying.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+        cache.upsert(dying);
+        let verifier = PodVerifier::new(cache.clone());
+        let other = verifier
+            .check(&agent("node-b"), &workload("u1", &[]))
+            .unwrap_err();
+        assert_eq!((other.reason, other.retryable), ("pod_not_on_node", false));
+        let unknown = verifier
+            .check(&agent("node-a"), &workload("nope", &[]))
+            .unwrap_err();
+        assert_eq!((unknown.reason, unknown.retryable), ("pod_not_found", true));
+        let dying = verifier
+            .check(&agent("node-b"), &workload("u2", &[]))
+            .unwrap_err();
+        assert_eq!(dying.reason, "pod_terminating");
+        let container = verifier
+            .check(
+                &agent("node-a"),
+                &workload("u1", &[(CONTAINER_NAME, "sidecar")]),
+            )
+            .unwrap_err();
+        assert_eq!(container.reason, "invalid_attributes");
+        // A host process may not claim Kubernetes attributes.
+        let forged = verifier
+            .check(
+                &agent("node-a"),
+                &workload("", &[("workload.kubernetes.namespace", "x")]),
+            )
+            .unwrap_err();
+        assert_eq!(forged.reason, "invalid_attributes");
+        // Deletion removes the pod.
+        cache.remove(&pod("u1", "node-a"));
+        assert!(cache.get("u1").is_none());
+    }
+}

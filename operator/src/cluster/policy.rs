@@ -1,0 +1,337 @@
+//! The reconciler: WorkloadIdentity and Role objects from the API server,
+//! compiled into the policy every replica serves, with a `Ready` condition
+//! and `observedGeneration` on each object (written by the leader with
+//! server-side apply) and an Event when an object's readiness changes.
+//!
+//! An object that does not compile is not in force: its condition says
+//! why, the rest of the policy keeps working.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use signet_identity::TrustDomain;
+use signet_policy::snapshot::{ObjectKind, ObjectReport};
+use signet_policy::{PolicyDocument, Role, WorkloadIdentity};
+use tokio::sync::watch;
+
+use crate::policy_source::PolicyState;
+
+/// Changes arriving together are compiled once.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Field manager of the status the operator applies.
+pub const FIELD_MANAGER: &str = "signet-operator";
+
+/// A policy version that also grows across replicas and restarts, so an
+/// agent moving between replicas never sees it go backwards for long.
+fn next_version(previous: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    now.max(previous + 1)
+}
+
+pub struct PolicyReconciler {
+    client: Client,
+    trust_domain: TrustDomain,
+    sender: watch::Sender<Arc<PolicyState>>,
+    synced: watch::Sender<bool>,
+    leading: watch::Receiver<bool>,
+    recorder: Recorder,
+}
+
+/// The compiled policy, and whether the first complete list was compiled.
+pub struct PolicyChannels {
+    pub policy: watch::Receiver<Arc<PolicyState>>,
+    pub synced: watch::Receiver<bool>,
+}
+
+impl PolicyReconciler {
+    pub fn new(
+        client: Client,
+        trust_domain: TrustDomain,
+        leading: watch::Receiver<bool>,
+        identity: String,
+    ) -> (Self, PolicyChannels) {
+        let empty =
+            PolicyState::compile(next_version(0), &trust_domain, &PolicyDocument::default());
+        let (sender, policy) = watch::channel(Arc::new(empty));
+        let (synced_tx, synced) = watch::channel(false);
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "signet-operator".into(),
+                instance: Some(identity),
+            },
+        );
+        (
+            Self {
+                client,
+                trust_domain,
+                sender,
+                synced: synced_tx,
+                leading,
+                recorder,
+            },
+            PolicyChannels { policy, synced },
+        )
+    }
+
+    /// Watches both kinds until the task is dropped.
+    pub async fn run(mut self) {
+        let (identities, identity_writer) = reflector::store::<WorkloadIdentity>();
+        let (roles, role_writer) = reflector::store::<Role>();
+        let identity_events = reflector::reflector(
+            identity_writer,
+            watcher(
+                Api::<WorkloadIdentity>::all(self.client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .map(|event| event.map(|_| ()));
+        let role_events = reflector::reflector(
+            role_writer,
+            watcher(
+                Api::<Role>::all(self.client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .map(|event| event.map(|_| ()));
+        let events = futures::stream::select(identity_events, role_events);
+        futures::pin_mut!(events);
+        let mut leading = self.leading.clone();
+
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(Ok(())) => {}
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "watching policy objects failed; retrying");
+                        continue;
+                    }
+                    None => return,
+                },
+                changed = leading.changed() => {
+                    // A new leader rewrites every status it disagrees with.
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+            // Let a burst of changes (kubectl apply -f dir/) settle.
+            let settle = tokio::time::sleep(DEBOUNCE);
+            tokio::pin!(settle);
+            loop {
+                tokio::select! {
+                    () = &mut settle => break,
+                    event = events.next() => if event.is_none() { return },
+                }
+            }
+            // Compile only complete lists: a partial one would revoke.
+            let ready =
+                |store: futures::future::BoxFuture<'_, bool>| store.now_or_never().unwrap_or(false);
+            if !ready(Box::pin(async {
+                identities.wait_until_ready().await.is_ok()
+            })) || !ready(Box::pin(async { roles.wait_until_ready().await.is_ok() }))
+            {
+                continue;
+            }
+            self.reconcile(&identities, &roles).await;
+        }
+    }
+
+    async fn reconcile(&mut self, identities: &Store<WorkloadIdentity>, roles: &Store<Role>) {
+        let mut document = PolicyDocument {
+            workload_identities: identities
+                .state()
+                .iter()
+                .map(|o| as_policy(o.as_ref()))
+                .collect(),
+            roles: roles
+                .state()
+                .iter()
+                .map(|o| as_policy(o.as_ref()))
+                .collect(),
+        };
+        document.workload_identities.sort_by_key(|o| o.name_any());
+        document.roles.sort_by_key(|o| o.name_any());
+
+        let previous = self.sender.borrow().clone();
+        let state = PolicyState::compile(
+            next_version(previous.version),
+            &self.trust_domain,
+            &document,
+        );
+        let invalid = state.reports.iter().filter(|r| r.result.is_err()).count();
+        if state.document_json != previous.document_json || !*self.synced.borrow() {
+            tracing::info!(
+                version = state.version,
+                identities = state.snapshot.identity_names().count(),
+                roles = state.snapshot.role_names().count(),
+                invalid,
+                "policy compiled"
+            );
+            self.sender.send_replace(Arc::new(state));
+            self.synced.send_replace(true);
+        }
+        if *self.leading.borrow() {
+            let reports = self.sender.borrow().reports.clone();
+            for report in &reports {
+                match report.kind {
+                    ObjectKind::WorkloadIdentity => {
+                        let object = identities
+                            .state()
+                            .into_iter()
+                            .find(|o| o.name_any() == report.name);
+                        self.write_status(object, report).await;
+                    }
+                    ObjectKind::Role => {
+                        let object = roles
+                            .state()
+                            .into_iter()
+                            .find(|o| o.name_any() == report.name);
+                        self.write_status(object, report).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies the object's Ready condition if it differs from what the
+    /// object says now, and records an Event when readiness changed.
+    async fn write_status<K>(&mut self, object: Option<Arc<K>>, report: &ObjectReport)
+    where
+        K: Resource<DynamicType = ()>
+            + HasPolicyStatus
+            + Clone
+            + DeserializeOwned
+            + Serialize
+            + std::fmt::Debug,
+    {
+        let Some(object) = object else { return };
+        let previous = object.ready_condition();
+        let condition = report.ready_condition(Time(Timestamp::now()), previous.as_ref());
+        let generation = object.meta().generation;
+        let unchanged = previous.as_ref().is_some_and(|p| {
+            p.status == condition.status
+                && p.reason == condition.reason
+                && p.message == condition.message
+                && p.observed_generation == condition.observed_generation
+        }) && object.observed_generation() == generation;
+        if unchanged {
+            return;
+        }
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": {
+                "conditions": [condition],
+                "observedGeneration": generation,
+            }
+        });
+        let api: Api<K> = Api::all(self.client.clone());
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        if let Err(error) = api
+            .patch_status(&report.name, &params, &Patch::Apply(&patch))
+            .await
+        {
+            tracing::warn!(%error, kind = report.kind.as_str(), name = %report.name, "writing status failed");
+            return;
+        }
+        // An Event when what the condition says changed, not for every
+        // generation that compiles the same way.
+        let news = previous.as_ref().is_none_or(|p| {
+            p.status != condition.status
+                || p.reason != condition.reason
+                || p.message != condition.message
+        });
+        if !news {
+            return;
+        }
+        let (type_, reason) = match condition.status.as_str() {
+            "True" => (EventType::Normal, "Compiled".to_owned()),
+            _ => (EventType::Warning, condition.reason.clone()),
+        };
+        let event = Event {
+            type_,
+            reason,
+            note: Some(condition.message.chars().take(1000).collect()),
+            action: "Compile".into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(%error, name = %report.name, "recording an event failed");
+        }
+    }
+}
+
+/// The object as policy: without the status we write and the bookkeeping
+/// the API server adds, so writing status does not make a new policy
+/// version for every agent.
+fn as_policy<K: Resource + HasPolicyStatus + Clone>(object: &K) -> K {
+    let mut object = object.clone();
+    object.clear_status();
+    let metadata = object.meta_mut();
+    metadata.managed_fields = None;
+    metadata.resource_version = None;
+    if let Some(annotations) = metadata.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    object
+}
+
+/// Read access to the status both kinds share.
+pub trait HasPolicyStatus {
+    fn ready_condition(&self) -> Option<Condition>;
+    fn observed_generation(&self) -> Option<i64>;
+    fn clear_status(&mut self);
+}
+
+macro_rules! has_policy_status {
+    ($kind:ty) => {
+        impl HasPolicyStatus for $kind {
+            fn ready_condition(&self) -> Option<Condition> {
+                self.status.as_ref().and_then(|s| {
+                    s.conditions
+                        .iter()
+                        .find(|c| c.type_ == signet_policy::crd::READY_CONDITION)
+                        .cloned()
+                })
+            }
+            fn observed_generation(&self) -> Option<i64> {
+                self.status.as_ref().and_then(|s| s.observed_generation)
+            }
+            fn clear_status(&mut self) {
+                self.status = None;
+            }
+        }
+    };
+}
+
+has_policy_status!(WorkloadIdentity);
+has_policy_status!(Role);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_only_grow() {
+        let far_future = u64::MAX / 2;
+        assert_eq!(next_version(far_future), far_future + 1);
+        let now = next_version(0);
+        assert!(next_version(now) > now);
+    }
+}
