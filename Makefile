@@ -69,6 +69,7 @@ e2e:
 	bash e2e/cluster/smoke.sh
 	bash e2e/images/build-all.sh signet-agent
 	$(CARGO) build --workspace --bins
+	. /var/lib/signet-e2e/env && SIGNET_E2E_CLUSTER=1 $(CARGO) test -p signet-e2e --test cluster_operator -- --nocapture
 	. /var/lib/signet-e2e/env && SIGNET_E2E_CLUSTER=1 $(CARGO) test -p signet-e2e --test cluster_agent -- --nocapture
 	. /var/lib/signet-e2e/env && SIGNET_E2E_CLUSTER=1 $(CARGO) test -p signet-csi --test kubelet_registration -- --nocapture
 

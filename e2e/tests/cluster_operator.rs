@@ -1,0 +1,639 @@
+//! The operator in Kubernetes mode against the real API server of the e2e
+//! cluster (issue 5's "done when"):
+//!
+//! - the CRDs install and are Established;
+//! - two replicas started together create the CA Secret exactly once and
+//!   both serve certificates chaining to the one bundle in the ConfigMap;
+//! - a bad WorkloadIdentity gets `Ready=False` with a useful message and a
+//!   Warning Event while a good one is `Ready=True` and issues;
+//! - an agent joins with a projected service-account token (TokenReview,
+//!   bound to its pod's node); the issuer takes the pod's namespace and
+//!   service account from its own watch, not from the agent;
+//! - an agent whose token belongs to a pod on another node cannot get
+//!   SVIDs for this node's pods, nor claim this node when joining;
+//! - killing the leader moves the Lease to the other replica, which keeps
+//!   signing with the same CA and takes over status writes;
+//! - a deleted pod's identity is no longer issued.
+//!
+//! Both replicas run as processes on the host with a kubeconfig holding
+//! the `signet-operator` service account's token, bound to the RBAC of
+//! `e2e/cluster/manifests/operator-rbac.yaml`: they run under that role,
+//! not as admin. The agent side is this test speaking the issuer API, with
+//! tokens minted by the API server for pods (`kubectl create token
+//! --bound-object-kind Pod`). The "other node" is a Node object without a
+//! kubelet: its pod is bound to it but never runs, which is all the
+//! issuer looks at.
+//!
+//! Runs only with `SIGNET_E2E_CLUSTER=1` and `KUBECONFIG` set.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+use signet_e2e::cluster::{free_port, kubectl, kubectl_apply, kubectl_output, note, skip_reason};
+use signet_e2e::standalone::{Process, TRUST_DOMAIN, binary, http_get, wait_until_every};
+use signet_identity::{BundleSet, KeyType, PrivateKey, SpiffeId, TrustBundle, TrustDomain};
+use signet_proto::issuer::v1 as pb;
+use signet_proto::issuer::v1::issuer_client::IssuerClient;
+use signet_tls::{PeerPolicy, SharedBundles, SpiffeServerVerifier, SvidResolver};
+use tonic::transport::Channel;
+
+const NS: &str = "signet-e2e-operator";
+const WORK_NS: &str = "signet-e2e-work";
+const OTHER_NODE: &str = "signet-e2e-other";
+const AUDIENCE: &str = "signet-issuer";
+const RBAC: &str = include_str!("../cluster/manifests/operator-rbac.yaml");
+const PAUSE_IMAGE: &str = "localhost/signet/pause:dev";
+const CRDS: [&str; 2] = [
+    "../crds/signet.dev_workloadidentities.yaml",
+    "../crds/signet.dev_roles.yaml",
+];
+const POLL: Duration = Duration::from_millis(300);
+
+fn cleanup(wait: bool) {
+    let wait = if wait { "--wait=true" } else { "--wait=false" };
+    for args in [
+        vec![
+            "delete",
+            "namespace",
+            NS,
+            WORK_NS,
+            "--ignore-not-found",
+            wait,
+            "--timeout=120s",
+        ],
+        vec!["delete", "node", OTHER_NODE, "--ignore-not-found"],
+        vec![
+            "delete",
+            "clusterrolebinding,clusterrole",
+            &format!("{NS}-signet-operator"),
+            "--ignore-not-found",
+        ],
+        vec![
+            "delete",
+            "workloadidentities,roles",
+            "-l",
+            "signet-e2e=operator",
+            "--ignore-not-found",
+        ],
+    ] {
+        let _ = kubectl_output(&args, None);
+    }
+}
+
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let events = kubectl_output(&["get", "events", "-A", "--sort-by=.lastTimestamp"], None);
+            note(&format!(
+                "----- events -----\n{}",
+                String::from_utf8_lossy(&events.stdout)
+            ));
+        }
+        cleanup(false);
+    }
+}
+
+fn jsonpath(args: &[&str], path: &str) -> String {
+    let mut all = args.to_vec();
+    let expression = format!("jsonpath={path}");
+    all.extend(["-o", &expression]);
+    let output = kubectl_output(&all, None);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A kubeconfig for the operator's service account: same server and CA
+/// as the admin's, authenticated by a TokenRequest token.
+fn operator_kubeconfig(dir: &Path) -> PathBuf {
+    let view = ["config", "view", "--raw", "--minify"];
+    let server = jsonpath(&view, "{.clusters[0].cluster.server}");
+    let ca = jsonpath(&view, "{.clusters[0].cluster.certificate-authority-data}");
+    assert!(
+        !server.is_empty() && !ca.is_empty(),
+        "admin kubeconfig lacks server or CA data"
+    );
+    let token = kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "token",
+        "signet-operator",
+        "--duration=2h",
+    ]);
+    let path = dir.join("operator.kubeconfig");
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster: {{server: \"{server}\", certificate-authority-data: \"{ca}\"}}\nusers:\n- name: signet-operator\n  user: {{token: \"{}\"}}\ncontexts:\n- name: e2e\n  context: {{cluster: e2e, user: signet-operator}}\ncurrent-context: e2e\n",
+        token.trim()
+    );
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+struct Replica {
+    name: &'static str,
+    process: Process,
+    issuer_port: u16,
+    admin_port: u16,
+}
+
+fn start_replica(name: &'static str, kubeconfig: &Path, dir: &Path) -> Replica {
+    let issuer_port = free_port();
+    let admin_port = free_port();
+    let mut command = Command::new(binary("signet-operator"));
+    command
+        .args([
+            "kubernetes",
+            "--trust-domain",
+            TRUST_DOMAIN,
+            "--namespace",
+            NS,
+        ])
+        .args(["--identity", name, "--lease-duration", "4s"])
+        .args(["--listen", &format!("127.0.0.1:{issuer_port}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{admin_port}")])
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info");
+    let process = Process::spawn(name, command, dir.join(format!("{name}.log")));
+    Replica {
+        name,
+        process,
+        issuer_port,
+        admin_port,
+    }
+}
+
+impl Replica {
+    fn ready(&self) -> bool {
+        http_get(self.admin_port, "/readyz").starts_with("HTTP/1.1 200")
+    }
+}
+
+fn pod_yaml(namespace: &str, name: &str, service_account: &str, node: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {namespace}, labels: {{app: {name}}}}}
+spec:
+  nodeName: {node}
+  serviceAccountName: {service_account}
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 0
+  tolerations: [{{operator: Exists}}]
+  containers:
+    - name: main
+      image: {PAUSE_IMAGE}
+      imagePullPolicy: Never
+"#
+    )
+}
+
+fn pod_uid(namespace: &str, name: &str) -> String {
+    kubectl(&[
+        "-n",
+        namespace,
+        "get",
+        "pod",
+        name,
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ])
+}
+
+/// A token for the agent service account bound to pod `pod`.
+fn agent_token(pod: &str, audience: &str) -> String {
+    kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "token",
+        "signet-agent",
+        "--audience",
+        audience,
+        "--bound-object-kind",
+        "Pod",
+        "--bound-object-name",
+        pod,
+        "--duration=10m",
+    ])
+    .trim()
+    .to_owned()
+}
+
+fn ready_condition(kind: &str, name: &str) -> (String, String, String, String) {
+    let get = |field: &str| {
+        jsonpath(
+            &["get", kind, name],
+            &format!("{{.status.conditions[?(@.type==\"Ready\")].{field}}}"),
+        )
+    };
+    let observed = jsonpath(&["get", kind, name], "{.status.observedGeneration}");
+    let generation = jsonpath(&["get", kind, name], "{.metadata.generation}");
+    let current = if observed == generation {
+        "current"
+    } else {
+        "stale"
+    };
+    (
+        get("status"),
+        get("reason"),
+        get("message"),
+        current.to_owned(),
+    )
+}
+
+fn wait_ready(kind: &str, name: &str, status: &str) -> (String, String, String, String) {
+    let mut last = Default::default();
+    wait_until_every(
+        &format!("{kind}/{name} Ready={status}"),
+        Duration::from_secs(30),
+        POLL,
+        || {
+            last = ready_condition(kind, name);
+            last.0 == status && last.3 == "current"
+        },
+    );
+    last
+}
+
+fn lease_holder() -> String {
+    jsonpath(
+        &["-n", NS, "get", "lease", "signet-operator"],
+        "{.spec.holderIdentity}",
+    )
+}
+
+fn policy(bad_template: &str) -> String {
+    format!(
+        r#"apiVersion: signet.dev/v1alpha1
+kind: WorkloadIdentity
+metadata:
+  name: e2e-web
+  labels: {{signet-e2e: operator}}
+spec:
+  rules:
+    allow:
+      - conditions: [{{attribute: workload.kubernetes.namespace, eq: {WORK_NS}}}]
+  spiffe:
+    id: /ns/{{{{ workload.kubernetes.namespace }}}}/sa/{{{{ workload.kubernetes.service_account }}}}
+---
+apiVersion: signet.dev/v1alpha1
+kind: WorkloadIdentity
+metadata:
+  name: e2e-broken
+  labels: {{signet-e2e: operator}}
+spec:
+  spiffe:
+    id: {bad_template}
+---
+apiVersion: signet.dev/v1alpha1
+kind: Role
+metadata:
+  name: e2e-agents
+  labels: {{signet-e2e: operator}}
+spec:
+  subjects:
+    - {{kind: Agent, name: "*"}}
+  allow:
+    workloadIdentityLabels: {{signet-e2e: [operator]}}
+"#
+    )
+}
+
+// --- the issuer API, as an agent speaks it ---
+
+struct IssuerConnection {
+    verifier: Arc<SpiffeServerVerifier>,
+}
+
+impl IssuerConnection {
+    fn new(bundle_pem: &str) -> Self {
+        let trust_domain = TrustDomain::new(TRUST_DOMAIN).unwrap();
+        let mut set = BundleSet::new();
+        set.insert(TrustBundle::from_x509_pem(trust_domain.clone(), bundle_pem).unwrap());
+        let verifier = Arc::new(SpiffeServerVerifier::new(
+            SharedBundles::new(set),
+            PeerPolicy::OneOf(vec![
+                SpiffeId::from_path(&trust_domain, "/signet/issuer").unwrap(),
+            ]),
+        ));
+        Self { verifier }
+    }
+
+    fn anonymous(&self, port: u16) -> IssuerClient<Channel> {
+        let config = signet_tls::client_config(None, self.verifier.clone()).unwrap();
+        let channel =
+            signet_tls::connect_channel(&format!("127.0.0.1:{port}"), Arc::new(config)).unwrap();
+        IssuerClient::new(channel)
+    }
+
+    fn with_svid(&self, port: u16, chain: &[Vec<u8>], key: &PrivateKey) -> IssuerClient<Channel> {
+        let resolver = Arc::new(SvidResolver::new());
+        let chain = chain.iter().cloned().map(CertificateDer::from).collect();
+        resolver.set(chain, &key.to_pkcs8_der()).unwrap();
+        let config = signet_tls::client_config(Some(resolver), self.verifier.clone()).unwrap();
+        let channel =
+            signet_tls::connect_channel(&format!("127.0.0.1:{port}"), Arc::new(config)).unwrap();
+        IssuerClient::new(channel)
+    }
+
+    /// Joins as an agent; returns its mTLS client and SPIFFE ID.
+    async fn join(
+        &self,
+        port: u16,
+        token: &str,
+        node: &str,
+    ) -> Result<(IssuerClient<Channel>, String), tonic::Status> {
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let csr = signet_identity::x509::create_csr(&key).unwrap();
+        let joined = self
+            .anonymous(port)
+            .join(pb::JoinRequest {
+                credential: Some(pb::join_request::Credential::ServiceAccountToken(
+                    token.to_owned(),
+                )),
+                csr,
+                node_name: node.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok((
+            self.with_svid(port, &joined.cert_chain, &key),
+            joined.spiffe_id,
+        ))
+    }
+}
+
+/// Asks for `e2e-web` for the pod with `uid`, with the agent's (forged)
+/// claim that it runs in kube-system; returns the SVID's ID or the denial.
+async fn sign_for_pod(client: &mut IssuerClient<Channel>, uid: &str) -> Result<String, pb::Denial> {
+    let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let request = pb::X509SvidRequest {
+        workload: Some(pb::Workload {
+            attributes: [(
+                "workload.kubernetes.namespace".to_owned(),
+                "kube-system".to_owned(),
+            )]
+            .into(),
+            pod_uid: uid.to_owned(),
+            pod_token: String::new(),
+        }),
+        workload_identity: "e2e-web".into(),
+        csr: signet_identity::x509::create_csr(&key).unwrap(),
+    };
+    let response = client
+        .sign_x509_svids(pb::SignX509SvidsRequest {
+            requests: vec![request],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match response.results.into_iter().next().and_then(|r| r.result) {
+        Some(pb::x509_svid_result::Result::Svid(svid)) => Ok(svid.spiffe_id),
+        Some(pb::x509_svid_result::Result::Denial(denial)) => Err(denial),
+        None => panic!("empty SignX509Svids result"),
+    }
+}
+
+#[test]
+fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
+    if let Some(reason) = skip_reason() {
+        note(&format!("SKIPPED: {reason}"));
+        return;
+    }
+    cleanup(true);
+    let _cleanup = Cleanup;
+    let dir = tempfile::tempdir().unwrap();
+
+    // CRDs install and become Established.
+    let crd_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for crd in CRDS {
+        let path = crd_dir.join(crd);
+        kubectl(&["apply", "--server-side", "-f", path.to_str().unwrap()]);
+    }
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/workloadidentities.signet.dev",
+        "crd/roles.signet.dev",
+    ]);
+
+    // Namespaces, service accounts, and the operator's RBAC.
+    kubectl(&["create", "namespace", NS]);
+    kubectl(&["create", "namespace", WORK_NS]);
+    kubectl_apply(&RBAC.replace("NAMESPACE", NS));
+    kubectl(&["-n", NS, "create", "serviceaccount", "signet-agent"]);
+    kubectl(&["-n", WORK_NS, "create", "serviceaccount", "web"]);
+    let operator_sa = format!("system:serviceaccount:{NS}:signet-operator");
+    for (verb, resource, allowed) in [
+        ("list", "secrets", "no"),
+        ("get", "secrets/signet-ca", "yes"),
+        ("get", "secrets/other", "no"),
+        ("delete", "pods", "no"),
+        ("create", "tokenreviews.authentication.k8s.io", "yes"),
+    ] {
+        let output = kubectl_output(
+            &[
+                "-n",
+                NS,
+                "auth",
+                "can-i",
+                verb,
+                resource,
+                "--as",
+                &operator_sa,
+            ],
+            None,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            allowed,
+            "can the operator {verb} {resource}?"
+        );
+    }
+    kubectl_apply(&policy("/ns/{{ workload.kubernetes.nope }}"));
+
+    // Two replicas start together.
+    let kubeconfig = operator_kubeconfig(dir.path());
+    let mut replicas = vec![
+        start_replica("operator-a", &kubeconfig, dir.path()),
+        start_replica("operator-b", &kubeconfig, dir.path()),
+    ];
+    wait_until_every("both replicas ready", Duration::from_secs(60), POLL, || {
+        replicas.iter().all(Replica::ready)
+    });
+    let created: Vec<&str> = replicas
+        .iter()
+        .filter(|r| r.process.log().contains("created a new CA keyset"))
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(
+        created.len(),
+        1,
+        "exactly one replica creates the CA: {created:?}"
+    );
+    let secret_version = jsonpath(
+        &["-n", NS, "get", "secret", "signet-ca"],
+        "{.metadata.resourceVersion}",
+    );
+
+    // The leader publishes the bundle; both replicas chain to it.
+    let mut bundle_pem = String::new();
+    wait_until_every(
+        "the bundle ConfigMap",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            bundle_pem = jsonpath(
+                &["-n", NS, "get", "configmap", "signet-bundle"],
+                "{.data.bundle\\.pem}",
+            );
+            bundle_pem.contains("BEGIN CERTIFICATE")
+        },
+    );
+    wait_until_every("a leader", Duration::from_secs(30), POLL, || {
+        replicas.iter().any(|r| r.name == lease_holder())
+    });
+    let leader = lease_holder();
+    note(&format!("leader: {leader}"));
+
+    // Status: the bad object says what is wrong, the good one is in force.
+    let (_, reason, message, _) =
+        wait_ready("workloadidentities.signet.dev", "e2e-broken", "False");
+    assert!(message.contains("nope"), "{reason}: {message}");
+    wait_ready("workloadidentities.signet.dev", "e2e-web", "True");
+    wait_ready("roles.signet.dev", "e2e-agents", "True");
+    let events = jsonpath(
+        &[
+            "-n",
+            "default",
+            "get",
+            "events.events.k8s.io",
+            "--field-selector",
+            "regarding.name=e2e-broken",
+        ],
+        "{.items[*].reason}",
+    );
+    assert!(!events.trim().is_empty(), "a Warning Event for e2e-broken");
+
+    // Pods: an agent and a workload on this node, an agent on another.
+    let node = std::env::var("SIGNET_E2E_NODE_NAME").unwrap_or_else(|_| "vm".into());
+    kubectl_apply(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {OTHER_NODE}}}\n"
+    ));
+    kubectl_apply(&pod_yaml(NS, "agent-here", "signet-agent", &node));
+    kubectl_apply(&pod_yaml(NS, "agent-other", "signet-agent", OTHER_NODE));
+    kubectl_apply(&pod_yaml(WORK_NS, "web", "web", &node));
+    let web_uid = pod_uid(WORK_NS, "web");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let issuer = IssuerConnection::new(&bundle_pem);
+    let here_token = agent_token("agent-here", AUDIENCE);
+    let other_token = agent_token("agent-other", AUDIENCE);
+    let wrong_audience = agent_token("agent-here", "somebody-else");
+    let [first, second] = [replicas[0].issuer_port, replicas[1].issuer_port];
+
+    runtime.block_on(async {
+        // Both replicas admit the agent: the same CA behind both.
+        let (mut here, id) = issuer.join(first, &here_token, &node).await.unwrap();
+        assert_eq!(
+            id,
+            format!("spiffe://{TRUST_DOMAIN}/signet/agent/k8s/{node}")
+        );
+        let (_, id) = issuer.join(second, &here_token, "").await.unwrap();
+        assert_eq!(
+            id,
+            format!("spiffe://{TRUST_DOMAIN}/signet/agent/k8s/{node}")
+        );
+
+        // The pod's attributes come from the API server.
+        let mut issued = Err(pb::Denial::default());
+        for _ in 0..50 {
+            issued = sign_for_pod(&mut here, &web_uid).await;
+            if !matches!(&issued, Err(d) if d.retryable) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            issued.unwrap(),
+            format!("spiffe://{TRUST_DOMAIN}/ns/{WORK_NS}/sa/web")
+        );
+
+        // Forged joins are refused.
+        let claim = issuer
+            .join(first, &here_token, OTHER_NODE)
+            .await
+            .unwrap_err();
+        assert_eq!(claim.code(), tonic::Code::Unauthenticated, "{claim:?}");
+        let audience = issuer
+            .join(first, &wrong_audience, &node)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            audience.code(),
+            tonic::Code::Unauthenticated,
+            "{audience:?}"
+        );
+
+        // The other node's agent cannot get this node's pod identities.
+        let (mut other, id) = issuer.join(first, &other_token, OTHER_NODE).await.unwrap();
+        assert!(id.ends_with(OTHER_NODE), "{id}");
+        let denial = sign_for_pod(&mut other, &web_uid).await.unwrap_err();
+        assert_eq!(denial.reason, "pod_not_on_node", "{denial:?}");
+    });
+
+    // Failover: the leader crashes; the other takes the Lease, keeps the CA.
+    let leader_index = replicas.iter().position(|r| r.name == leader).unwrap();
+    let mut crashed = replicas.remove(leader_index);
+    crashed.process.kill();
+    let survivor = &replicas[0];
+    wait_until_every(
+        "the survivor to lead",
+        Duration::from_secs(20),
+        POLL,
+        || lease_holder() == survivor.name,
+    );
+    assert_eq!(
+        jsonpath(
+            &["-n", NS, "get", "secret", "signet-ca"],
+            "{.metadata.resourceVersion}"
+        ),
+        secret_version,
+        "failover does not make a new CA"
+    );
+    // The new leader writes status: fixing the broken object shows it.
+    kubectl_apply(&policy("/fixed/{{ workload.kubernetes.pod_name }}"));
+    wait_ready("workloadidentities.signet.dev", "e2e-broken", "True");
+
+    runtime.block_on(async {
+        let (mut here, _) = issuer
+            .join(survivor.issuer_port, &here_token, &node)
+            .await
+            .unwrap();
+        assert_eq!(
+            sign_for_pod(&mut here, &web_uid).await.unwrap(),
+            format!("spiffe://{TRUST_DOMAIN}/ns/{WORK_NS}/sa/web"),
+            "signing continues after failover, verified against the original bundle"
+        );
+
+        // A deleted pod's identity is no longer issued.
+        kubectl(&["-n", WORK_NS, "delete", "pod", "web", "--wait=true"]);
+        let mut denial = pb::Denial::default();
+        for _ in 0..50 {
+            match sign_for_pod(&mut here, &web_uid).await {
+                Err(d) if d.reason == "pod_not_found" => {
+                    denial = d;
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        assert_eq!(denial.reason, "pod_not_found");
+    });
+}
