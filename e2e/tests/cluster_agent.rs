@@ -159,15 +159,7 @@ spec:
 fn run_to_completion(namespace: &str, name: &str, timeout: Duration) -> (String, String) {
     let deadline = Instant::now() + timeout;
     let phase = loop {
-        let phase = kubectl(&[
-            "-n",
-            namespace,
-            "get",
-            "pod",
-            name,
-            "-o",
-            "jsonpath={.status.phase}",
-        ]);
+        let phase = pod_field(namespace, name, ".status.phase");
         if phase == "Succeeded" || phase == "Failed" {
             break phase;
         }

@@ -33,7 +33,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
-use signet_e2e::cluster::{free_port, kubectl, kubectl_apply, kubectl_output, note, skip_reason};
+use signet_e2e::cluster::{
+    free_port, kubectl, kubectl_apply, kubectl_output, note, pod_field, skip_reason,
+};
 use signet_e2e::standalone::{Process, TRUST_DOMAIN, binary, http_get, wait_until_every};
 use signet_identity::{BundleSet, KeyType, PrivateKey, SpiffeId, TrustBundle, TrustDomain};
 use signet_proto::issuer::v1 as pb;
@@ -190,18 +192,6 @@ spec:
       imagePullPolicy: Never
 "#
     )
-}
-
-fn pod_uid(namespace: &str, name: &str) -> String {
-    kubectl(&[
-        "-n",
-        namespace,
-        "get",
-        "pod",
-        name,
-        "-o",
-        "jsonpath={.metadata.uid}",
-    ])
 }
 
 /// A token for the agent service account bound to pod `pod`.
@@ -529,7 +519,7 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
     kubectl_apply(&pod_yaml(NS, "agent-here", "signet-agent", &node));
     kubectl_apply(&pod_yaml(NS, "agent-other", "signet-agent", OTHER_NODE));
     kubectl_apply(&pod_yaml(WORK_NS, "web", "web", &node));
-    let web_uid = pod_uid(WORK_NS, "web");
+    let web_uid = pod_field(WORK_NS, "web", ".metadata.uid");
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let issuer = IssuerConnection::new(&bundle_pem);

@@ -202,3 +202,50 @@ async fn the_operator_reports_health_and_counts_issuances_and_denials() {
         );
     }
 }
+
+/// JWT-SVID consumers that discover keys through OIDC (cloud IAM, Vault)
+/// find the issuer named in the tokens, and the key that signed them.
+#[tokio::test(flavor = "multi_thread")]
+async fn oidc_discovery_serves_the_keys_of_the_jwt_svids_it_names() {
+    use base64::Engine;
+    let uid = current_uid();
+    let port = signet_e2e::cluster::free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let mut stack = Stack::operator_only_with_config(&uid_policy("web", uid), |_| {
+        format!("oidc: {{listen: 127.0.0.1:{port}, issuer_url: '{issuer}/'}}\n")
+    });
+    stack.start_agent();
+
+    let body = |response: &str| response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    let discovery: serde_json::Value =
+        serde_json::from_str(&body(&http_get(port, "/.well-known/openid-configuration"))).unwrap();
+    assert_eq!(discovery["issuer"], issuer.as_str());
+    assert_eq!(discovery["jwks_uri"], format!("{issuer}/keys"));
+    let keys: serde_json::Value = serde_json::from_str(&body(&http_get(port, "/keys"))).unwrap();
+
+    let client = WorkloadApiClient::connect_to(stack.endpoint())
+        .await
+        .unwrap();
+    let token = client.fetch_jwt_token(["vault"], None).await.unwrap();
+    let part = |index: usize| -> serde_json::Value {
+        let segment = token.split('.').nth(index).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(segment)
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    assert_eq!(
+        part(1)["iss"],
+        issuer.as_str(),
+        "tokens name the discovery issuer"
+    );
+    let kid = part(0)["kid"].clone();
+    assert!(
+        keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == kid),
+        "the signing key {kid} is published: {keys}"
+    );
+}

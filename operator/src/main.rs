@@ -26,26 +26,14 @@ struct Cli {
 enum Command {
     /// Run the issuer on one machine, with policy from a directory.
     Standalone {
-        /// YAML configuration file; flags override its fields.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long, env = "SIGNET_TRUST_DOMAIN")]
-        trust_domain: Option<String>,
+        #[command(flatten)]
+        common: CommonArgs,
         /// Directory of WorkloadIdentity and Role YAML, reloaded on change.
         #[arg(long)]
         policy_dir: Option<PathBuf>,
         /// Directory for the CA keyset, spent tokens and bundle files.
         #[arg(long)]
         state_dir: Option<PathBuf>,
-        /// Address of the issuer gRPC API.
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// Audit log file, or `-` for standard output.
-        #[arg(long)]
-        audit_log: Option<PathBuf>,
-        /// Address for /healthz, /readyz and /metrics.
-        #[arg(long)]
-        metrics_listen: Option<SocketAddr>,
         /// A single-use join token read from a file, as NAME=PATH (repeatable).
         #[arg(long = "join-token-file", value_parser = parse_name_path)]
         join_token_files: Vec<(String, PathBuf)>,
@@ -54,27 +42,16 @@ enum Command {
     /// objects, the CA in a Secret, leader election on a Lease, agents
     /// joining with projected service-account tokens.
     Kubernetes {
-        /// YAML configuration file (the standalone format's shared keys
-        /// plus a `kubernetes` section); flags override its fields.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long, env = "SIGNET_TRUST_DOMAIN")]
-        trust_domain: Option<String>,
+        /// The file is the standalone format's shared keys plus a
+        /// `kubernetes` section.
+        #[command(flatten)]
+        common: CommonArgs,
         /// The operator's namespace (Secret, ConfigMap, Lease, agents).
         #[arg(long, env = "POD_NAMESPACE")]
         namespace: Option<String>,
         /// This replica's name in the leader Lease.
         #[arg(long, env = "POD_NAME")]
         identity: Option<String>,
-        /// Address of the issuer gRPC API.
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// Audit log file, or `-` for standard output (the default).
-        #[arg(long)]
-        audit_log: Option<PathBuf>,
-        /// Address for /healthz, /readyz and /metrics.
-        #[arg(long)]
-        metrics_listen: Option<SocketAddr>,
         /// How long a leader's Lease lasts without renewal (e.g. 15s).
         #[arg(long, value_parser = humantime::parse_duration)]
         lease_duration: Option<std::time::Duration>,
@@ -82,6 +59,46 @@ enum Command {
     /// Join token helpers.
     #[command(subcommand)]
     Token(TokenCommand),
+}
+
+/// Flags both run modes take.
+#[derive(clap::Args)]
+struct CommonArgs {
+    /// YAML configuration file; flags override its fields.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, env = "SIGNET_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
+    /// Address of the issuer gRPC API.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Audit log file, or `-` for standard output (in a cluster, the default).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+}
+
+impl CommonArgs {
+    /// The config file (or defaults) and the overrides these flags make.
+    fn resolve(self) -> Result<(FileConfig, Overrides), String> {
+        let file = self
+            .config
+            .as_deref()
+            .map(FileConfig::read)
+            .transpose()
+            .map_err(|error| error.to_string())?
+            .unwrap_or_default();
+        let overrides = Overrides {
+            trust_domain: self.trust_domain,
+            listen: self.listen,
+            audit_log: self.audit_log,
+            metrics_listen: self.metrics_listen,
+            ..Overrides::default()
+        };
+        Ok((file, overrides))
+    }
 }
 
 #[derive(Subcommand)]
@@ -112,27 +129,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Standalone {
-            config,
-            trust_domain,
+            common,
             policy_dir,
             state_dir,
-            listen,
-            audit_log,
-            metrics_listen,
             join_token_files,
         } => {
-            let file = match config.as_deref().map(FileConfig::read).transpose() {
-                Ok(file) => file.unwrap_or_default(),
-                Err(error) => return fail(&error.to_string()),
+            let (file, overrides) = match common.resolve() {
+                Ok(resolved) => resolved,
+                Err(error) => return fail(&error),
             };
             let overrides = Overrides {
-                trust_domain,
                 policy_dir,
                 state_dir,
-                listen,
-                audit_log,
-                metrics_listen,
                 join_token_files,
+                ..overrides
             };
             match StandaloneConfig::resolve(file, overrides) {
                 Ok(config) => launch(
@@ -143,25 +153,14 @@ fn main() -> ExitCode {
             }
         }
         Command::Kubernetes {
-            config,
-            trust_domain,
+            common,
             namespace,
             identity,
-            listen,
-            audit_log,
-            metrics_listen,
             lease_duration,
         } => {
-            let file = match config.as_deref().map(FileConfig::read).transpose() {
-                Ok(file) => file.unwrap_or_default(),
-                Err(error) => return fail(&error.to_string()),
-            };
-            let overrides = Overrides {
-                trust_domain,
-                listen,
-                audit_log,
-                metrics_listen,
-                ..Overrides::default()
+            let (file, overrides) = match common.resolve() {
+                Ok(resolved) => resolved,
+                Err(error) => return fail(&error),
             };
             let kube = KubernetesOverrides {
                 namespace,
