@@ -24,6 +24,7 @@ test-setup:
 	bash node-agent/tests/setup-podman.sh
 	bash e2e/tools/install-interop.sh
 	bash csi-driver/tests/setup-csi-sanity.sh
+	bash e2e/cluster/build-tools.sh helm
 
 ## lint: formatting, clippy with warnings as errors
 lint:
@@ -36,6 +37,7 @@ fmt:
 ## crds: regenerate the CRD YAML in crds/ from the Rust types
 crds:
 	$(CARGO) run -q -p signet-policy --bin crdgen -- crds
+	cp crds/signet.dev_*.yaml charts/signet/crds/
 
 ## bench: criterion benchmarks (policy, identity, agent, issuer, cold issuance)
 bench:

@@ -9,6 +9,8 @@
 //! - an agent joins with a projected service-account token (TokenReview,
 //!   bound to its pod's node); the issuer takes the pod's namespace and
 //!   service account from its own watch, not from the agent;
+//! - a pod's own service-account token (signet-csi files mode) is
+//!   accepted only for that pod and audience;
 //! - an agent whose token belongs to a pod on another node cannot get
 //!   SVIDs for this node's pods, nor claim this node when joining;
 //! - killing the leader moves the Lease to the other replica, which keeps
@@ -196,12 +198,17 @@ spec:
 
 /// A token for the agent service account bound to pod `pod`.
 fn agent_token(pod: &str, audience: &str) -> String {
+    bound_token(NS, "signet-agent", pod, audience)
+}
+
+/// A token of `service_account` bound to pod `pod`, for `audience`.
+fn bound_token(namespace: &str, service_account: &str, pod: &str, audience: &str) -> String {
     kubectl(&[
         "-n",
-        NS,
+        namespace,
         "create",
         "token",
-        "signet-agent",
+        service_account,
         "--audience",
         audience,
         "--bound-object-kind",
@@ -361,6 +368,16 @@ impl IssuerConnection {
 /// Asks for `e2e-web` for the pod with `uid`, with the agent's (forged)
 /// claim that it runs in kube-system; returns the SVID's ID or the denial.
 async fn sign_for_pod(client: &mut IssuerClient<Channel>, uid: &str) -> Result<String, pb::Denial> {
+    sign_for_pod_with_token(client, uid, "").await
+}
+
+/// [`sign_for_pod`] with the pod's own service-account token as proof
+/// (what signet-csi files mode passes on).
+async fn sign_for_pod_with_token(
+    client: &mut IssuerClient<Channel>,
+    uid: &str,
+    pod_token: &str,
+) -> Result<String, pb::Denial> {
     let key = PrivateKey::generate(KeyType::EcP256).unwrap();
     let request = pb::X509SvidRequest {
         workload: Some(pb::Workload {
@@ -370,7 +387,7 @@ async fn sign_for_pod(client: &mut IssuerClient<Channel>, uid: &str) -> Result<S
             )]
             .into(),
             pod_uid: uid.to_owned(),
-            pod_token: String::new(),
+            pod_token: pod_token.to_owned(),
         }),
         workload_identity: "e2e-web".into(),
         csr: signet_identity::x509::create_csr(&key).unwrap(),
@@ -554,6 +571,25 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
             issued.unwrap(),
             format!("spiffe://{TRUST_DOMAIN}/ns/{WORK_NS}/sa/web")
         );
+
+        // A pod's own token (files mode) must be that pod's.
+        let web_token = bound_token(WORK_NS, "web", "web", "signet-csi");
+        assert_eq!(
+            sign_for_pod_with_token(&mut here, &web_uid, &web_token)
+                .await
+                .unwrap(),
+            format!("spiffe://{TRUST_DOMAIN}/ns/{WORK_NS}/sa/web")
+        );
+        let someone_elses = bound_token(NS, "signet-agent", "agent-here", "signet-csi");
+        let denial = sign_for_pod_with_token(&mut here, &web_uid, &someone_elses)
+            .await
+            .unwrap_err();
+        assert_eq!(denial.reason, "invalid_pod_token", "{denial:?}");
+        let agent_audience = bound_token(WORK_NS, "web", "web", AUDIENCE);
+        let denial = sign_for_pod_with_token(&mut here, &web_uid, &agent_audience)
+            .await
+            .unwrap_err();
+        assert_eq!(denial.reason, "invalid_pod_token", "{denial:?}");
 
         // Forged joins are refused.
         let claim = issuer

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub policy_version: Gauge,
     pub bundle_sequence: Gauge,
     pub agents_connected: Gauge,
+    /// Pods in the issuer's watch (Kubernetes mode).
+    pub pods_cached: Gauge,
 }
 
 impl Metrics {
@@ -58,6 +60,11 @@ impl Metrics {
             "agents_watching",
             "Agents with an open WatchPolicy stream",
             metrics.agents_connected.clone(),
+        );
+        sub.register(
+            "pods_cached",
+            "Pods in the issuer's own watch of the API server (Kubernetes mode)",
+            metrics.pods_cached.clone(),
         );
         std::sync::Arc::new(metrics)
     }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams};
 use tokio::sync::watch;
 
@@ -18,7 +19,11 @@ pub const JWKS_KEY: &str = "jwks.json";
 /// Retry interval after a failed write.
 const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn manifest(name: &str, published: &PublishedBundle) -> serde_json::Value {
+fn manifest(
+    name: &str,
+    owner: Option<&OwnerReference>,
+    published: &PublishedBundle,
+) -> serde_json::Value {
     serde_json::json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -28,6 +33,7 @@ fn manifest(name: &str, published: &PublishedBundle) -> serde_json::Value {
                 "app.kubernetes.io/managed-by": "signet-operator",
                 "app.kubernetes.io/part-of": "signet",
             },
+            "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
         },
         "data": {
             BUNDLE_PEM_KEY: published.pem,
@@ -42,6 +48,7 @@ fn manifest(name: &str, published: &PublishedBundle) -> serde_json::Value {
 pub async fn publish(
     api: Api<ConfigMap>,
     name: String,
+    owner: Option<OwnerReference>,
     mut bundles: watch::Receiver<Arc<PublishedBundle>>,
     mut leading: watch::Receiver<bool>,
 ) {
@@ -54,7 +61,11 @@ pub async fn publish(
             written = None;
         } else if written.as_deref() != Some(published.spiffe_json.as_str()) {
             match api
-                .patch(&name, &params, &Patch::Apply(manifest(&name, &published)))
+                .patch(
+                    &name,
+                    &params,
+                    &Patch::Apply(manifest(&name, owner.as_ref(), &published)),
+                )
                 .await
             {
                 Ok(_) => {

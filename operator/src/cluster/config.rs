@@ -11,6 +11,7 @@
 //!   lease_duration: 15s
 //!   agent_service_account: signet-agent  # agents' service account (same namespace)
 //!   agent_audience: signet-issuer     # audience of the agents' projected tokens
+//!   pod_token_audience: signet-csi    # audience of pod tokens signet-csi passes on
 //! ```
 
 use std::path::PathBuf;
@@ -38,6 +39,8 @@ pub struct KubernetesSection {
     pub agent_service_account: Option<String>,
     #[serde(default)]
     pub agent_audience: Option<String>,
+    #[serde(default)]
+    pub pod_token_audience: Option<String>,
 }
 
 /// Command-line values of the kubernetes subcommand.
@@ -57,6 +60,7 @@ pub struct KubernetesConfig {
     pub election: ElectionSettings,
     pub agent_service_account: String,
     pub agent_audience: String,
+    pub pod_token_audience: String,
 }
 
 #[derive(Clone, Debug)]
@@ -157,8 +161,19 @@ impl ClusterConfig {
         let agent_audience = section
             .agent_audience
             .unwrap_or_else(|| "signet-issuer".into());
-        if agent_audience.is_empty() {
-            return Err(invalid("kubernetes.agent_audience must not be empty"));
+        let pod_token_audience = section
+            .pod_token_audience
+            .unwrap_or_else(|| "signet-csi".into());
+        if agent_audience.is_empty() || pod_token_audience.is_empty() {
+            return Err(invalid(
+                "kubernetes.agent_audience and pod_token_audience must not be empty",
+            ));
+        }
+        if agent_audience == pod_token_audience {
+            // A pod's token must never pass for an agent's, nor the reverse.
+            return Err(invalid(
+                "kubernetes.agent_audience and pod_token_audience must differ",
+            ));
         }
         let oidc = base.oidc.clone();
         Ok(Self {
@@ -171,6 +186,7 @@ impl ClusterConfig {
                     .with_lease_duration(lease_duration),
                 agent_service_account,
                 agent_audience,
+                pod_token_audience,
             },
             oidc,
         })

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use futures::future::BoxFuture;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta, PostParams};
 use zeroize::Zeroizing;
 
@@ -23,8 +24,18 @@ pub const KEYSET_KEY: &str = "ca-keyset.json";
 pub struct SecretKeysetStore {
     api: Api<Secret>,
     name: String,
-    /// resourceVersion of the Secret as last read or written.
-    resource_version: Mutex<Option<String>>,
+    /// The Secret as last read or written, without its data.
+    seen: Mutex<Option<SeenSecret>>,
+}
+
+#[derive(Clone, Debug)]
+struct SeenSecret {
+    resource_version: String,
+    uid: String,
+    /// Kept on every write: Helm's ownership labels and annotations on a
+    /// chart-made Secret must survive the operator filling it in.
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
 }
 
 impl SecretKeysetStore {
@@ -32,26 +43,55 @@ impl SecretKeysetStore {
         Self {
             api,
             name: name.into(),
-            resource_version: Mutex::new(None),
+            seen: Mutex::new(None),
         }
     }
 
-    fn remember(&self, version: Option<String>) {
-        if let Ok(mut slot) = self.resource_version.lock() {
-            *slot = version;
+    fn remember(&self, secret: Option<&Secret>) {
+        let seen = secret.and_then(|s| {
+            Some(SeenSecret {
+                resource_version: s.metadata.resource_version.clone()?,
+                uid: s.metadata.uid.clone()?,
+                labels: s.metadata.labels.clone().unwrap_or_default(),
+                annotations: s.metadata.annotations.clone().unwrap_or_default(),
+            })
+        });
+        if let Ok(mut slot) = self.seen.lock() {
+            *slot = seen;
         }
     }
 
-    fn remembered(&self) -> Option<String> {
-        self.resource_version.lock().ok().and_then(|v| v.clone())
+    fn remembered(&self) -> Option<SeenSecret> {
+        self.seen.lock().ok().and_then(|v| v.clone())
     }
 
-    fn secret(&self, state: &str, resource_version: Option<String>) -> Secret {
-        let mut labels = BTreeMap::new();
-        labels.insert(
-            "app.kubernetes.io/managed-by".to_owned(),
-            "signet-operator".to_owned(),
-        );
+    /// An owner reference to the Secret, for the objects that exist only
+    /// because of it (bundle ConfigMap, Lease): when the Secret goes (as on
+    /// `helm uninstall`, whose chart creates it), they go too.
+    pub fn owner_reference(&self) -> Option<OwnerReference> {
+        let uid = self.remembered()?.uid;
+        Some(OwnerReference {
+            api_version: "v1".into(),
+            kind: "Secret".into(),
+            name: self.name.clone(),
+            uid,
+            ..OwnerReference::default()
+        })
+    }
+
+    fn secret(&self, state: &str, seen: Option<SeenSecret>) -> Secret {
+        let (resource_version, mut labels, annotations) = match seen {
+            Some(seen) => (
+                Some(seen.resource_version),
+                seen.labels,
+                Some(seen.annotations),
+            ),
+            None => (None, BTreeMap::new(), None),
+        };
+        // A chart-made Secret stays managed by Helm.
+        labels
+            .entry("app.kubernetes.io/managed-by".to_owned())
+            .or_insert_with(|| "signet-operator".to_owned());
         labels.insert("app.kubernetes.io/part-of".to_owned(), "signet".to_owned());
         let mut data = BTreeMap::new();
         data.insert(KEYSET_KEY.to_owned(), ByteString(state.as_bytes().to_vec()));
@@ -59,6 +99,7 @@ impl SecretKeysetStore {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
                 labels: Some(labels),
+                annotations,
                 resource_version,
                 ..ObjectMeta::default()
             },
@@ -94,14 +135,16 @@ impl KeysetStore for SecretKeysetStore {
                 self.remember(None);
                 return Ok(None);
             };
-            self.remember(secret.metadata.resource_version.clone());
-            let bytes = secret
+            self.remember(Some(&secret));
+            // An empty Secret (the Helm chart creates one so that uninstall
+            // removes the CA) is filled in by the first save.
+            let Some(bytes) = secret
                 .data
                 .as_mut()
                 .and_then(|data| data.remove(KEYSET_KEY))
-                .ok_or_else(|| {
-                    StoreError::Read(format!("Secret {} has no {KEYSET_KEY} key", self.name))
-                })?;
+            else {
+                return Ok(None);
+            };
             // Keep private key material out of non-zeroed buffers.
             let bytes = Zeroizing::new(bytes.0);
             let text = std::str::from_utf8(&bytes).map_err(|_| {
@@ -119,15 +162,15 @@ impl KeysetStore for SecretKeysetStore {
             };
             let result = match self.remembered() {
                 None => self.api.create(&params, &self.secret(&state, None)).await,
-                Some(version) => {
+                Some(seen) => {
                     self.api
-                        .replace(&self.name, &params, &self.secret(&state, Some(version)))
+                        .replace(&self.name, &params, &self.secret(&state, Some(seen)))
                         .await
                 }
             };
             match result {
                 Ok(written) => {
-                    self.remember(written.metadata.resource_version);
+                    self.remember(Some(&written));
                     Ok(())
                 }
                 Err(error) if is_conflict(&error) => Err(StoreError::Conflict),

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::watch;
@@ -88,6 +88,8 @@ fn now_micro() -> MicroTime {
 pub struct LeaderElector {
     api: Api<Lease>,
     settings: ElectionSettings,
+    /// Set on the Lease when this replica creates it.
+    owner: Option<OwnerReference>,
     leading: watch::Sender<bool>,
     /// The Lease record as last seen (holder, renew time, transitions) and
     /// when it was seen to change.
@@ -96,12 +98,17 @@ pub struct LeaderElector {
 }
 
 impl LeaderElector {
-    pub fn new(api: Api<Lease>, settings: ElectionSettings) -> (Self, watch::Receiver<bool>) {
+    pub fn new(
+        api: Api<Lease>,
+        settings: ElectionSettings,
+        owner: Option<OwnerReference>,
+    ) -> (Self, watch::Receiver<bool>) {
         let (leading, receiver) = watch::channel(false);
         (
             Self {
                 api,
                 settings,
+                owner,
                 leading,
                 observed: None,
                 last_renewal: None,
@@ -161,6 +168,7 @@ impl LeaderElector {
                 let lease = Lease {
                     metadata: ObjectMeta {
                         name: Some(self.settings.lease_name.clone()),
+                        owner_references: self.owner.clone().map(|o| vec![o]),
                         ..ObjectMeta::default()
                     },
                     spec: Some(self.lease_spec(None, true)),

@@ -57,27 +57,30 @@ pub async fn run(
     let server = IssuerServer::new(&config.base).await?;
     let listener = crate::server::bind(config.base.listen).await?;
 
-    let (stop_election, election_stopped) = watch::channel(false);
-    let (elector, leading) = leader::LeaderElector::new(
-        Api::<Lease>::namespaced(client.clone(), &namespace),
-        kube_config.election.clone(),
-    );
-    let election = tokio::spawn(elector.run(async move {
-        let mut stopped = election_stopped;
-        let _ = stopped.wait_for(|s| *s).await;
-    }));
-
     let store = Arc::new(keyset_secret::SecretKeysetStore::new(
         Api::<Secret>::namespaced(client.clone(), &namespace),
         kube_config.ca_secret.clone(),
     ));
     let authority = Authority::load_or_create(
         config.base.ca.clone(),
-        store,
+        store.clone(),
         config.base.issuer_names.clone(),
         clock.now(),
     )
     .await?;
+    let owner = store.owner_reference();
+
+    let (stop_election, election_stopped) = watch::channel(false);
+    let (elector, leading) = leader::LeaderElector::new(
+        Api::<Lease>::namespaced(client.clone(), &namespace),
+        kube_config.election.clone(),
+        owner.clone(),
+    );
+    let election = tokio::spawn(elector.run(async move {
+        let mut stopped = election_stopped;
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+
     tokio::spawn(authority.clone().run_with_leader(
         clock,
         ROTATION_CHECK_INTERVAL,
@@ -86,6 +89,7 @@ pub async fn run(
     tokio::spawn(bundle_config_map::publish(
         Api::<ConfigMap>::namespaced(client.clone(), &namespace),
         kube_config.bundle_config_map.clone(),
+        owner,
         authority.bundle(),
         leading.clone(),
     ));
@@ -115,7 +119,13 @@ pub async fn run(
             bundles: config.base.federation.clone(),
         },
         join,
-        workloads: Arc::new(pods::PodVerifier::new(pods.clone())),
+        workloads: Arc::new(pods::PodVerifier::new(
+            pods.clone(),
+            Some(pods::PodTokenReviewer {
+                client: client.clone(),
+                audience: kube_config.pod_token_audience.clone(),
+            }),
+        )),
         audit,
         metrics: server.metrics(),
         settings: IssuerSettings {
@@ -126,6 +136,17 @@ pub async fn run(
 
     // Ready once the policy and the pods are known: before that every
     // request would be refused for want of information, not by policy.
+    let pods_cached = server.metrics();
+    let counted = pods.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            ticker.tick().await;
+            pods_cached
+                .pods_cached
+                .set(i64::try_from(counted.len()).unwrap_or(i64::MAX));
+        }
+    });
     let readiness = server.readiness();
     let mut policy_synced = channels.synced.clone();
     let mut pods_synced = pods.synced();

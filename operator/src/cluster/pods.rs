@@ -214,15 +214,59 @@ pub fn pod_attributes(
     with_agent_attributes(map, agent)
 }
 
+/// Checks a pod's own service-account token (signet-csi files mode passes
+/// the one the kubelet requested for the volume).
+pub struct PodTokenReviewer {
+    pub client: kube::Client,
+    pub audience: String,
+}
+
 /// Verifies workloads against the pod cache: the pod must exist, run on
-/// the calling agent's node and not be terminating.
+/// the calling agent's node and not be terminating; a pod token, when
+/// given, must be the API server's for that very pod.
 pub struct PodVerifier {
     pods: Arc<PodCache>,
+    tokens: Option<PodTokenReviewer>,
 }
 
 impl PodVerifier {
-    pub fn new(pods: Arc<PodCache>) -> Self {
-        Self { pods }
+    pub fn new(pods: Arc<PodCache>, tokens: Option<PodTokenReviewer>) -> Self {
+        Self { pods, tokens }
+    }
+
+    async fn check_pod_token(&self, workload: &pb::Workload) -> Result<(), WorkloadRejection> {
+        if workload.pod_token.is_empty() {
+            return Ok(());
+        }
+        let Some(reviewer) = &self.tokens else {
+            return Err(rejection(
+                "invalid_pod_token",
+                "this issuer does not check pod tokens".into(),
+                false,
+            ));
+        };
+        let reviewed = crate::cluster::token_review::review(
+            &reviewer.client,
+            &workload.pod_token,
+            &reviewer.audience,
+        )
+        .await
+        .map_err(|e| {
+            // An unreachable API server is worth a retry; a refused token is not.
+            let retryable = e.reason == "token_review_failed";
+            rejection("invalid_pod_token", e.message, retryable)
+        })?;
+        if reviewed.pod_uid != workload.pod_uid {
+            return Err(rejection(
+                "invalid_pod_token",
+                format!(
+                    "the pod token belongs to pod {}/{}, not to UID {}",
+                    reviewed.namespace, reviewed.pod_name, workload.pod_uid
+                ),
+                false,
+            ));
+        }
+        Ok(())
     }
 
     pub fn check(
@@ -288,7 +332,11 @@ impl WorkloadVerifier for PodVerifier {
         agent: &'a AgentRecord,
         workload: &'a pb::Workload,
     ) -> BoxFuture<'a, Result<Attributes, WorkloadRejection>> {
-        Box::pin(async move { self.check(agent, workload) })
+        Box::pin(async move {
+            let attributes = self.check(agent, workload)?;
+            self.check_pod_token(workload).await?;
+            Ok(attributes)
+        })
     }
 }
 
@@ -344,7 +392,7 @@ mod tests {
     fn kubernetes_attributes_come_from_the_cache_not_the_agent() {
         let cache = Arc::new(PodCache::default());
         cache.upsert(pod("u1", "node-a"));
-        let verifier = PodVerifier::new(cache);
+        let verifier = PodVerifier::new(cache, None);
         let attrs = verifier
             .check(
                 &agent("node-a"),
@@ -400,7 +448,7 @@ mod tests {
                 k8s_openapi::jiff::Timestamp::now(),
             ));
         cache.upsert(dying);
-        let verifier = PodVerifier::new(cache.clone());
+        let verifier = PodVerifier::new(cache.clone(), None);
         let other = verifier
             .check(&agent("node-b"), &workload("u1", &[]))
             .unwrap_err();

@@ -1,0 +1,236 @@
+//! The Helm chart `charts/signet`, checked with the real helm (`helm lint`,
+//! `helm template`): its CRDs are the generated ones, the configuration it
+//! renders is accepted by the operator's and the agent's own parsers, and
+//! the objects carry the properties users and the security model rely on
+//! (two operator replicas with a PDB, least-privilege RBAC identical to the
+//! tested manifest, privileges only for the CSI container, podInfoOnMount).
+//!
+//! helm comes from `$SIGNET_E2E_BIN_DIR`, `~/.cache/signet/bin` (built by
+//! `e2e/cluster/build-tools.sh helm`, which `make test-setup` runs) or
+//! `PATH`; without it the tests print SKIPPED, unless
+//! `SIGNET_REQUIRE_HELM=1` makes that a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+use signet_e2e::cluster::note;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn helm() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("SIGNET_E2E_BIN_DIR").map(|d| PathBuf::from(d).join("helm")),
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/signet/bin/helm")),
+    ];
+    let found = candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .or_else(|| {
+            Command::new("helm")
+                .arg("version")
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|_| PathBuf::from("helm"))
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var("SIGNET_REQUIRE_HELM").as_deref() != Ok("1"),
+            "helm is required (SIGNET_REQUIRE_HELM=1) but was not found"
+        );
+        note("SKIPPED: helm not found (e2e/cluster/build-tools.sh helm)");
+    }
+    found
+}
+
+/// `helm template` with `--set` values; Err(stderr) when helm refuses.
+fn template(helm: &Path, sets: &[&str]) -> Result<Vec<Value>, String> {
+    let mut command = Command::new(helm);
+    command
+        .args(["template", "signet", "--namespace", "signet-system"])
+        .args(["--kube-version", "1.33.0"])
+        .arg(repo().join("charts/signet"));
+    for set in sets {
+        command.args(["--set", set]);
+    }
+    let output = command.output().unwrap();
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    let text = String::from_utf8(output.stdout).unwrap();
+    Ok(serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .filter(|v| !v.is_null())
+        .collect())
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name_suffix: &str) -> Option<&'a Value> {
+    objects.iter().find(|o| {
+        o["kind"] == kind
+            && o["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with(name_suffix))
+    })
+}
+
+fn get<'a>(objects: &'a [Value], kind: &str, name_suffix: &str) -> &'a Value {
+    find(objects, kind, name_suffix)
+        .unwrap_or_else(|| panic!("no {kind} named *{name_suffix} in the rendered chart"))
+}
+
+fn container<'a>(workload: &'a Value, name: &str) -> Option<&'a Value> {
+    workload["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+}
+
+#[test]
+fn chart_crds_are_the_generated_ones() {
+    for entry in std::fs::read_dir(repo().join("crds")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let copy = repo()
+                .join("charts/signet/crds")
+                .join(path.file_name().unwrap());
+            assert_eq!(
+                std::fs::read_to_string(&path).unwrap(),
+                std::fs::read_to_string(&copy).unwrap_or_default(),
+                "{} is stale: run `make crds`",
+                copy.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn chart_lints_and_renders_what_the_binaries_accept() {
+    let Some(helm) = helm() else { return };
+    let lint = Command::new(&helm)
+        .args(["lint", "--strict", "--kube-version", "1.33.0"])
+        .arg(repo().join("charts/signet"))
+        .output()
+        .unwrap();
+    assert!(
+        lint.status.success(),
+        "helm lint: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+
+    let objects = template(&helm, &[]).unwrap();
+
+    // The operator's and the agent's configuration parse with their own code.
+    let operator_yaml = get(&objects, "ConfigMap", "-operator")["data"]["operator.yaml"]
+        .as_str()
+        .unwrap();
+    let file: signet_operator::config::FileConfig = serde_yaml::from_str(operator_yaml).unwrap();
+    let config = signet_operator::cluster::ClusterConfig::resolve(
+        file,
+        signet_operator::config::Overrides::default(),
+        signet_operator::cluster::config::KubernetesOverrides {
+            namespace: Some("signet-system".into()),
+            identity: Some("operator-0".into()),
+            lease_duration: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(config.kubernetes.ca_secret, "signet-ca");
+    assert_eq!(config.kubernetes.agent_service_account, "signet-agent");
+    let agent_yaml = get(&objects, "ConfigMap", "-agent")["data"]["agent.yaml"]
+        .as_str()
+        .unwrap();
+    let agent = signet_agent::config::AgentConfig::parse(agent_yaml).unwrap();
+    assert!(agent.issuer.service_account_token_path.is_some());
+
+    // Two operator replicas, kept available through node drains.
+    let deployment = get(&objects, "Deployment", "-operator");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(
+        get(&objects, "PodDisruptionBudget", "-operator")["spec"]["minAvailable"],
+        1
+    );
+    let operator = container(deployment, "operator").unwrap();
+    assert_eq!(operator["securityContext"]["readOnlyRootFilesystem"], true);
+
+    // Only the CSI container is privileged; the agent sees host PIDs.
+    let daemonset = get(&objects, "DaemonSet", "-agent");
+    assert_eq!(daemonset["spec"]["template"]["spec"]["hostPID"], true);
+    assert!(container(daemonset, "agent").unwrap()["securityContext"]["privileged"].is_null());
+    let csi = container(daemonset, "csi").unwrap();
+    assert_eq!(csi["securityContext"]["privileged"], true);
+    let kubelet_mount = csi["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "kubelet-dir")
+        .unwrap();
+    assert_eq!(kubelet_mount["mountPropagation"], "Bidirectional");
+
+    // signet-csi trusts pod info only because the kubelet fills it in.
+    let driver = get(&objects, "CSIDriver", "csi.signet.dev");
+    assert_eq!(driver["spec"]["podInfoOnMount"], true);
+    assert_eq!(driver["spec"]["tokenRequests"][0]["audience"], "signet-csi");
+
+    // The operator's RBAC is the one the cluster test runs it under.
+    let tested: Vec<Value> =
+        serde_yaml::Deserializer::from_str(include_str!("../cluster/manifests/operator-rbac.yaml"))
+            .map(|doc| Value::deserialize(doc).unwrap())
+            .collect();
+    for kind in ["ClusterRole", "Role"] {
+        let rendered = &get(&objects, kind, "-operator")["rules"];
+        let manifest = &tested.iter().find(|o| o["kind"] == kind).unwrap()["rules"];
+        assert_eq!(
+            rendered, manifest,
+            "{kind} rules differ from the tested manifest"
+        );
+    }
+
+    // The default policy can be switched off; so can the CSI driver.
+    assert!(find(&objects, "WorkloadIdentity", "-default").is_some());
+    let bare = template(&helm, &["defaultPolicy.enabled=false", "csi.enabled=false"]).unwrap();
+    assert!(find(&bare, "WorkloadIdentity", "-default").is_none());
+    assert!(find(&bare, "CSIDriver", "csi.signet.dev").is_none());
+    assert!(container(get(&bare, "DaemonSet", "-agent"), "csi").is_none());
+
+    // OIDC needs an issuer URL; with one, the operator serves discovery.
+    let missing = template(&helm, &["operator.oidc.enabled=true"]).unwrap_err();
+    assert!(missing.contains("issuerUrl is required"), "{missing}");
+    let oidc = template(
+        &helm,
+        &[
+            "operator.oidc.enabled=true",
+            "operator.oidc.issuerUrl=https://oidc.example.org",
+        ],
+    )
+    .unwrap();
+    let config = get(&oidc, "ConfigMap", "-operator")["data"]["operator.yaml"]
+        .as_str()
+        .unwrap();
+    assert!(
+        config.contains("issuer_url: \"https://oidc.example.org\""),
+        "{config}"
+    );
+
+    // The schema refuses what would break at runtime.
+    for bad in [
+        "trustDomain=Example.ORG",
+        "image.tag=latest",
+        "operator.ca.keyType=dsa",
+        "operator.oidc.issuerUrl=http://plain.example.org",
+        "csi.podTokenAudience=signet-issuer",
+    ] {
+        let error = template(&helm, &[bad]).unwrap_err();
+        assert!(
+            error.contains("values don't meet the specifications"),
+            "{bad}: {error}"
+        );
+    }
+}
