@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test test-setup lint fmt crds bench demo standalone images e2e cluster-up cluster-down clean
+.PHONY: e2e-kind all build test test-setup lint fmt crds bench demo standalone images e2e cluster-up cluster-down clean
 
 all: build
 
@@ -69,11 +69,16 @@ cluster-down:
 e2e:
 	@if [ -z "$${KUBECONFIG:-}" ]; then bash e2e/cluster/up.sh; fi
 	bash e2e/cluster/smoke.sh
-	bash e2e/images/build-all.sh signet-agent
+	bash e2e/images/build-all.sh signet-operator signet-agent signet-csi signet-mtls-example
 	$(CARGO) build --workspace --bins
 	. /var/lib/signet-e2e/env && SIGNET_E2E_CLUSTER=1 $(CARGO) test -p signet-e2e --test cluster_operator -- --nocapture
+	. /var/lib/signet-e2e/env && SIGNET_E2E_CLUSTER=1 $(CARGO) test -p signet-e2e --test cluster_helm -- --nocapture
 	. /var/lib/signet-e2e/env && SIGNET_E2E_CLUSTER=1 $(CARGO) test -p signet-e2e --test cluster_agent -- --nocapture
 	. /var/lib/signet-e2e/env && SIGNET_E2E_CLUSTER=1 $(CARGO) test -p signet-csi --test kubelet_registration -- --nocapture
+
+## e2e-kind: the same suite on a kind cluster (needs Docker and kind; not run in CI here)
+e2e-kind:
+	bash e2e/kind/run.sh
 
 clean:
 	$(CARGO) clean

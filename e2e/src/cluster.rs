@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn note(message: &str) {
     let _ = writeln!(std::io::stderr(), "{message}");
@@ -90,4 +91,128 @@ pub fn pod_field(namespace: &str, name: &str, path: &str) -> String {
         "-o",
         &format!("jsonpath={{{path}}}"),
     ])
+}
+
+/// Waits for a `restartPolicy: Never` pod to finish; returns its phase and
+/// its log.
+pub fn run_to_completion(namespace: &str, name: &str, timeout: Duration) -> (String, String) {
+    let deadline = Instant::now() + timeout;
+    let phase = loop {
+        let phase = pod_field(namespace, name, ".status.phase");
+        if phase == "Succeeded" || phase == "Failed" {
+            break phase;
+        }
+        if Instant::now() > deadline {
+            let describe = kubectl_output(&["-n", namespace, "describe", "pod", name], None);
+            panic!(
+                "pod {namespace}/{name} still {phase:?} after {timeout:?}:\n{}",
+                String::from_utf8_lossy(&describe.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let logs = kubectl_output(&["-n", namespace, "logs", name], None);
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    (phase, log)
+}
+
+/// Waits until a DaemonSet has pods scheduled and all of them Ready (the
+/// agent is Ready once its first policy is in force). `kubectl rollout
+/// status` can return before the controller has scheduled anything.
+pub fn wait_for_daemonset(namespace: &str, name: &str, selector: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = kubectl(&[
+            "-n",
+            namespace,
+            "get",
+            "daemonset",
+            name,
+            "-o",
+            "jsonpath={.status.desiredNumberScheduled} {.status.numberReady}",
+        ]);
+        let mut counts = status.split_whitespace().map(str::parse::<u32>);
+        if let (Some(Ok(desired)), Some(Ok(ready))) = (counts.next(), counts.next())
+            && desired > 0
+            && ready == desired
+        {
+            return;
+        }
+        if Instant::now() > deadline {
+            let pods = kubectl_output(&["-n", namespace, "describe", "pods", "-l", selector], None);
+            panic!(
+                "daemonset {namespace}/{name} not ready after {timeout:?} (desired, ready: {status:?}):\n{}",
+                String::from_utf8_lossy(&pods.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Files on the node the test pods run on: this machine for the local
+/// cluster, or the kind node container named by `SIGNET_E2E_KIND_NODE`
+/// (reached with `docker exec`), so hostPath volumes work in both.
+pub struct NodeFiles {
+    kind_node: Option<String>,
+}
+
+impl NodeFiles {
+    pub fn from_env() -> Self {
+        Self {
+            kind_node: std::env::var("SIGNET_E2E_KIND_NODE")
+                .ok()
+                .filter(|n| !n.is_empty()),
+        }
+    }
+
+    /// Whether the node is this machine.
+    pub fn is_local(&self) -> bool {
+        self.kind_node.is_none()
+    }
+
+    /// Creates `path` (mode 0777, for pods running as any user).
+    pub fn create_dir(&self, path: &std::path::Path) {
+        match &self.kind_node {
+            None => {
+                std::fs::create_dir_all(path)
+                    .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
+                    .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+            }
+            Some(node) => {
+                let path = path.display().to_string();
+                let status = Command::new("docker")
+                    .args(["exec", node, "sh", "-c"])
+                    .arg(format!("mkdir -p '{path}' && chmod 0777 '{path}'"))
+                    .status()
+                    .unwrap_or_else(|e| panic!("docker exec: {e}"));
+                assert!(status.success(), "creating {path} on {node}");
+            }
+        }
+    }
+
+    pub fn read(&self, path: &std::path::Path) -> String {
+        match &self.kind_node {
+            None => std::fs::read_to_string(path)
+                .unwrap_or_else(|e| panic!("reading {}: {e}", path.display())),
+            Some(node) => {
+                let output = Command::new("docker")
+                    .args(["exec", node, "cat"])
+                    .arg(path)
+                    .output()
+                    .unwrap_or_else(|e| panic!("docker exec: {e}"));
+                assert!(
+                    output.status.success(),
+                    "reading {} on {node}",
+                    path.display()
+                );
+                String::from_utf8_lossy(&output.stdout).into_owned()
+            }
+        }
+    }
 }

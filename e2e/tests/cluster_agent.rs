@@ -21,7 +21,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use signet_e2e::cluster::{
-    free_port, kubectl, kubectl_apply, kubectl_output, note, pod_field, skip_reason,
+    free_port, kubectl, kubectl_apply, kubectl_output, note, pod_field, run_to_completion,
+    skip_reason, wait_for_daemonset,
 };
 use signet_e2e::standalone::{Stack, TRUST_DOMAIN};
 use signet_identity::x509::{certs_from_pem, spiffe_id_from_cert};
@@ -154,76 +155,6 @@ spec:
     )
 }
 
-/// Waits for a `restartPolicy: Never` pod to finish; returns its phase and
-/// its log.
-fn run_to_completion(namespace: &str, name: &str, timeout: Duration) -> (String, String) {
-    let deadline = Instant::now() + timeout;
-    let phase = loop {
-        let phase = pod_field(namespace, name, ".status.phase");
-        if phase == "Succeeded" || phase == "Failed" {
-            break phase;
-        }
-        if Instant::now() > deadline {
-            let describe = kubectl_output(&["-n", namespace, "describe", "pod", name], None);
-            panic!(
-                "pod {namespace}/{name} still {phase:?} after {timeout:?}:\n{}",
-                String::from_utf8_lossy(&describe.stdout)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    let logs = kubectl_output(&["-n", namespace, "logs", name], None);
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&logs.stdout),
-        String::from_utf8_lossy(&logs.stderr)
-    );
-    (phase, log)
-}
-
-/// Waits until a DaemonSet has pods scheduled and all of them Ready (the
-/// agent is Ready once its first policy is in force). `kubectl rollout
-/// status` can return before the controller has scheduled anything.
-fn wait_for_daemonset(namespace: &str, name: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let status = kubectl(&[
-            "-n",
-            namespace,
-            "get",
-            "daemonset",
-            name,
-            "-o",
-            "jsonpath={.status.desiredNumberScheduled} {.status.numberReady}",
-        ]);
-        let mut counts = status.split_whitespace().map(str::parse::<u32>);
-        if let (Some(Ok(desired)), Some(Ok(ready))) = (counts.next(), counts.next())
-            && desired > 0
-            && ready == desired
-        {
-            return;
-        }
-        if Instant::now() > deadline {
-            let pods = kubectl_output(
-                &[
-                    "-n",
-                    namespace,
-                    "describe",
-                    "pods",
-                    "-l",
-                    &format!("app={name}"),
-                ],
-                None,
-            );
-            panic!(
-                "daemonset {namespace}/{name} not ready after {timeout:?} (desired, ready: {status:?}):\n{}",
-                String::from_utf8_lossy(&pods.stdout)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 #[test]
 fn daemonset_agent_issues_pod_identities_from_kubelet_attributes() {
     if let Some(reason) = skip_reason() {
@@ -286,7 +217,12 @@ fn daemonset_agent_issues_pod_identities_from_kubelet_attributes() {
         .replace("@METRICS_PORT@", &free_port().to_string())
         .replace("@CLUSTER_ROLE@", CLUSTER_ROLE);
     kubectl_apply(&manifest);
-    wait_for_daemonset(SYSTEM_NS, "signet-agent", Duration::from_secs(180));
+    wait_for_daemonset(
+        SYSTEM_NS,
+        "signet-agent",
+        "app=signet-agent",
+        Duration::from_secs(180),
+    );
     let agent_ready = started.elapsed();
 
     // A pod in the allowed namespace, with its own service account.

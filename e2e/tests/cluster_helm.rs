@@ -1,0 +1,565 @@
+//! Signet as users install it (issue 7's suite): `helm install` of
+//! `charts/signet` on the cluster `KUBECONFIG` points to, then pods that
+//! mount the CSI volume and use the SPIFFE Workload API through it.
+//!
+//! - helm install: operator Deployment and agent+CSI DaemonSet Ready, the
+//!   driver registered on the node;
+//! - a WorkloadIdentity + Role applied with kubectl: a pod gets an
+//!   X.509-SVID whose SPIFFE ID and DNS SAN follow the template, and a
+//!   JWT-SVID;
+//! - two pods authenticate each other over mTLS (`signet-mtls-example`); a
+//!   third, whose service account no identity allows, gets PermissionDenied;
+//! - the operator leader's pod is deleted: the Lease moves, the bundle is
+//!   unchanged and new pods still get identities; the same after the agent
+//!   pod is restarted;
+//! - helm uninstall leaves no Signet object behind (CRDs stay, as Helm
+//!   never deletes CRDs).
+//!
+//! Needs the images `localhost/signet/{operator,agent,csi,mtls-example}:dev`
+//! in the node's containerd (`e2e/images/build-all.sh`, which `make e2e`
+//! runs) and helm (`e2e/cluster/build-tools.sh helm`). The test runs on the
+//! node itself: pods write what they fetched to a hostPath directory the
+//! test reads. Runs only with `SIGNET_E2E_CLUSTER=1` and `KUBECONFIG`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use signet_e2e::cluster::{
+    NodeFiles, kubectl, kubectl_apply, kubectl_output, note, pod_field, run_to_completion,
+    skip_reason, wait_for_daemonset,
+};
+use signet_e2e::standalone::wait_until_every;
+use signet_identity::x509::{certs_from_pem, spiffe_id_from_cert};
+
+const RELEASE: &str = "signet";
+const NS: &str = "signet-system";
+const APPS: &str = "signet-e2e-apps";
+const TD: &str = "example.org";
+const IMAGES: [&str; 4] = ["operator", "agent", "csi", "mtls-example"];
+const POLL: Duration = Duration::from_millis(500);
+
+fn helm_path() -> PathBuf {
+    std::env::var_os("SIGNET_E2E_BIN_DIR")
+        .map(|dir| PathBuf::from(dir).join("helm"))
+        .filter(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from("helm"))
+}
+
+fn helm(args: &[&str]) -> std::process::Output {
+    Command::new(helm_path()).args(args).output().unwrap()
+}
+
+fn image(name: &str) -> String {
+    format!("localhost/signet/{name}:dev")
+}
+
+fn missing_images() -> Vec<String> {
+    let sock = std::env::var("SIGNET_CONTAINERD_SOCK")
+        .unwrap_or_else(|_| "/run/signet-e2e/containerd/containerd.sock".into());
+    let output = Command::new("ctr")
+        .args(["-a", &sock, "-n", "k8s.io", "images", "ls", "-q"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&output.stdout).into_owned();
+    IMAGES
+        .iter()
+        .map(|name| image(name))
+        .filter(|reference| !listed.lines().any(|line| line == reference))
+        .collect()
+}
+
+fn uninstall_and_clean() {
+    let _ = helm(&[
+        "uninstall",
+        RELEASE,
+        "-n",
+        NS,
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    let _ = kubectl_output(
+        &[
+            "delete",
+            "workloadidentities.signet.dev,roles.signet.dev",
+            "-l",
+            "signet-e2e=helm",
+            "--ignore-not-found",
+        ],
+        None,
+    );
+    let _ = kubectl_output(
+        &[
+            "delete",
+            "namespace",
+            APPS,
+            NS,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=180s",
+        ],
+        None,
+    );
+}
+
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for selector in [
+                "app.kubernetes.io/component=operator",
+                "app.kubernetes.io/component=agent",
+            ] {
+                let logs = kubectl_output(
+                    &[
+                        "-n",
+                        NS,
+                        "logs",
+                        "-l",
+                        selector,
+                        "--all-containers",
+                        "--tail=60",
+                        "--prefix",
+                    ],
+                    None,
+                );
+                note(&format!(
+                    "----- {selector} logs -----\n{}",
+                    String::from_utf8_lossy(&logs.stdout)
+                ));
+            }
+        }
+        uninstall_and_clean();
+    }
+}
+
+const POLICY: &str = r#"apiVersion: signet.dev/v1alpha1
+kind: WorkloadIdentity
+metadata:
+  name: e2e-apps
+  labels: {signet-e2e: helm}
+spec:
+  rules:
+    allow:
+      - conditions:
+          - {attribute: workload.kubernetes.namespace, eq: signet-e2e-apps}
+          - {attribute: workload.kubernetes.service_account, in: [client, server]}
+  spiffe:
+    id: /ns/{{ workload.kubernetes.namespace }}/sa/{{ workload.kubernetes.service_account }}
+    x509:
+      dnsSans: ["{{ workload.kubernetes.pod_name }}.apps.internal"]
+---
+apiVersion: signet.dev/v1alpha1
+kind: Role
+metadata:
+  name: e2e-apps
+  labels: {signet-e2e: helm}
+spec:
+  subjects:
+    - {kind: Agent, name: "*"}
+  allow:
+    workloadIdentityLabels: {signet-e2e: [helm]}
+"#;
+
+/// A pod with the Signet CSI volume (socket mode) running `args` from
+/// `image`, with `SPIFFE_ENDPOINT_SOCKET` set; `out` (a host directory) is
+/// mounted at /out when given.
+fn csi_pod(
+    name: &str,
+    sa: &str,
+    image: &str,
+    args: &[&str],
+    out: Option<&Path>,
+    restart: &str,
+) -> String {
+    let args = args
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (out_mount, out_volume) = match out {
+        Some(dir) => (
+            "\n        - {name: out, mountPath: /out}".to_owned(),
+            format!(
+                "\n    - name: out\n      hostPath: {{path: \"{}\", type: Directory}}",
+                dir.display()
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {APPS}, labels: {{app: {name}}}}}
+spec:
+  serviceAccountName: {sa}
+  restartPolicy: {restart}
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: main
+      image: "{image}"
+      imagePullPolicy: Never
+      args: [{args}]
+      env:
+        - {{name: SPIFFE_ENDPOINT_SOCKET, value: "unix:///spiffe-workload-api/agent.sock"}}
+      volumeMounts:
+        - {{name: spiffe, mountPath: /spiffe-workload-api, readOnly: true}}{out_mount}
+  volumes:
+    - name: spiffe
+      csi: {{driver: csi.signet.dev, readOnly: true}}{out_volume}
+"#
+    )
+}
+
+/// Runs a pod that fetches its X.509-SVID into `out`/<name> on the node;
+/// returns the leaf's SPIFFE ID and its DNS SANs as openssl prints them.
+fn fetch_x509(name: &str, sa: &str, out: &Path) -> (String, String) {
+    let node = NodeFiles::from_env();
+    let dir = out.join(name);
+    node.create_dir(&dir);
+    let args = [
+        "api",
+        "fetch",
+        "x509",
+        "--output",
+        "json",
+        "--timeout",
+        "60s",
+        "--write",
+        "/out",
+    ];
+    kubectl_apply(&csi_pod(
+        name,
+        sa,
+        &image("agent"),
+        &args,
+        Some(&dir),
+        "Never",
+    ));
+    let (phase, log) = run_to_completion(APPS, name, Duration::from_secs(150));
+    assert_eq!(phase, "Succeeded", "{name}: {log}");
+    let leaf_pem = node.read(&dir.join("svid.pem"));
+    let leaf = certs_from_pem(&leaf_pem).unwrap().remove(0);
+    let id = spiffe_id_from_cert(&leaf).unwrap().to_string();
+    let mut openssl = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut openssl.stdin.take().unwrap(), leaf_pem.as_bytes()).unwrap();
+    let sans = openssl.wait_with_output().unwrap();
+    (id, String::from_utf8_lossy(&sans.stdout).into_owned())
+}
+
+fn lease_holder() -> String {
+    let lease = format!("{RELEASE}-operator");
+    kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "lease",
+        &lease,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])
+}
+
+fn bundle_pem() -> String {
+    kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "configmap",
+        "signet-bundle",
+        "-o",
+        "jsonpath={.data.bundle\\.pem}",
+    ])
+}
+
+#[test]
+fn helm_install_gives_pods_identities_through_the_csi_driver() {
+    if let Some(reason) = skip_reason() {
+        note(&format!("SKIPPED: {reason}"));
+        return;
+    }
+    if NodeFiles::from_env().is_local() {
+        let missing = missing_images();
+        assert!(
+            missing.is_empty(),
+            "images missing from the node: {missing:?}; run e2e/images/build-all.sh"
+        );
+    }
+    uninstall_and_clean();
+    let _cleanup = Cleanup;
+    // A fresh directory on the node for what pods fetch.
+    let out = PathBuf::from(format!("/tmp/signet-e2e-helm-{}", std::process::id()));
+    NodeFiles::from_env().create_dir(&out);
+
+    // helm install: everything Ready.
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/signet");
+    let install = helm(&[
+        "install",
+        RELEASE,
+        chart.to_str().unwrap(),
+        "-n",
+        NS,
+        "--create-namespace",
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        "defaultPolicy.enabled=false",
+        "--set",
+        "operator.leaseDuration=6s",
+        // More values for other clusters (kind: agent.kubelet.skipVerify=true).
+        "--set",
+        &std::env::var("SIGNET_E2E_HELM_SET").unwrap_or_else(|_| "agent.logFormat=json".into()),
+        "--wait",
+        "--timeout",
+        "5m",
+    ]);
+    assert!(
+        install.status.success(),
+        "helm install: {}{}",
+        String::from_utf8_lossy(&install.stdout),
+        String::from_utf8_lossy(&install.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&install.stdout).contains("csi: {driver: csi.signet.dev"),
+        "NOTES tell the user how to mount the volume"
+    );
+    wait_for_daemonset(
+        NS,
+        "signet-agent",
+        "app.kubernetes.io/component=agent",
+        Duration::from_secs(120),
+    );
+    let ready = kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "deployment",
+        "signet-operator",
+        "-o",
+        "jsonpath={.status.readyReplicas}",
+    ]);
+    assert_eq!(ready, "2", "both operator replicas Ready");
+    let node = std::env::var("SIGNET_E2E_NODE_NAME").unwrap_or_else(|_| "vm".into());
+    wait_until_every(
+        "the driver on the node's CSINode",
+        Duration::from_secs(60),
+        POLL,
+        || {
+            kubectl(&[
+                "get",
+                "csinode",
+                &node,
+                "-o",
+                "jsonpath={.spec.drivers[*].name}",
+            ])
+            .contains("csi.signet.dev")
+        },
+    );
+
+    // Policy, then pods.
+    kubectl_apply(POLICY);
+    wait_until_every("e2e-apps Ready", Duration::from_secs(30), POLL, || {
+        kubectl(&[
+            "get",
+            "workloadidentities.signet.dev",
+            "e2e-apps",
+            "-o",
+            "jsonpath={.status.conditions[0].status}",
+        ]) == "True"
+    });
+    kubectl(&["create", "namespace", APPS]);
+    for sa in ["client", "server", "intruder"] {
+        kubectl(&["-n", APPS, "create", "serviceaccount", sa]);
+    }
+    let (id, sans) = fetch_x509("fetch-client", "client", &out);
+    assert_eq!(id, format!("spiffe://{TD}/ns/{APPS}/sa/client"));
+    assert!(sans.contains("DNS:fetch-client.apps.internal"), "{sans}");
+
+    let jwt_args = [
+        "api",
+        "fetch",
+        "jwt",
+        "--audience",
+        "e2e",
+        "--output",
+        "json",
+        "--timeout",
+        "60s",
+    ];
+    kubectl_apply(&csi_pod(
+        "jwt-client",
+        "client",
+        &image("agent"),
+        &jwt_args,
+        None,
+        "Never",
+    ));
+    let (phase, log) = run_to_completion(APPS, "jwt-client", Duration::from_secs(120));
+    assert_eq!(phase, "Succeeded", "{log}");
+    assert!(
+        log.contains(&format!("spiffe://{TD}/ns/{APPS}/sa/client")),
+        "{log}"
+    );
+
+    // mTLS between two pods; the intruder gets no identity at all.
+    let client_id = format!("spiffe://{TD}/ns/{APPS}/sa/client");
+    let server_id = format!("spiffe://{TD}/ns/{APPS}/sa/server");
+    kubectl_apply(&csi_pod(
+        "server",
+        "server",
+        &image("mtls-example"),
+        &["server", "--listen", "0.0.0.0:7443", "--allow", &client_id],
+        None,
+        "Always",
+    ));
+    kubectl(&[
+        "-n",
+        APPS,
+        "wait",
+        "--for=condition=Ready",
+        "pod/server",
+        "--timeout=120s",
+    ]);
+    let mut server_ip = String::new();
+    wait_until_every(
+        "the server listening",
+        Duration::from_secs(60),
+        POLL,
+        || {
+            server_ip = pod_field(APPS, "server", ".status.podIP");
+            let logs = kubectl_output(&["-n", APPS, "logs", "server"], None);
+            !server_ip.is_empty() && String::from_utf8_lossy(&logs.stdout).contains("listening on")
+        },
+    );
+    let connect = format!("{server_ip}:7443");
+    let mtls = |name: &str| {
+        kubectl_apply(&csi_pod(
+            name,
+            "client",
+            &image("mtls-example"),
+            &["client", "--connect", &connect, "--server-id", &server_id],
+            None,
+            "Never",
+        ));
+        run_to_completion(APPS, name, Duration::from_secs(120))
+    };
+    let (phase, log) = mtls("mtls-client");
+    assert_eq!(phase, "Succeeded", "{log}");
+    let fetch_args = ["api", "fetch", "x509", "--timeout", "20s"];
+    kubectl_apply(&csi_pod(
+        "intruder",
+        "intruder",
+        &image("agent"),
+        &fetch_args,
+        None,
+        "Never",
+    ));
+    let (phase, log) = run_to_completion(APPS, "intruder", Duration::from_secs(120));
+    assert_eq!(phase, "Failed", "{log}");
+    assert!(
+        log.contains("PermissionDenied")
+            || log.contains("permission denied")
+            || log.contains("no identity"),
+        "{log}"
+    );
+
+    // Operator failover: the leader's pod goes; signing goes on, same CA.
+    let bundle = bundle_pem();
+    let leader = lease_holder();
+    assert!(leader.starts_with("signet-operator-"), "{leader}");
+    kubectl(&[
+        "-n",
+        NS,
+        "delete",
+        "pod",
+        &leader,
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ]);
+    wait_until_every("a new leader", Duration::from_secs(60), POLL, || {
+        let holder = lease_holder();
+        !holder.is_empty() && holder != leader
+    });
+    assert_eq!(bundle_pem(), bundle, "failover keeps the CA");
+    let (id, _) = fetch_x509("after-failover", "client", &out);
+    assert_eq!(id, format!("spiffe://{TD}/ns/{APPS}/sa/client"));
+
+    // Agent restart: a new agent pod serves the next pod.
+    kubectl(&[
+        "-n",
+        NS,
+        "delete",
+        "pod",
+        "-l",
+        "app.kubernetes.io/component=agent",
+        "--wait=true",
+    ]);
+    wait_for_daemonset(
+        NS,
+        "signet-agent",
+        "app.kubernetes.io/component=agent",
+        Duration::from_secs(120),
+    );
+    let (phase, log) = mtls("mtls-after-agent-restart");
+    assert_eq!(phase, "Succeeded", "mTLS after the agent restarted: {log}");
+
+    // Uninstall leaves nothing of Signet behind.
+    kubectl(&["delete", "namespace", APPS, "--wait=true", "--timeout=120s"]);
+    kubectl(&[
+        "delete",
+        "workloadidentities.signet.dev,roles.signet.dev",
+        "-l",
+        "signet-e2e=helm",
+    ]);
+    let uninstall = helm(&[
+        "uninstall",
+        RELEASE,
+        "-n",
+        NS,
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    assert!(
+        uninstall.status.success(),
+        "{}",
+        String::from_utf8_lossy(&uninstall.stderr)
+    );
+    wait_until_every(
+        "the namespace to empty",
+        Duration::from_secs(90),
+        POLL,
+        || {
+            let left = kubectl(&[
+                "-n",
+                NS,
+                "get",
+                "deployment,daemonset,pod,service,configmap,secret,lease,serviceaccount,role,rolebinding,poddisruptionbudget",
+                "-o",
+                "name",
+            ]);
+            left.lines().all(|name| {
+                name == "configmap/kube-root-ca.crt" || name == "serviceaccount/default"
+            })
+        },
+    );
+    for object in [
+        "clusterrole/signet-operator",
+        "clusterrole/signet-agent",
+        "clusterrolebinding/signet-operator",
+        "clusterrolebinding/signet-agent",
+        "csidriver/csi.signet.dev",
+    ] {
+        let found = kubectl(&["get", object, "--ignore-not-found", "-o", "name"]);
+        assert!(found.trim().is_empty(), "left behind: {object}");
+    }
+}
