@@ -9,6 +9,8 @@
 //!   JWT-SVID;
 //! - two pods authenticate each other over mTLS (`signet-mtls-example`); a
 //!   third, whose service account no identity allows, gets PermissionDenied;
+//! - with 1-minute SVIDs, 75 connections over 75 s see the client's SVID
+//!   rotate (pushed on the Workload API stream) with no failed handshake;
 //! - the operator leader's pod is deleted: the Lease moves, the bundle is
 //!   unchanged and new pods still get identities; the same after the agent
 //!   pod is restarted;
@@ -150,6 +152,8 @@ spec:
   spiffe:
     id: /ns/{{ workload.kubernetes.namespace }}/sa/{{ workload.kubernetes.service_account }}
     x509:
+      # Short, so SVIDs rotate (at half-life) while the test watches.
+      ttl: 1m
       dnsSans: ["{{ workload.kubernetes.pod_name }}.apps.internal"]
 ---
 apiVersion: signet.dev/v1alpha1
@@ -440,19 +444,49 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
         },
     );
     let connect = format!("{server_ip}:7443");
-    let mtls = |name: &str| {
+    let mtls = |name: &str, repeat: &str| {
         kubectl_apply(&csi_pod(
             name,
             "client",
             &image("mtls-example"),
-            &["client", "--connect", &connect, "--server-id", &server_id],
+            &[
+                "client",
+                "--connect",
+                &connect,
+                "--server-id",
+                &server_id,
+                "--repeat",
+                repeat,
+                "--interval",
+                "1s",
+            ],
             None,
             "Never",
         ));
-        run_to_completion(APPS, name, Duration::from_secs(120))
+        run_to_completion(APPS, name, Duration::from_secs(180))
     };
-    let (phase, log) = mtls("mtls-client");
+    let (phase, log) = mtls("mtls-client", "1");
     assert_eq!(phase, "Succeeded", "{log}");
+    assert!(
+        log.contains(&format!("hello {client_id}, this is {server_id}")),
+        "{log}"
+    );
+
+    // Rotation: over 75 s both sides' 1-minute SVIDs rotate at least twice
+    // and every handshake succeeds (one failure fails the pod).
+    let (phase, log) = mtls("mtls-rotation", "75");
+    assert_eq!(
+        phase, "Succeeded",
+        "a handshake failed during rotation: {log}"
+    );
+    let svids: std::collections::BTreeSet<&str> = log
+        .lines()
+        .filter_map(|line| line.split("client svid ").nth(1))
+        .collect();
+    assert!(
+        svids.len() >= 2,
+        "the client's SVID rotated on its stream: {log}"
+    );
     let fetch_args = ["api", "fetch", "x509", "--timeout", "20s"];
     kubectl_apply(&csi_pod(
         "intruder",
@@ -509,7 +543,7 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
         "app.kubernetes.io/component=agent",
         Duration::from_secs(120),
     );
-    let (phase, log) = mtls("mtls-after-agent-restart");
+    let (phase, log) = mtls("mtls-after-agent-restart", "1");
     assert_eq!(phase, "Succeeded", "mTLS after the agent restarted: {log}");
 
     // Uninstall leaves nothing of Signet behind.

@@ -50,6 +50,13 @@ enum Command {
         /// The SPIFFE ID the server must present.
         #[arg(long)]
         server_id: String,
+        /// Connect this many times, each with the SVID current then; any
+        /// failure ends the run with an error.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
+        /// Pause between connections.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
     },
 }
 
@@ -70,7 +77,20 @@ fn main() -> ExitCode {
                 allow,
                 connections,
             } => server(&source, listen, &allow, connections).await,
-            Command::Client { connect, server_id } => client(&source, connect, &server_id).await,
+            Command::Client {
+                connect,
+                server_id,
+                repeat,
+                interval,
+            } => {
+                for round in 0..repeat {
+                    if round > 0 {
+                        tokio::time::sleep(interval).await;
+                    }
+                    client(&source, connect, &server_id).await?;
+                }
+                Ok(())
+            }
         }
     });
     match result {
@@ -81,8 +101,9 @@ fn main() -> ExitCode {
 
 /// The current SVID and bundles, in the shapes rustls wants. Read again for
 /// every connection so rotated SVIDs and CAs are picked up.
-fn credentials(source: &X509Source) -> Result<(Arc<SvidResolver>, SharedBundles, SpiffeId), Error> {
+fn credentials(source: &X509Source) -> Result<Credentials, Error> {
     let svid = source.svid()?;
+    let leaf_der = svid.leaf().as_bytes().to_vec();
     let resolver = Arc::new(SvidResolver::new());
     let chain = svid
         .cert_chain()
@@ -108,7 +129,20 @@ fn credentials(source: &X509Source) -> Result<(Arc<SvidResolver>, SharedBundles,
         TrustDomain::new(own_domain.as_str())?,
         &der,
     )?);
-    Ok((resolver, SharedBundles::new(bundles), own_id))
+    Ok(Credentials {
+        resolver,
+        bundles: SharedBundles::new(bundles),
+        own_id,
+        leaf_der,
+    })
+}
+
+/// One connection's credentials, read together from the source.
+struct Credentials {
+    resolver: Arc<SvidResolver>,
+    bundles: SharedBundles,
+    own_id: SpiffeId,
+    leaf_der: Vec<u8>,
 }
 
 async fn server(
@@ -123,7 +157,12 @@ async fn server(
     let mut served = 0;
     while connections.is_none_or(|limit| served < limit) {
         let (tcp, peer) = listener.accept().await?;
-        let (resolver, bundles, own_id) = credentials(source)?;
+        let Credentials {
+            resolver,
+            bundles,
+            own_id,
+            ..
+        } = credentials(source)?;
         let verifier =
             SpiffeClientVerifier::required(bundles, PeerPolicy::OneOf(vec![allowed.clone()]));
         let config = signet_tls::server_config(resolver, Arc::new(verifier))?;
@@ -148,7 +187,12 @@ async fn server(
 
 async fn client(source: &X509Source, connect: SocketAddr, server_id: &str) -> Result<(), Error> {
     let expected = SpiffeId::parse(server_id)?;
-    let (resolver, bundles, own_id) = credentials(source)?;
+    let Credentials {
+        resolver,
+        bundles,
+        own_id,
+        leaf_der,
+    } = credentials(source)?;
     let verifier = SpiffeServerVerifier::new(bundles, PeerPolicy::OneOf(vec![expected]));
     let mut config = signet_tls::client_config(Some(resolver), Arc::new(verifier))?;
     config.alpn_protocols.clear();
@@ -161,7 +205,14 @@ async fn client(source: &X509Source, connect: SocketAddr, server_id: &str) -> Re
         .await?;
     let mut reply = String::new();
     BufReader::new(&mut tls).read_line(&mut reply).await?;
-    say(reply.trim());
+    // Which SVID this connection used, to see rotation from the outside.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&leaf_der, &mut hasher);
+    say(&format!(
+        "{} (client svid {:016x})",
+        reply.trim(),
+        std::hash::Hasher::finish(&hasher)
+    ));
     Ok(())
 }
 
