@@ -15,6 +15,7 @@ use crate::backoff::Backoff;
 use crate::cache::{CacheConfig, SvidCache};
 use crate::clock::Clock;
 use crate::config::{AgentConfig, ConfigError};
+use crate::delegated::{DelegatedError, DelegatedState, bind_admin_socket, serve_admin};
 use crate::issuer_client::{IssuerClient, IssuerClientConfig, IssuerError};
 use crate::keys::SvidKeyFactory;
 use crate::metrics::Metrics;
@@ -31,6 +32,8 @@ pub enum AgentError {
     Attestors(#[from] AttestError),
     #[error("workload API socket: {0}")]
     Socket(#[from] signet_runtime::uds::UdsError),
+    #[error("delegated API: {0}")]
+    Delegated(#[from] DelegatedError),
     #[error("admin endpoint {address}: {source}")]
     Admin {
         address: std::net::SocketAddr,
@@ -163,6 +166,13 @@ pub async fn run_until(
     }
 
     let attestor = WorkloadAttestor::new(&config.attestors)?;
+    let delegated = Arc::new(DelegatedState::new(
+        cache.clone(),
+        store.subscribe(),
+        client.pod_tokens().clone(),
+        attestor.kubernetes().map(|k| k.pod_cache().clone()),
+        config.first_svid_timeout,
+    ));
     let state = Arc::new(ServerState::new(
         cache,
         store.subscribe(),
@@ -174,6 +184,7 @@ pub async fn run_until(
     let Some(path) = config.listen.unix_path().map(ToOwned::to_owned) else {
         return Err(ConfigError::Invalid("listen must be a unix socket".into()).into());
     };
+    let admin_path = admin_socket(&config)?;
     let listener = signet_runtime::uds::bind_unix_listener(&path, config.socket_mode)?;
     tracing::info!(
         socket = %config.listen,
@@ -181,15 +192,56 @@ pub async fn run_until(
         "Workload API and SDS listening; export SPIFFE_ENDPOINT_SOCKET={}",
         config.listen
     );
-    tracing::debug!(admin = %config.admin_listen, "delegated API socket reserved (not served yet)");
+    let admin = match admin_path {
+        Some((admin_path, admin_listener)) => {
+            tracing::info!(socket = %admin_path.display(), "delegated API (signet-csi) listening, root only");
+            let mut stop = shutdown.clone();
+            let served = tokio::spawn(serve_admin(admin_listener, delegated, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }));
+            Some((admin_path, served))
+        }
+        None => None,
+    };
     let mut stop = shutdown.clone();
     let served = serve(listener, ProcRoot::from_env(), state, async move {
         let _ = stop.wait_for(|s| *s).await;
     })
     .await;
     signet_runtime::uds::remove_socket(&path);
+    if let Some((admin_path, admin)) = admin {
+        match admin.await {
+            Ok(Err(error)) => tracing::warn!(%error, "the delegated API stopped with an error"),
+            Err(error) => tracing::warn!(%error, "the delegated API task failed"),
+            Ok(Ok(())) => {}
+        }
+        signet_runtime::uds::remove_socket(&admin_path);
+    }
     tracing::info!("signet-agent stopped");
     served.map_err(AgentError::from)
+}
+
+/// Binds the delegated API's socket. A configured `admin_listen` must work;
+/// the default may fail (an unprivileged agent cannot create
+/// /run/signet-admin), which only leaves the delegated API off.
+fn admin_socket(
+    config: &AgentConfig,
+) -> Result<Option<(std::path::PathBuf, tokio::net::UnixListener)>, AgentError> {
+    let endpoint = config.admin_listen();
+    let Some(path) = endpoint.unix_path().map(ToOwned::to_owned) else {
+        return Err(ConfigError::Invalid("admin_listen must be a unix socket".into()).into());
+    };
+    match bind_admin_socket(&path) {
+        Ok(listener) => Ok(Some((path, listener))),
+        Err(error) if config.admin_listen.is_none() => {
+            tracing::warn!(
+                %error,
+                "the delegated API for signet-csi files mode is off; set admin_listen to a path the agent may create"
+            );
+            Ok(None)
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Gets the agent an identity, retrying while the issuer is unreachable.

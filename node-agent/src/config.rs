@@ -83,9 +83,13 @@ pub struct AgentConfig {
     /// Permission bits of the socket (default 0666).
     #[serde(default = "default_socket_mode", deserialize_with = "socket_mode")]
     pub socket_mode: u32,
-    /// Delegated API socket for signet-csi (reserved; not served yet).
-    #[serde(default = "default_admin_listen")]
-    pub admin_listen: Endpoint,
+    /// Delegated API socket for signet-csi files mode (default
+    /// `unix:///run/signet-admin/admin.sock`): root only, in a directory of
+    /// its own. Unset, a failure to bind the default is logged and the agent
+    /// runs without the delegated API (unprivileged test runs); set, it is
+    /// an error.
+    #[serde(default)]
+    pub admin_listen: Option<Endpoint>,
     /// Serve only the WorkloadIdentities this selects (default: all).
     #[serde(default)]
     pub selector: Option<IdentitySelector>,
@@ -135,10 +139,6 @@ fn default_state_dir() -> PathBuf {
 
 fn default_listen() -> Endpoint {
     Endpoint::Unix(PathBuf::from("/run/signet/agent.sock"))
-}
-
-fn default_admin_listen() -> Endpoint {
-    Endpoint::Unix(PathBuf::from("/run/signet-admin/admin.sock"))
 }
 
 fn default_socket_mode() -> u32 {
@@ -235,19 +235,33 @@ impl AgentConfig {
                 self.listen
             ));
         }
-        if self.admin_listen.unix_path().is_none() {
-            return invalid(format!(
-                "admin_listen {} must be a unix socket",
-                self.admin_listen
-            ));
-        }
-        if self.admin_listen == self.listen {
+        let admin = self.admin_listen();
+        let Some(admin_path) = admin.unix_path() else {
+            return invalid(format!("admin_listen {admin} must be a unix socket"));
+        };
+        if admin == self.listen {
             return invalid("admin_listen and listen must differ".into());
+        }
+        // signet-csi bind-mounts the Workload API socket's directory into
+        // pods: the root-only admin socket must not be in it.
+        if admin_path.parent() == self.listen.unix_path().and_then(Path::parent) {
+            return invalid(format!(
+                "admin_listen {admin} must not be in the directory of listen {}: \
+                 that directory is mounted into pods",
+                self.listen
+            ));
         }
         if self.first_svid_timeout.is_zero() {
             return invalid("first_svid_timeout must be positive".into());
         }
         Ok(())
+    }
+
+    /// The delegated API socket, configured or default.
+    pub fn admin_listen(&self) -> Endpoint {
+        self.admin_listen
+            .clone()
+            .unwrap_or_else(|| Endpoint::Unix(PathBuf::from("/run/signet-admin/admin.sock")))
     }
 
     /// The node name, `None` when unset or empty.
@@ -324,7 +338,8 @@ first_svid_timeout: 3s
         .unwrap();
         assert_eq!(config.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(config.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(config.admin_listen().to_string(), DEFAULT_ADMIN_LISTEN);
+        assert!(config.admin_listen.is_none());
         assert_eq!(config.socket_mode, 0o666);
         assert_eq!(config.svid_key_type, KeyType::EcP256);
         assert!(config.selector.is_none());
@@ -359,6 +374,9 @@ first_svid_timeout: 3s
             "selector: {}\n",
             "svid_key_type: dsa\n",
             "log: {format: xml}\n",
+            "admin_listen: tcp://127.0.0.1:1\n",
+            "admin_listen: unix:///run/signet/agent.sock\n",
+            "admin_listen: unix:///run/signet/admin.sock\n",
         ] {
             assert!(
                 AgentConfig::parse(&format!("{base}{extra}")).is_err(),

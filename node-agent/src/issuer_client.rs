@@ -35,6 +35,7 @@ use crate::cache::{
 };
 use crate::clock::Clock;
 use crate::metrics::Metrics;
+use crate::pod_tokens::PodTokens;
 use crate::policy_watch::AgentAttributes;
 
 /// Requests per SignX509Svids / SignJwtSvids call, as SPIRE batches.
@@ -136,6 +137,8 @@ struct Inner {
     credential: RwLock<Option<Arc<AgentCredential>>>,
     clock: Clock,
     metrics: Arc<Metrics>,
+    /// Pods' service-account tokens, attached to requests for those pods.
+    pod_tokens: PodTokens,
 }
 
 /// Cheap-to-clone handle on the issuer connection.
@@ -190,6 +193,7 @@ impl IssuerClient {
                 credential: RwLock::new(None),
                 clock,
                 metrics,
+                pod_tokens: PodTokens::new(),
             }),
         })
     }
@@ -214,6 +218,12 @@ impl IssuerClient {
 
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.inner.config.trust_domain
+    }
+
+    /// The pod tokens attached to requests for pods (filled by the
+    /// delegated API).
+    pub fn pod_tokens(&self) -> &PodTokens {
+        &self.inner.pod_tokens
     }
 
     /// `agent.name` / `agent.node_name` for local policy evaluation.
@@ -603,7 +613,22 @@ fn leaf_public_key(leaf: &[u8]) -> Result<PublicKey, String> {
     PublicKey::from_spki_der(cert.public_key().raw).map_err(|e| e.to_string())
 }
 
-fn workload_message(attributes: &Attributes) -> pb::Workload {
+/// The issuer's view of a workload: its attributes, and for a pod its UID
+/// and the pod's service-account token when one is held (CSI files mode).
+fn workload_message(
+    attributes: &Attributes,
+    pod_tokens: &PodTokens,
+    now: SystemTime,
+) -> pb::Workload {
+    let pod_uid = attributes
+        .get(POD_UID_ATTRIBUTE)
+        .unwrap_or_default()
+        .to_owned();
+    let pod_token = if pod_uid.is_empty() {
+        String::new()
+    } else {
+        pod_tokens.get(&pod_uid, now).unwrap_or_default()
+    };
     pb::Workload {
         // The issuer sets agent.* itself from the caller's SVID.
         attributes: attributes
@@ -611,11 +636,8 @@ fn workload_message(attributes: &Attributes) -> pb::Workload {
             .filter(|(name, _)| !name.starts_with("agent."))
             .map(|(name, value)| (name.to_owned(), value.to_owned()))
             .collect(),
-        pod_uid: attributes
-            .get(POD_UID_ATTRIBUTE)
-            .unwrap_or_default()
-            .to_owned(),
-        pod_token: String::new(),
+        pod_uid,
+        pod_token,
     }
 }
 
@@ -785,11 +807,12 @@ impl Inner {
         let mut keys = Vec::with_capacity(batch.len());
         let mut names = Vec::with_capacity(batch.len());
         let mut messages = Vec::with_capacity(batch.len());
+        let now = self.clock.now();
         for request in batch {
             keys.push(public_key_from_csr(&request.csr_der).ok());
             names.push(request.workload_identity.clone());
             messages.push(pb::X509SvidRequest {
-                workload: Some(workload_message(&request.workload)),
+                workload: Some(workload_message(&request.workload, &self.pod_tokens, now)),
                 workload_identity: request.workload_identity,
                 csr: request.csr_der,
             });
@@ -859,10 +882,11 @@ impl Inner {
         batch: &[JwtSignRequest],
     ) -> Result<Vec<SignOutcome<SignedJwt>>, SignError> {
         self.metrics.signing_requests("jwt", batch.len());
+        let now = self.clock.now();
         let messages = batch
             .iter()
             .map(|request| pb::JwtSvidRequest {
-                workload: Some(workload_message(&request.workload)),
+                workload: Some(workload_message(&request.workload, &self.pod_tokens, now)),
                 workload_identity: request.workload_identity.clone(),
                 audience: request.audiences.clone(),
             })

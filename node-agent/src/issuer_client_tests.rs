@@ -24,6 +24,10 @@ struct FakeIssuer {
     renewals: AtomicUsize,
     /// Answers with a certificate for a key other than the CSR's.
     evil: AtomicBool,
+    /// The policy WatchPolicy serves (multi-document YAML).
+    policy: Mutex<String>,
+    /// The workloads of every SignX509Svids request, as received.
+    signed_for: Mutex<Vec<pb::Workload>>,
 }
 
 impl FakeIssuer {
@@ -39,6 +43,8 @@ impl FakeIssuer {
             joins: AtomicUsize::new(0),
             renewals: AtomicUsize::new(0),
             evil: AtomicBool::new(false),
+            policy: Mutex::new(crate::testing::own_user_policy()),
+            signed_for: Mutex::new(Vec::new()),
         })
     }
 
@@ -145,7 +151,7 @@ impl Issuer for Service {
             version: 3,
             trust_domain: TD.into(),
             policy: serde_json::to_vec(&crate::testing::document_from_yaml(
-                &crate::testing::own_user_policy(),
+                &self.0.policy.lock().unwrap(),
             ))
             .unwrap(),
             trust_bundle: self.0.bundle().to_spiffe_json().unwrap().into_bytes(),
@@ -165,6 +171,11 @@ impl Issuer for Service {
             .ok_or_else(|| Status::permission_denied("no client certificate"))?;
         let mut results = Vec::new();
         for item in request.into_inner().requests {
+            self.0
+                .signed_for
+                .lock()
+                .unwrap()
+                .extend(item.workload.clone());
             let path = format!("/w/{}", item.workload_identity);
             let chain = self.0.mint(&path, &item.csr)?;
             results.push(pb::X509SvidResult {
@@ -495,7 +506,7 @@ async fn the_agent_serves_workloads_and_stops_cleanly() {
         bundle_path.display(),
         dir.path().join("state").display(),
         socket.display(),
-        dir.path().join("run/admin.sock").display(),
+        dir.path().join("admin/admin.sock").display(),
     );
     let config = crate::config::AgentConfig::parse(&yaml).unwrap();
     let (stop, stopping) = watch::channel(false);
@@ -576,4 +587,123 @@ async fn http_get(address: std::net::SocketAddr, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     response
+}
+
+#[test]
+fn pod_requests_carry_the_pod_uid_and_its_current_token() {
+    let tokens = PodTokens::new();
+    let mut workload = Attributes::default();
+    workload.insert("workload.kubernetes.pod_uid", "uid-1");
+    workload.insert("workload.kubernetes.namespace", "payments");
+    workload.insert("agent.name", "forged");
+    let now = SystemTime::now();
+    let message = workload_message(&workload, &tokens, now);
+    assert_eq!(message.pod_uid, "uid-1");
+    assert_eq!(message.pod_token, "");
+    assert!(!message.attributes.contains_key("agent.name"));
+    tokens.offer("uid-1", "h.p.s");
+    assert_eq!(workload_message(&workload, &tokens, now).pod_token, "h.p.s");
+    // A host process has no pod, so no pod's token rides along.
+    let mut host = Attributes::default();
+    host.insert("workload.unix.uid", "0");
+    let message = workload_message(&host, &tokens, now);
+    assert_eq!(
+        (message.pod_uid.as_str(), message.pod_token.as_str()),
+        ("", "")
+    );
+}
+
+/// The whole agent with its admin socket: a pod subscribed through the
+/// delegated API is signed for with its pod UID and token on the wire.
+#[tokio::test]
+async fn delegated_pods_reach_the_issuer_with_uid_and_token() {
+    use signet_proto::issuer::v1::delegated_client::DelegatedClient;
+    let fake = FakeIssuer::new();
+    *fake.policy.lock().unwrap() = r#"
+apiVersion: signet.dev/v1alpha1
+kind: WorkloadIdentity
+metadata: {name: pods}
+spec:
+  rules:
+    allow:
+      - conditions: [{attribute: workload.kubernetes.namespace, eq: payments}]
+  spiffe:
+    id: /ns/{{ workload.kubernetes.namespace }}/sa/{{ workload.kubernetes.service_account }}
+---
+apiVersion: signet.dev/v1alpha1
+kind: Role
+metadata: {name: local}
+spec:
+  subjects: [{kind: Agent, name: "*"}]
+  allow:
+    workloadIdentityLabels: {"*": ["*"]}
+    spiffe: [{path: "/*"}]
+"#
+    .to_owned();
+    let address = start_issuer(fake.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bundle_path = dir.path().join("bundle.pem");
+    std::fs::write(&bundle_path, certs_to_pem(&fake.bundle().x509_authorities)).unwrap();
+    let admin = dir.path().join("admin/admin.sock");
+    let yaml = format!(
+        "trust_domain: example.org\n\
+         issuer: {{address: '{address}', trust_bundle_path: {}, join_token: good-token}}\n\
+         state_dir: {}\n\
+         listen: unix://{}\n\
+         admin_listen: unix://{}\n",
+        bundle_path.display(),
+        dir.path().join("state").display(),
+        dir.path().join("run/agent.sock").display(),
+        admin.display(),
+    );
+    let config = crate::config::AgentConfig::parse(&yaml).unwrap();
+    let (stop, stopping) = watch::channel(false);
+    let agent = tokio::spawn(crate::agent::run_until(config, stopping));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !admin.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "no admin socket");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut delegated = DelegatedClient::new(
+        crate::cli::unix_channel(&format!("unix://{}", admin.display()))
+            .await
+            .unwrap(),
+    );
+    let token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ3ZWItMCJ9.c2ln";
+    let first = delegated
+        .subscribe_pod_svids(pb::SubscribePodSvidsRequest {
+            pod_uid: "UID-1".into(),
+            pod_namespace: "payments".into(),
+            pod_name: "web-0".into(),
+            service_account: "api".into(),
+            pod_token: token.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.svids[0].spiffe_id, "spiffe://example.org/w/pods");
+    let signed_for = fake.signed_for.lock().unwrap().clone();
+    let [workload] = signed_for.as_slice() else {
+        panic!("one request expected: {signed_for:?}");
+    };
+    assert_eq!(workload.pod_uid, "uid-1");
+    assert_eq!(workload.pod_token, token);
+    assert_eq!(
+        workload
+            .attributes
+            .get("workload.kubernetes.pod_name")
+            .map(String::as_str),
+        Some("web-0")
+    );
+    stop.send_replace(true);
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .expect("shutdown must not hang")
+        .unwrap()
+        .unwrap();
+    assert!(!admin.exists(), "the admin socket is removed on shutdown");
 }

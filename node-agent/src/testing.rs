@@ -28,8 +28,10 @@ use crate::cache::{
     SvidCache, X509SignRequest,
 };
 use crate::clock::Clock;
+use crate::delegated::{DelegatedState, bind_admin_socket, serve_admin};
 use crate::keys::SvidKeyFactory;
 use crate::metrics::Metrics;
+use crate::pod_tokens::PodTokens;
 use crate::policy_watch::{AgentAttributes, AgentPolicy, PolicyStore};
 use crate::server::{ServerState, serve};
 
@@ -95,6 +97,9 @@ pub struct LocalIssuer {
     jwt_requests: AtomicUsize,
     /// When set, certificates are minted for this key instead of the CSR's.
     swap_key: Mutex<Option<signet_identity::PublicKey>>,
+    /// When set, X.509-SVIDs get this lifetime instead of the policy's
+    /// (which is at least a minute), so rotation can be watched quickly.
+    x509_ttl: Mutex<Option<Duration>>,
 }
 
 impl LocalIssuer {
@@ -109,7 +114,15 @@ impl LocalIssuer {
             x509_requests: AtomicUsize::new(0),
             jwt_requests: AtomicUsize::new(0),
             swap_key: Mutex::new(None),
+            x509_ttl: Mutex::new(None),
         })
+    }
+
+    /// Mints X.509-SVIDs with `ttl` (none: the policy's) from now on.
+    pub fn set_x509_ttl(&self, ttl: Option<Duration>) {
+        if let Ok(mut held) = self.x509_ttl.lock() {
+            *held = ttl;
+        }
     }
 
     pub fn bundle(&self) -> TrustBundle {
@@ -188,7 +201,12 @@ impl LocalIssuer {
                 organization: identity.x509.subject.organization.clone(),
                 organizational_unit: identity.x509.subject.organizational_unit.clone(),
             },
-            ttl: identity.x509.ttl,
+            ttl: self
+                .x509_ttl
+                .lock()
+                .ok()
+                .and_then(|ttl| *ttl)
+                .unwrap_or(identity.x509.ttl),
         };
         let now = self.clock.now();
         let swap = self.swap_key.lock().ok().and_then(|k| k.clone());
@@ -371,6 +389,14 @@ impl TestAgentBuilder {
         let attestor = WorkloadAttestor::new(&AttestorsConfig::default())
             .unwrap_or_else(|e| panic!("attestor: {e}"));
         let metrics = Arc::new(Metrics::default());
+        let pod_tokens = PodTokens::new();
+        let delegated = Arc::new(DelegatedState::new(
+            cache.clone(),
+            store.subscribe(),
+            pod_tokens.clone(),
+            None,
+            self.first_svid_timeout,
+        ));
         let state = Arc::new(ServerState::new(
             cache.clone(),
             store.subscribe(),
@@ -386,8 +412,17 @@ impl TestAgentBuilder {
         tokio::spawn(serve(listener, self.proc_root, state, async move {
             let _ = stop.wait_for(|s| *s).await;
         }));
+        let admin_socket = dir.path().join("admin/admin.sock");
+        let admin_listener =
+            bind_admin_socket(&admin_socket).unwrap_or_else(|e| panic!("admin socket: {e}"));
+        let mut stop = shutdown.subscribe();
+        tokio::spawn(serve_admin(admin_listener, delegated, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
         TestAgent {
             socket,
+            admin_socket,
+            pod_tokens,
             store,
             issuer,
             trust_domain: self.trust_domain,
@@ -434,6 +469,11 @@ fn publish_policy(
 /// A running in-process agent.
 pub struct TestAgent {
     pub socket: PathBuf,
+    /// The delegated API (signet-csi files mode), root or this user only.
+    pub admin_socket: PathBuf,
+    /// Pod tokens the delegated API received (what the issuer client
+    /// would attach to requests for those pods).
+    pub pod_tokens: PodTokens,
     pub store: PolicyStore,
     pub issuer: Arc<LocalIssuer>,
     pub trust_domain: TrustDomain,
