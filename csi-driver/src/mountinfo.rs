@@ -11,6 +11,11 @@ pub struct MountEntry {
     pub mount_point: PathBuf,
     /// Per-mount options (field 6), e.g. `ro,nosuid,nodev,noexec,relatime`.
     pub options: Vec<String>,
+    /// Filesystem type (first field after the ` - ` separator), e.g. `tmpfs`.
+    pub fs_type: String,
+    /// Mount source (the field after the type): a device, or the name given
+    /// to a virtual filesystem such as a tmpfs.
+    pub source: String,
 }
 
 impl MountEntry {
@@ -23,14 +28,22 @@ impl MountEntry {
 pub fn parse(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {
-            let mut fields = line.split(' ');
+            // The optional fields between the options and the type vary in
+            // number; a lone "-" ends them.
+            let (mount, filesystem) = line.split_once(" - ")?;
+            let mut fields = mount.split(' ');
             let root = fields.nth(3)?;
             let mount_point = fields.next()?;
             let options = fields.next()?;
+            let mut filesystem = filesystem.split(' ');
+            let fs_type = filesystem.next()?;
+            let source = filesystem.next()?;
             Some(MountEntry {
                 root: PathBuf::from(unescape(root)),
                 mount_point: PathBuf::from(unescape(mount_point)),
                 options: options.split(',').map(str::to_owned).collect(),
+                fs_type: unescape(fs_type),
+                source: unescape(source),
             })
         })
         .collect()
@@ -83,13 +96,20 @@ mod tests {
 95 22 0:45 /run/signet /var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/spiffe/mount ro,nosuid,nodev,noexec,relatime shared:50 - tmpfs tmpfs rw
 96 22 8:1 /with\\040space /mnt/a\\040b rw - ext4 /dev/sda1 rw
 97 22 8:1 /other /var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/spiffe/mount rw - ext4 /dev/sda1 rw
+98 22 0:46 / /var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/svid/mount rw,nosuid,nodev,noexec shared:51 master:2 - tmpfs signet-csi rw,size=1024k
 garbage
 ";
 
     #[test]
     fn parses_and_unescapes() {
         let entries = parse(SAMPLE);
-        assert_eq!(entries.len(), 4);
+        assert_eq!(entries.len(), 5);
+        assert_eq!(entries[1].fs_type, "tmpfs");
+        assert_eq!(entries[0].source, "/dev/sda1");
+        // Two optional fields before the separator.
+        assert_eq!(entries[4].fs_type, "tmpfs");
+        assert_eq!(entries[4].source, "signet-csi");
+        assert!(entries[4].has_option("noexec"));
         assert_eq!(entries[1].root, PathBuf::from("/run/signet"));
         assert!(entries[1].has_option("ro"));
         assert!(entries[1].has_option("noexec"));

@@ -1,5 +1,6 @@
-//! Socket mode: bind-mounting the agent's socket directory read-only onto a
-//! validated target, and undoing it.
+//! Mounting onto validated targets and undoing it: in socket mode a
+//! read-only bind of the agent's socket directory, in files mode a small
+//! private tmpfs the driver fills with SVID files.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -73,6 +74,15 @@ pub enum Published {
     /// restart); nothing was stacked.
     AlreadyMounted,
 }
+
+/// The source name of files-mode tmpfs mounts: what tells them apart in
+/// mountinfo from anything else mounted at a target.
+pub const TMPFS_SOURCE: &str = "signet-csi";
+
+/// Files-mode tmpfs options: room for a few SVIDs, bundles and JWTs (a few
+/// KiB each) twice over while a new set replaces the old, and no more, so a
+/// volume cannot be used to eat the node's memory.
+const TMPFS_OPTIONS: &std::ffi::CStr = c"size=1m,nr_inodes=1024,mode=0755";
 
 /// Flags of the read-only remount: read-only and nothing executable,
 /// no devices, no set-uid.
@@ -189,6 +199,20 @@ pub fn publish_socket(socket_dir: &Path, target: &Path) -> Result<Published, Mou
         None => {}
     }
 
+    let (_fd, fd_path) = pinned_target(target)?;
+    rustix::mount::mount_bind(socket_dir, &fd_path).map_err(errno("bind-mounting onto", target))?;
+    if let Err(error) = rustix::mount::mount_remount(target, read_only_flags(), "") {
+        // Never leave a writable view of the agent's directory behind.
+        let _ = rustix::mount::unmount(target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW);
+        return Err(errno("remounting read-only", target)(error));
+    }
+    Ok(Published::Mounted)
+}
+
+/// Opens `target` as an `O_PATH|O_NOFOLLOW` descriptor and checks that it
+/// still names `target` (no symlink swapped in since validation); returns
+/// it with its `/proc/self/fd` path to mount onto.
+fn pinned_target(target: &Path) -> Result<(rustix::fd::OwnedFd, PathBuf), MountError> {
     let fd = rustix::fs::open(
         target,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -203,12 +227,47 @@ pub fn publish_socket(socket_dir: &Path, target: &Path) -> Result<Published, Mou
             now,
         });
     }
-    rustix::mount::mount_bind(socket_dir, &fd_path).map_err(errno("bind-mounting onto", target))?;
-    if let Err(error) = rustix::mount::mount_remount(target, read_only_flags(), "") {
-        // Never leave a writable view of the agent's directory behind.
-        let _ = rustix::mount::unmount(target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW);
-        return Err(errno("remounting read-only", target)(error));
+    Ok((fd, fd_path))
+}
+
+/// Whether the topmost mount at `target` is a files-mode tmpfs.
+pub fn is_files_mount(target: &Path) -> Result<bool, MountError> {
+    let entries = mountinfo::read().map_err(io("reading", Path::new("/proc/self/mountinfo")))?;
+    Ok(mountinfo::mount_at(&entries, target)
+        .is_some_and(|entry| entry.fs_type == "tmpfs" && entry.source == TMPFS_SOURCE))
+}
+
+/// Mounts a files-mode tmpfs (nodev, nosuid, noexec, 1 MiB) on `target`,
+/// creating the target directory; a validated target as for
+/// [`publish_socket`]. A files-mode tmpfs already there is kept (kubelet
+/// retry, driver restart: its files stay); anything else is refused.
+pub fn publish_tmpfs(target: &Path) -> Result<Published, MountError> {
+    match std::fs::DirBuilder::new().mode(0o755).create(target) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(source) => return Err(io("creating the target directory", target)(source)),
     }
+    let entries = mountinfo::read().map_err(io("reading", Path::new("/proc/self/mountinfo")))?;
+    match mountinfo::mount_at(&entries, target) {
+        Some(entry) if entry.fs_type == "tmpfs" && entry.source == TMPFS_SOURCE => {
+            return Ok(Published::AlreadyMounted);
+        }
+        Some(_) => {
+            return Err(MountError::Occupied {
+                path: target.to_owned(),
+            });
+        }
+        None => {}
+    }
+    let (_fd, fd_path) = pinned_target(target)?;
+    rustix::mount::mount(
+        TMPFS_SOURCE,
+        &fd_path,
+        "tmpfs",
+        MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC,
+        TMPFS_OPTIONS,
+    )
+    .map_err(errno("mounting a tmpfs onto", target))?;
     Ok(Published::Mounted)
 }
 
