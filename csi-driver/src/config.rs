@@ -1,13 +1,17 @@
 //! Command-line flags and the validated driver configuration.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use signet_runtime::endpoint::Endpoint;
 use signet_runtime::logging::LogFormat;
 
-/// signet-csi: CSI node plugin that mounts the SPIFFE Workload API socket
-/// into pods as an inline ephemeral volume.
+pub use crate::files_mode::FilesConfig;
+
+/// signet-csi: CSI node plugin that brings SPIFFE identity into pods as an
+/// inline ephemeral volume: the Workload API socket (socket mode) or SVID
+/// files kept current (files mode).
 #[derive(Clone, Debug, Parser)]
 #[command(name = "signet-csi", version)]
 pub struct Args {
@@ -42,6 +46,32 @@ pub struct Args {
     /// `--endpoint` (the driver's own mount namespace).
     #[arg(long)]
     pub kubelet_registration_path: Option<PathBuf>,
+    /// Files mode: the agent's delegated API socket (its admin_listen).
+    #[arg(long, default_value = "/run/signet-admin/admin.sock", value_parser = socket_path)]
+    pub agent_admin_socket: PathBuf,
+    /// Files mode: where published volumes are recorded (no keys, no
+    /// tokens) so that a restarted driver resumes renewing them. Keep it
+    /// on the node's disk (a hostPath), not in the container.
+    #[arg(long, default_value = "/var/lib/signet-csi")]
+    pub state_dir: PathBuf,
+    /// Files mode: the CSIDriver tokenRequests audience whose token is
+    /// passed to the agent (and checked by the issuer with a TokenReview).
+    #[arg(long, default_value = "signet-csi")]
+    pub pod_token_audience: String,
+    /// Files mode: how long a first NodePublishVolume waits for the pod's
+    /// SVIDs before failing (the pod does not start without them).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub publish_timeout: Duration,
+}
+
+/// A socket path, written plain or as `unix:///path`.
+fn socket_path(value: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(value.strip_prefix("unix://").unwrap_or(value));
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(format!("{value:?} is not an absolute path"))
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -55,6 +85,10 @@ pub enum ConfigError {
     DriverName(String),
     #[error("--endpoint {0} must be a unix:// endpoint")]
     NotUnix(String),
+    #[error("--pod-token-audience must not be empty")]
+    EmptyAudience,
+    #[error("--publish-timeout must be between 1s and 110s (the kubelet gives up after 2m)")]
+    PublishTimeout,
 }
 
 /// What the CSI services need to know.
@@ -64,6 +98,7 @@ pub struct DriverConfig {
     pub node_id: String,
     pub socket_dir: PathBuf,
     pub kubelet_dir: PathBuf,
+    pub files: FilesConfig,
 }
 
 impl DriverConfig {
@@ -85,6 +120,14 @@ impl Args {
         if !valid_driver_name(&self.driver_name) {
             return Err(ConfigError::DriverName(self.driver_name.clone()));
         }
+        if self.pod_token_audience.trim().is_empty() {
+            return Err(ConfigError::EmptyAudience);
+        }
+        if self.publish_timeout < Duration::from_secs(1)
+            || self.publish_timeout > Duration::from_secs(110)
+        {
+            return Err(ConfigError::PublishTimeout);
+        }
         Ok((
             socket.to_owned(),
             DriverConfig {
@@ -92,6 +135,12 @@ impl Args {
                 node_id: self.node_id.clone(),
                 socket_dir: self.socket_dir.clone(),
                 kubelet_dir: self.kubelet_dir.clone(),
+                files: FilesConfig {
+                    admin_socket: self.agent_admin_socket.clone(),
+                    state_dir: self.state_dir.clone(),
+                    pod_token_audience: self.pod_token_audience.clone(),
+                    publish_timeout: self.publish_timeout,
+                },
             },
         ))
     }
@@ -171,6 +220,60 @@ mod tests {
         assert_eq!(config.pods_dir(), PathBuf::from("/var/lib/kubelet/pods"));
         assert_eq!(config.driver_name, "csi.signet.dev");
         assert_eq!(args.log_format, LogFormat::Json);
+        assert_eq!(
+            config.files,
+            FilesConfig {
+                admin_socket: PathBuf::from("/run/signet-admin/admin.sock"),
+                state_dir: PathBuf::from("/var/lib/signet-csi"),
+                pod_token_audience: "signet-csi".to_owned(),
+                publish_timeout: Duration::from_secs(30),
+            }
+        );
+        let files = Args::try_parse_from([
+            "signet-csi",
+            "--node-id",
+            "n",
+            "--socket-dir",
+            "/s",
+            "--agent-admin-socket",
+            "unix:///run/a/admin.sock",
+            "--publish-timeout",
+            "5s",
+            "--pod-token-audience",
+            "csi.example.org",
+        ])
+        .unwrap();
+        let (_, config) = files.validate().unwrap();
+        assert_eq!(
+            config.files.admin_socket,
+            PathBuf::from("/run/a/admin.sock")
+        );
+        assert_eq!(config.files.publish_timeout, Duration::from_secs(5));
+        for bad in [
+            ["--publish-timeout", "0s"],
+            ["--publish-timeout", "5m"],
+            ["--pod-token-audience", " "],
+        ] {
+            let args = Args::try_parse_from(
+                ["signet-csi", "--node-id", "n", "--socket-dir", "/s"]
+                    .into_iter()
+                    .chain(bad),
+            )
+            .unwrap();
+            assert!(args.validate().is_err(), "{bad:?}");
+        }
+        assert!(
+            Args::try_parse_from([
+                "signet-csi",
+                "--node-id",
+                "n",
+                "--socket-dir",
+                "/s",
+                "--agent-admin-socket",
+                "relative.sock"
+            ])
+            .is_err()
+        );
 
         let tcp = Args::try_parse_from([
             "signet-csi",

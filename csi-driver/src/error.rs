@@ -3,8 +3,10 @@
 
 use tonic::{Code, Status};
 
+use crate::files_mode::FilesError;
 use crate::mounts::MountError;
 use crate::paths::PathError;
+use crate::pod_info::PodInfoError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CsiError {
@@ -24,15 +26,18 @@ pub enum CsiError {
     NotEphemeral,
     #[error("signet-csi volumes are read-only: set readOnly: true on the pod's csi volume")]
     NotReadOnly,
-    #[error(
-        "volumeAttributes.mode {0:?} is not implemented by this signet-csi version; \
-         omit mode (or set mode: socket) to mount the Workload API socket"
-    )]
-    ModeNotImplemented(String),
     #[error("unknown volumeAttributes.mode {0:?}: use socket (the default) or files")]
     UnknownMode(String),
-    #[error("unknown volume attribute {0:?}: the only attribute signet-csi reads is mode")]
+    #[error(
+        "unknown volume attribute {0:?}: signet-csi reads mode and, in files mode, jwtAudiences"
+    )]
     UnknownAttribute(String),
+    #[error("volume attribute {0:?} only applies to mode: files")]
+    FilesOnlyAttribute(String),
+    #[error(transparent)]
+    PodInfo(#[from] PodInfoError),
+    #[error(transparent)]
+    Files(#[from] FilesError),
     #[error(transparent)]
     Path(#[from] PathError),
     #[error(transparent)]
@@ -54,9 +59,20 @@ impl CsiError {
             | Self::BlockAccess
             | Self::NotEphemeral
             | Self::NotReadOnly
-            | Self::ModeNotImplemented(_)
             | Self::UnknownMode(_)
-            | Self::UnknownAttribute(_) => Code::InvalidArgument,
+            | Self::UnknownAttribute(_)
+            | Self::FilesOnlyAttribute(_) => Code::InvalidArgument,
+            // The CSIDriver object is misconfigured, not the request.
+            Self::PodInfo(PodInfoError::Missing(_)) => Code::FailedPrecondition,
+            Self::PodInfo(_) => Code::InvalidArgument,
+            Self::Files(error) => match error {
+                FilesError::NoIdentity { .. } | FilesError::Refused { .. } => {
+                    Code::FailedPrecondition
+                }
+                FilesError::Timeout { .. } => Code::Unavailable,
+                FilesError::OtherTarget { .. } => Code::AlreadyExists,
+                FilesError::State(_) => Code::Internal,
+            },
             Self::Path(error) => match error {
                 PathError::Empty
                 | PathError::Relative(_)
@@ -126,5 +142,21 @@ mod tests {
         );
         let status = Status::from(CsiError::Unimplemented("NodeStageVolume"));
         assert_eq!(status.code(), Code::Unimplemented);
+        let status = Status::from(CsiError::PodInfo(PodInfoError::Missing(
+            crate::pod_info::POD_UID_KEY,
+        )));
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(status.message().contains("podInfoOnMount: true"));
+        let status = Status::from(CsiError::Files(FilesError::NoIdentity {
+            pod: "payments/web-0 (u)".into(),
+        }));
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(status.message().contains("entitled to no SPIFFE identity"));
+        let status = Status::from(CsiError::Files(FilesError::Timeout {
+            pod: "payments/web-0 (u)".into(),
+            timeout: std::time::Duration::from_secs(30),
+            reason: "the agent has not answered yet".into(),
+        }));
+        assert_eq!(status.code(), Code::Unavailable);
     }
 }

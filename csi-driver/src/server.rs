@@ -36,9 +36,18 @@ pub async fn serve(
         node_id = config.node_id,
         socket_dir = %config.socket_dir.display(),
         pods_dir = %config.pods_dir().display(),
+        agent_admin_socket = %config.files.admin_socket.display(),
+        state_dir = %config.files.state_dir.display(),
         "signet-csi serving"
     );
     let config = Arc::new(config);
+    let node = NodeService::new(config.clone());
+    // Files-mode volumes published before a restart keep being renewed.
+    let resumed = node.resume_files().await;
+    if resumed > 0 {
+        tracing::info!(volumes = resumed, "resumed renewing files-mode volumes");
+    }
+    let files = node.files().clone();
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let signal = async move {
         shutdown.await;
@@ -46,7 +55,7 @@ pub async fn serve(
     };
     let server = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(IdentityService::new(config.clone())))
-        .add_service(NodeServer::new(NodeService::new(config)))
+        .add_service(NodeServer::new(node))
         // The kubelet's gRPC client sends the socket path as :authority.
         .serve_with_incoming_shutdown(
             signet_runtime::h2_authority::unix_incoming(listener),
@@ -67,6 +76,8 @@ pub async fn serve(
         }
     };
     signet_runtime::uds::remove_socket(socket);
+    // The files stay; a restarted driver resumes renewing them.
+    files.stop_all().await;
     tracing::info!("signet-csi stopped");
     Ok(result?)
 }

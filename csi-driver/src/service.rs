@@ -11,8 +11,11 @@ use tonic::{Request, Response, Status};
 
 use crate::config::DriverConfig;
 use crate::error::CsiError;
+use crate::files_mode::FilesVolumes;
 use crate::mounts::{self, Published};
 use crate::paths;
+use crate::pod_info::{self, MountGroup, PodInfo, jwt_audiences, pod_token};
+use crate::state::VolumeRecord;
 
 /// `volume_context` key the kubelet sets to "true" for inline ephemeral volumes.
 pub const EPHEMERAL_KEY: &str = "csi.storage.k8s.io/ephemeral";
@@ -20,6 +23,7 @@ pub const EPHEMERAL_KEY: &str = "csi.storage.k8s.io/ephemeral";
 pub const KUBERNETES_KEY_PREFIX: &str = "csi.storage.k8s.io/";
 /// The volume attribute choosing socket or files mode.
 pub const MODE_KEY: &str = "mode";
+pub use crate::pod_info::JWT_AUDIENCES_KEY;
 
 /// Logs a failed RPC (the kubelet only shows the message in pod events) and
 /// converts it to a status.
@@ -90,6 +94,17 @@ pub struct NodeService {
     /// Serializes mount changes so concurrent retries for one target cannot
     /// race each other into stacked mounts.
     mount_lock: Arc<Mutex<()>>,
+    /// Files-mode volumes and their renewal.
+    files: Arc<FilesVolumes>,
+}
+
+/// What a volume holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VolumeMode {
+    /// The agent's Workload API socket directory, bind-mounted read-only.
+    Socket,
+    /// SVID files in a tmpfs, renewed by the driver.
+    Files,
 }
 
 /// The checked parts of a NodePublishVolume request.
@@ -97,6 +112,7 @@ pub struct NodeService {
 pub struct PublishRequest {
     pub volume_id: String,
     pub target_path: String,
+    pub mode: VolumeMode,
 }
 
 /// Checks a NodePublishVolume request in the order csi-sanity and the spec
@@ -123,28 +139,108 @@ pub fn check_publish(req: &csi::NodePublishVolumeRequest) -> Result<PublishReque
         return Err(CsiError::NotReadOnly);
     }
     for key in req.volume_context.keys() {
-        if key != MODE_KEY && !key.starts_with(KUBERNETES_KEY_PREFIX) {
+        if key != MODE_KEY && key != JWT_AUDIENCES_KEY && !key.starts_with(KUBERNETES_KEY_PREFIX) {
             return Err(CsiError::UnknownAttribute(key.clone()));
         }
     }
-    match req.volume_context.get(MODE_KEY).map(String::as_str) {
-        None | Some("socket") => {}
-        Some("files") => return Err(CsiError::ModeNotImplemented("files".to_owned())),
+    let mode = match req.volume_context.get(MODE_KEY).map(String::as_str) {
+        None | Some("socket") => VolumeMode::Socket,
+        Some("files") => VolumeMode::Files,
         Some(other) => return Err(CsiError::UnknownMode(other.to_owned())),
+    };
+    if mode == VolumeMode::Socket && req.volume_context.contains_key(JWT_AUDIENCES_KEY) {
+        return Err(CsiError::FilesOnlyAttribute(JWT_AUDIENCES_KEY.to_owned()));
     }
     paths::check_syntax(&req.target_path)?;
     Ok(PublishRequest {
         volume_id: req.volume_id.clone(),
         target_path: req.target_path.clone(),
+        mode,
     })
+}
+
+/// The checked parts of a files-mode NodePublishVolume request.
+struct FilesRequest {
+    pod: PodInfo,
+    audiences: Vec<pod_info::Audience>,
+    token: Option<pod_info::PodToken>,
+    group: Option<MountGroup>,
+}
+
+impl FilesRequest {
+    fn check(req: &csi::NodePublishVolumeRequest, token_audience: &str) -> Result<Self, CsiError> {
+        Ok(Self {
+            pod: PodInfo::from_context(&req.volume_context)?,
+            audiences: jwt_audiences(&req.volume_context)?,
+            token: pod_token(&req.volume_context, token_audience)?,
+            group: MountGroup::from_capability(req.volume_capability.as_ref())?,
+        })
+    }
 }
 
 impl NodeService {
     pub fn new(config: Arc<DriverConfig>) -> Self {
+        let files = Arc::new(FilesVolumes::new(config.files.clone()));
         Self {
             config,
             mount_lock: Arc::new(Mutex::new(())),
+            files,
         }
+    }
+
+    /// The files-mode volumes (tests, shutdown).
+    pub fn files(&self) -> &Arc<FilesVolumes> {
+        &self.files
+    }
+
+    /// Resumes renewing the files-mode volumes recorded in the state
+    /// directory whose tmpfs is still mounted (a driver restart); records
+    /// of volumes that are gone are dropped. Returns how many resumed.
+    pub async fn resume_files(&self) -> usize {
+        let mut resumed = 0;
+        for (path, record) in self.files.state().load_all() {
+            let record = match record {
+                Ok(record) => record,
+                Err(error) => {
+                    tracing::warn!(%error, "dropping an unreadable volume record");
+                    self.files.state().discard(&path);
+                    continue;
+                }
+            };
+            let target = record.target_path.clone();
+            let mounted = self
+                .blocking(move |config| {
+                    let Some(text) = target.to_str() else {
+                        return Ok(false);
+                    };
+                    let resolved = paths::resolve_target(&config.pods_dir(), text)?;
+                    Ok(resolved.exists
+                        && resolved.path == target
+                        && mounts::is_files_mount(&target)?)
+                })
+                .await
+                .unwrap_or(false);
+            if mounted {
+                tracing::info!(
+                    volume_id = record.volume_id,
+                    pod = %record.pod,
+                    target = %record.target_path.display(),
+                    "resuming SVID renewal"
+                );
+                self.files.start(record, None);
+                resumed += 1;
+            } else {
+                tracing::info!(
+                    volume_id = record.volume_id,
+                    target = %record.target_path.display(),
+                    "dropping the record of a volume no longer mounted"
+                );
+                if let Err(error) = self.files.state().remove(&record.volume_id) {
+                    tracing::warn!(%error, "removing a stale volume record");
+                }
+            }
+        }
+        resumed
     }
 
     /// Runs blocking mount work off the async threads, one at a time.
@@ -167,6 +263,10 @@ impl NodeService {
 
     pub async fn publish(&self, req: &csi::NodePublishVolumeRequest) -> Result<(), CsiError> {
         let checked = check_publish(req)?;
+        if checked.mode == VolumeMode::Files {
+            let files = FilesRequest::check(req, &self.config.files.pod_token_audience)?;
+            return self.publish_files(checked, files).await;
+        }
         let outcome = self
             .blocking(move |config| {
                 let target = paths::resolve_target(&config.pods_dir(), &checked.target_path)?;
@@ -192,6 +292,97 @@ impl NodeService {
         Ok(())
     }
 
+    /// Files mode: a tmpfs on the target, filled with the pod's SVIDs
+    /// before this returns, and renewed until unpublished.
+    async fn publish_files(
+        &self,
+        checked: PublishRequest,
+        request: FilesRequest,
+    ) -> Result<(), CsiError> {
+        let volume_id = checked.volume_id.clone();
+        let _operation = self.files.operation(&volume_id).await;
+        let target_path = checked.target_path.clone();
+        let target = self
+            .blocking(move |config| {
+                Ok(paths::resolve_target(&config.pods_dir(), &target_path)?.path)
+            })
+            .await?;
+        let existing = self.files.get(&volume_id);
+        if let Some(volume) = &existing
+            && volume.record.target_path != target
+        {
+            return Err(crate::files_mode::FilesError::OtherTarget {
+                volume_id,
+                existing: volume.record.target_path.clone(),
+                requested: target,
+            }
+            .into());
+        }
+        let mount_target = target.clone();
+        let published = self
+            .blocking(move |_| Ok(mounts::publish_tmpfs(&mount_target)?))
+            .await?;
+        let record = VolumeRecord::new(
+            volume_id.clone(),
+            target.clone(),
+            request.pod,
+            request.audiences,
+            request.group,
+        );
+        if let Some(volume) = &existing
+            && published == Published::AlreadyMounted
+            && volume.record == record
+        {
+            // A re-publish (kubelet restart, requiresRepublish): hand over
+            // the fresh token; the volume already holds its files (written
+            // by this process, or before a driver restart).
+            volume.offer_token(request.token);
+            let has_files = volume.status().written.is_some()
+                || std::fs::symlink_metadata(target.join(crate::svid_files::DATA_LINK)).is_ok();
+            if has_files {
+                tracing::debug!(volume_id, "already published; token refreshed");
+                return Ok(());
+            }
+            volume
+                .first_files(self.config.files.publish_timeout)
+                .await?;
+            return Ok(());
+        }
+        if let Some(volume) = existing {
+            // The tmpfs was replaced, or the request changed: start over,
+            // and never with two tasks writing.
+            volume.stop().await;
+        }
+        let volume = self.files.start(record.clone(), request.token);
+        match volume.first_files(self.config.files.publish_timeout).await {
+            Ok(()) => {
+                if let Err(error) = self.files.state().save(&record) {
+                    // Renewal goes on; only a driver restart would forget it.
+                    tracing::error!(%error, volume_id, "recording the volume failed");
+                }
+                tracing::info!(
+                    volume_id,
+                    target = %target.display(),
+                    pod = %record.pod,
+                    "published SVID files"
+                );
+                Ok(())
+            }
+            Err(error) => {
+                // The pod must not start without credentials, and nothing
+                // half-made stays behind.
+                let _ = self.files.forget(&volume_id).await;
+                let cleanup = self
+                    .blocking(move |_| Ok(mounts::unpublish(&target)?))
+                    .await;
+                if let Err(cleanup) = cleanup {
+                    tracing::warn!(%cleanup, volume_id, "cleaning up after a failed publish");
+                }
+                Err(error.into())
+            }
+        }
+    }
+
     pub async fn unpublish(&self, req: &csi::NodeUnpublishVolumeRequest) -> Result<(), CsiError> {
         if req.volume_id.is_empty() {
             return Err(CsiError::Missing("volume_id"));
@@ -199,6 +390,9 @@ impl NodeService {
         if req.target_path.is_empty() {
             return Err(CsiError::Missing("target_path"));
         }
+        // Files mode: no renewal may write into the volume once it goes.
+        let operation = self.files.operation(&req.volume_id).await;
+        self.files.forget(&req.volume_id).await?;
         let target_path = req.target_path.clone();
         self.blocking(move |config| {
             let target = match paths::resolve_target(&config.pods_dir(), &target_path) {
@@ -213,6 +407,8 @@ impl NodeService {
             Ok(())
         })
         .await?;
+        drop(operation);
+        self.files.release_operation(&req.volume_id);
         tracing::info!(
             volume_id = req.volume_id,
             target = req.target_path,
@@ -233,6 +429,7 @@ impl NodeService {
         }
         let volume_id = req.volume_id.clone();
         let volume_path = req.volume_path.clone();
+        let files_volume = self.files.get(&volume_id);
         self.blocking(move |config| {
             let not_published = || CsiError::NotPublished {
                 volume_id: volume_id.clone(),
@@ -242,6 +439,22 @@ impl NodeService {
                 Ok(target) if target.exists => target,
                 _ => return Err(not_published()),
             };
+            if mounts::is_files_mount(&target.path).unwrap_or(false) {
+                let condition = match &files_volume {
+                    Some(volume) if volume.record.target_path == target.path => {
+                        let (abnormal, message) =
+                            volume.status().condition(std::time::SystemTime::now());
+                        csi::VolumeCondition { abnormal, message }
+                    }
+                    _ => csi::VolumeCondition {
+                        abnormal: true,
+                        message: "signet-csi is not renewing the SVID files in this volume \
+                                  (no record of it); restart the pod"
+                            .to_owned(),
+                    },
+                };
+                return usage(&target.path, condition);
+            }
             match mounts::inspect(&config.socket_dir, &target.path) {
                 Ok(Some(view)) => stats(&target.path, view),
                 Ok(None) | Err(_) => Err(not_published()),
@@ -251,10 +464,10 @@ impl NodeService {
     }
 }
 
-/// Usage and condition of a published socket-mode volume.
-fn stats(
+/// Byte and inode usage of a published volume, with its condition.
+fn usage(
     path: &std::path::Path,
-    view: mounts::MountView,
+    volume_condition: csi::VolumeCondition,
 ) -> Result<csi::NodeGetVolumeStatsResponse, CsiError> {
     let vfs = rustix::fs::statvfs(path)
         .map_err(|error| CsiError::Internal(format!("statvfs {}: {error}", path.display())))?;
@@ -276,6 +489,17 @@ fn stats(
         used: clamp(vfs.f_files.saturating_sub(vfs.f_ffree)),
         unit: volume_usage::Unit::Inodes as i32,
     };
+    Ok(csi::NodeGetVolumeStatsResponse {
+        usage: vec![bytes, inodes],
+        volume_condition: Some(volume_condition),
+    })
+}
+
+/// Usage and condition of a published socket-mode volume.
+fn stats(
+    path: &std::path::Path,
+    view: mounts::MountView,
+) -> Result<csi::NodeGetVolumeStatsResponse, CsiError> {
     let has_socket = std::fs::read_dir(path)
         .map(|entries| {
             entries.flatten().any(|entry| {
@@ -310,10 +534,7 @@ fn stats(
             message: "the agent socket directory is mounted read-only".to_owned(),
         }
     };
-    Ok(csi::NodeGetVolumeStatsResponse {
-        usage: vec![bytes, inodes],
-        volume_condition: Some(volume_condition),
-    })
+    usage(path, volume_condition)
 }
 
 fn rpc_capability(kind: node_service_capability::rpc::Type) -> csi::NodeServiceCapability {
@@ -397,6 +618,9 @@ impl Node for NodeService {
             capabilities: vec![
                 rpc_capability(Type::GetVolumeStats),
                 rpc_capability(Type::VolumeCondition),
+                // The kubelet then passes the pod's fsGroup as
+                // volume_mount_group, which files mode gives the keys to.
+                rpc_capability(Type::VolumeMountGroup),
             ],
         }))
     }

@@ -128,6 +128,7 @@ fn csi_sanity_passes_in_socket_mode() {
     let dir = tempfile::tempdir().unwrap();
     let base = std::fs::canonicalize(dir.path()).unwrap();
     let kubelet = base.join("kubelet");
+    let state_dir = base.join("state");
     // csi-sanity creates its mount and staging directories with a
     // non-recursive mkdir inside this (pod-like) directory.
     let pod_dir = kubelet.join("pods/csi-sanity-pod");
@@ -146,6 +147,9 @@ fn csi_sanity_passes_in_socket_mode() {
             socket_dir.as_os_str(),
             "--kubelet-dir".as_ref(),
             kubelet.as_os_str(),
+            // Hermetic: nothing read from or written to the host's default.
+            "--state-dir".as_ref(),
+            state_dir.as_os_str(),
         ],
     );
 

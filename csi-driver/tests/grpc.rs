@@ -38,6 +38,7 @@ async fn identity_and_node_over_the_socket() {
     let dir = tempfile::tempdir().unwrap();
     let base = std::fs::canonicalize(dir.path()).unwrap();
     let kubelet = base.join("kubelet");
+    let state_dir = base.join("state");
     std::fs::create_dir_all(kubelet.join("pods/uid/volumes")).unwrap();
     let socket_dir = base.join("run/signet");
     let endpoint = base.join("plugins/csi.signet.dev/csi.sock");
@@ -52,6 +53,9 @@ async fn identity_and_node_over_the_socket() {
             "csi.example.org".as_ref(),
             "--log-format".as_ref(),
             "json".as_ref(),
+            // Hermetic: nothing read from or written to the host's default.
+            "--state-dir".as_ref(),
+            state_dir.as_os_str(),
         ],
     );
     // Only the kubelet (root) may talk to the driver.
@@ -113,7 +117,11 @@ async fn identity_and_node_over_the_socket() {
     use node_service_capability::rpc::Type;
     assert_eq!(
         kinds,
-        vec![Type::GetVolumeStats as i32, Type::VolumeCondition as i32]
+        vec![
+            Type::GetVolumeStats as i32,
+            Type::VolumeCondition as i32,
+            Type::VolumeMountGroup as i32
+        ]
     );
 
     let status = node

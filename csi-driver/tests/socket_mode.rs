@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustix::mount::UnmountFlags;
-use signet_csi::config::DriverConfig;
+use signet_csi::config::{DriverConfig, FilesConfig};
 use signet_csi::mountinfo;
 use signet_csi::service::{EPHEMERAL_KEY, NodeService};
 use signet_proto::csi::v1::{self as csi, node_server::Node, volume_capability};
@@ -90,6 +90,12 @@ fn fixture() -> Option<Fixture> {
         node_id: "node-1".to_owned(),
         socket_dir: socket_dir.clone(),
         kubelet_dir: kubelet,
+        files: FilesConfig {
+            admin_socket: base.join("no-agent/admin.sock"),
+            state_dir: base.join("state"),
+            pod_token_audience: "signet-csi".to_owned(),
+            publish_timeout: std::time::Duration::from_secs(1),
+        },
     }));
     Some(Fixture {
         dir,
@@ -346,11 +352,33 @@ async fn request_checks_say_what_to_fix() {
     });
     assert_eq!(publish_code(&f.service, block).await, Code::InvalidArgument);
 
+    // Files mode without the full pod info: the CSIDriver lacks
+    // podInfoOnMount (this request has no namespace or service account).
     let mut files = publish_request(&target);
     files
         .volume_context
         .insert("mode".to_owned(), "files".to_owned());
-    assert_eq!(publish_code(&f.service, files).await, Code::InvalidArgument);
+    let status = f
+        .service
+        .node_publish_volume(Request::new(files))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("podInfoOnMount: true"),
+        "{}",
+        status.message()
+    );
+
+    // JWT audiences are for files mode only.
+    let mut audiences = publish_request(&target);
+    audiences
+        .volume_context
+        .insert("jwtAudiences".to_owned(), "vault".to_owned());
+    assert_eq!(
+        publish_code(&f.service, audiences).await,
+        Code::InvalidArgument
+    );
 
     let mut typo = publish_request(&target);
     typo.volume_context
