@@ -289,6 +289,17 @@ impl Stack {
     }
 
     pub fn agent_config(&self) -> String {
+        // The delegated API socket stays in the stack's directory (the
+        // default, /run/signet-admin, is shared by every agent on the host)
+        // unless the extra configuration places it.
+        let admin = if self.agent_extra.contains("admin_listen:") {
+            String::new()
+        } else {
+            format!(
+                "admin_listen: unix://{}\n",
+                self.path("admin/admin.sock").display()
+            )
+        };
         format!(
             "trust_domain: {TRUST_DOMAIN}\n\
              issuer:\n  address: 127.0.0.1:{port}\n  trust_bundle_path: {bundle}\n  join_token_path: {token}\n\
@@ -297,7 +308,7 @@ impl Stack {
              socket_mode: 0666\n\
              attestors: {{unix: {{}}}}\n\
              first_svid_timeout: 20s\n\
-             {extra}",
+             {admin}{extra}",
             port = self.port,
             bundle = self.bundle_pem_path().display(),
             token = self.path("join-token").display(),

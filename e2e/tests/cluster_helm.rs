@@ -9,15 +9,19 @@
 //!   JWT-SVID;
 //! - two pods authenticate each other over mTLS (`signet-mtls-example`); a
 //!   third, whose service account no identity allows, gets PermissionDenied;
-//! - with 1-minute SVIDs, 75 connections over 75 s see the client's SVID
-//!   rotate (pushed on the Workload API stream) with no failed handshake;
+//! - with 1-minute SVIDs and a 4-minute CA, a client connecting every second
+//!   until past the CA's hand-over sees its SVID rotate (pushed on the
+//!   Workload API stream) with no failed handshake, and later SVIDs chain
+//!   only to the new CA;
+//! - a files-mode pod (tmpfs with svid.pem, svid_key.pem, bundle.pem from
+//!   the agent's delegated API) reads its SVID, renewed in place;
 //! - the operator leader's pod is deleted: the Lease moves, the bundle is
 //!   unchanged and new pods still get identities; the same after the agent
 //!   pod is restarted;
 //! - helm uninstall leaves no Signet object behind (CRDs stay, as Helm
 //!   never deletes CRDs).
 //!
-//! Needs the images `localhost/signet/{operator,agent,csi,mtls-example}:dev`
+//! Needs the images `localhost/signet/{operator,agent,csi,mtls-example,probe}:dev`
 //! in the node's containerd (`e2e/images/build-all.sh`, which `make e2e`
 //! runs) and helm (`e2e/cluster/build-tools.sh helm`). The test runs on the
 //! node itself: pods write what they fetched to a hostPath directory the
@@ -39,7 +43,7 @@ const RELEASE: &str = "signet";
 const NS: &str = "signet-system";
 const APPS: &str = "signet-e2e-apps";
 const TD: &str = "example.org";
-const IMAGES: [&str; 4] = ["operator", "agent", "csi", "mtls-example"];
+const IMAGES: [&str; 5] = ["operator", "agent", "csi", "mtls-example", "probe"];
 const POLL: Duration = Duration::from_millis(500);
 
 fn helm_path() -> PathBuf {
@@ -72,16 +76,33 @@ fn missing_images() -> Vec<String> {
         .collect()
 }
 
+/// Removes what the test makes, apps first: their CSI volumes can only be
+/// unmounted while the driver still runs. Pods left by an interrupted run
+/// whose driver is gone are deleted by force.
 fn uninstall_and_clean() {
-    let _ = helm(&[
-        "uninstall",
-        RELEASE,
-        "-n",
-        NS,
-        "--wait",
-        "--timeout",
-        "120s",
-    ]);
+    let _ = kubectl_output(
+        &[
+            "delete",
+            "namespace",
+            APPS,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=60s",
+        ],
+        None,
+    );
+    let _ = kubectl_output(
+        &[
+            "-n",
+            APPS,
+            "delete",
+            "pods",
+            "--all",
+            "--force",
+            "--grace-period=0",
+        ],
+        None,
+    );
     let _ = kubectl_output(
         &[
             "delete",
@@ -92,6 +113,15 @@ fn uninstall_and_clean() {
         ],
         None,
     );
+    let _ = helm(&[
+        "uninstall",
+        RELEASE,
+        "-n",
+        NS,
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
     let _ = kubectl_output(
         &[
             "delete",
@@ -218,9 +248,32 @@ spec:
     )
 }
 
+/// [`csi_pod`] with the volume in files mode: `svid.pem`, `svid_key.pem`
+/// and `bundle.pem` at /spiffe-workload-api instead of the socket.
+fn files_pod(name: &str, sa: &str, image: &str, args: &[&str]) -> String {
+    csi_pod(name, sa, image, args, None, "Never").replace(
+        "csi: {driver: csi.signet.dev, readOnly: true}",
+        "csi: {driver: csi.signet.dev, readOnly: true, volumeAttributes: {mode: files}}",
+    )
+}
+
 /// Runs a pod that fetches its X.509-SVID into `out`/<name> on the node;
 /// returns the leaf's SPIFFE ID and its DNS SANs as openssl prints them.
 fn fetch_x509(name: &str, sa: &str, out: &Path) -> (String, String) {
+    let (id, pem) = fetch_x509_pem(name, sa, out);
+    let mut openssl = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut openssl.stdin.take().unwrap(), pem.as_bytes()).unwrap();
+    let sans = openssl.wait_with_output().unwrap();
+    (id, String::from_utf8_lossy(&sans.stdout).into_owned())
+}
+
+/// Like [`fetch_x509`]; returns the SPIFFE ID and the chain as PEM.
+fn fetch_x509_pem(name: &str, sa: &str, out: &Path) -> (String, String) {
     let node = NodeFiles::from_env();
     let dir = out.join(name);
     node.create_dir(&dir);
@@ -248,15 +301,7 @@ fn fetch_x509(name: &str, sa: &str, out: &Path) -> (String, String) {
     let leaf_pem = node.read(&dir.join("svid.pem"));
     let leaf = certs_from_pem(&leaf_pem).unwrap().remove(0);
     let id = spiffe_id_from_cert(&leaf).unwrap().to_string();
-    let mut openssl = Command::new("openssl")
-        .args(["x509", "-noout", "-ext", "subjectAltName"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut openssl.stdin.take().unwrap(), leaf_pem.as_bytes()).unwrap();
-    let sans = openssl.wait_with_output().unwrap();
-    (id, String::from_utf8_lossy(&sans.stdout).into_owned())
+    (id, leaf_pem)
 }
 
 fn lease_holder() -> String {
@@ -305,6 +350,7 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
 
     // helm install: everything Ready.
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/signet");
+    let install_started = std::time::Instant::now();
     let install = helm(&[
         "install",
         RELEASE,
@@ -318,6 +364,12 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
         "defaultPolicy.enabled=false",
         "--set",
         "operator.leaseDuration=6s",
+        // A CA that rotates during the test: its successor is published
+        // after 2 minutes and signs from 3m20s on.
+        "--set",
+        "operator.ca.ttl=4m",
+        "--set",
+        "operator.agentSvidTtl=1m",
         // More values for other clusters (kind: agent.kubelet.skipVerify=true).
         "--set",
         &std::env::var("SIGNET_E2E_HELM_SET").unwrap_or_else(|_| "agent.logFormat=json".into()),
@@ -383,6 +435,7 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
     for sa in ["client", "server", "intruder"] {
         kubectl(&["-n", APPS, "create", "serviceaccount", sa]);
     }
+    let first_bundle = bundle_pem();
     let (id, sans) = fetch_x509("fetch-client", "client", &out);
     assert_eq!(id, format!("spiffe://{TD}/ns/{APPS}/sa/client"));
     assert!(sans.contains("DNS:fetch-client.apps.internal"), "{sans}");
@@ -463,7 +516,9 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
             None,
             "Never",
         ));
-        run_to_completion(APPS, name, Duration::from_secs(180))
+        // The pod starts, then connects `repeat` times a second apart.
+        let seconds = repeat.parse::<u64>().unwrap_or(1) + 120;
+        run_to_completion(APPS, name, Duration::from_secs(seconds))
     };
     let (phase, log) = mtls("mtls-client", "1");
     assert_eq!(phase, "Succeeded", "{log}");
@@ -472,9 +527,26 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
         "{log}"
     );
 
-    // Rotation: over 75 s both sides' 1-minute SVIDs rotate at least twice
-    // and every handshake succeeds (one failure fails the pod).
-    let (phase, log) = mtls("mtls-rotation", "75");
+    // Rotation: 1-minute SVIDs rotate every 30 s and the CA's successor
+    // takes over 3m20s after install; a client connecting every second
+    // until past that point never fails a handshake (one failure fails the
+    // pod), and its SVID changes on the Workload API stream.
+    let ca_activation = install_started + Duration::from_secs(200);
+    let repeat = (ca_activation + Duration::from_secs(40))
+        .saturating_duration_since(std::time::Instant::now())
+        .as_secs()
+        .max(75)
+        .to_string();
+    // Meanwhile a files-mode pod prints its svid.pem three times, 35 s
+    // apart: the 1-minute SVID is replaced in place.
+    let probe_args = ["cat", "/spiffe-workload-api/svid.pem", "3", "35"];
+    kubectl_apply(&files_pod(
+        "files-client",
+        "client",
+        &image("probe"),
+        &probe_args,
+    ));
+    let (phase, log) = mtls("mtls-rotation", &repeat);
     assert_eq!(
         phase, "Succeeded",
         "a handshake failed during rotation: {log}"
@@ -524,8 +596,24 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
         !holder.is_empty() && holder != leader
     });
     assert_eq!(bundle_pem(), bundle, "failover keeps the CA");
-    let (id, _) = fetch_x509("after-failover", "client", &out);
+    let (id, leaf_pem) = fetch_x509_pem("after-failover", "client", &out);
     assert_eq!(id, format!("spiffe://{TD}/ns/{APPS}/sa/client"));
+    // Signed by the new CA: the first bundle no longer verifies it.
+    let chain = certs_from_pem(&leaf_pem).unwrap();
+    let trust_domain = signet_identity::TrustDomain::new(TD).unwrap();
+    let verify = |bundle: &str| {
+        let bundle =
+            signet_identity::TrustBundle::from_x509_pem(trust_domain.clone(), bundle).unwrap();
+        signet_identity::verify_x509_svid(&chain, &bundle, std::time::SystemTime::now())
+    };
+    assert!(
+        verify(&bundle_pem()).is_ok(),
+        "the SVID chains to the published bundle"
+    );
+    assert!(
+        verify(&first_bundle).is_err(),
+        "the SVID is signed by the successor CA"
+    );
 
     // Agent restart: a new agent pod serves the next pod.
     kubectl(&[

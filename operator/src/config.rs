@@ -47,9 +47,10 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/signet/operator";
 pub const DEFAULT_POLICY_DIR: &str = "/etc/signet/policy";
 /// SVIDs of agents: short, renewed at half-life.
 pub const DEFAULT_AGENT_SVID_TTL: Duration = Duration::from_secs(3600);
-/// Shortest X.509 CA lifetime accepted: rotation must leave room for
-/// several SVID lifetimes.
-const MIN_CA_TTL: Duration = Duration::from_secs(10 * 60);
+/// Shortest CA lifetime accepted: the successor is published half a life
+/// before it signs, which must leave agents and workloads time to fetch it
+/// (short lifetimes are for rotation drills; SVIDs never outlive their CA).
+const MIN_CA_TTL: Duration = Duration::from_secs(4 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

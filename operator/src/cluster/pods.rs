@@ -252,9 +252,11 @@ impl PodVerifier {
         )
         .await
         .map_err(|e| {
-            // An unreachable API server is worth a retry; a refused token is not.
-            let retryable = e.reason == "token_review_failed";
-            rejection("invalid_pod_token", e.message, retryable)
+            // Worth a retry: the API server was unreachable, or the token
+            // was refused (typically expired; the kubelet hands signet-csi a
+            // fresh one on its next republish). A token of another pod,
+            // below, is not.
+            rejection("invalid_pod_token", e.message, true)
         })?;
         if reviewed.pod_uid != workload.pod_uid {
             return Err(rejection(

@@ -7,6 +7,10 @@
 //! signet-probe serve [ADDR]        accept connections on ADDR (default 0.0.0.0:8080)
 //!                                  and answer each with "signet-probe <hostname>\n"
 //! signet-probe sleep               sleep until killed
+//! signet-probe cat PATH [TIMES SECS]
+//!                                  print the file TIMES times (default 1),
+//!                                  SECS seconds apart, each copy between
+//!                                  "--- PATH" and "--- end" lines
 //! ```
 //! Exit status 0 on success, 1 on failure, 2 on usage errors.
 
@@ -81,6 +85,20 @@ fn serve(addr: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Prints a file repeatedly, for tests that watch files being replaced.
+fn cat(path: &str, times: u32, pause: Duration) -> ExitCode {
+    for round in 0..times {
+        if round > 0 {
+            std::thread::sleep(pause);
+        }
+        match std::fs::read_to_string(path) {
+            Ok(text) => out(&format!("--- {path}\n{}\n--- end", text.trim_end())),
+            Err(e) => return err(&format!("read {path}: {e}")),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -93,13 +111,18 @@ fn main() -> ExitCode {
         ["tcp", target] => tcp(target),
         ["serve"] => serve("0.0.0.0:8080"),
         ["serve", addr] => serve(addr),
+        ["cat", path] => cat(path, 1, Duration::ZERO),
+        ["cat", path, times, secs] => match (times.parse(), secs.parse()) {
+            (Ok(times), Ok(secs)) => cat(path, times, Duration::from_secs(secs)),
+            _ => err("bad TIMES or SECS"),
+        },
         ["sleep"] => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
         _ => {
             let _ = writeln!(
                 std::io::stderr(),
-                "usage: signet-probe dns NAME [PORT] | tcp HOST:PORT | serve [ADDR] | sleep"
+                "usage: signet-probe dns NAME [PORT] | tcp HOST:PORT | serve [ADDR] | cat PATH [TIMES SECS] | sleep"
             );
             ExitCode::from(2)
         }
