@@ -234,3 +234,33 @@ fn chart_lints_and_renders_what_the_binaries_accept() {
         );
     }
 }
+
+/// The Kubernetes examples users copy are valid policy.
+#[test]
+fn kubernetes_examples_compile() {
+    let text = std::fs::read_to_string(repo().join("examples/kubernetes/policy.yaml")).unwrap();
+    let objects: Vec<_> = signet_policy::parse_yaml_documents(&text)
+        .into_iter()
+        .map(|o| o.unwrap())
+        .collect();
+    assert_eq!(objects.len(), 2);
+    let document = signet_policy::PolicyDocument::from_objects(objects);
+    let trust_domain = signet_identity::TrustDomain::new("example.org").unwrap();
+    let (_, reports) = document.compile(1, &trust_domain);
+    for report in reports {
+        assert!(
+            report.result.is_ok(),
+            "{}: {:?}",
+            report.name,
+            report.result
+        );
+    }
+    // The pods parse as YAML and use the driver the chart installs.
+    let pods = std::fs::read_to_string(repo().join("examples/kubernetes/pods.yaml")).unwrap();
+    let drivers = serde_yaml::Deserializer::from_str(&pods)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .filter(|o| o["kind"] == "Pod")
+        .map(|o| o["spec"]["volumes"][0]["csi"]["driver"].clone())
+        .collect::<Vec<_>>();
+    assert_eq!(drivers, vec![Value::from("csi.signet.dev"); 2]);
+}
