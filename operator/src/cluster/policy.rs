@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -191,17 +191,11 @@ impl PolicyReconciler {
             for report in &reports {
                 match report.kind {
                     ObjectKind::WorkloadIdentity => {
-                        let object = identities
-                            .state()
-                            .into_iter()
-                            .find(|o| o.name_any() == report.name);
+                        let object = identities.get(&ObjectRef::new(&report.name));
                         self.write_status(object, report).await;
                     }
                     ObjectKind::Role => {
-                        let object = roles
-                            .state()
-                            .into_iter()
-                            .find(|o| o.name_any() == report.name);
+                        let object = roles.get(&ObjectRef::new(&report.name));
                         self.write_status(object, report).await;
                     }
                 }
