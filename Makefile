@@ -37,6 +37,7 @@ fmt:
 ## crds: regenerate the CRD YAML in crds/ from the Rust types
 crds:
 	$(CARGO) run -q -p signet-policy --bin crdgen -- crds
+	$(CARGO) run -q -p signet-policy --bin crdgen -- --readme README.md
 	cp crds/signet.dev_*.yaml charts/signet/crds/
 
 ## bench: criterion benchmarks (policy, identity, agent, issuer, cold issuance)

@@ -157,6 +157,7 @@ impl Issuer for Service {
             trust_bundle: self.0.bundle().to_spiffe_json().unwrap().into_bytes(),
             federated_bundles: Default::default(),
             bundle_sequence: 1,
+            node: None,
         };
         let stream =
             futures::stream::once(async move { Ok(update) }).chain(futures::stream::pending());

@@ -390,6 +390,7 @@ mod tests {
             trust_bundle: bundle.to_spiffe_json().unwrap().into_bytes(),
             federated_bundles: Default::default(),
             bundle_sequence: 1,
+            node: None,
         }
     }
 

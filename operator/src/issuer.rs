@@ -529,6 +529,7 @@ fn policy_update(
         trust_bundle: bundle.spiffe_json.clone().into_bytes(),
         federated_bundles,
         bundle_sequence: bundle.bundle.sequence,
+        node: None,
     }
 }
 

@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 /// Errors from naming or collecting attributes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AttributeError {
+    /// An agent reported an attribute only the issuer may set (`agent.*`,
+    /// `node.*`).
+    #[error("attribute {0:?} is not the agent's to report: only workload.* attributes are")]
+    NotTestimony(String),
     /// The name is not part of the attribute schema.
     #[error("unknown attribute {0:?}")]
     Unknown(String),
@@ -36,108 +40,168 @@ pub enum AttributeError {
     },
 }
 
-/// A scalar (non-map) attribute.
+/// Who vouches for an attribute, and so who may set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Field {
-    /// `workload.unix.pid`: the calling process id, in the agent's pid namespace.
-    UnixPid,
-    /// `workload.unix.uid`: the effective user id of the caller.
-    UnixUid,
-    /// `workload.unix.gid`: the effective group id of the caller.
-    UnixGid,
-    /// `workload.unix.binary_path`: the executable path of the caller.
-    UnixBinaryPath,
-    /// `workload.unix.binary_hash`: hex SHA-256 of the executable.
-    UnixBinaryHash,
-    /// `workload.kubernetes.namespace`.
-    KubernetesNamespace,
-    /// `workload.kubernetes.pod_name`.
-    KubernetesPodName,
-    /// `workload.kubernetes.pod_uid`.
-    KubernetesPodUid,
-    /// `workload.kubernetes.service_account`.
-    KubernetesServiceAccount,
-    /// `workload.kubernetes.node_name`.
-    KubernetesNodeName,
-    /// `workload.kubernetes.container_name`.
-    KubernetesContainerName,
-    /// `workload.kubernetes.container_image`.
-    KubernetesContainerImage,
-    /// `workload.docker.container_id`.
-    DockerContainerId,
-    /// `workload.docker.container_name`.
-    DockerContainerName,
-    /// `workload.docker.image`.
-    DockerImage,
-    /// `workload.podman.container_id`.
-    PodmanContainerId,
-    /// `workload.podman.container_name`.
-    PodmanContainerName,
-    /// `workload.podman.image`.
-    PodmanImage,
-    /// `workload.podman.pod_name`.
-    PodmanPodName,
-    /// `agent.name`: the agent's join name (standalone) or its node's name.
-    AgentName,
-    /// `agent.node_name`: the node the agent runs on.
-    AgentNodeName,
+pub enum Origin {
+    /// `workload.*`: the node agent's testimony about the caller, from its
+    /// attestors. In a cluster the issuer replaces `workload.kubernetes.*`
+    /// with what its own pod watch says.
+    Attestation,
+    /// `agent.*`: taken from the calling agent's own SVID, never from what
+    /// the agent reports.
+    AgentCredential,
+    /// `node.*`: the operator's view of the agent's Node in the API server.
+    Cluster,
 }
 
-impl Field {
-    /// Every scalar attribute, in schema order.
-    pub const ALL: [Field; 21] = [
-        Field::UnixPid,
-        Field::UnixUid,
-        Field::UnixGid,
-        Field::UnixBinaryPath,
-        Field::UnixBinaryHash,
-        Field::KubernetesNamespace,
-        Field::KubernetesPodName,
-        Field::KubernetesPodUid,
-        Field::KubernetesServiceAccount,
-        Field::KubernetesNodeName,
-        Field::KubernetesContainerName,
-        Field::KubernetesContainerImage,
-        Field::DockerContainerId,
-        Field::DockerContainerName,
-        Field::DockerImage,
-        Field::PodmanContainerId,
-        Field::PodmanContainerName,
-        Field::PodmanImage,
-        Field::PodmanPodName,
-        Field::AgentName,
-        Field::AgentNodeName,
-    ];
+/// The component that produces an attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Producer {
+    /// The agent's unix attestor (`SO_PEERCRED` and `/proc`).
+    Unix,
+    /// The agent's Kubernetes attestor (the kubelet), and in a cluster the
+    /// issuer's pod watch, which overrides it.
+    Kubernetes,
+    /// The agent's Docker attestor (the Docker Engine API).
+    Docker,
+    /// The agent's Podman attestor (the Podman API).
+    Podman,
+    /// The issuer, from the calling agent's SVID.
+    AgentSvid,
+    /// The operator, from the Node object in the API server.
+    ApiServer,
+}
 
-    /// The dotted attribute name.
-    pub const fn as_str(self) -> &'static str {
+impl Producer {
+    /// Who vouches for what this producer sets.
+    pub const fn origin(self) -> Origin {
         match self {
-            Field::UnixPid => "workload.unix.pid",
-            Field::UnixUid => "workload.unix.uid",
-            Field::UnixGid => "workload.unix.gid",
-            Field::UnixBinaryPath => "workload.unix.binary_path",
-            Field::UnixBinaryHash => "workload.unix.binary_hash",
-            Field::KubernetesNamespace => "workload.kubernetes.namespace",
-            Field::KubernetesPodName => "workload.kubernetes.pod_name",
-            Field::KubernetesPodUid => "workload.kubernetes.pod_uid",
-            Field::KubernetesServiceAccount => "workload.kubernetes.service_account",
-            Field::KubernetesNodeName => "workload.kubernetes.node_name",
-            Field::KubernetesContainerName => "workload.kubernetes.container_name",
-            Field::KubernetesContainerImage => "workload.kubernetes.container_image",
-            Field::DockerContainerId => "workload.docker.container_id",
-            Field::DockerContainerName => "workload.docker.container_name",
-            Field::DockerImage => "workload.docker.image",
-            Field::PodmanContainerId => "workload.podman.container_id",
-            Field::PodmanContainerName => "workload.podman.container_name",
-            Field::PodmanImage => "workload.podman.image",
-            Field::PodmanPodName => "workload.podman.pod_name",
-            Field::AgentName => "agent.name",
-            Field::AgentNodeName => "agent.node_name",
+            Producer::Unix | Producer::Kubernetes | Producer::Docker | Producer::Podman => {
+                Origin::Attestation
+            }
+            Producer::AgentSvid => Origin::AgentCredential,
+            Producer::ApiServer => Origin::Cluster,
         }
     }
 
+    /// A short description for the attribute reference.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Producer::Unix => "unix attestor (SO_PEERCRED, /proc; PID reuse detected)",
+            Producer::Kubernetes => {
+                "Kubernetes attestor (the kubelet); in a cluster the issuer's own pod watch"
+            }
+            Producer::Docker => "Docker attestor (Docker Engine API)",
+            Producer::Podman => "Podman attestor (Podman API)",
+            Producer::AgentSvid => "the issuer, from the calling agent's SVID",
+            Producer::ApiServer => "the operator, from the agent's Node in the API server",
+        }
+    }
+}
+
+/// Declares the scalar attributes once: variant, dotted name, producer and
+/// description, from which `ALL`, `as_str`, `producer` and `description`
+/// follow, so the schema cannot disagree with itself.
+macro_rules! fields {
+    ($($variant:ident => $name:literal, $producer:ident, $description:literal;)*) => {
+        /// A scalar (non-map) attribute.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Field {
+            $(
+                #[doc = concat!("`", $name, "`: ", $description)]
+                $variant,
+            )*
+        }
+
+        impl Field {
+            /// Every scalar attribute, in schema order.
+            pub const ALL: [Field; [$($name),*].len()] = [$(Field::$variant),*];
+
+            /// The dotted attribute name.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Field::$variant => $name,)*
+                }
+            }
+
+            /// What produces the attribute.
+            pub const fn producer(self) -> Producer {
+                match self {
+                    $(Field::$variant => Producer::$producer,)*
+                }
+            }
+
+            /// What the attribute means, for the attribute reference.
+            pub const fn description(self) -> &'static str {
+                match self {
+                    $(Field::$variant => $description,)*
+                }
+            }
+        }
+    };
+}
+
+fields! {
+    UnixPid => "workload.unix.pid", Unix,
+        "the calling process ID, in the agent's PID namespace (never part of the cache key)";
+    UnixUid => "workload.unix.uid", Unix,
+        "the caller's effective user ID";
+    UnixGid => "workload.unix.gid", Unix,
+        "the caller's effective group ID";
+    UnixBinaryPath => "workload.unix.binary_path", Unix,
+        "the caller's executable (a replaced binary reads `<path> (deleted)`)";
+    UnixBinaryHash => "workload.unix.binary_hash", Unix,
+        "hex SHA-256 of the caller's executable";
+    KubernetesNamespace => "workload.kubernetes.namespace", Kubernetes,
+        "the pod's namespace";
+    KubernetesPodName => "workload.kubernetes.pod_name", Kubernetes,
+        "the pod's name";
+    KubernetesPodUid => "workload.kubernetes.pod_uid", Kubernetes,
+        "the pod's UID";
+    KubernetesServiceAccount => "workload.kubernetes.service_account", Kubernetes,
+        "the pod's service account";
+    KubernetesNodeName => "workload.kubernetes.node_name", Kubernetes,
+        "the node the pod is bound to";
+    KubernetesContainerName => "workload.kubernetes.container_name", Kubernetes,
+        "the name of the caller's container in the pod spec";
+    KubernetesContainerImage => "workload.kubernetes.container_image", Kubernetes,
+        "the image of the caller's container, as the pod spec names it";
+    KubernetesContainerImageId => "workload.kubernetes.container_image_id", Kubernetes,
+        "the image the caller's container runs, by digest, as the kubelet reports it (`imageID`)";
+    DockerContainerId => "workload.docker.container_id", Docker,
+        "the container's 64-hex-digit ID";
+    DockerContainerName => "workload.docker.container_name", Docker,
+        "the container's name, without Docker's leading `/`";
+    DockerImage => "workload.docker.image", Docker,
+        "the image the container was created from, as named then (`Config.Image`)";
+    DockerImageId => "workload.docker.image_id", Docker,
+        "the image's content-addressed ID (`sha256:...`), which retagging cannot re-point";
+    PodmanContainerId => "workload.podman.container_id", Podman,
+        "the container's 64-hex-digit ID";
+    PodmanContainerName => "workload.podman.container_name", Podman,
+        "the container's name";
+    PodmanImage => "workload.podman.image", Podman,
+        "the image the container was created from, as named then";
+    PodmanImageId => "workload.podman.image_id", Podman,
+        "the image's content-addressed ID, which retagging cannot re-point";
+    PodmanPodName => "workload.podman.pod_name", Podman,
+        "the name of the Podman pod the container belongs to";
+    AgentName => "agent.name", AgentSvid,
+        "the agent's join name (standalone) or its node's name (cluster)";
+    AgentNodeName => "agent.node_name", AgentSvid,
+        "the node the agent runs on, when it has one";
+    NodeName => "node.name", ApiServer,
+        "the agent's Kubernetes Node, present only when the operator knows the Node; Role `Node` subjects apply only then";
+}
+
+impl Field {
     fn from_name(name: &str) -> Option<Field> {
         Field::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+
+    /// Who vouches for the attribute.
+    pub const fn origin(self) -> Origin {
+        self.producer().origin()
     }
 }
 
@@ -158,7 +222,7 @@ pub enum LabelMap {
     PodmanLabels,
     /// `workload.podman.pod_labels.<k>`: the podman pod's labels.
     PodmanPodLabels,
-    /// `node.labels.<k>`: labels of the Kubernetes node the workload runs on,
+    /// `node.labels.<k>`: labels of the Kubernetes node the agent runs on,
     /// as the operator knows them (used by Role `Node` subjects).
     NodeLabels,
 }
@@ -182,6 +246,32 @@ impl LabelMap {
             LabelMap::PodmanPodLabels => "workload.podman.pod_labels.",
             LabelMap::NodeLabels => "node.labels.",
         }
+    }
+
+    /// What produces the map's entries.
+    pub const fn producer(self) -> Producer {
+        match self {
+            LabelMap::KubernetesLabels => Producer::Kubernetes,
+            LabelMap::DockerLabels => Producer::Docker,
+            LabelMap::PodmanLabels | LabelMap::PodmanPodLabels => Producer::Podman,
+            LabelMap::NodeLabels => Producer::ApiServer,
+        }
+    }
+
+    /// What the map holds, for the attribute reference.
+    pub const fn description(self) -> &'static str {
+        match self {
+            LabelMap::KubernetesLabels => "the pod's labels",
+            LabelMap::DockerLabels => "the container's labels",
+            LabelMap::PodmanLabels => "the container's labels",
+            LabelMap::PodmanPodLabels => "the Podman pod's labels",
+            LabelMap::NodeLabels => "the labels of the agent's Node, from the API server",
+        }
+    }
+
+    /// Who vouches for the map's entries.
+    pub const fn origin(self) -> Origin {
+        self.producer().origin()
     }
 }
 
@@ -246,6 +336,22 @@ impl AttributeName {
             .into_iter()
             .find_map(|m| self.0.strip_prefix(m.prefix()).map(|k| (m, k)))
     }
+
+    /// Who vouches for the attribute.
+    pub fn origin(&self) -> Origin {
+        origin_of(&self.0)
+    }
+}
+
+/// The origin of a name already known to be valid.
+fn origin_of(name: &str) -> Origin {
+    if let Some(field) = Field::from_name(name) {
+        return field.origin();
+    }
+    LabelMap::ALL
+        .into_iter()
+        .find(|m| name.starts_with(m.prefix()))
+        .map_or(Origin::Attestation, LabelMap::origin)
 }
 
 impl From<Field> for AttributeName {
@@ -329,9 +435,96 @@ impl Attributes {
         Ok(self)
     }
 
+    /// Sets the entries of a label map whose keys can be attribute names,
+    /// and returns the keys that cannot (whitespace, braces, control
+    /// characters). No policy can name such a key, so leaving it out cannot
+    /// make a rule miss; the caller logs what was left out.
+    pub fn set_representable_labels<'k, V>(
+        &mut self,
+        map: LabelMap,
+        labels: impl IntoIterator<Item = (&'k String, V)>,
+    ) -> Vec<&'k str>
+    where
+        V: Into<String>,
+    {
+        let mut skipped = Vec::new();
+        for (key, value) in labels {
+            match AttributeName::label(map, key) {
+                Ok(name) => {
+                    self.values.insert(name.0, value.into());
+                }
+                Err(_) => skipped.push(key.as_str()),
+            }
+        }
+        skipped
+    }
+
     /// Removes an attribute, returning its value.
     pub fn remove(&mut self, name: &AttributeName) -> Option<String> {
         self.values.remove(name.as_str())
+    }
+
+    /// Removes a scalar attribute, returning its value.
+    pub fn remove_field(&mut self, field: Field) -> Option<String> {
+        self.values.remove(field.as_str())
+    }
+
+    /// Removes every attribute of one origin.
+    pub fn remove_origin(&mut self, origin: Origin) {
+        self.values.retain(|name, _| origin_of(name) != origin);
+    }
+
+    /// Removes every attribute `producer` sets (e.g. all
+    /// `workload.kubernetes.*`, before the issuer puts in its own).
+    pub fn remove_produced_by(&mut self, producer: Producer) {
+        self.values.retain(|name, _| producer_of(name) != Some(producer));
+    }
+
+    /// Only the attributes an agent may report about a workload
+    /// (`workload.*`): what it sends the issuer.
+    pub fn testimony(&self) -> Attributes {
+        Attributes {
+            values: self
+                .values
+                .iter()
+                .filter(|(name, _)| origin_of(name) == Origin::Attestation)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    /// Accepts what an agent reported about a workload: every name must be
+    /// in the schema and of [`Origin::Attestation`].
+    pub fn from_testimony(values: BTreeMap<String, String>) -> Result<Self, AttributeError> {
+        for name in values.keys() {
+            if AttributeName::parse(name)?.origin() != Origin::Attestation {
+                return Err(AttributeError::NotTestimony(name.clone()));
+            }
+        }
+        Ok(Attributes { values })
+    }
+
+    /// The attributes policy decides on: these, minus anything claiming to
+    /// be `agent.*` or `node.*`, plus those the context vouches for. The one
+    /// place where agent and node attributes enter, for the issuer and the
+    /// agent's local evaluation alike.
+    pub fn with_context(mut self, context: &AgentContext) -> Attributes {
+        self.values
+            .retain(|name, _| origin_of(name) == Origin::Attestation);
+        self.set(Field::AgentName, context.name.clone());
+        if let Some(node) = &context.node_name {
+            self.set(Field::AgentNodeName, node.clone());
+        }
+        if let Some(node) = &context.node {
+            self.set(Field::NodeName, node.name.clone());
+            for (key, value) in &node.labels {
+                // Keys were validated when the context was built.
+                if let Ok(name) = AttributeName::label(LabelMap::NodeLabels, key) {
+                    self.values.insert(name.0, value.clone());
+                }
+            }
+        }
+        self
     }
 
     /// The value of an attribute, or `None` when the workload lacks it.
@@ -381,6 +574,52 @@ impl Attributes {
     }
 }
 
+/// What the issuer knows about the agent a request comes through: the
+/// source of `agent.*` and `node.*`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentContext {
+    /// `agent.name`.
+    pub name: String,
+    /// `agent.node_name`.
+    pub node_name: Option<String>,
+    /// The agent's Node as the API server has it; `None` in standalone mode
+    /// or before the operator has seen the Node.
+    pub node: Option<NodeFacts>,
+}
+
+/// The facts policy may use about a Kubernetes Node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// `node.name`.
+    pub name: String,
+    /// `node.labels.<k>`, only keys that can be attribute names.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NodeFacts {
+    /// Facts for a node, leaving out label keys no policy could name.
+    pub fn new(name: impl Into<String>, labels: impl IntoIterator<Item = (String, String)>) -> Self {
+        NodeFacts {
+            name: name.into(),
+            labels: labels
+                .into_iter()
+                .filter(|(k, _)| AttributeName::label(LabelMap::NodeLabels, k).is_ok())
+                .collect(),
+        }
+    }
+}
+
+/// The producer of a name already known to be valid.
+fn producer_of(name: &str) -> Option<Producer> {
+    if let Some(field) = Field::from_name(name) {
+        return Some(field.producer());
+    }
+    LabelMap::ALL
+        .into_iter()
+        .find(|m| name.starts_with(m.prefix()))
+        .map(LabelMap::producer)
+}
+
 impl TryFrom<BTreeMap<String, String>> for Attributes {
     type Error = AttributeError;
     fn try_from(values: BTreeMap<String, String>) -> Result<Self, Self::Error> {
@@ -407,9 +646,176 @@ impl FromIterator<(Field, String)> for Attributes {
     }
 }
 
+/// The attribute reference as a Markdown table, generated from the schema
+/// (README.md carries it between markers; a test fails when it is stale).
+pub fn reference_markdown() -> String {
+    let mut out = String::from("| attribute | meaning | set by |\n|---|---|---|\n");
+    let row = |out: &mut String, name: &str, description: &str, producer: Producer| {
+        out.push_str(&format!(
+            "| `{name}` | {description} | {} |\n",
+            producer.describe()
+        ));
+    };
+    for field in Field::ALL {
+        row(&mut out, field.as_str(), field.description(), field.producer());
+        // Label maps follow the scalars they belong with.
+        for map in LabelMap::ALL {
+            if map_follows(map) == Some(field) {
+                row(
+                    &mut out,
+                    &format!("{}<key>", map.prefix()),
+                    map.description(),
+                    map.producer(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Marks the start of the generated attribute reference in README.md.
+pub const REFERENCE_BEGIN: &str =
+    "<!-- attribute reference: generated from policy/src/attributes.rs by `make crds` -->";
+/// Marks its end.
+pub const REFERENCE_END: &str = "<!-- end of attribute reference -->";
+
+/// `document` with the text between [`REFERENCE_BEGIN`] and
+/// [`REFERENCE_END`] replaced by [`reference_markdown`]; `None` when the
+/// markers are missing.
+pub fn with_reference(document: &str) -> Option<String> {
+    let start = document.find(REFERENCE_BEGIN)? + REFERENCE_BEGIN.len();
+    let end = start + document[start..].find(REFERENCE_END)?;
+    Some(format!(
+        "{}\n{}{}",
+        &document[..start],
+        reference_markdown(),
+        &document[end..]
+    ))
+}
+
+/// The scalar attribute a label map is listed after in the reference.
+fn map_follows(map: LabelMap) -> Option<Field> {
+    Some(match map {
+        LabelMap::KubernetesLabels => Field::KubernetesServiceAccount,
+        LabelMap::DockerLabels => Field::DockerImageId,
+        LabelMap::PodmanLabels => Field::PodmanImageId,
+        LabelMap::PodmanPodLabels => Field::PodmanPodName,
+        LabelMap::NodeLabels => Field::NodeName,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_label_map_is_in_the_reference() {
+        let reference = reference_markdown();
+        for map in LabelMap::ALL {
+            assert!(reference.contains(map.prefix()), "{map:?}");
+            assert!(map_follows(map).is_some());
+        }
+        for field in Field::ALL {
+            assert!(reference.contains(&format!("`{}`", field.as_str())));
+        }
+    }
+
+    #[test]
+    fn origins_follow_the_namespace() {
+        for field in Field::ALL {
+            let expected = if field.as_str().starts_with("workload.") {
+                Origin::Attestation
+            } else if field.as_str().starts_with("agent.") {
+                Origin::AgentCredential
+            } else {
+                assert!(field.as_str().starts_with("node."));
+                Origin::Cluster
+            };
+            assert_eq!(field.origin(), expected, "{field}");
+        }
+        for map in LabelMap::ALL {
+            let expected = if map.prefix().starts_with("workload.") {
+                Origin::Attestation
+            } else {
+                Origin::Cluster
+            };
+            assert_eq!(map.origin(), expected, "{map:?}");
+        }
+    }
+
+    #[test]
+    fn testimony_cannot_carry_agent_or_node_attributes() {
+        let mut m = BTreeMap::new();
+        m.insert("workload.unix.uid".to_owned(), "1000".to_owned());
+        assert!(Attributes::from_testimony(m.clone()).is_ok());
+        for forged in ["agent.name", "node.name", "node.labels.pool"] {
+            let mut bad = m.clone();
+            bad.insert(forged.to_owned(), "x".to_owned());
+            assert_eq!(
+                Attributes::from_testimony(bad),
+                Err(AttributeError::NotTestimony(forged.to_owned()))
+            );
+        }
+        let mut bad = m.clone();
+        bad.insert("workload.unix.euid".to_owned(), "0".to_owned());
+        assert!(matches!(
+            Attributes::from_testimony(bad),
+            Err(AttributeError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn context_replaces_whatever_claims_to_be_agent_or_node() {
+        let mut a = Attributes::new();
+        a.set(Field::UnixUid, "1000");
+        a.set(Field::AgentName, "forged");
+        a.set(Field::NodeName, "forged");
+        a.set_labels(LabelMap::NodeLabels, [("pool", "forged")])
+            .unwrap();
+        let standalone = a.clone().with_context(&AgentContext {
+            name: "vm-1".into(),
+            node_name: None,
+            node: None,
+        });
+        assert_eq!(standalone.field(Field::AgentName), Some("vm-1"));
+        assert_eq!(standalone.field(Field::NodeName), None);
+        assert_eq!(standalone.labels(LabelMap::NodeLabels).count(), 0);
+        assert_eq!(standalone.field(Field::UnixUid), Some("1000"));
+
+        let cluster = a.with_context(&AgentContext {
+            name: "n1".into(),
+            node_name: Some("n1".into()),
+            node: Some(NodeFacts::new(
+                "n1",
+                [
+                    ("pool".to_owned(), "pci".to_owned()),
+                    ("bad key".to_owned(), "x".to_owned()),
+                ],
+            )),
+        });
+        assert_eq!(cluster.field(Field::NodeName), Some("n1"));
+        assert_eq!(cluster.field(Field::AgentNodeName), Some("n1"));
+        let labels: Vec<_> = cluster.labels(LabelMap::NodeLabels).collect();
+        assert_eq!(labels, vec![("pool", "pci")]);
+        assert_eq!(cluster.testimony().len(), 1);
+    }
+
+    #[test]
+    fn unrepresentable_label_keys_are_left_out_and_reported() {
+        let labels: BTreeMap<String, String> = [
+            ("app".to_owned(), "web".to_owned()),
+            ("has space".to_owned(), "x".to_owned()),
+        ]
+        .into();
+        let mut a = Attributes::new();
+        let skipped = a.set_representable_labels(LabelMap::DockerLabels, &labels);
+        assert_eq!(skipped, vec!["has space"]);
+        assert_eq!(a.label(LabelMap::DockerLabels, "app"), Some("web"));
+        assert_eq!(a.len(), 1);
+        a.set(Field::DockerImage, "busybox");
+        a.remove_produced_by(Producer::Docker);
+        assert!(a.is_empty());
+    }
 
     #[test]
     fn every_field_parses_back() {

@@ -24,7 +24,10 @@ pub mod snapshot;
 pub mod template;
 pub mod ttl;
 
-pub use attributes::{AttributeName, Attributes, Field, LabelMap};
+pub use attributes::{
+    AgentContext, AttributeError, AttributeName, Attributes, Field, LabelMap, NodeFacts, Origin,
+    Producer,
+};
 pub use crd::{PolicyStatus, Role, RoleSpec, WorkloadIdentity, WorkloadIdentitySpec};
 pub use document::{LoadError, PolicyDocument, PolicyObject, parse_yaml_documents};
 pub use selector::IdentitySelector;

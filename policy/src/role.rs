@@ -4,8 +4,8 @@
 //! Semantics, where the resource leaves room:
 //! - A Role applies to a workload when any subject matches. `ServiceAccount`
 //!   needs the workload's Kubernetes namespace and service account; `Node`
-//!   needs it to run on a node (`workload.kubernetes.node_name` or
-//!   `agent.node_name`) and matches the selector against `node.labels.*` with
+//!   needs the operator to know the agent's Node (`node.name`, set from the
+//!   API server; never in standalone mode) and matches the selector against `node.labels.*` with
 //!   Kubernetes selector semantics (so `NotIn` and `DoesNotExist` hold for a
 //!   label the node lacks); `Agent` matches `agent.name`.
 //! - `workloadIdentityLabels`: every listed key must be on the identity with a
@@ -264,8 +264,10 @@ impl<'a> SubjectView<'a> {
             attrs,
             namespace: attrs.field(Field::KubernetesNamespace),
             service_account: attrs.field(Field::KubernetesServiceAccount),
-            on_node: attrs.field(Field::KubernetesNodeName).is_some()
-                || attrs.field(Field::AgentNodeName).is_some(),
+            // Only the operator's word about the Node counts: without it
+            // (standalone agents, a Node not yet seen) a negative selector
+            // must not match by the absence of labels.
+            on_node: attrs.field(Field::NodeName).is_some(),
             agent_name: attrs.field(Field::AgentName),
         }
     }
@@ -479,6 +481,14 @@ impl CompiledRole {
         self.subjects.iter().any(|s| s.matches(view))
     }
 
+    /// Whether any subject is of kind `Node`: such subjects apply only where
+    /// the operator knows the agent's Node, never in standalone mode.
+    pub fn has_node_subjects(&self) -> bool {
+        self.subjects
+            .iter()
+            .any(|s| matches!(s, SubjectMatcher::Node(_)))
+    }
+
     /// Whether the allow labels select an identity with these labels.
     pub fn allows_labels(&self, labels: &BTreeMap<String, String>) -> bool {
         self.allow.labels.matches(labels)
@@ -590,7 +600,7 @@ subjects:
         );
         let node = |pairs: &[(&str, &str)]| {
             let mut a = Attributes::new();
-            a.set(Field::KubernetesNodeName, "n1");
+            a.set(Field::NodeName, "n1");
             a.set_labels(LabelMap::NodeLabels, pairs.iter().copied())
                 .unwrap();
             a
@@ -635,9 +645,20 @@ subjects:
         let any = role("subjects: [{kind: Node, selector: {}}]");
         assert!(any.applies_to(&node(&[])));
         assert!(!any.applies_to(&pod("a", "b")));
+        // Without the operator's word about the Node (standalone agents, or
+        // a pod that names its node itself) no Node subject applies: not
+        // even a negative selector, which would otherwise match by the
+        // absence of labels.
         let mut standalone = Attributes::new();
         standalone.set(Field::AgentNodeName, "host1");
-        assert!(any.applies_to(&standalone));
+        standalone.set(Field::KubernetesNodeName, "host1");
+        assert!(!any.applies_to(&standalone));
+        let not_dmz = role(
+            "subjects: [{kind: Node, selector: {matchExpressions: [{key: pool, operator: NotIn, values: [dmz]}]}}]",
+        );
+        assert!(!not_dmz.applies_to(&standalone));
+        assert!(not_dmz.applies_to(&node(&[("pool", "web")])));
+        assert!(!not_dmz.applies_to(&node(&[("pool", "dmz")])));
     }
 
     #[test]

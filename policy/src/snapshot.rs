@@ -1014,6 +1014,16 @@ impl PolicySnapshot {
         self.inner.roles.iter().map(|r| r.name())
     }
 
+    /// Names of the Roles in force with a `Node` subject, which applies only
+    /// where the operator knows the agent's Node (never in standalone mode).
+    pub fn roles_with_node_subjects(&self) -> impl Iterator<Item = &str> {
+        self.inner
+            .roles
+            .iter()
+            .filter(|r| r.has_node_subjects())
+            .map(|r| r.name())
+    }
+
     /// The objects in force (valid ones only, with trimmed metadata), for
     /// shipping to agents, which compile the same document themselves.
     pub fn document(&self) -> &PolicyDocument {

@@ -21,3 +21,15 @@ fn checked_in_crds_match_the_rust_types() {
         stale.join("\n")
     );
 }
+
+#[test]
+fn readme_attribute_reference_matches_the_schema() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let expected = signet_policy::attributes::with_reference(&readme)
+        .expect("README.md has the attribute reference markers");
+    assert!(
+        readme == expected,
+        "the attribute reference in README.md is stale.\nRun `make crds` and commit the result."
+    );
+}

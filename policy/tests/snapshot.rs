@@ -154,7 +154,8 @@ spec: {spiffe: {id: "/ns/payments/any"}}
     on_pci_node
         .set(Field::KubernetesNamespace, "batch")
         .set(Field::KubernetesServiceAccount, "job")
-        .set(Field::KubernetesNodeName, "pci-1");
+        .set(Field::KubernetesNodeName, "pci-1")
+        .set(Field::NodeName, "pci-1");
     on_pci_node
         .set_labels(LabelMap::NodeLabels, [("pool", "pci")])
         .unwrap();
@@ -275,6 +276,7 @@ spec:
     assert!(d.message.contains("no-admin-sa"), "{}", d.message);
 
     let mut on_dev = payments_pod();
+    on_dev.set(Field::NodeName, "node-1");
     on_dev
         .set_labels(LabelMap::NodeLabels, [("env", "dev")])
         .unwrap();

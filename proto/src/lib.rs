@@ -33,6 +33,52 @@ pub const SPIFFE_CERT_VALIDATOR_CONFIG_TYPE_URL: &str =
 /// Extension name Envoy uses for the SPIFFE certificate validator.
 pub const SPIFFE_CERT_VALIDATOR_NAME: &str = "envoy.tls.cert_validator.spiffe";
 
+/// Facts of the issuer API that the operator and the agent must agree on,
+/// kept here once so the two sides cannot drift apart.
+pub mod issuer_protocol {
+    /// SPIFFE ID path of the issuer's own SVID, which agents authenticate it by.
+    pub const ISSUER_PATH: &str = "/signet/issuer";
+    /// Every SPIFFE ID path equal to or under this one belongs to Signet
+    /// itself (agents, the issuer): no workload may hold one.
+    pub const RESERVED_PATH: &str = "/signet";
+    /// Agent SVIDs live under this path.
+    pub const AGENT_PATH_PREFIX: &str = "/signet/agent/";
+    /// Agents that joined with a join token: `<prefix><name>`.
+    pub const JOIN_AGENT_PATH_PREFIX: &str = "/signet/agent/join/";
+    /// Agents of a Kubernetes node: `<prefix><node>`.
+    pub const NODE_AGENT_PATH_PREFIX: &str = "/signet/agent/k8s/";
+    /// Requests per SignX509Svids / SignJwtSvids call, as SPIRE batches.
+    pub const MAX_BATCH: usize = 500;
+    /// Audiences per JWT-SVID.
+    pub const MAX_AUDIENCES: usize = 16;
+    /// Bytes per JWT-SVID audience.
+    pub const MAX_AUDIENCE_LEN: usize = 1024;
+
+    /// Whether a SPIFFE ID path is Signet's own (`/signet` or under `/signet/`).
+    pub fn is_reserved_path(path: &str) -> bool {
+        path.strip_prefix(RESERVED_PATH)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn reserved_paths() {
+            for reserved in ["/signet", "/signet/", "/signet/issuer", "/signet/agent/k8s/n1"] {
+                assert!(is_reserved_path(reserved), "{reserved}");
+            }
+            for free in ["/signets", "/signet-x/y", "/ns/signet", "/", ""] {
+                assert!(!is_reserved_path(free), "{free}");
+            }
+            assert!(is_reserved_path(ISSUER_PATH));
+            assert!(is_reserved_path(JOIN_AGENT_PATH_PREFIX));
+            assert!(NODE_AGENT_PATH_PREFIX.starts_with(AGENT_PATH_PREFIX));
+        }
+    }
+}
+
 macro_rules! generated {
     ($file:literal) => {
         include!(concat!(env!("OUT_DIR"), "/", $file));

@@ -785,6 +785,7 @@ mod issuer {
             trust_bundle: b"b".to_vec(),
             federated_bundles: HashMap::from([(s("f"), b"x".to_vec())]),
             bundle_sequence: 9,
+            node: None,
         };
         let entry = cat(&[&ld(0x0a, b"f"), &ld(0x12, b"x")]);
         let bytes = cat(&[
