@@ -165,7 +165,23 @@ pub struct SpiffeId {
     trust_domain: TrustDomain,
 }
 
+/// Every SPIFFE ID path equal to or under this one belongs to Signet itself
+/// (its agents and its issuer): no workload may ever hold one, or its SVID
+/// would work as an agent's or the issuer's.
+pub const RESERVED_PATH: &str = "/signet";
+
+/// Whether a SPIFFE ID path is Signet's own (`/signet` or under `/signet/`).
+pub fn is_reserved_path(path: &str) -> bool {
+    path.strip_prefix(RESERVED_PATH)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 impl SpiffeId {
+    /// Whether the ID is one of Signet's own (see [`RESERVED_PATH`]).
+    pub fn is_reserved(&self) -> bool {
+        is_reserved_path(self.path())
+    }
+
     /// Parses and validates a SPIFFE ID URI such as `spiffe://example.org/ns/web`.
     pub fn parse(uri: &str) -> Result<Self, IdError> {
         if uri.is_empty() {
@@ -625,5 +641,31 @@ mod tests {
             prop_assert_eq!(&serde_json::from_str::<TrustDomain>(&td_json).unwrap(), id.trust_domain());
             prop_assert_eq!(SpiffeId::from_path(id.trust_domain(), id.path()).unwrap(), id);
         }
+    }
+
+    #[test]
+    fn reserved_paths() {
+        for reserved in [
+            "/signet",
+            "/signet/",
+            "/signet/issuer",
+            "/signet/agent/k8s/n1",
+        ] {
+            assert!(is_reserved_path(reserved), "{reserved}");
+        }
+        for free in ["/signets", "/signet-x/y", "/ns/signet", "/", ""] {
+            assert!(!is_reserved_path(free), "{free}");
+        }
+        let td = TrustDomain::new("example.org").unwrap();
+        assert!(
+            SpiffeId::from_path(&td, "/signet/issuer")
+                .unwrap()
+                .is_reserved()
+        );
+        assert!(
+            !SpiffeId::from_path(&td, "/ns/signet")
+                .unwrap()
+                .is_reserved()
+        );
     }
 }

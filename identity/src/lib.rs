@@ -55,7 +55,10 @@ pub use authority::{
     AuthorityError, AuthorityKind, AuthorityState, CaConfig, CaKeyset, JwtKey, RotationEvent,
 };
 pub use bundle::{BundleError, BundleSet, BundleSource, JwtAuthority, TrustBundle};
-pub use id::{IdError, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, TrustDomain};
+pub use id::{
+    IdError, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, RESERVED_PATH, SpiffeId, TrustDomain,
+    is_reserved_path,
+};
 pub use jwt::{
     JwtAlgorithm, JwtError, JwtSvid, ValidatedJwt, mint_jwt_svid, mint_jwt_svid_with_issuer,
     validate_jwt_svid,

@@ -477,7 +477,8 @@ impl Attributes {
     /// Removes every attribute `producer` sets (e.g. all
     /// `workload.kubernetes.*`, before the issuer puts in its own).
     pub fn remove_produced_by(&mut self, producer: Producer) {
-        self.values.retain(|name, _| producer_of(name) != Some(producer));
+        self.values
+            .retain(|name, _| producer_of(name) != Some(producer));
     }
 
     /// Only the attributes an agent may report about a workload
@@ -598,7 +599,10 @@ pub struct NodeFacts {
 
 impl NodeFacts {
     /// Facts for a node, leaving out label keys no policy could name.
-    pub fn new(name: impl Into<String>, labels: impl IntoIterator<Item = (String, String)>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        labels: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
         NodeFacts {
             name: name.into(),
             labels: labels
@@ -657,7 +661,12 @@ pub fn reference_markdown() -> String {
         ));
     };
     for field in Field::ALL {
-        row(&mut out, field.as_str(), field.description(), field.producer());
+        row(
+            &mut out,
+            field.as_str(),
+            field.description(),
+            field.producer(),
+        );
         // Label maps follow the scalars they belong with.
         for map in LabelMap::ALL {
             if map_follows(map) == Some(field) {

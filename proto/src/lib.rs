@@ -38,9 +38,9 @@ pub const SPIFFE_CERT_VALIDATOR_NAME: &str = "envoy.tls.cert_validator.spiffe";
 pub mod issuer_protocol {
     /// SPIFFE ID path of the issuer's own SVID, which agents authenticate it by.
     pub const ISSUER_PATH: &str = "/signet/issuer";
-    /// Every SPIFFE ID path equal to or under this one belongs to Signet
-    /// itself (agents, the issuer): no workload may hold one.
-    pub const RESERVED_PATH: &str = "/signet";
+    // The rule that no workload may hold an ID under `/signet` lives with
+    // the IDs themselves: `signet_identity::is_reserved_path`.
+
     /// Agent SVIDs live under this path.
     pub const AGENT_PATH_PREFIX: &str = "/signet/agent/";
     /// Agents that joined with a join token: `<prefix><name>`.
@@ -53,30 +53,6 @@ pub mod issuer_protocol {
     pub const MAX_AUDIENCES: usize = 16;
     /// Bytes per JWT-SVID audience.
     pub const MAX_AUDIENCE_LEN: usize = 1024;
-
-    /// Whether a SPIFFE ID path is Signet's own (`/signet` or under `/signet/`).
-    pub fn is_reserved_path(path: &str) -> bool {
-        path.strip_prefix(RESERVED_PATH)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn reserved_paths() {
-            for reserved in ["/signet", "/signet/", "/signet/issuer", "/signet/agent/k8s/n1"] {
-                assert!(is_reserved_path(reserved), "{reserved}");
-            }
-            for free in ["/signets", "/signet-x/y", "/ns/signet", "/", ""] {
-                assert!(!is_reserved_path(free), "{free}");
-            }
-            assert!(is_reserved_path(ISSUER_PATH));
-            assert!(is_reserved_path(JOIN_AGENT_PATH_PREFIX));
-            assert!(NODE_AGENT_PATH_PREFIX.starts_with(AGENT_PATH_PREFIX));
-        }
-    }
 }
 
 macro_rules! generated {

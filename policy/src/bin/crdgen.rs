@@ -29,12 +29,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let path = std::path::PathBuf::from(args.next().ok_or("--readme needs a path")?);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let updated = signet_policy::attributes::with_reference(&text).ok_or_else(|| {
-            format!(
-                "{} lacks the attribute reference markers",
-                path.display()
-            )
-        })?;
+        let updated = signet_policy::attributes::with_reference(&text)
+            .ok_or_else(|| format!("{} lacks the attribute reference markers", path.display()))?;
         std::fs::write(&path, updated).map_err(|e| format!("writing {}: {e}", path.display()))?;
         return Ok(());
     }
