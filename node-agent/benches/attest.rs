@@ -26,12 +26,13 @@ use std::time::Duration;
 
 use attest_support::{Credentials, FakeKubelet, FakeProc, NODE, Pki, always, ids, pod_cgroup};
 use criterion::{Criterion, criterion_group, criterion_main};
+use signet_agent::attest::WorkloadAttestor;
 use signet_agent::attest::cgroup::parse_proc_cgroup;
 use signet_agent::attest::kubelet::{KubeletClient, KubeletConfig, PodCache};
 use signet_agent::attest::kubernetes::KubernetesAttestor;
 use signet_agent::attest::procfs::ProcRoot;
 use signet_agent::attest::unix::{PeerCredentials, UnixAttestor};
-use signet_agent::attest::{Attributes, WorkloadAttestor};
+use signet_policy::Attributes;
 
 fn benches(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -7,7 +7,8 @@
 //! `cargo bench -p signet-agent --bench workload_api`
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use signet_agent::cli::connect;
 use signet_agent::testing::TestAgent;

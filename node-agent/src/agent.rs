@@ -9,18 +9,17 @@ use prometheus_client::registry::Registry;
 use signet_runtime::http::Readiness;
 use tokio::sync::watch;
 
+use signet_runtime::clock::Clock;
+
+use crate::api::delegated::{DelegatedError, DelegatedState, bind_admin_socket, serve_admin};
+use crate::api::{ServerState, serve};
 use crate::attest::procfs::ProcRoot;
 use crate::attest::{AttestError, WorkloadAttestor};
 use crate::backoff::Backoff;
-use crate::cache::{CacheConfig, SvidCache};
-use crate::clock::Clock;
+use crate::cache::{CacheConfig, SvidCache, SvidKeyFactory};
 use crate::config::{AgentConfig, ConfigError};
-use crate::delegated::{DelegatedError, DelegatedState, bind_admin_socket, serve_admin};
-use crate::issuer_client::{IssuerClient, IssuerClientConfig, IssuerError};
-use crate::keys::SvidKeyFactory;
+use crate::issuer::{IssuerClient, IssuerClientConfig, IssuerError, PolicyStore, run_policy_watch};
 use crate::metrics::Metrics;
-use crate::policy_watch::{PolicyStore, run_policy_watch};
-use crate::server::{ServerState, serve};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -168,14 +167,12 @@ pub async fn run_until(
     let attestor = WorkloadAttestor::new(&config.attestors)?;
     let delegated = Arc::new(DelegatedState::new(
         cache.clone(),
-        store.subscribe(),
         client.pod_tokens().clone(),
         attestor.kubernetes().map(|k| k.pod_cache().clone()),
         config.first_svid_timeout,
     ));
     let state = Arc::new(ServerState::new(
         cache,
-        store.subscribe(),
         Arc::new(attestor),
         metrics,
         clock,

@@ -21,7 +21,10 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use signet_runtime::clock::Clock;
+use tokio::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hyper_util::rt::TokioIo;
@@ -278,7 +281,7 @@ pub fn summarize(response: &pb::X509svidResponse) -> Result<Vec<SvidSummary>, Cl
 }
 
 fn remaining(until: SystemTime) -> String {
-    match until.duration_since(SystemTime::now()) {
+    match until.duration_since(Clock::new().now()) {
         Ok(left) => format!(
             "in {}",
             humantime::format_duration(Duration::from_secs(left.as_secs()))
@@ -643,7 +646,7 @@ mod tests {
             r#"{"sub":"spiffe://td/x","aud":["a"],"exp":1700000000,"x":{"y":true}}"#,
         )
         .unwrap();
-        let proto = crate::workload_api::claims_struct(&claims);
+        let proto = crate::api::workload::claims_struct(&claims);
         assert_eq!(struct_to_json(&proto), serde_json::Value::Object(claims));
     }
 }

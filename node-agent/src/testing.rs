@@ -18,22 +18,22 @@ use futures::future::BoxFuture;
 use signet_identity::{
     BundleSet, CaConfig, CaKeyset, SubjectTemplate, TrustBundle, TrustDomain, X509SvidParams,
 };
-use signet_policy::{IdentitySelector, PolicyDocument, parse_yaml_documents};
+use signet_policy::{
+    AgentContext, Attributes, IdentitySelector, PolicyDocument, parse_yaml_documents,
+};
+use signet_runtime::clock::Clock;
 use tokio::sync::watch;
 
+use crate::api::delegated::{DelegatedState, bind_admin_socket, serve_admin};
+use crate::api::{ServerState, serve};
 use crate::attest::procfs::ProcRoot;
 use crate::attest::{AttestorsConfig, WorkloadAttestor};
 use crate::cache::{
     CacheConfig, Denial, JwtSignRequest, SignError, SignOutcome, SignedJwt, SignedX509, Signer,
-    SvidCache, X509SignRequest,
+    SvidCache, SvidKeyFactory, X509SignRequest,
 };
-use crate::clock::Clock;
-use crate::delegated::{DelegatedState, bind_admin_socket, serve_admin};
-use crate::keys::SvidKeyFactory;
+use crate::issuer::{AgentPolicy, PodTokens, PolicyStore};
 use crate::metrics::Metrics;
-use crate::pod_tokens::PodTokens;
-use crate::policy_watch::{AgentAttributes, AgentPolicy, PolicyStore};
-use crate::server::{ServerState, serve};
 
 /// A policy granting processes of the current effective user the identity
 /// `spiffe://<td>/uid/<uid>/web` (hint `web`) and `/uid/<uid>/db`
@@ -163,7 +163,7 @@ impl LocalIssuer {
 
     fn decide(
         &self,
-        workload: &crate::attest::Attributes,
+        workload: &Attributes,
         name: &str,
     ) -> Result<signet_policy::IssuableIdentity, Denial> {
         let policy = self.policy().ok_or_else(|| Denial {
@@ -171,11 +171,8 @@ impl LocalIssuer {
             message: "no policy".into(),
             retryable: true,
         })?;
-        let attributes = policy.policy_attributes(workload).ok_or_else(|| Denial {
-            reason: "invalid_request".into(),
-            message: "bad attributes".into(),
-            retryable: false,
-        })?;
+        // As the issuer does: testimony plus the agent's own context.
+        let attributes = workload.testimony().with_context(policy.agent());
         policy
             .snapshot()
             .decide(&attributes, name)
@@ -213,7 +210,7 @@ impl LocalIssuer {
         let keyset = self.lock();
         let minted = match swap {
             Some(key) => keyset.mint_x509_svid(&params, &key, now),
-            None => keyset.mint_x509_svid_from_csr(&params, &request.csr_der, now),
+            None => keyset.mint_x509_svid(&params, &request.public_key, now),
         };
         match minted {
             Ok(svid) => SignOutcome::Issued(SignedX509 {
@@ -392,14 +389,12 @@ impl TestAgentBuilder {
         let pod_tokens = PodTokens::new();
         let delegated = Arc::new(DelegatedState::new(
             cache.clone(),
-            store.subscribe(),
             pod_tokens.clone(),
             None,
             self.first_svid_timeout,
         ));
         let state = Arc::new(ServerState::new(
             cache.clone(),
-            store.subscribe(),
             Arc::new(attestor),
             metrics.clone(),
             clock,
@@ -457,9 +452,10 @@ fn publish_policy(
         generation,
         snapshot,
         bundles,
-        AgentAttributes {
+        AgentContext {
             name: "test-agent".into(),
             node_name: None,
+            node: None,
         },
         selector.cloned(),
     );

@@ -10,6 +10,7 @@
 // Helpers outside #[test] functions unwrap too: a failed setup is a failed test.
 #![allow(clippy::unwrap_used)]
 
+use signet_policy::{Field, LabelMap};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
@@ -163,34 +164,34 @@ async fn a_process_in_a_docker_container_is_attested() {
     let attributes = attestor.attest(peer, process).await.unwrap();
 
     assert_eq!(
-        attributes.get("workload.docker.container_id"),
+        attributes.field(Field::DockerContainerId),
         Some(container.id.as_str())
     );
     assert_eq!(
-        attributes.get("workload.docker.container_name"),
+        attributes.field(Field::DockerContainerName),
         Some(container.name.as_str())
     );
-    assert_eq!(attributes.get("workload.docker.image"), Some(IMAGE));
+    assert_eq!(attributes.field(Field::DockerImage), Some(IMAGE));
     let image_id = docker(&["image", "inspect", "-f", "{{.Id}}", IMAGE]).unwrap();
     assert_eq!(
-        attributes.get("workload.docker.image_id"),
+        attributes.field(Field::DockerImageId),
         Some(image_id.as_str())
     );
     assert_eq!(
-        attributes.get("workload.docker.labels.app"),
+        attributes.label(LabelMap::DockerLabels, "app"),
         Some("payments")
     );
     assert_eq!(
-        attributes.get("workload.docker.labels.com.example/tier"),
+        attributes.label(LabelMap::DockerLabels, "com.example/tier"),
         Some("backend")
     );
     // The unix attestor sees the binary as the container's mount
     // namespace names it.
     assert_eq!(
-        attributes.get("workload.unix.binary_path"),
+        attributes.field(Field::UnixBinaryPath),
         Some("/bin/busybox")
     );
-    assert!(attributes.get("workload.kubernetes.namespace").is_none());
+    assert!(attributes.field(Field::KubernetesNamespace).is_none());
 }
 
 #[tokio::test]
@@ -207,8 +208,8 @@ async fn a_host_process_has_no_docker_attributes() {
     };
     let attestor = WorkloadAttestor::new(&docker_enabled()).unwrap();
     let attributes = attestor.attest(peer, process).await.unwrap();
-    assert!(attributes.get("workload.unix.pid").is_some());
-    assert!(attributes.get("workload.docker.container_id").is_none());
+    assert!(attributes.field(Field::UnixPid).is_some());
+    assert!(attributes.field(Field::DockerContainerId).is_none());
 }
 
 #[tokio::test]

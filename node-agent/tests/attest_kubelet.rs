@@ -16,6 +16,7 @@
 
 mod attest_support;
 
+use signet_policy::{Attributes, Field};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,10 +27,10 @@ use attest_support::{
     Credentials, FakeKubelet, NODE, Pki, RecordedSource, Responder, always, fixture, ids,
     switch_after,
 };
+use signet_agent::attest::AttestErrorKind;
 use signet_agent::attest::cgroup::{ContainerId, ContainerInfo, PodUid, parse_proc_cgroup};
 use signet_agent::attest::kubelet::{KubeletClient, KubeletConfig, KubeletError, PodCache};
 use signet_agent::attest::kubernetes::{KubernetesAttestor, KubernetesError, KubernetesWorkload};
-use signet_agent::attest::{AttestErrorKind, Attributes};
 
 const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.first-token.sig";
 
@@ -120,15 +121,20 @@ async fn pod_attributes_come_from_the_kubelet() {
         ("workload.kubernetes.container_name", "processor"),
     ];
     for (name, value) in expect {
-        assert_eq!(attributes.get(name), Some(value), "{name}");
+        // Parsing also proves the name is in the policy's schema.
+        assert_eq!(
+            attributes.get(&name.parse().unwrap()),
+            Some(value),
+            "{name}"
+        );
     }
-    // By digest, as the runtime resolved the tag.
-    let image = attributes
-        .get("workload.kubernetes.container_image")
-        .unwrap();
+    // As the pod spec names it, and by digest as the runtime resolved it.
+    let image = attributes.field(Field::KubernetesContainerImage).unwrap();
+    assert!(!image.contains("@sha256:"), "{image}");
+    let image_id = attributes.field(Field::KubernetesContainerImageId).unwrap();
     assert!(
-        image.starts_with("registry.example.com/payments/processor@sha256:"),
-        "{image}"
+        image_id.starts_with("registry.example.com/payments/processor@sha256:"),
+        "{image_id}"
     );
     assert_eq!(s.kubelet.request_count(), 1);
     let seen = &s.kubelet.requests()[0];
@@ -567,11 +573,11 @@ async fn init_sidecar_and_ephemeral_containers_are_attested() {
         .unwrap();
     let attributes = attributes_of(&envoy);
     assert_eq!(
-        attributes.get("workload.kubernetes.container_name"),
+        attributes.field(Field::KubernetesContainerName),
         Some("envoy")
     );
     assert_eq!(
-        attributes.get("workload.kubernetes.pod_name"),
+        attributes.field(Field::KubernetesPodName),
         Some("processor-7d9f8b6c5-x2x7q")
     );
 
@@ -582,14 +588,12 @@ async fn init_sidecar_and_ephemeral_containers_are_attested() {
         .unwrap();
     let attributes = attributes_of(&debugger);
     assert_eq!(
-        attributes.get("workload.kubernetes.container_name"),
+        attributes.field(Field::KubernetesContainerName),
         Some("debugger-x7k2p")
     );
     // A locally imported image has only its config digest.
-    let image = attributes
-        .get("workload.kubernetes.container_image")
-        .unwrap();
-    assert!(image.starts_with("sha256:"), "{image}");
+    let image_id = attributes.field(Field::KubernetesContainerImageId).unwrap();
+    assert!(image_id.starts_with("sha256:"), "{image_id}");
     assert_eq!(s.kubelet.request_count(), 1);
 }
 

@@ -19,6 +19,7 @@
 // Helpers outside #[test] functions unwrap too: a failed setup is a failed test.
 #![allow(clippy::unwrap_used)]
 
+use signet_policy::{Field, LabelMap};
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
@@ -253,29 +254,26 @@ async fn a_process_in_a_podman_pod_is_attested() {
         .await
         .unwrap();
     assert_eq!(
-        attributes.get("workload.podman.container_id"),
+        attributes.field(Field::PodmanContainerId),
         Some(id.as_str())
     );
     assert_eq!(
-        attributes.get("workload.podman.container_name"),
+        attributes.field(Field::PodmanContainerName),
         Some(name.as_str())
     );
-    assert_eq!(attributes.get("workload.podman.image"), Some(IMAGE));
+    assert_eq!(attributes.field(Field::PodmanImage), Some(IMAGE));
     let image_id = podman(&["image", "inspect", "-f", "{{.Id}}", IMAGE]).unwrap();
     assert_eq!(
-        attributes.get("workload.podman.image_id"),
+        attributes.field(Field::PodmanImageId),
         Some(format!("sha256:{image_id}").as_str())
     );
     assert_eq!(
-        attributes.get("workload.podman.labels.app"),
+        attributes.label(LabelMap::PodmanLabels, "app"),
         Some("processor")
     );
+    assert_eq!(attributes.field(Field::PodmanPodName), Some(pod.as_str()));
     assert_eq!(
-        attributes.get("workload.podman.pod_name"),
-        Some(pod.as_str())
-    );
-    assert_eq!(
-        attributes.get("workload.podman.pod_labels.team"),
+        attributes.label(LabelMap::PodmanPodLabels, "team"),
         Some("payments")
     );
 }
@@ -294,10 +292,10 @@ async fn a_container_outside_pods_has_no_pod_attributes() {
         .await
         .unwrap();
     assert_eq!(
-        attributes.get("workload.podman.container_id"),
+        attributes.field(Field::PodmanContainerId),
         Some(id.as_str())
     );
-    assert!(attributes.get("workload.podman.pod_name").is_none());
+    assert!(attributes.field(Field::PodmanPodName).is_none());
 }
 
 #[tokio::test]

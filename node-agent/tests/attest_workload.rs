@@ -8,6 +8,7 @@
 
 mod attest_support;
 
+use signet_policy::Field;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,22 +71,22 @@ async fn a_process_in_a_pod_gets_unix_and_kubernetes_attributes() {
         .attest(process.peer(), process.handle())
         .await
         .unwrap();
-    assert_eq!(attributes.get("workload.unix.pid"), Some("4242"));
-    assert!(attributes.get("workload.unix.binary_hash").is_some());
+    assert_eq!(attributes.field(Field::UnixPid), Some("4242"));
+    assert!(attributes.field(Field::UnixBinaryHash).is_some());
     assert_eq!(
-        attributes.get("workload.kubernetes.namespace"),
+        attributes.field(Field::KubernetesNamespace),
         Some("payments")
     );
     assert_eq!(
-        attributes.get("workload.kubernetes.service_account"),
+        attributes.field(Field::KubernetesServiceAccount),
         Some("processor")
     );
     assert_eq!(
-        attributes.get("workload.kubernetes.pod_uid"),
+        attributes.field(Field::KubernetesPodUid),
         Some(ids::PROCESSOR_POD)
     );
     // The cgroups name containerd: Docker (here unreachable) is not asked.
-    assert!(attributes.get("workload.docker.container_id").is_none());
+    assert!(attributes.field(Field::DockerContainerId).is_none());
     assert_eq!(s.kubelet.request_count(), 1);
 }
 
@@ -129,8 +130,8 @@ async fn a_host_process_gets_only_unix_attributes() {
         .attest(process.peer(), process.handle())
         .await
         .unwrap();
-    assert!(attributes.get("workload.unix.uid").is_some());
-    assert!(attributes.get("workload.kubernetes.namespace").is_none());
+    assert!(attributes.field(Field::UnixUid).is_some());
+    assert!(attributes.field(Field::KubernetesNamespace).is_none());
     assert_eq!(s.kubelet.request_count(), 0);
 }
 

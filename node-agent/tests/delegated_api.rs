@@ -8,7 +8,7 @@ mod wl_support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use signet_agent::cli::unix_channel;
 use signet_agent::testing::TestAgent;
@@ -81,7 +81,8 @@ fn pod(namespace: &str, token: &str) -> pb::SubscribePodSvidsRequest {
 fn pod_token(marker: &str) -> String {
     use base64::Engine as _;
     let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let exp = SystemTime::now()
+    let exp = signet_runtime::clock::Clock::new()
+        .now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
@@ -145,7 +146,9 @@ async fn subscribe_sends_svids_with_their_keys_and_the_bundle() {
 
     // The pod's token is kept for the issuer requests made on its behalf.
     assert_eq!(
-        agent.pod_tokens.get(POD_UID, SystemTime::now()),
+        agent
+            .pod_tokens
+            .get(POD_UID, signet_runtime::clock::Clock::new().now()),
         Some(token.clone())
     );
 
@@ -161,7 +164,9 @@ async fn subscribe_sends_svids_with_their_keys_and_the_bundle() {
     assert_eq!(agent.issuer.x509_requests(), 1);
     // An empty token does not replace the one held.
     assert_eq!(
-        agent.pod_tokens.get(POD_UID, SystemTime::now()),
+        agent
+            .pod_tokens
+            .get(POD_UID, signet_runtime::clock::Clock::new().now()),
         Some(token)
     );
 }

@@ -26,7 +26,7 @@ fn own_id(path: &str) -> String {
 }
 
 fn partner() -> TrustBundle {
-    let now = std::time::SystemTime::now();
+    let now = signet_runtime::clock::Clock::new().now();
     CaKeyset::new(CaConfig::new(TrustDomain::new("partner.org").unwrap()), now)
         .unwrap()
         .bundle(now)

@@ -19,7 +19,7 @@ fn own_id(path: &str) -> String {
 }
 
 fn partner_bundle() -> signet_identity::TrustBundle {
-    let now = std::time::SystemTime::now();
+    let now = signet_runtime::clock::Clock::new().now();
     CaKeyset::new(CaConfig::new(TrustDomain::new("partner.org").unwrap()), now)
         .unwrap()
         .bundle(now)

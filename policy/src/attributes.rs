@@ -390,7 +390,7 @@ impl<'de> Deserialize<'de> for AttributeName {
 ///
 /// Serialized as a flat string map (`{"workload.kubernetes.namespace": "payments"}`),
 /// the same shape the issuer API carries. Keys are validated on every way in.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(
     try_from = "BTreeMap<String, String>",
     into = "BTreeMap<String, String>"

@@ -11,7 +11,8 @@ use tokio::sync::OnceCell;
 
 use super::cgroup::{ContainerInfo, ContainerRuntime};
 use super::engine::{Backoff, EngineClient, EngineError};
-use super::{AttestErrorKind, Attributes};
+use super::kind::AttestErrorKind;
+use signet_policy::{Attributes, Field, LabelMap};
 
 pub const DEFAULT_DOCKER_ADDR: &str = "unix:///var/run/docker.sock";
 
@@ -81,14 +82,15 @@ pub struct DockerContainer {
 impl DockerContainer {
     /// `workload.docker.{container_id,container_name,image,image_id,labels.<k>}`.
     pub fn add_attributes(&self, attributes: &mut Attributes) {
-        attributes.insert("workload.docker.container_id", self.id.as_str());
-        attributes.insert("workload.docker.container_name", self.name.as_str());
-        attributes.insert("workload.docker.image", self.image.as_str());
+        attributes.set(Field::DockerContainerId, self.id.as_str());
+        attributes.set(Field::DockerContainerName, self.name.as_str());
+        attributes.set(Field::DockerImage, self.image.as_str());
         if let Some(image_id) = &self.image_id {
-            attributes.insert("workload.docker.image_id", image_id.as_str());
+            attributes.set(Field::DockerImageId, image_id.as_str());
         }
-        for (key, value) in &self.labels {
-            attributes.insert(format!("workload.docker.labels.{key}"), value.as_str());
+        let skipped = attributes.set_representable_labels(LabelMap::DockerLabels, &self.labels);
+        if !skipped.is_empty() {
+            tracing::debug!(container = %self.id, ?skipped, "label keys no policy can name were left out");
         }
     }
 
@@ -292,20 +294,23 @@ mod tests {
         let mut attributes = Attributes::default();
         container.add_attributes(&mut attributes);
         assert_eq!(
-            attributes.get("workload.docker.container_name"),
+            attributes.field(Field::DockerContainerName),
             Some("payments")
         );
         assert_eq!(
-            attributes.get("workload.docker.image"),
+            attributes.field(Field::DockerImage),
             Some("localhost/signet-test:dev")
         );
         assert_eq!(
-            attributes.get("workload.docker.image_id"),
+            attributes.field(Field::DockerImageId),
             Some("sha256:003230da9d51df8aa3d7af4e097b60a04f37280ac2de2a0cde2a68138de6d6b0")
         );
-        assert_eq!(attributes.get("workload.docker.labels.app"), Some("demo"));
         assert_eq!(
-            attributes.get("workload.docker.labels.com.example/tier"),
+            attributes.label(LabelMap::DockerLabels, "app"),
+            Some("demo")
+        );
+        assert_eq!(
+            attributes.label(LabelMap::DockerLabels, "com.example/tier"),
             Some("x")
         );
         // A container without labels reports `null`.

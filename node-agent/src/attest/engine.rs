@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
-use super::AttestErrorKind;
+use super::kind::AttestErrorKind;
 
 /// Each engine call, from connecting to the last body byte.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -36,8 +36,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::AttestErrorKind;
 use super::cgroup::ContainerId;
+use super::kind::AttestErrorKind;
 
 pub const DEFAULT_SECURE_PORT: u16 = 10250;
 pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -296,23 +296,17 @@ pub struct PodContainer {
 }
 
 impl PodContainer {
-    /// The image by digest when the runtime reported one, else by name.
-    ///
-    /// The digest form is the kubelet's `imageID` as the runtime reports it,
-    /// minus the `docker-pullable://`/`docker://` scheme dockershim added:
-    /// `registry/repo@sha256:<hex>` for a pulled image (the manifest digest,
-    /// what image policies pin), `sha256:<hex>` for an image that never
-    /// came from a registry.
-    pub fn image_reference(&self) -> &str {
+    /// The image by digest, once the runtime reported it: the kubelet's
+    /// `imageID` minus the `docker-pullable://`/`docker://` scheme
+    /// dockershim added; `registry/repo@sha256:<hex>` for a pulled image (the
+    /// manifest digest, what image policies pin), `sha256:<hex>` for an
+    /// image that never came from a registry.
+    pub fn image_digest(&self) -> Option<&str> {
         let digest = self
             .image_id
             .split_once("://")
             .map_or(self.image_id.as_str(), |(_, rest)| rest);
-        if digest.is_empty() {
-            &self.image
-        } else {
-            digest
-        }
+        (!digest.is_empty()).then_some(digest)
     }
 }
 
@@ -1136,7 +1130,7 @@ mod tests {
     }
 
     #[test]
-    fn image_reference_prefers_the_digest() {
+    fn image_digest_drops_the_dockershim_scheme() {
         let container = |image_id: &str| PodContainer {
             name: "c".into(),
             kind: ContainerKind::Regular,
@@ -1144,16 +1138,16 @@ mod tests {
             image: "nginx:1.27".into(),
             image_id: image_id.into(),
         };
-        assert_eq!(container("").image_reference(), "nginx:1.27");
+        assert_eq!(container("").image_digest(), None);
         assert_eq!(
-            container("docker.io/library/nginx@sha256:ab").image_reference(),
-            "docker.io/library/nginx@sha256:ab"
+            container("docker.io/library/nginx@sha256:ab").image_digest(),
+            Some("docker.io/library/nginx@sha256:ab")
         );
         assert_eq!(
-            container("docker-pullable://nginx@sha256:ab").image_reference(),
-            "nginx@sha256:ab"
+            container("docker-pullable://nginx@sha256:ab").image_digest(),
+            Some("nginx@sha256:ab")
         );
-        assert_eq!(container("sha256:cd").image_reference(), "sha256:cd");
+        assert_eq!(container("sha256:cd").image_digest(), Some("sha256:cd"));
     }
 
     #[test]

@@ -11,11 +11,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::cgroup::{ContainerId, ContainerInfo, ContainerRuntime, PodUid};
+use super::kind::AttestErrorKind;
 use super::kubelet::{
     ContainerMatch, KubeletClient, KubeletConfig, KubeletError, Pod, PodCache, PodContainer,
     PodList,
 };
-use super::{AttestErrorKind, Attributes};
+use signet_policy::{Attributes, Field, LabelMap};
 
 /// `attestors.kubernetes` in the agent configuration.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -86,28 +87,30 @@ pub struct KubernetesWorkload {
 
 impl KubernetesWorkload {
     /// `workload.kubernetes.{namespace,pod_name,pod_uid,service_account,
-    /// node_name,labels.<k>,container_name,container_image}`.
+    /// node_name,labels.<k>,container_name,container_image,container_image_id}`.
     pub fn add_attributes(&self, attributes: &mut Attributes) {
         let pod = &self.pod;
-        attributes.insert("workload.kubernetes.namespace", pod.namespace.as_str());
-        attributes.insert("workload.kubernetes.pod_name", pod.name.as_str());
-        attributes.insert("workload.kubernetes.pod_uid", pod.uid.as_str());
-        attributes.insert(
-            "workload.kubernetes.service_account",
+        attributes.set(Field::KubernetesNamespace, pod.namespace.as_str());
+        attributes.set(Field::KubernetesPodName, pod.name.as_str());
+        attributes.set(Field::KubernetesPodUid, pod.uid.as_str());
+        attributes.set(
+            Field::KubernetesServiceAccount,
             pod.service_account.as_str(),
         );
-        attributes.insert("workload.kubernetes.node_name", pod.node_name.as_str());
-        for (key, value) in &pod.labels {
-            attributes.insert(format!("workload.kubernetes.labels.{key}"), value.as_str());
+        attributes.set(Field::KubernetesNodeName, pod.node_name.as_str());
+        let skipped = attributes.set_representable_labels(LabelMap::KubernetesLabels, &pod.labels);
+        if !skipped.is_empty() {
+            tracing::debug!(pod = %pod.uid, ?skipped, "pod label keys no policy can name were left out");
         }
-        attributes.insert(
-            "workload.kubernetes.container_name",
-            self.container.name.as_str(),
+        attributes.set(Field::KubernetesContainerName, self.container.name.as_str());
+        // As the pod spec names it, like the issuer's pod watch says.
+        attributes.set(
+            Field::KubernetesContainerImage,
+            self.container.image.as_str(),
         );
-        attributes.insert(
-            "workload.kubernetes.container_image",
-            self.container.image_reference(),
-        );
+        if let Some(digest) = self.container.image_digest() {
+            attributes.set(Field::KubernetesContainerImageId, digest);
+        }
     }
 }
 

@@ -13,7 +13,8 @@ use serde::Deserialize;
 
 use super::cgroup::{ContainerInfo, ContainerRuntime};
 use super::engine::{Backoff, EngineClient, EngineError};
-use super::{AttestErrorKind, Attributes};
+use super::kind::AttestErrorKind;
+use signet_policy::{Attributes, Field, LabelMap};
 
 /// libpod API version in request paths; Podman 4 and 5 both serve it.
 const LIBPOD_API_PREFIX: &str = "/v4.0.0/libpod";
@@ -77,19 +78,22 @@ impl PodmanContainer {
     /// `workload.podman.{container_id,container_name,image,image_id,labels.<k>,
     /// pod_name,pod_labels.<k>}`.
     pub fn add_attributes(&self, attributes: &mut Attributes) {
-        attributes.insert("workload.podman.container_id", self.id.as_str());
-        attributes.insert("workload.podman.container_name", self.name.as_str());
-        attributes.insert("workload.podman.image", self.image.as_str());
+        attributes.set(Field::PodmanContainerId, self.id.as_str());
+        attributes.set(Field::PodmanContainerName, self.name.as_str());
+        attributes.set(Field::PodmanImage, self.image.as_str());
         if let Some(image_id) = &self.image_id {
-            attributes.insert("workload.podman.image_id", image_id.as_str());
+            attributes.set(Field::PodmanImageId, image_id.as_str());
         }
-        for (key, value) in &self.labels {
-            attributes.insert(format!("workload.podman.labels.{key}"), value.as_str());
+        let skipped = attributes.set_representable_labels(LabelMap::PodmanLabels, &self.labels);
+        if !skipped.is_empty() {
+            tracing::debug!(container = %self.id, ?skipped, "label keys no policy can name were left out");
         }
         if let Some(pod) = &self.pod {
-            attributes.insert("workload.podman.pod_name", pod.name.as_str());
-            for (key, value) in &pod.labels {
-                attributes.insert(format!("workload.podman.pod_labels.{key}"), value.as_str());
+            attributes.set(Field::PodmanPodName, pod.name.as_str());
+            let skipped =
+                attributes.set_representable_labels(LabelMap::PodmanPodLabels, &pod.labels);
+            if !skipped.is_empty() {
+                tracing::debug!(pod = %pod.name, ?skipped, "pod label keys no policy can name were left out");
             }
         }
     }
@@ -271,22 +275,22 @@ mod tests {
         container.pod = Some(PodmanPod::from_inspect(pod).unwrap());
         let mut attributes = Attributes::default();
         container.add_attributes(&mut attributes);
+        assert_eq!(attributes.field(Field::PodmanContainerName), Some("sigc"));
         assert_eq!(
-            attributes.get("workload.podman.container_name"),
-            Some("sigc")
-        );
-        assert_eq!(
-            attributes.get("workload.podman.image"),
+            attributes.field(Field::PodmanImage),
             Some("localhost/signet-test:dev")
         );
         assert_eq!(
-            attributes.get("workload.podman.image_id"),
+            attributes.field(Field::PodmanImageId),
             Some("sha256:aa0554c2b56f6b1315e736729aea84f705e1536a7fb2495cb3b12b26313c7f9a")
         );
-        assert_eq!(attributes.get("workload.podman.labels.app"), Some("demo"));
-        assert_eq!(attributes.get("workload.podman.pod_name"), Some("sigpod"));
         assert_eq!(
-            attributes.get("workload.podman.pod_labels.team"),
+            attributes.label(LabelMap::PodmanLabels, "app"),
+            Some("demo")
+        );
+        assert_eq!(attributes.field(Field::PodmanPodName), Some("sigpod"));
+        assert_eq!(
+            attributes.label(LabelMap::PodmanPodLabels, "team"),
             Some("payments")
         );
     }

@@ -7,7 +7,8 @@ use std::sync::Mutex;
 
 use serde::Deserialize;
 
-use super::Attributes;
+use signet_policy::{Attributes, Field};
+
 use super::procfs::{ProcError, ProcessHandle};
 
 /// Hashing stops being worth it (and becomes a denial-of-service lever) for
@@ -113,9 +114,9 @@ impl UnixAttestor {
                 peer_gid: peer.gid,
             });
         }
-        attributes.insert("workload.unix.pid", peer.pid.to_string());
-        attributes.insert("workload.unix.uid", peer.uid.to_string());
-        attributes.insert("workload.unix.gid", peer.gid.to_string());
+        attributes.set(Field::UnixPid, peer.pid.to_string());
+        attributes.set(Field::UnixUid, peer.uid.to_string());
+        attributes.set(Field::UnixGid, peer.gid.to_string());
         // Both are best effort: a process of another user may hide its exe
         // link from us only if we lack privileges, which is a deployment
         // error worth a log line, not a reason to refuse other attributes.
@@ -123,16 +124,13 @@ impl UnixAttestor {
             Ok(path) => {
                 // A deleted binary shows as "<path> (deleted)"; keep it so
                 // rules cannot match a binary that was replaced underneath.
-                attributes.insert(
-                    "workload.unix.binary_path",
-                    path.to_string_lossy().into_owned(),
-                );
+                attributes.set(Field::UnixBinaryPath, path.to_string_lossy().into_owned());
             }
             Err(ProcError::Gone { pid }) => return Err(ProcError::Gone { pid }.into()),
             Err(error) => tracing::debug!(pid = peer.pid, %error, "executable path unavailable"),
         }
         if let Some(hash) = self.binary_hash(process)? {
-            attributes.insert("workload.unix.binary_hash", hash);
+            attributes.set(Field::UnixBinaryHash, hash);
         }
         Ok(())
     }
@@ -216,27 +214,24 @@ mod tests {
         let mut attributes = Attributes::default();
         attestor.attest(me(), &handle, &mut attributes).unwrap();
         assert_eq!(
-            attributes.get("workload.unix.pid"),
+            attributes.field(Field::UnixPid),
             Some(std::process::id().to_string().as_str())
         );
         assert_eq!(
-            attributes.get("workload.unix.uid"),
+            attributes.field(Field::UnixUid),
             Some(me().uid.to_string().as_str())
         );
         let exe = std::env::current_exe().unwrap();
-        assert_eq!(attributes.get("workload.unix.binary_path"), exe.to_str());
+        assert_eq!(attributes.field(Field::UnixBinaryPath), exe.to_str());
         let expected = sha256_hex(std::fs::File::open(&exe).unwrap()).unwrap();
         assert_eq!(
-            attributes.get("workload.unix.binary_hash"),
+            attributes.field(Field::UnixBinaryHash),
             Some(expected.as_str())
         );
         // Second time from the cache: same answer.
         let mut again = Attributes::default();
         attestor.attest(me(), &handle, &mut again).unwrap();
-        assert_eq!(
-            again.get("workload.unix.binary_hash"),
-            Some(expected.as_str())
-        );
+        assert_eq!(again.field(Field::UnixBinaryHash), Some(expected.as_str()));
     }
 
     #[test]
@@ -247,8 +242,8 @@ mod tests {
         let handle = ProcRoot::default().open(std::process::id()).unwrap();
         let mut attributes = Attributes::default();
         attestor.attest(me(), &handle, &mut attributes).unwrap();
-        assert!(attributes.get("workload.unix.binary_hash").is_none());
-        assert!(attributes.get("workload.unix.binary_path").is_some());
+        assert!(attributes.field(Field::UnixBinaryHash).is_none());
+        assert!(attributes.field(Field::UnixBinaryPath).is_some());
     }
 
     #[test]

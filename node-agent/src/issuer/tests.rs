@@ -4,16 +4,32 @@
 
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::Mutex;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use signet_identity::{CaConfig, CaKeyset, X509SvidParams};
+use rustls_pki_types::CertificateDer;
+use signet_identity::x509::certs_to_pem;
+use signet_identity::{
+    BundleSet, CaConfig, CaKeyset, KeyType, PrivateKey, SpiffeId, TrustBundle, TrustDomain,
+    X509SvidParams,
+};
+use signet_policy::{Attributes, Field};
+use signet_proto::issuer::v1 as pb;
 use signet_proto::issuer::v1::issuer_server::{Issuer, IssuerServer};
-use signet_tls::{SpiffeClientVerifier, TlsIncoming};
+use signet_runtime::clock::Clock;
+use signet_tls::{PeerPolicy, SharedBundles, SpiffeClientVerifier, SvidResolver, TlsIncoming};
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use super::*;
-use crate::policy_watch::{PolicyStore, apply_update};
+use super::checks::check_issued_x509;
+use super::client::{
+    AGENT_STATE_FILE, IssuerClient, IssuerClientConfig, IssuerError, issuer_spiffe_id,
+};
+use super::policy::{PolicyStore, apply_update};
+use crate::cache::{SignOutcome, Signer, X509SignRequest};
+use crate::metrics::Metrics;
 
 const TD: &str = "example.org";
 
@@ -36,7 +52,11 @@ impl FakeIssuer {
     }
 
     fn new() -> Arc<Self> {
-        let keyset = CaKeyset::new(CaConfig::new(Self::td()), SystemTime::now()).unwrap();
+        let keyset = CaKeyset::new(
+            CaConfig::new(Self::td()),
+            signet_runtime::clock::Clock::new().now(),
+        )
+        .unwrap();
         Arc::new(Self {
             keyset: Mutex::new(keyset),
             tokens: Mutex::new(["good-token".to_owned()].into()),
@@ -49,7 +69,10 @@ impl FakeIssuer {
     }
 
     fn bundle(&self) -> TrustBundle {
-        self.keyset.lock().unwrap().bundle(SystemTime::now())
+        self.keyset
+            .lock()
+            .unwrap()
+            .bundle(signet_runtime::clock::Clock::new().now())
     }
 
     fn mint(&self, path: &str, csr: &[u8]) -> Result<Vec<Vec<u8>>, Status> {
@@ -58,9 +81,13 @@ impl FakeIssuer {
         let keyset = self.keyset.lock().unwrap();
         let svid = if self.evil.load(Ordering::SeqCst) {
             let other = PrivateKey::generate(KeyType::EcP256).unwrap();
-            keyset.mint_x509_svid(&params, other.public_key(), SystemTime::now())
+            keyset.mint_x509_svid(
+                &params,
+                other.public_key(),
+                signet_runtime::clock::Clock::new().now(),
+            )
         } else {
-            keyset.mint_x509_svid_from_csr(&params, csr, SystemTime::now())
+            keyset.mint_x509_svid_from_csr(&params, csr, signet_runtime::clock::Clock::new().now())
         }
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(svid.cert_chain.iter().map(|c| c.to_vec()).collect())
@@ -87,7 +114,7 @@ impl FakeIssuer {
             .mint_x509_svid(
                 &X509SvidParams::new(id, Duration::from_secs(3600)),
                 key.public_key(),
-                SystemTime::now(),
+                signet_runtime::clock::Clock::new().now(),
             )
             .unwrap();
         let resolver = Arc::new(SvidResolver::new());
@@ -247,12 +274,13 @@ fn x509_request(name: &str) -> (X509SignRequest, PrivateKey) {
     let key = PrivateKey::generate(KeyType::EcP256).unwrap();
     let csr = signet_identity::x509::create_csr(&key).unwrap();
     let mut workload = Attributes::default();
-    workload.insert("workload.unix.uid", "1000");
+    workload.set(Field::UnixUid, "1000");
     (
         X509SignRequest {
             workload: Arc::new(workload),
             workload_identity: name.into(),
             csr_der: csr,
+            public_key: key.public_key().clone(),
         },
         key,
     )
@@ -269,7 +297,7 @@ async fn join_once_then_restart_reuses_the_stored_svid() {
     first.ensure_identity().await.unwrap();
     let (id, _) = first.agent_svid().unwrap();
     assert_eq!(id.as_str(), "spiffe://example.org/signet/agent/join/vm-1");
-    assert_eq!(first.agent_attributes().name, "vm-1");
+    assert_eq!(first.agent_context().name, "vm-1");
     let state = dir.path().join(AGENT_STATE_FILE);
     assert_eq!(
         std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
@@ -280,7 +308,7 @@ async fn join_once_then_restart_reuses_the_stored_svid() {
     let second = client(&address, dir.path(), None, bootstrap);
     second.ensure_identity().await.unwrap();
     assert_eq!(fake.joins.load(Ordering::SeqCst), 1);
-    assert_eq!(second.agent_attributes().name, "vm-1");
+    assert_eq!(second.agent_context().name, "vm-1");
 
     // mTLS works with the reloaded credential: renew and sign.
     second.renew().await.unwrap();
@@ -293,7 +321,7 @@ async fn join_once_then_restart_reuses_the_stored_svid() {
     assert_eq!(signed.spiffe_id.as_str(), "spiffe://example.org/w/web");
     assert_eq!(signed.hint.as_deref(), Some("h"));
     assert_eq!(
-        leaf_public_key(&signed.cert_chain[0]).unwrap(),
+        super::checks::leaf_public_key(&signed.cert_chain[0]).unwrap(),
         *key.public_key()
     );
 }
@@ -321,10 +349,7 @@ async fn joins_with_a_service_account_token_file() {
     .unwrap();
     issuer.ensure_identity().await.unwrap();
     assert_eq!(fake.joins.load(Ordering::SeqCst), 1);
-    assert_eq!(
-        issuer.agent_attributes().node_name.as_deref(),
-        Some("node-1")
-    );
+    assert_eq!(issuer.agent_context().node_name.as_deref(), Some("node-1"));
 }
 
 #[tokio::test]
@@ -372,9 +397,12 @@ async fn an_issuer_with_an_untrusted_certificate_is_refused() {
     let address = start_issuer(fake.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     // Bootstrap bundle of an unrelated CA.
-    let stranger = CaKeyset::new(CaConfig::new(FakeIssuer::td()), SystemTime::now())
-        .unwrap()
-        .bundle(SystemTime::now());
+    let stranger = CaKeyset::new(
+        CaConfig::new(FakeIssuer::td()),
+        signet_runtime::clock::Clock::new().now(),
+    )
+    .unwrap()
+    .bundle(signet_runtime::clock::Clock::new().now());
     let issuer = client(&address, dir.path(), Some("good-token"), stranger);
     assert!(issuer.ensure_identity().await.is_err());
     assert_eq!(
@@ -407,7 +435,7 @@ async fn policy_updates_are_compiled_and_published() {
 #[test]
 fn returned_svids_are_checked_against_the_request() {
     let td = FakeIssuer::td();
-    let now = SystemTime::now();
+    let now = signet_runtime::clock::Clock::new().now();
     let keyset = CaKeyset::new(CaConfig::new(td.clone()), now).unwrap();
     let bundles: BundleSet = [keyset.bundle(now)].into_iter().collect();
     let key = PrivateKey::generate(KeyType::EcP256).unwrap();
@@ -588,30 +616,6 @@ async fn http_get(address: std::net::SocketAddr, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     response
-}
-
-#[test]
-fn pod_requests_carry_the_pod_uid_and_its_current_token() {
-    let tokens = PodTokens::new();
-    let mut workload = Attributes::default();
-    workload.insert("workload.kubernetes.pod_uid", "uid-1");
-    workload.insert("workload.kubernetes.namespace", "payments");
-    workload.insert("agent.name", "forged");
-    let now = SystemTime::now();
-    let message = workload_message(&workload, &tokens, now);
-    assert_eq!(message.pod_uid, "uid-1");
-    assert_eq!(message.pod_token, "");
-    assert!(!message.attributes.contains_key("agent.name"));
-    tokens.offer("uid-1", "h.p.s");
-    assert_eq!(workload_message(&workload, &tokens, now).pod_token, "h.p.s");
-    // A host process has no pod, so no pod's token rides along.
-    let mut host = Attributes::default();
-    host.insert("workload.unix.uid", "0");
-    let message = workload_message(&host, &tokens, now);
-    assert_eq!(
-        (message.pod_uid.as_str(), message.pod_token.as_str()),
-        ("", "")
-    );
 }
 
 /// The whole agent with its admin socket: a pod subscribed through the

@@ -22,14 +22,14 @@
 //! requested names change. A NACK is logged and the rejected version is not
 //! re-sent; the next change produces a new version.
 
+use std::collections::HashSet;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use prost::Message;
 use signet_identity::x509::certs_to_pem;
-use signet_identity::{PrivateKey, SpiffeId, TrustBundle, TrustDomain};
+use signet_identity::{PrivateKey, SpiffeId, TrustBundle};
 use signet_proto::envoy::config::core::v3::{DataSource, TypedExtensionConfig, data_source};
 use signet_proto::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, SpiffeCertValidatorConfig, TlsCertificate, secret,
@@ -44,10 +44,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::cache::{IssuedX509, Subscription, ViewStatus};
-use crate::policy_watch::AgentPolicy;
-use crate::server::{ApiError, ServerState, code_of};
-use crate::workload_api::first_ready_view;
+use super::error::{ApiError, code_of};
+use super::state::ServerState;
+use super::workload::first_ready_view;
+use crate::cache::{IssuedX509, Subscription, ViewStatus, WorkloadBundles};
 
 pub const DEFAULT_NAME: &str = "default";
 pub const ROOTCA_NAME: &str = "ROOTCA";
@@ -142,27 +142,12 @@ fn spiffe_validator_secret(name: &str, bundles: &[&TrustBundle]) -> Secret {
 /// found for.
 pub fn build_secrets(
     svids: &[Arc<IssuedX509>],
-    policy: &AgentPolicy,
+    bundles: &WorkloadBundles,
     names: &[String],
 ) -> (Vec<Secret>, Vec<String>) {
-    let own_td = policy.trust_domain();
-    let own = policy.own_bundle();
-    // Federated trust domains of the served SVIDs that have a bundle.
-    let federated: Vec<&TrustBundle> = svids
-        .iter()
-        .flat_map(|s| s.federates_with.iter())
-        .filter(|td| *td != own_td)
-        .collect::<BTreeSet<&TrustDomain>>()
-        .into_iter()
-        .filter_map(|td| policy.bundles().get(td))
-        .collect();
-    let bundle_of = |td: &TrustDomain| -> Option<&TrustBundle> {
-        if td == own_td {
-            own
-        } else {
-            federated.iter().copied().find(|b| &b.trust_domain == td)
-        }
-    };
+    let own_td = bundles.trust_domain();
+    let own = Some(&bundles.own);
+    let federated: Vec<&TrustBundle> = bundles.federated.iter().collect();
 
     let everything: Vec<String>;
     let names = if names.is_empty() {
@@ -199,9 +184,9 @@ pub fn build_secrets(
                 Some(spiffe_validator_secret(ALL_NAME, &all))
             }
             other => match SpiffeId::parse(other) {
-                Ok(id) if id.path().is_empty() => {
-                    bundle_of(id.trust_domain()).map(|bundle| trusted_ca_secret(other, bundle))
-                }
+                Ok(id) if id.path().is_empty() => bundles
+                    .get(id.trust_domain())
+                    .map(|bundle| trusted_ca_secret(other, bundle)),
                 Ok(id) => svids
                     .iter()
                     .find(|svid| svid.spiffe_id == id)
@@ -254,7 +239,6 @@ fn check_type(request: &DiscoveryRequest) -> Result<(), ApiError> {
 /// One StreamSecrets conversation.
 struct SdsStream {
     subscription: Subscription,
-    policy: tokio::sync::watch::Receiver<Option<Arc<AgentPolicy>>>,
     sender: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     names: Option<Vec<String>>,
     sent_version: Option<String>,
@@ -278,10 +262,10 @@ impl SdsStream {
                 .await;
             return false;
         }
-        let Some(policy) = self.policy.borrow_and_update().clone() else {
+        let Some(bundles) = view.bundles.clone() else {
             return true;
         };
-        let (secrets, unknown) = build_secrets(&view.svids, &policy, &names);
+        let (secrets, unknown) = build_secrets(&view.svids, &bundles, &names);
         for name in unknown {
             if self.warned.insert(name.clone()) && view.status == ViewStatus::Ready {
                 tracing::warn!(
@@ -341,7 +325,6 @@ impl SdsStream {
         mut requests: Streaming<DiscoveryRequest>,
         stopped: impl Future<Output = ()>,
     ) {
-        self.policy.mark_unchanged();
         tokio::pin!(stopped);
         loop {
             let keep_going = tokio::select! {
@@ -363,7 +346,6 @@ impl SdsStream {
                 changed = self.subscription.view().changed() => {
                     changed.is_ok() && self.push(false).await
                 }
-                changed = self.policy.changed() => changed.is_ok() && self.push(false).await,
                 () = self.sender.closed() => false,
             };
             if !keep_going {
@@ -387,7 +369,6 @@ impl SdsService {
         let (sender, receiver) = mpsc::channel(4);
         let stream = SdsStream {
             subscription,
-            policy: self.state.policy.clone(),
             sender,
             names: None,
             sent_version: None,
@@ -407,8 +388,11 @@ impl SdsService {
         let workload = self.state.attest(&request).await?;
         let mut subscription = self.state.cache.subscribe(workload).await?;
         let view = first_ready_view(&self.state, &mut subscription).await?;
-        let policy = self.state.policy().await?;
-        let (secrets, _) = build_secrets(&view.svids, &policy, &request.get_ref().resource_names);
+        let bundles = view
+            .bundles
+            .clone()
+            .ok_or_else(|| ApiError::Unavailable("SVIDs are still being issued; retry".into()))?;
+        let (secrets, _) = build_secrets(&view.svids, &bundles, &request.get_ref().resource_names);
         Ok(response(&secrets, String::new()))
     }
 }

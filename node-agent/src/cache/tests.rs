@@ -1,6 +1,15 @@
 //! Cache behaviour under paused tokio time, with a scripted issuer.
 
+use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+use signet_identity::{KeyType, PrivateKey, PublicKey, SpiffeId, TrustBundle, TrustDomain};
+use signet_policy::{Attributes, Field};
+use signet_runtime::clock::Clock;
+use tokio::sync::watch;
+use zeroize::Zeroizing;
 
 use super::*;
 
@@ -16,8 +25,8 @@ fn id(path: &str) -> SpiffeId {
 
 fn workload(uid: &str, pid: &str) -> Attributes {
     let mut attributes = Attributes::default();
-    attributes.insert("workload.unix.uid", uid);
-    attributes.insert("workload.unix.pid", pid);
+    attributes.set(Field::UnixUid, uid);
+    attributes.set(Field::UnixPid, pid);
     attributes
 }
 
@@ -33,7 +42,7 @@ impl PolicyView for FakePolicy {
     }
 
     fn desired_identities(&self, workload: &Attributes) -> Vec<DesiredIdentity> {
-        if workload.get("workload.unix.uid") != Some("1000") {
+        if workload.field(Field::UnixUid) != Some("1000") {
             return Vec::new();
         }
         self.identities
@@ -42,8 +51,16 @@ impl PolicyView for FakePolicy {
                 name: (*name).into(),
                 spiffe_id: id(path),
                 fingerprint: 1,
+                federates_with: Vec::new(),
             })
             .collect()
+    }
+
+    fn bundles_for(&self, _identities: &[DesiredIdentity]) -> Arc<WorkloadBundles> {
+        Arc::new(WorkloadBundles {
+            own: TrustBundle::new(TrustDomain::new(TD).unwrap()),
+            federated: Vec::new(),
+        })
     }
 }
 
@@ -173,9 +190,20 @@ impl Signer for FakeSigner {
 struct FakeKeys;
 
 impl KeyFactory for FakeKeys {
-    fn generate(&self) -> Result<KeyAndCsr, String> {
-        Ok(KeyAndCsr {
+    fn generate(&self) -> Result<KeyMaterial, String> {
+        // The scripted issuer never looks at keys: one real public key will do.
+        static KEY: std::sync::OnceLock<PublicKey> = std::sync::OnceLock::new();
+        let public_key = KEY
+            .get_or_init(|| {
+                PrivateKey::generate(KeyType::EcP256)
+                    .unwrap()
+                    .public_key()
+                    .clone()
+            })
+            .clone();
+        Ok(KeyMaterial {
             private_key: Zeroizing::new(vec![7; 32]),
+            public_key,
             csr_der: vec![1, 2, 3],
         })
     }
@@ -287,7 +315,7 @@ async fn keeps_serving_while_the_issuer_is_down_then_reports_unavailable() {
         }
     );
     assert!(next.svids.is_empty());
-    let now = h.cache.clock.now();
+    let now = h.signer.clock.now();
     assert!(now >= first.svids[0].not_after, "dropped only at expiry");
     assert!(
         h.signer.x509_calls().len() > 3,
@@ -362,9 +390,9 @@ async fn final_denial_means_no_identity_and_retryable_denial_is_retried() {
 async fn concurrent_workloads_are_signed_in_one_batch() {
     let h = harness(vec![("web", "/web")]);
     let mut a = workload("1000", "1");
-    a.insert("workload.unix.binary_path", "/bin/a");
+    a.set(Field::UnixBinaryPath, "/bin/a");
     let mut b = workload("1000", "2");
-    b.insert("workload.unix.binary_path", "/bin/b");
+    b.set(Field::UnixBinaryPath, "/bin/b");
     let mut sub_a = h.cache.subscribe(a).await.unwrap();
     let mut sub_b = h.cache.subscribe(b).await.unwrap();
     let (view_a, view_b) = tokio::join!(settled(&mut sub_a), settled(&mut sub_b));

@@ -9,29 +9,24 @@
 //!   with PermissionDenied;
 //! - bundle streams send only when their content changes.
 //!
-//! Hints: when two SVIDs of one response carry the same hint, the first keeps
-//! it and later ones are sent without a hint (logged as a warning), so a
-//! misconfigured policy never costs a workload an identity.
+//! Every stream follows the workload's one view in the cache (SVIDs and
+//! bundles together) through the shared loop in `follow.rs`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use prost_types::value::Kind;
-use signet_identity::{BundleSet, SpiffeId, TrustDomain, validate_jwt_svid};
+use signet_identity::{SpiffeId, TrustDomain, validate_jwt_svid};
 use signet_proto::workload as pb;
 use signet_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use signet_proto::{WORKLOAD_API_HEADER, WORKLOAD_API_HEADER_VALUE};
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::attest::Attributes;
-use crate::cache::{IssuedX509, Subscription, ViewStatus, WorkloadView};
-use crate::policy_watch::AgentPolicy;
-use crate::server::{ApiError, ServerState, code_of};
-
-/// Messages buffered per stream; a slow reader only delays its own stream.
-const STREAM_BUFFER: usize = 4;
+use super::error::{ApiError, code_of};
+use super::follow::{Step, follow, unique_hints};
+use super::state::ServerState;
+use crate::cache::{IssuedX509, Subscription, ViewStatus, WorkloadBundles, WorkloadView};
 
 pub struct WorkloadApiService {
     state: Arc<ServerState>,
@@ -52,60 +47,18 @@ pub fn check_header<T>(request: &Request<T>) -> Result<(), ApiError> {
     }
 }
 
-/// Hints for a list of SVIDs: the first holder of a hint keeps it, later
-/// duplicates are blanked.
-pub fn unique_hints<'a>(
-    hints: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
-) -> Vec<String> {
-    let mut seen = BTreeSet::new();
-    hints
-        .into_iter()
-        .map(|(id, hint)| match hint.filter(|h| !h.is_empty()) {
-            Some(hint) if seen.insert(hint) => hint.to_owned(),
-            Some(hint) => {
-                tracing::warn!(
-                    spiffe_id = id,
-                    hint,
-                    "duplicate hint dropped from a later SVID"
-                );
-                String::new()
-            }
-            None => String::new(),
-        })
-        .collect()
-}
-
 fn trust_domain_key(td: &TrustDomain) -> String {
     td.id().to_string()
 }
 
-/// The X509SVIDResponse for a ready view.
-pub fn x509_response(svids: &[Arc<IssuedX509>], policy: &AgentPolicy) -> pb::X509svidResponse {
-    let own_bundle = policy
-        .own_bundle()
-        .map(|b| b.to_x509_der())
-        .unwrap_or_default();
+/// The X509SVIDResponse for a view with SVIDs.
+pub fn x509_response(svids: &[Arc<IssuedX509>], bundles: &WorkloadBundles) -> pb::X509svidResponse {
+    let own_bundle = bundles.own.to_x509_der();
     let hints = unique_hints(
         svids
             .iter()
             .map(|s| (s.spiffe_id.as_str(), s.hint.as_deref())),
     );
-    let mut federated = HashMap::new();
-    for svid in svids {
-        for td in &svid.federates_with {
-            if td == policy.trust_domain() {
-                continue;
-            }
-            match policy.bundles().get(td) {
-                Some(bundle) => {
-                    federated.insert(trust_domain_key(td), bundle.to_x509_der());
-                }
-                None => {
-                    tracing::debug!(trust_domain = %td, "no bundle for a federated trust domain")
-                }
-            }
-        }
-    }
     pb::X509svidResponse {
         svids: svids
             .iter()
@@ -119,43 +72,27 @@ pub fn x509_response(svids: &[Arc<IssuedX509>], policy: &AgentPolicy) -> pb::X50
             })
             .collect(),
         crl: Vec::new(),
-        federated_bundles: federated,
-    }
-}
-
-/// Trust domains (own first in the map's order does not matter) whose
-/// bundles a workload with these identities receives; `None` when the
-/// workload has no identity.
-fn workload_bundles(policy: &AgentPolicy, workload: &Attributes) -> Option<BundleSet> {
-    let identities = policy.identities(workload);
-    if identities.is_empty() {
-        return None;
-    }
-    let mut set = BundleSet::new();
-    if let Some(own) = policy.own_bundle() {
-        set.insert(own.clone());
-    }
-    for td in policy.federated_for(&identities) {
-        if let Some(bundle) = policy.bundles().get(&td) {
-            set.insert(bundle.clone());
-        }
-    }
-    Some(set)
-}
-
-fn x509_bundles_response(bundles: &BundleSet) -> pb::X509BundlesResponse {
-    pb::X509BundlesResponse {
-        crl: Vec::new(),
-        bundles: bundles
+        federated_bundles: bundles
+            .federated
             .iter()
             .map(|b| (trust_domain_key(&b.trust_domain), b.to_x509_der()))
             .collect(),
     }
 }
 
-fn jwt_bundles_response(bundles: &BundleSet) -> Result<pb::JwtBundlesResponse, ApiError> {
+fn x509_bundles_response(bundles: &WorkloadBundles) -> Result<pb::X509BundlesResponse, ApiError> {
+    Ok(pb::X509BundlesResponse {
+        crl: Vec::new(),
+        bundles: bundles
+            .all()
+            .map(|b| (trust_domain_key(&b.trust_domain), b.to_x509_der()))
+            .collect(),
+    })
+}
+
+fn jwt_bundles_response(bundles: &WorkloadBundles) -> Result<pb::JwtBundlesResponse, ApiError> {
     let mut map = HashMap::new();
-    for bundle in bundles.iter() {
+    for bundle in bundles.all() {
         let jwks = bundle
             .to_jwks_json()
             .map_err(|e| ApiError::Unavailable(format!("encoding the JWT bundle: {e}")))?;
@@ -206,6 +143,25 @@ pub async fn first_ready_view(
     }
 }
 
+/// The next X.509-SVID stream message for a view: the full state while
+/// there are SVIDs; PermissionDenied when the last identity is revoked,
+/// Unavailable when no valid SVID is left and none can be obtained.
+fn x509_step(view: &WorkloadView) -> Step<pb::X509svidResponse> {
+    match (&view.status, &view.bundles) {
+        (ViewStatus::NoIdentity { reason }, _) => {
+            tracing::info!(%reason, "identity revoked; ending the X.509-SVID stream");
+            Step::End(ApiError::NoIdentity(reason.clone()).into())
+        }
+        (_, Some(bundles)) if !view.svids.is_empty() => {
+            Step::Send(x509_response(&view.svids, bundles))
+        }
+        (ViewStatus::Unavailable { message }, _) => {
+            Step::End(ApiError::Unavailable(format!("no valid SVID left: {message}")).into())
+        }
+        _ => Step::Wait,
+    }
+}
+
 impl WorkloadApiService {
     async fn start_x509(
         &self,
@@ -215,76 +171,54 @@ impl WorkloadApiService {
         let workload = self.state.attest(&request).await?;
         let mut subscription = self.state.cache.subscribe(workload).await?;
         let view = first_ready_view(&self.state, &mut subscription).await?;
-        let policy = self.state.policy().await?;
-        let first = x509_response(&view.svids, &policy);
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        // Cannot fail: the receiver is right here.
-        let _ = sender.send(Ok(first.clone())).await;
-        let policy_updates = self.state.policy.clone();
-        let stopped = self.state.stopped();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = follow_x509(subscription, policy_updates, sender.clone(), first) => {}
-                () = stopped => {
-                    let _ = sender.send(Err(shutting_down())).await;
-                }
+        let first = match x509_step(&view) {
+            Step::Send(first) => first,
+            _ => {
+                return Err(ApiError::Unavailable(
+                    "SVIDs are still being issued; retry".into(),
+                ));
             }
-        });
-        Ok(ReceiverStream::new(receiver))
+        };
+        Ok(follow(subscription, first, x509_step, self.state.stopped()))
     }
 
+    /// A bundle stream: answered as soon as the policy gives the workload
+    /// an identity (bundles need no SVID), then on every change of what
+    /// `build` makes of the bundles.
     async fn start_bundles<M: Clone + PartialEq + Send + 'static>(
         &self,
-        workload: Attributes,
-        build: fn(&BundleSet) -> Result<M, ApiError>,
+        workload: signet_policy::Attributes,
+        build: fn(&WorkloadBundles) -> Result<M, ApiError>,
     ) -> Result<ReceiverStream<Result<M, Status>>, ApiError> {
-        let policy = self.state.policy().await?;
-        let bundles = workload_bundles(&policy, &workload).ok_or_else(|| {
-            ApiError::NoIdentity("no WorkloadIdentity applies to the workload".into())
-        })?;
-        let first = build(&bundles)?;
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        let _ = sender.send(Ok(first.clone())).await;
-        let mut updates = self.state.policy.clone();
-        updates.mark_unchanged();
-        let stopped = self.state.stopped();
-        tokio::spawn(async move {
-            let mut last = first;
-            tokio::pin!(stopped);
-            loop {
-                tokio::select! {
-                    changed = updates.changed() => if changed.is_err() { return },
-                    () = sender.closed() => return,
-                    () = &mut stopped => {
-                        let _ = sender.send(Err(shutting_down())).await;
-                        return;
-                    }
-                }
-                let Some(policy) = updates.borrow_and_update().clone() else {
-                    continue;
-                };
-                let next = match workload_bundles(&policy, &workload) {
-                    Some(bundles) => build(&bundles),
-                    None => Err(ApiError::NoIdentity(
-                        "no WorkloadIdentity applies to the workload any more".into(),
-                    )),
-                };
-                match next {
-                    Ok(message) if message == last => {}
-                    Ok(message) => {
-                        if sender.send(Ok(message.clone())).await.is_err() {
-                            return;
-                        }
-                        last = message;
-                    }
-                    Err(error) => {
-                        let _ = sender.send(Err(error.into())).await;
-                        return;
-                    }
-                }
+        let mut subscription = self.state.cache.subscribe(workload).await?;
+        let view = subscription
+            .first_matching(self.state.first_svid_timeout, |view| {
+                view.bundles.is_some() || matches!(view.status, ViewStatus::NoIdentity { .. })
+            })
+            .await;
+        let first = match (&view.bundles, &view.status) {
+            (Some(bundles), _) => build(bundles)?,
+            (None, ViewStatus::NoIdentity { reason }) => {
+                return Err(ApiError::NoIdentity(reason.clone()));
             }
-        });
-        Ok(ReceiverStream::new(receiver))
+            (None, _) => {
+                return Err(ApiError::Unavailable(
+                    "the agent has not received its policy from the issuer yet".into(),
+                ));
+            }
+        };
+        let step = move |view: &WorkloadView| match (&view.bundles, &view.status) {
+            (Some(bundles), _) => match build(bundles) {
+                Ok(message) => Step::Send(message),
+                Err(error) => Step::End(error.into()),
+            },
+            (None, ViewStatus::NoIdentity { .. }) => Step::End(
+                ApiError::NoIdentity("no WorkloadIdentity applies to the workload any more".into())
+                    .into(),
+            ),
+            (None, _) => Step::Wait,
+        };
+        Ok(follow(subscription, first, step, self.state.stopped()))
     }
 
     async fn jwt_svid(
@@ -306,7 +240,7 @@ impl WorkloadApiService {
         };
         let audiences = wanted.audience.clone();
         let workload = self.state.attest(&request).await?;
-        self.state.policy().await?;
+        self.state.wait_for_policy().await?;
         let svids = self
             .state
             .cache
@@ -345,14 +279,12 @@ impl WorkloadApiService {
             return Err(ApiError::InvalidArgument("svid must be specified".into()));
         }
         let workload = self.state.attest(&request).await?;
-        let policy = self.state.policy().await?;
-        let bundles = workload_bundles(&policy, &workload).ok_or_else(|| {
-            ApiError::NoIdentity("no WorkloadIdentity applies to the workload".into())
-        })?;
+        self.state.wait_for_policy().await?;
+        let bundles = self.state.cache.bundles_for(&workload)?;
         let validated = validate_jwt_svid(
             &wanted.svid,
             &wanted.audience,
-            &bundles,
+            &bundles.to_set(),
             self.state.clock.now(),
         )
         .map_err(|e| ApiError::InvalidToken(e.to_string()))?;
@@ -360,65 +292,6 @@ impl WorkloadApiService {
             spiffe_id: validated.spiffe_id.to_string(),
             claims: Some(claims_struct(&validated.claims)),
         })
-    }
-}
-
-fn shutting_down() -> Status {
-    ApiError::Unavailable("the agent is shutting down".into()).into()
-}
-
-/// Pushes the full state on every change until the client leaves, the
-/// workload loses its last identity (PermissionDenied) or its SVIDs can no
-/// longer be obtained (Unavailable).
-async fn follow_x509(
-    mut subscription: Subscription,
-    mut policy: tokio::sync::watch::Receiver<Option<Arc<AgentPolicy>>>,
-    sender: mpsc::Sender<Result<pb::X509svidResponse, Status>>,
-    first: pb::X509svidResponse,
-) {
-    let mut last = first;
-    policy.mark_unchanged();
-    subscription.view().mark_unchanged();
-    loop {
-        tokio::select! {
-            changed = subscription.view().changed() => if changed.is_err() {
-                let _ = sender.send(Err(ApiError::Unavailable("the agent is shutting down".into()).into())).await;
-                return;
-            },
-            changed = policy.changed() => if changed.is_err() { return },
-            () = sender.closed() => return,
-        }
-        let view = subscription.view().borrow_and_update().clone();
-        let Some(current) = policy.borrow_and_update().clone() else {
-            continue;
-        };
-        let message = match &view.status {
-            ViewStatus::NoIdentity { reason } => {
-                tracing::info!(%reason, "identity revoked; ending the X.509-SVID stream");
-                let _ = sender
-                    .send(Err(ApiError::NoIdentity(reason.clone()).into()))
-                    .await;
-                return;
-            }
-            _ if !view.svids.is_empty() => x509_response(&view.svids, &current),
-            ViewStatus::Unavailable { message } => {
-                let _ = sender
-                    .send(Err(ApiError::Unavailable(format!(
-                        "no valid SVID left: {message}"
-                    ))
-                    .into()))
-                    .await;
-                return;
-            }
-            // Between an old SVID going and its replacement arriving.
-            _ => continue,
-        };
-        if message != last {
-            if sender.send(Ok(message.clone())).await.is_err() {
-                return;
-            }
-            last = message;
-        }
     }
 }
 
@@ -450,8 +323,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         let result = async {
             check_header(&request)?;
             let workload = self.state.attest(&request).await?;
-            self.start_bundles(workload, |b| Ok(x509_bundles_response(b)))
-                .await
+            self.start_bundles(workload, x509_bundles_response).await
         }
         .await
         .map(Response::new)
@@ -515,6 +387,7 @@ mod tests {
 
     #[test]
     fn repeated_hints_are_blanked_after_the_first() {
+        use super::super::follow::unique_hints;
         let hints = unique_hints([
             ("spiffe://td/a", Some("web")),
             ("spiffe://td/b", Some("web")),

@@ -25,36 +25,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
+use signet_policy::{Attributes, Field, LabelMap};
 use signet_proto::issuer::v1 as pb;
 use signet_proto::issuer::v1::delegated_server::{Delegated, DelegatedServer};
+use signet_proto::issuer_protocol::MAX_AUDIENCE_LEN;
 use signet_runtime::h2_authority::FixedAuthority;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::attest::Attributes;
-use crate::attest::kubelet::PodCache;
-use crate::cache::{CacheError, IssuedX509, Subscription, SvidCache, ViewStatus};
-use crate::pod_tokens::{PodTokens, unverified_claims};
-use crate::policy_watch::AgentPolicy;
-use crate::workload_api::unique_hints;
+use super::follow::{Step, follow, unique_hints};
+use crate::attest::kubelet::{KubeletError, PodCache};
+use crate::cache::{CacheError, IssuedX509, SvidCache, ViewStatus, WorkloadBundles, WorkloadView};
+use crate::issuer::pod_tokens::{PodTokens, unverified_claims};
 
-/// Messages buffered per stream; a slow reader only delays its own stream.
-const STREAM_BUFFER: usize = 4;
 /// How old a kubelet pod list may be to describe a pod being published.
 const POD_LIST_MAX_AGE: Duration = Duration::from_secs(10);
 /// Longest accepted pod token (projected tokens are ~1 KiB).
 const MAX_TOKEN_LEN: usize = 16 * 1024;
-/// Longest accepted JWT audience.
-const MAX_AUDIENCE_LEN: usize = 1024;
-
-pub const POD_UID_ATTRIBUTE: &str = "workload.kubernetes.pod_uid";
-pub const NAMESPACE_ATTRIBUTE: &str = "workload.kubernetes.namespace";
-pub const POD_NAME_ATTRIBUTE: &str = "workload.kubernetes.pod_name";
-pub const SERVICE_ACCOUNT_ATTRIBUTE: &str = "workload.kubernetes.service_account";
-const NODE_NAME_ATTRIBUTE: &str = "workload.kubernetes.node_name";
-const LABEL_PREFIX: &str = "workload.kubernetes.labels.";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DelegatedError {
@@ -231,10 +220,14 @@ impl PodRef {
     /// The attributes the request itself testifies to.
     fn attributes(&self) -> Attributes {
         let mut attributes = Attributes::default();
-        attributes.insert(POD_UID_ATTRIBUTE, self.uid.as_str());
-        attributes.insert(NAMESPACE_ATTRIBUTE, self.namespace.as_str());
-        attributes.insert(POD_NAME_ATTRIBUTE, self.name.as_str());
-        attributes.insert(SERVICE_ACCOUNT_ATTRIBUTE, self.service_account.as_str());
+        attributes
+            .set(Field::KubernetesPodUid, self.uid.as_str())
+            .set(Field::KubernetesNamespace, self.namespace.as_str())
+            .set(Field::KubernetesPodName, self.name.as_str())
+            .set(
+                Field::KubernetesServiceAccount,
+                self.service_account.as_str(),
+            );
         attributes
     }
 }
@@ -360,8 +353,7 @@ pub async fn pod_attributes(
     let Some(kubelet) = kubelet else {
         return Ok(attributes);
     };
-    let unavailable =
-        |e: crate::attest::kubelet::KubeletError| DelegatedError::Unavailable(e.to_string());
+    let unavailable = |e: KubeletError| DelegatedError::Unavailable(e.to_string());
     let list = kubelet.pods(POD_LIST_MAX_AGE).await.map_err(unavailable)?;
     let listed = match list.find_pod(&pod.uid) {
         Some(listed) => listed.clone(),
@@ -392,10 +384,8 @@ pub async fn pod_attributes(
             ),
         });
     }
-    attributes.insert(NODE_NAME_ATTRIBUTE, listed.node_name.as_str());
-    for (key, value) in &listed.labels {
-        attributes.insert(format!("{LABEL_PREFIX}{key}"), value.as_str());
-    }
+    attributes.set(Field::KubernetesNodeName, listed.node_name.as_str());
+    attributes.set_representable_labels(LabelMap::KubernetesLabels, &listed.labels);
     Ok(attributes)
 }
 
@@ -409,7 +399,6 @@ struct PodRecord {
 /// Everything the delegated handlers share.
 pub struct DelegatedState {
     cache: SvidCache,
-    policy: watch::Receiver<Option<Arc<AgentPolicy>>>,
     pod_tokens: PodTokens,
     /// The Kubernetes attestor's pod list, when that attestor is enabled.
     kubelet: Option<PodCache>,
@@ -424,14 +413,12 @@ pub struct DelegatedState {
 impl DelegatedState {
     pub fn new(
         cache: SvidCache,
-        policy: watch::Receiver<Option<Arc<AgentPolicy>>>,
         pod_tokens: PodTokens,
         kubelet: Option<PodCache>,
         first_svid_timeout: Duration,
     ) -> Self {
         Self {
             cache,
-            policy,
             pod_tokens,
             kubelet,
             first_svid_timeout,
@@ -458,18 +445,15 @@ impl DelegatedState {
         Ok(peer)
     }
 
-    async fn policy(&self) -> Result<Arc<AgentPolicy>, DelegatedError> {
-        let mut receiver = self.policy.clone();
-        let waited =
-            tokio::time::timeout(self.first_svid_timeout, receiver.wait_for(Option::is_some)).await;
-        match waited {
-            Ok(Ok(policy)) => policy
-                .clone()
-                .ok_or_else(|| DelegatedError::Unavailable("no policy".into())),
-            _ => Err(DelegatedError::Unavailable(
-                "the agent has not received its policy from the issuer yet".into(),
-            )),
-        }
+    async fn wait_for_policy(&self) -> Result<(), DelegatedError> {
+        self.cache
+            .wait_for_policy(self.first_svid_timeout)
+            .await
+            .map_err(|_| {
+                DelegatedError::Unavailable(
+                    "the agent has not received its policy from the issuer yet".into(),
+                )
+            })
     }
 
     /// Records an open stream for the pod until the returned guard drops.
@@ -543,30 +527,18 @@ fn unix_seconds(time: SystemTime) -> i64 {
 /// The full state for a pod holding `svids` (default first); empty when the
 /// pod is entitled to nothing (no bundle either, as the Workload API gives
 /// no bundles to a workload without identity).
-pub fn pod_update(svids: &[Arc<IssuedX509>], policy: &AgentPolicy) -> pb::PodSvidsUpdate {
-    if svids.is_empty() {
+pub fn pod_update(
+    svids: &[Arc<IssuedX509>],
+    bundles: Option<&WorkloadBundles>,
+) -> pb::PodSvidsUpdate {
+    let Some(bundles) = bundles.filter(|_| !svids.is_empty()) else {
         return pb::PodSvidsUpdate::default();
-    }
+    };
     let hints = unique_hints(
         svids
             .iter()
             .map(|s| (s.spiffe_id.as_str(), s.hint.as_deref())),
     );
-    let bundle = policy
-        .own_bundle()
-        .map(|b| b.x509_authorities.iter().map(|c| c.to_vec()).collect())
-        .unwrap_or_default();
-    let mut federated_bundles = HashMap::new();
-    for svid in svids {
-        for td in &svid.federates_with {
-            if td == policy.trust_domain() {
-                continue;
-            }
-            if let Some(foreign) = policy.bundles().get(td) {
-                federated_bundles.insert(td.id().to_string(), foreign.to_x509_der());
-            }
-        }
-    }
     pb::PodSvidsUpdate {
         svids: svids
             .iter()
@@ -579,65 +551,34 @@ pub fn pod_update(svids: &[Arc<IssuedX509>], policy: &AgentPolicy) -> pb::PodSvi
                 expires_at_unix: unix_seconds(svid.not_after),
             })
             .collect(),
-        bundle,
-        federated_bundles,
+        bundle: bundles
+            .own
+            .x509_authorities
+            .iter()
+            .map(|c| c.to_vec())
+            .collect(),
+        federated_bundles: bundles
+            .federated
+            .iter()
+            .map(|b| (b.trust_domain.id().to_string(), b.to_x509_der()))
+            .collect(),
     }
 }
 
-fn shutting_down() -> Status {
-    DelegatedError::Unavailable("the agent is shutting down".into()).into()
-}
-
-/// Pushes the full state on every change until the client leaves or the
-/// pod's SVIDs can no longer be obtained (Unavailable). Losing every
-/// identity is a state like any other: an empty update.
-async fn follow(
-    mut subscription: Subscription,
-    mut policy: watch::Receiver<Option<Arc<AgentPolicy>>>,
-    sender: mpsc::Sender<Result<pb::PodSvidsUpdate, Status>>,
-    first: pb::PodSvidsUpdate,
-    _registration: PodRegistration,
-) {
-    let mut last = first;
-    policy.mark_unchanged();
-    subscription.view().mark_unchanged();
-    loop {
-        tokio::select! {
-            changed = subscription.view().changed() => if changed.is_err() {
-                let _ = sender.send(Err(shutting_down())).await;
-                return;
-            },
-            changed = policy.changed() => if changed.is_err() { return },
-            () = sender.closed() => return,
+/// The next pod stream message for a view. Losing every identity is a
+/// state like any other (an empty update); no valid SVID left with none
+/// obtainable ends the stream with Unavailable.
+fn pod_step(view: &WorkloadView) -> Step<pb::PodSvidsUpdate> {
+    match &view.status {
+        ViewStatus::NoIdentity { reason } => {
+            tracing::info!(%reason, "pod no longer entitled to an identity");
+            Step::Send(pb::PodSvidsUpdate::default())
         }
-        let view = subscription.view().borrow_and_update().clone();
-        let Some(current) = policy.borrow_and_update().clone() else {
-            continue;
-        };
-        let message = match &view.status {
-            ViewStatus::NoIdentity { reason } => {
-                tracing::info!(%reason, "pod no longer entitled to an identity");
-                pb::PodSvidsUpdate::default()
-            }
-            _ if !view.svids.is_empty() => pod_update(&view.svids, &current),
-            ViewStatus::Unavailable { message } => {
-                let _ = sender
-                    .send(Err(DelegatedError::Unavailable(format!(
-                        "no valid SVID left: {message}"
-                    ))
-                    .into()))
-                    .await;
-                return;
-            }
-            // Between an old SVID going and its replacement arriving.
-            _ => continue,
-        };
-        if message != last {
-            if sender.send(Ok(message.clone())).await.is_err() {
-                return;
-            }
-            last = message;
+        _ if !view.svids.is_empty() => Step::Send(pod_update(&view.svids, view.bundles.as_deref())),
+        ViewStatus::Unavailable { message } => {
+            Step::End(DelegatedError::Unavailable(format!("no valid SVID left: {message}")).into())
         }
+        _ => Step::Wait,
     }
 }
 
@@ -667,9 +608,9 @@ impl DelegatedService {
         let view = subscription
             .first_settled(self.state.first_svid_timeout)
             .await;
-        let policy = self.state.policy().await?;
+        self.state.wait_for_policy().await?;
         let first = match &view.status {
-            ViewStatus::Ready => pod_update(&view.svids, &policy),
+            ViewStatus::Ready => pod_update(&view.svids, view.bundles.as_deref()),
             ViewStatus::NoIdentity { reason } => {
                 tracing::info!(
                     pod_uid = %pod.uid,
@@ -699,20 +640,12 @@ impl DelegatedService {
             caller_pid = ?peer.pid,
             "delegated SVID stream opened"
         );
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        // Cannot fail: the receiver is right here.
-        let _ = sender.send(Ok(first.clone())).await;
-        let policy_updates = self.state.policy.clone();
-        let stopped = self.state.stopped();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = follow(subscription, policy_updates, sender.clone(), first, registration) => {}
-                () = stopped => {
-                    let _ = sender.send(Err(shutting_down())).await;
-                }
-            }
-        });
-        Ok(ReceiverStream::new(receiver))
+        // The registration lives as long as the stream.
+        let step = move |view: &WorkloadView| {
+            let _open = &registration;
+            pod_step(view)
+        };
+        Ok(follow(subscription, first, step, self.state.stopped()))
     }
 
     async fn fetch_jwt(
@@ -731,7 +664,7 @@ impl DelegatedService {
                     pod_uid: pod_uid.clone(),
                 })?;
         self.state.pod_tokens.offer(&pod_uid, &request.pod_token);
-        self.state.policy().await?;
+        self.state.wait_for_policy().await?;
         let svids = self
             .state
             .cache
@@ -833,8 +766,14 @@ mod tests {
         .unwrap();
         assert_eq!(pod.uid, "0b6c7e1a-0000-4000-8000-000000000001");
         let attributes = pod.attributes();
-        assert_eq!(attributes.get(NAMESPACE_ATTRIBUTE), Some("payments"));
-        assert_eq!(attributes.get(SERVICE_ACCOUNT_ATTRIBUTE), Some("api"));
+        assert_eq!(
+            attributes.field(Field::KubernetesNamespace),
+            Some("payments")
+        );
+        assert_eq!(
+            attributes.field(Field::KubernetesServiceAccount),
+            Some("api")
+        );
         // A static pod's UID is the manifest hash.
         assert!(check_pod_uid("8f2a0b9c4d5e6f708192a3b4c5d6e7f8").is_ok());
     }
@@ -897,11 +836,11 @@ mod tests {
         let pod = PodRef::from_request(&request("uid-1", "payments", "web-0", "api")).unwrap();
         let attributes = pod_attributes(Some(&kubelet), &pod).await.unwrap();
         assert_eq!(
-            attributes.get("workload.kubernetes.labels.app"),
+            attributes.label(LabelMap::KubernetesLabels, "app"),
             Some("web")
         );
-        assert_eq!(attributes.get(NODE_NAME_ATTRIBUTE), Some("node-1"));
-        assert_eq!(attributes.get(POD_UID_ATTRIBUTE), Some("uid-1"));
+        assert_eq!(attributes.field(Field::KubernetesNodeName), Some("node-1"));
+        assert_eq!(attributes.field(Field::KubernetesPodUid), Some("uid-1"));
 
         // The request contradicts the kubelet: refused.
         let forged = PodRef::from_request(&request("uid-1", "payments", "web-0", "admin")).unwrap();
@@ -922,8 +861,8 @@ mod tests {
 
         // Without the Kubernetes attestor, the request's word only.
         let plain = pod_attributes(None, &forged).await.unwrap();
-        assert_eq!(plain.get(SERVICE_ACCOUNT_ATTRIBUTE), Some("admin"));
-        assert_eq!(plain.get(NODE_NAME_ATTRIBUTE), None);
+        assert_eq!(plain.field(Field::KubernetesServiceAccount), Some("admin"));
+        assert_eq!(plain.field(Field::KubernetesNodeName), None);
     }
 
     #[test]

@@ -11,39 +11,30 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use futures::future::BoxFuture;
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
-use signet_identity::x509::{certs_from_pem, certs_to_pem, public_key_from_csr};
-use signet_identity::{
-    BundleSet, KeyType, PrivateKey, PublicKey, SpiffeId, TrustBundle, TrustDomain,
-    validate_jwt_svid, verify_x509_svid,
-};
+use signet_identity::x509::{certs_from_pem, certs_to_pem};
+use signet_identity::{BundleSet, KeyType, PrivateKey, SpiffeId, TrustBundle, TrustDomain};
+use signet_policy::AgentContext;
 use signet_proto::issuer::v1 as pb;
 use signet_proto::issuer::v1::issuer_client::IssuerClient as GrpcIssuer;
+use signet_proto::issuer_protocol;
+use signet_runtime::clock::Clock;
 use signet_tls::{PeerPolicy, SharedBundles, SpiffeServerVerifier, SvidResolver};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
-use crate::attest::Attributes;
+use super::checks::check_agent_svid;
+use super::pod_tokens::PodTokens;
 use crate::backoff::{Backoff, jitter};
-use crate::cache::{
-    Denial, JwtSignRequest, SignError, SignOutcome, SignedJwt, SignedX509, Signer, X509SignRequest,
-};
-use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::pod_tokens::PodTokens;
-use crate::policy_watch::AgentAttributes;
 
-/// Requests per SignX509Svids / SignJwtSvids call, as SPIRE batches.
-pub const MAX_BATCH: usize = 500;
 /// File in `state_dir` holding the agent SVID, its key and the last bundle.
 pub const AGENT_STATE_FILE: &str = "agent.json";
 const STATE_VERSION: u32 = 1;
-const POD_UID_ATTRIBUTE: &str = "workload.kubernetes.pod_uid";
 /// Gives up on one issuer call after this long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -149,7 +140,7 @@ pub struct IssuerClient {
 
 /// The SPIFFE ID the issuer's server certificate must carry.
 pub fn issuer_spiffe_id(trust_domain: &TrustDomain) -> Result<SpiffeId, IssuerError> {
-    SpiffeId::from_path(trust_domain, "/signet/issuer")
+    SpiffeId::from_path(trust_domain, issuer_protocol::ISSUER_PATH)
         .map_err(|e| IssuerError::Tls(format!("issuer SPIFFE ID: {e}")))
 }
 
@@ -226,9 +217,10 @@ impl IssuerClient {
         &self.inner.pod_tokens
     }
 
-    /// `agent.name` / `agent.node_name` for local policy evaluation.
-    pub fn agent_attributes(&self) -> AgentAttributes {
-        AgentAttributes {
+    /// `agent.name` / `agent.node_name` for local policy evaluation (the
+    /// Node's facts come with the policy).
+    pub fn agent_context(&self) -> AgentContext {
+        AgentContext {
             name: self
                 .credential()
                 .map(|c| c.name.clone())
@@ -239,6 +231,7 @@ impl IssuerClient {
                 .node_name
                 .clone()
                 .filter(|name| !name.is_empty()),
+            node: None,
         }
     }
 
@@ -417,7 +410,7 @@ impl IssuerClient {
             .into_inner();
         self.accept_agent_svid(response, key)?;
         tracing::info!(
-            agent = %self.agent_attributes().name,
+            agent = %self.agent_context().name,
             "joined the issuer"
         );
         Ok(())
@@ -570,12 +563,20 @@ impl IssuerClient {
             .map_err(|status| IssuerError::call("WatchPolicy", status))
     }
 
-    fn current_bundles(&self) -> Arc<BundleSet> {
-        self.inner.bundles.current()
+    pub(crate) fn mtls_channel(&self) -> Channel {
+        self.inner.mtls()
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn clock(&self) -> Clock {
+        self.inner.clock
     }
 }
 
-async fn with_timeout<T>(
+pub(crate) async fn with_timeout<T>(
     call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<tonic::Response<T>, tonic::Status> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
@@ -586,198 +587,6 @@ async fn with_timeout<T>(
     }
 }
 
-/// Checks an agent SVID: valid now against `bundle`, a member of the trust
-/// domain, and certifying `key`. Returns (ID, notAfter, notBefore).
-fn check_agent_svid(
-    chain: &[CertificateDer<'static>],
-    key: &PrivateKey,
-    bundle: &TrustBundle,
-    td: &TrustDomain,
-    now: SystemTime,
-) -> Result<(SpiffeId, SystemTime, SystemTime), String> {
-    let verified = verify_x509_svid(chain, bundle, now).map_err(|e| e.to_string())?;
-    if !verified.spiffe_id.is_member_of(td) {
-        return Err(format!("{} is not in {td}", verified.spiffe_id));
-    }
-    let leaf = chain.first().ok_or("empty chain")?;
-    if leaf_public_key(leaf)? != *key.public_key() {
-        return Err("the certificate is not for the agent's key".into());
-    }
-    Ok((verified.spiffe_id, verified.not_after, verified.not_before))
-}
-
-fn leaf_public_key(leaf: &[u8]) -> Result<PublicKey, String> {
-    use x509_parser::prelude::FromDer;
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf)
-        .map_err(|e| format!("certificate: {e}"))?;
-    PublicKey::from_spki_der(cert.public_key().raw).map_err(|e| e.to_string())
-}
-
-/// The issuer's view of a workload: its attributes, and for a pod its UID
-/// and the pod's service-account token when one is held (CSI files mode).
-fn workload_message(
-    attributes: &Attributes,
-    pod_tokens: &PodTokens,
-    now: SystemTime,
-) -> pb::Workload {
-    let pod_uid = attributes
-        .get(POD_UID_ATTRIBUTE)
-        .unwrap_or_default()
-        .to_owned();
-    let pod_token = if pod_uid.is_empty() {
-        String::new()
-    } else {
-        pod_tokens.get(&pod_uid, now).unwrap_or_default()
-    };
-    pb::Workload {
-        // The issuer sets agent.* itself from the caller's SVID.
-        attributes: attributes
-            .iter()
-            .filter(|(name, _)| !name.starts_with("agent."))
-            .map(|(name, value)| (name.to_owned(), value.to_owned()))
-            .collect(),
-        pod_uid,
-        pod_token,
-    }
-}
-
-fn sign_error(call: &'static str, status: &tonic::Status) -> SignError {
-    use tonic::Code;
-    match status.code() {
-        Code::Unavailable
-        | Code::DeadlineExceeded
-        | Code::Cancelled
-        | Code::Unknown
-        | Code::ResourceExhausted
-        | Code::Aborted => {}
-        code => tracing::warn!(?code, message = %status.message(), "the issuer rejected {call}"),
-    }
-    SignError::Unavailable(format!("{call}: {:?}: {}", status.code(), status.message()))
-}
-
-fn denial(denial: pb::Denial) -> Denial {
-    Denial {
-        reason: denial.reason,
-        message: denial.message,
-        retryable: denial.retryable,
-    }
-}
-
-/// A certificate the issuer should not have produced: treated as a
-/// retryable refusal so the cache keeps the old SVID and tries again.
-fn invalid_svid(message: String) -> Denial {
-    tracing::error!(%message, "the issuer returned an invalid SVID");
-    Denial {
-        reason: "invalid_svid".into(),
-        message,
-        retryable: true,
-    }
-}
-
-/// Verifies one returned X.509-SVID against its request.
-pub fn check_issued_x509(
-    svid: pb::X509Svid,
-    requested_identity: &str,
-    csr_key: &PublicKey,
-    bundles: &BundleSet,
-    trust_domain: &TrustDomain,
-    now: SystemTime,
-) -> Result<SignedX509, String> {
-    if svid.workload_identity != requested_identity {
-        return Err(format!(
-            "answer for {:?} to a request for {requested_identity:?}",
-            svid.workload_identity
-        ));
-    }
-    let chain: Vec<CertificateDer<'static>> = svid
-        .cert_chain
-        .into_iter()
-        .map(CertificateDer::from)
-        .collect();
-    let verified = verify_x509_svid(&chain, bundles, now).map_err(|e| e.to_string())?;
-    if !verified.spiffe_id.is_member_of(trust_domain) {
-        return Err(format!("{} is not in {trust_domain}", verified.spiffe_id));
-    }
-    if !svid.spiffe_id.is_empty() && svid.spiffe_id != verified.spiffe_id.as_str() {
-        return Err(format!(
-            "the answer names {} but the certificate {}",
-            svid.spiffe_id, verified.spiffe_id
-        ));
-    }
-    let leaf = chain.first().ok_or("empty chain")?;
-    if leaf_public_key(leaf)? != *csr_key {
-        return Err(format!(
-            "the certificate for {} does not carry the requested key",
-            verified.spiffe_id
-        ));
-    }
-    let federates_with = svid
-        .federates_with
-        .iter()
-        .filter_map(|name| match TrustDomain::new(name) {
-            Ok(td) => Some(td),
-            Err(error) => {
-                tracing::warn!(name, %error, "ignoring an invalid federated trust domain");
-                None
-            }
-        })
-        .collect();
-    Ok(SignedX509 {
-        spiffe_id: verified.spiffe_id,
-        cert_chain: chain.into_iter().map(|c| c.to_vec()).collect(),
-        hint: Some(svid.hint).filter(|h| !h.is_empty()),
-        not_before: verified.not_before,
-        not_after: verified.not_after,
-        federates_with,
-    })
-}
-
-/// Verifies one returned JWT-SVID against its request.
-fn check_issued_jwt(
-    svid: pb::JwtSvid,
-    request: &JwtSignRequest,
-    bundles: &BundleSet,
-    trust_domain: &TrustDomain,
-    now: SystemTime,
-) -> Result<SignedJwt, String> {
-    if svid.workload_identity != request.workload_identity {
-        return Err(format!(
-            "answer for {:?} to a request for {:?}",
-            svid.workload_identity, request.workload_identity
-        ));
-    }
-    let audience = request.audiences.first().ok_or("no audience requested")?;
-    let validated =
-        validate_jwt_svid(&svid.token, audience, bundles, now).map_err(|e| e.to_string())?;
-    if !validated.spiffe_id.is_member_of(trust_domain) {
-        return Err(format!("{} is not in {trust_domain}", validated.spiffe_id));
-    }
-    if !svid.spiffe_id.is_empty() && svid.spiffe_id != validated.spiffe_id.as_str() {
-        return Err(format!(
-            "the answer names {} but the token {}",
-            svid.spiffe_id, validated.spiffe_id
-        ));
-    }
-    for wanted in &request.audiences {
-        if !validated.audience.contains(wanted) {
-            return Err(format!("the token is not for audience {wanted:?}"));
-        }
-    }
-    let issued_at = validated
-        .claims
-        .get("iat")
-        .and_then(serde_json::Value::as_u64)
-        .map_or(now, |secs| UNIX_EPOCH + Duration::from_secs(secs));
-    Ok(SignedJwt {
-        workload_identity: svid.workload_identity,
-        spiffe_id: validated.spiffe_id,
-        token: svid.token,
-        hint: Some(svid.hint).filter(|h| !h.is_empty()),
-        issued_at,
-        expires_at: validated.expiry,
-    })
-}
-
 impl Inner {
     fn mtls(&self) -> Channel {
         match self.mtls.read() {
@@ -785,181 +594,11 @@ impl Inner {
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
-
-    async fn sign_x509(
-        self: Arc<Self>,
-        requests: Vec<X509SignRequest>,
-    ) -> Result<Vec<SignOutcome<SignedX509>>, SignError> {
-        let mut outcomes = Vec::with_capacity(requests.len());
-        let mut requests = requests.into_iter().peekable();
-        while requests.peek().is_some() {
-            let batch: Vec<X509SignRequest> = requests.by_ref().take(MAX_BATCH).collect();
-            outcomes.extend(self.sign_x509_batch(batch).await?);
-        }
-        Ok(outcomes)
-    }
-
-    async fn sign_x509_batch(
-        &self,
-        batch: Vec<X509SignRequest>,
-    ) -> Result<Vec<SignOutcome<SignedX509>>, SignError> {
-        self.metrics.signing_requests("x509", batch.len());
-        let mut keys = Vec::with_capacity(batch.len());
-        let mut names = Vec::with_capacity(batch.len());
-        let mut messages = Vec::with_capacity(batch.len());
-        let now = self.clock.now();
-        for request in batch {
-            keys.push(public_key_from_csr(&request.csr_der).ok());
-            names.push(request.workload_identity.clone());
-            messages.push(pb::X509SvidRequest {
-                workload: Some(workload_message(&request.workload, &self.pod_tokens, now)),
-                workload_identity: request.workload_identity,
-                csr: request.csr_der,
-            });
-        }
-        let count = messages.len();
-        let mut client = GrpcIssuer::new(self.mtls());
-        let response =
-            with_timeout(client.sign_x509_svids(pb::SignX509SvidsRequest { requests: messages }))
-                .await
-                .map_err(|status| {
-                    self.metrics.signing_failures("x509", "unavailable", count);
-                    sign_error("SignX509Svids", &status)
-                })?
-                .into_inner();
-        if response.results.len() != count {
-            self.metrics.signing_failures("x509", "unavailable", count);
-            return Err(SignError::Unavailable(format!(
-                "the issuer answered {} results for {count} requests",
-                response.results.len()
-            )));
-        }
-        let bundles = self.bundles.current();
-        let now = self.clock.now();
-        let td = &self.config.trust_domain;
-        let mut outcomes = Vec::with_capacity(count);
-        for ((result, key), name) in response.results.into_iter().zip(keys).zip(names) {
-            let outcome = match (result.result, key) {
-                (Some(pb::x509_svid_result::Result::Svid(svid)), Some(key)) => {
-                    match check_issued_x509(svid, &name, &key, &bundles, td, now) {
-                        Ok(signed) => SignOutcome::Issued(signed),
-                        Err(message) => {
-                            self.metrics.signing_failures("x509", "invalid_svid", 1);
-                            SignOutcome::Denied(invalid_svid(message))
-                        }
-                    }
-                }
-                (Some(pb::x509_svid_result::Result::Svid(_)), None) => {
-                    SignOutcome::Denied(invalid_svid("the request's CSR was unreadable".into()))
-                }
-                (Some(pb::x509_svid_result::Result::Denial(d)), _) => {
-                    self.metrics.signing_failures("x509", "denied", 1);
-                    SignOutcome::Denied(denial(d))
-                }
-                (None, _) => {
-                    self.metrics.signing_failures("x509", "invalid_svid", 1);
-                    SignOutcome::Denied(invalid_svid("empty result".into()))
-                }
-            };
-            outcomes.push(outcome);
-        }
-        Ok(outcomes)
-    }
-
-    async fn sign_jwt(
-        self: Arc<Self>,
-        requests: Vec<JwtSignRequest>,
-    ) -> Result<Vec<SignOutcome<SignedJwt>>, SignError> {
-        let mut outcomes = Vec::with_capacity(requests.len());
-        for batch in requests.chunks(MAX_BATCH) {
-            outcomes.extend(self.sign_jwt_batch(batch).await?);
-        }
-        Ok(outcomes)
-    }
-
-    async fn sign_jwt_batch(
-        &self,
-        batch: &[JwtSignRequest],
-    ) -> Result<Vec<SignOutcome<SignedJwt>>, SignError> {
-        self.metrics.signing_requests("jwt", batch.len());
-        let now = self.clock.now();
-        let messages = batch
-            .iter()
-            .map(|request| pb::JwtSvidRequest {
-                workload: Some(workload_message(&request.workload, &self.pod_tokens, now)),
-                workload_identity: request.workload_identity.clone(),
-                audience: request.audiences.clone(),
-            })
-            .collect();
-        let mut client = GrpcIssuer::new(self.mtls());
-        let response =
-            with_timeout(client.sign_jwt_svids(pb::SignJwtSvidsRequest { requests: messages }))
-                .await
-                .map_err(|status| {
-                    self.metrics
-                        .signing_failures("jwt", "unavailable", batch.len());
-                    sign_error("SignJwtSvids", &status)
-                })?
-                .into_inner();
-        if response.results.len() != batch.len() {
-            self.metrics
-                .signing_failures("jwt", "unavailable", batch.len());
-            return Err(SignError::Unavailable(format!(
-                "the issuer answered {} results for {} requests",
-                response.results.len(),
-                batch.len()
-            )));
-        }
-        let bundles = self.bundles.current();
-        let now = self.clock.now();
-        let td = &self.config.trust_domain;
-        Ok(response
-            .results
-            .into_iter()
-            .zip(batch)
-            .map(|(result, request)| match result.result {
-                Some(pb::jwt_svid_result::Result::Svid(svid)) => {
-                    match check_issued_jwt(svid, request, &bundles, td, now) {
-                        Ok(signed) => SignOutcome::Issued(signed),
-                        Err(message) => {
-                            self.metrics.signing_failures("jwt", "invalid_svid", 1);
-                            SignOutcome::Denied(invalid_svid(message))
-                        }
-                    }
-                }
-                Some(pb::jwt_svid_result::Result::Denial(d)) => {
-                    self.metrics.signing_failures("jwt", "denied", 1);
-                    SignOutcome::Denied(denial(d))
-                }
-                None => SignOutcome::Denied(invalid_svid("empty result".into())),
-            })
-            .collect())
-    }
-}
-
-impl Signer for IssuerClient {
-    fn sign_x509(
-        &self,
-        requests: Vec<X509SignRequest>,
-    ) -> BoxFuture<'static, Result<Vec<SignOutcome<SignedX509>>, SignError>> {
-        Box::pin(self.inner.clone().sign_x509(requests))
-    }
-
-    fn sign_jwt(
-        &self,
-        requests: Vec<JwtSignRequest>,
-    ) -> BoxFuture<'static, Result<Vec<SignOutcome<SignedJwt>>, SignError>> {
-        Box::pin(self.inner.clone().sign_jwt(requests))
-    }
 }
 
 impl IssuerClient {
     /// The bundles issuer certificates are checked against right now.
     pub fn trusted_bundles(&self) -> Arc<BundleSet> {
-        self.current_bundles()
+        self.inner.bundles.current()
     }
 }
-
-#[cfg(test)]
-#[path = "issuer_client_tests.rs"]
-mod tests;

@@ -3,21 +3,23 @@
 //! workload should hold, and carrying the trust bundles the Workload API and
 //! SDS hand out.
 
+use std::collections::BTreeSet;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use signet_identity::{BundleSet, TrustBundle, TrustDomain};
-use signet_policy::{IdentitySelector, IssuableIdentity, PolicyDocument, PolicySnapshot};
+use signet_policy::{
+    AgentContext, Attributes, IdentitySelector, IssuableIdentity, NodeFacts, PolicyDocument,
+    PolicySnapshot,
+};
 use signet_proto::issuer::v1::PolicyUpdate;
 use tokio::sync::watch;
 
-use crate::attest::Attributes;
+use super::client::IssuerClient;
 use crate::backoff::Backoff;
-use crate::cache::{DesiredIdentity, PolicyView, SharedPolicy};
-use crate::issuer_client::IssuerClient;
+use crate::cache::{DesiredIdentity, PolicyView, SharedPolicy, WorkloadBundles};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -35,13 +37,6 @@ pub enum PolicyError {
     FederatedName(String),
 }
 
-/// Who this agent is, as policy sees it (`agent.name`, `agent.node_name`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AgentAttributes {
-    pub name: String,
-    pub node_name: Option<String>,
-}
-
 /// One compiled policy with its bundles; immutable, shared by `Arc`.
 #[derive(Debug)]
 pub struct AgentPolicy {
@@ -50,7 +45,7 @@ pub struct AgentPolicy {
     generation: u64,
     snapshot: PolicySnapshot,
     bundles: Arc<BundleSet>,
-    agent: AgentAttributes,
+    agent: AgentContext,
     selector: Option<IdentitySelector>,
 }
 
@@ -59,7 +54,7 @@ impl AgentPolicy {
         generation: u64,
         snapshot: PolicySnapshot,
         bundles: BundleSet,
-        agent: AgentAttributes,
+        agent: AgentContext,
         selector: Option<IdentitySelector>,
     ) -> Self {
         Self {
@@ -77,7 +72,7 @@ impl AgentPolicy {
         update: &PolicyUpdate,
         generation: u64,
         expected: &TrustDomain,
-        agent: AgentAttributes,
+        agent: AgentContext,
         selector: Option<IdentitySelector>,
     ) -> Result<Self, PolicyError> {
         if update.trust_domain != expected.as_str() {
@@ -86,6 +81,14 @@ impl AgentPolicy {
                 got: update.trust_domain.clone(),
             });
         }
+        // The issuer's word about this agent's Node, for Role Node subjects.
+        let agent = AgentContext {
+            node: update
+                .node
+                .as_ref()
+                .map(|node| NodeFacts::new(node.name.clone(), node.labels.clone())),
+            ..agent
+        };
         let document: PolicyDocument =
             serde_json::from_slice(&update.policy).map_err(PolicyError::Document)?;
         let (snapshot, reports) = document.compile(update.version, expected);
@@ -155,52 +158,19 @@ impl AgentPolicy {
         &self.snapshot
     }
 
-    pub fn agent(&self) -> &AgentAttributes {
+    pub fn agent(&self) -> &AgentContext {
         &self.agent
     }
 
-    /// The attributes policy sees for a workload: the attested ones plus
-    /// `agent.*` (never taken from the workload side).
-    pub fn policy_attributes(&self, workload: &Attributes) -> Option<signet_policy::Attributes> {
-        let mut map: BTreeMap<String, String> = workload
-            .iter()
-            .filter(|(name, _)| !name.starts_with("agent."))
-            .map(|(name, value)| (name.to_owned(), value.to_owned()))
-            .collect();
-        map.insert("agent.name".into(), self.agent.name.clone());
-        if let Some(node) = &self.agent.node_name {
-            map.insert("agent.node_name".into(), node.clone());
-        }
-        match signet_policy::Attributes::try_from(map) {
-            Ok(attributes) => Some(attributes),
-            Err(error) => {
-                tracing::warn!(%error, "workload attributes rejected by the policy engine");
-                None
-            }
-        }
-    }
-
     /// Identities the workload may hold here, default first, restricted by
-    /// the configured selector.
+    /// the configured selector. Policy sees the attested attributes plus
+    /// `agent.*` and `node.*` from this agent's context, as the issuer does.
     pub fn identities(&self, workload: &Attributes) -> Vec<IssuableIdentity> {
-        let Some(attributes) = self.policy_attributes(workload) else {
-            return Vec::new();
-        };
+        let attributes = workload.clone().with_context(&self.agent);
         match &self.selector {
             Some(selector) => self.snapshot.evaluate_selected(&attributes, selector),
             None => self.snapshot.evaluate(&attributes),
         }
-    }
-
-    /// Foreign trust domains whose bundles the workload receives: those any
-    /// of its identities federates with, when a bundle is known.
-    pub fn federated_for(&self, identities: &[IssuableIdentity]) -> BTreeSet<TrustDomain> {
-        identities
-            .iter()
-            .flat_map(|identity| identity.federates_with.iter())
-            .filter(|td| *td != self.trust_domain() && self.bundles.get(td).is_some())
-            .cloned()
-            .collect()
     }
 }
 
@@ -229,8 +199,25 @@ impl PolicyView for AgentPolicy {
                 name: identity.workload_identity.clone(),
                 spiffe_id: identity.spiffe_id.clone(),
                 fingerprint: fingerprint(identity),
+                federates_with: identity.federates_with.clone(),
             })
             .collect()
+    }
+
+    fn bundles_for(&self, identities: &[DesiredIdentity]) -> Arc<WorkloadBundles> {
+        let own = self
+            .own_bundle()
+            .cloned()
+            .unwrap_or_else(|| TrustBundle::new(self.trust_domain().clone()));
+        let federated = identities
+            .iter()
+            .flat_map(|identity| &identity.federates_with)
+            .filter(|td| *td != self.trust_domain())
+            .collect::<BTreeSet<&TrustDomain>>()
+            .into_iter()
+            .filter_map(|td| self.bundles.get(td).cloned())
+            .collect();
+        Arc::new(WorkloadBundles { own, federated })
     }
 }
 
@@ -348,7 +335,7 @@ pub fn apply_update(
     update: &PolicyUpdate,
     selector: Option<IdentitySelector>,
 ) {
-    let agent = client.agent_attributes();
+    let agent = client.agent_context();
     match AgentPolicy::from_update(
         update,
         store.next_generation(),
@@ -379,6 +366,8 @@ pub fn apply_update(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use signet_policy::Field;
+    use signet_proto::issuer::v1::NodeInfo;
 
     fn update(td: &str, policy: &str) -> PolicyUpdate {
         let trust_domain = TrustDomain::new("example.org").unwrap();
@@ -394,10 +383,11 @@ mod tests {
         }
     }
 
-    fn agent() -> AgentAttributes {
-        AgentAttributes {
+    fn agent() -> AgentContext {
+        AgentContext {
             name: "vm-1".into(),
             node_name: None,
+            node: None,
         }
     }
 
@@ -422,8 +412,8 @@ mod tests {
             AgentPolicy::from_update(&update("example.org", POLICY), 1, &td, agent(), None)
                 .unwrap();
         let mut workload = Attributes::default();
-        workload.insert("workload.unix.uid", "1000");
-        workload.insert("agent.name", "forged");
+        workload.set(Field::UnixUid, "1000");
+        workload.set(Field::AgentName, "forged");
         let desired = policy.desired_identities(&workload);
         assert_eq!(desired.len(), 1, "{desired:?}");
         assert_eq!(
@@ -432,7 +422,7 @@ mod tests {
         );
         // A different rendering changes the fingerprint.
         let mut other = workload.clone();
-        other.insert("workload.unix.uid", "1001");
+        other.set(Field::UnixUid, "1001");
         assert_ne!(
             policy.desired_identities(&other)[0].fingerprint,
             desired[0].fingerprint
@@ -452,7 +442,7 @@ mod tests {
         )
         .unwrap();
         let mut workload = Attributes::default();
-        workload.insert("workload.unix.uid", "1000");
+        workload.set(Field::UnixUid, "1000");
         assert!(policy.desired_identities(&workload).is_empty());
     }
 
@@ -488,5 +478,37 @@ mod tests {
             AgentPolicy::from_update(&update("example.org", "{"), 1, &td, agent(), None),
             Err(PolicyError::Document(_))
         ));
+    }
+
+    #[test]
+    fn node_subjects_apply_only_with_the_issuers_word_about_the_node() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let policy = POLICY.replace(
+            r#"[{"kind": "Agent", "name": "vm-*"}]"#,
+            r#"[{"kind": "Node", "selector": {"matchExpressions": [{"key": "pool", "operator": "NotIn", "values": ["dmz"]}]}}]"#,
+        );
+        let mut workload = Attributes::default();
+        workload.set(Field::UnixUid, "1000");
+        // Forged node facts from the workload side count for nothing.
+        workload.set(Field::NodeName, "n1");
+        let evaluate = |node: Option<NodeInfo>| {
+            let mut update = update("example.org", &policy);
+            update.node = node;
+            AgentPolicy::from_update(&update, 1, &td, agent(), None)
+                .unwrap()
+                .desired_identities(&workload)
+                .len()
+        };
+        assert_eq!(
+            evaluate(None),
+            0,
+            "no Node known: a negative selector must not match"
+        );
+        let node = |pool: &str| NodeInfo {
+            name: "n1".into(),
+            labels: [("pool".to_owned(), pool.to_owned())].into(),
+        };
+        assert_eq!(evaluate(Some(node("web"))), 1);
+        assert_eq!(evaluate(Some(node("dmz"))), 0);
     }
 }

@@ -1,9 +1,10 @@
 //! Workload key generation: every SVID gets its own fresh key, generated on
-//! the node; only the CSR leaves it.
+//! the node; only the CSR leaves it. The public key travels with the CSR
+//! inside the agent so the answer is checked without parsing the CSR again.
 
 use signet_identity::{KeyType, PrivateKey, x509};
 
-use crate::cache::{KeyAndCsr, KeyFactory};
+use super::seams::{KeyFactory, KeyMaterial};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
@@ -40,10 +41,11 @@ impl SvidKeyFactory {
 }
 
 impl KeyFactory for SvidKeyFactory {
-    fn generate(&self) -> Result<KeyAndCsr, String> {
+    fn generate(&self) -> Result<KeyMaterial, String> {
         let (key, csr_der) = self.generate_key().map_err(|e| e.to_string())?;
-        Ok(KeyAndCsr {
+        Ok(KeyMaterial {
             private_key: key.to_pkcs8_der(),
+            public_key: key.public_key().clone(),
             csr_der,
         })
     }
@@ -60,6 +62,7 @@ mod tests {
         let key = PrivateKey::from_pkcs8_der(&material.private_key).unwrap();
         let csr_key = x509::public_key_from_csr(&material.csr_der).unwrap();
         assert_eq!(csr_key.spki_der(), key.public_key().spki_der());
+        assert_eq!(material.public_key, *key.public_key());
         // Every call is a new key.
         let other = factory.generate().unwrap();
         assert_ne!(other.csr_der, material.csr_der);

@@ -1,0 +1,115 @@
+//! What the Workload API and SDS handlers share, and attesting a caller.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use signet_policy::Attributes;
+use signet_runtime::clock::Clock;
+use tokio::sync::watch;
+use tonic::Request;
+
+use super::error::ApiError;
+use super::peer::PeerInfo;
+use crate::attest::procfs::ProcError;
+use crate::attest::{AttestErrorKind, WorkloadAttestor};
+use crate::cache::SvidCache;
+use crate::metrics::Metrics;
+
+/// Everything the Workload API and SDS handlers share.
+pub struct ServerState {
+    pub cache: SvidCache,
+    pub attestor: Arc<WorkloadAttestor>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    /// How long a first answer waits for SVIDs (or the policy).
+    pub first_svid_timeout: Duration,
+    /// Set when the server stops, so open streams end (with Unavailable:
+    /// clients reconnect) and graceful shutdown does not wait for them.
+    pub stopping: watch::Sender<bool>,
+}
+
+impl ServerState {
+    pub fn new(
+        cache: SvidCache,
+        attestor: Arc<WorkloadAttestor>,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        first_svid_timeout: Duration,
+    ) -> Self {
+        Self {
+            cache,
+            attestor,
+            metrics,
+            clock,
+            first_svid_timeout,
+            stopping: watch::channel(false).0,
+        }
+    }
+
+    /// Resolves when the server is stopping.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.subscribe();
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }
+    }
+
+    /// Attests the caller of `request` with the process handle taken when
+    /// its connection was accepted.
+    pub async fn attest<T>(&self, request: &Request<T>) -> Result<Attributes, ApiError> {
+        let info = request
+            .extensions()
+            .get::<PeerInfo>()
+            .ok_or_else(|| ApiError::NoPeer("not a unix socket connection".into()))?;
+        let peer = info
+            .credentials
+            .ok_or_else(|| ApiError::NoPeer("no peer credentials on the socket".into()))?;
+        let process = match &info.process {
+            Ok(process) => process.clone(),
+            Err(error) => {
+                self.metrics
+                    .attestation_failure(AttestErrorKind::Unauthenticated);
+                return Err(match error.as_ref() {
+                    ProcError::Gone { .. } | ProcError::Changed { .. } => {
+                        ApiError::ProcessChanged(format!(
+                            "process {} could not be inspected when it connected: {error}",
+                            peer.pid
+                        ))
+                    }
+                    other => ApiError::NoPeer(other.to_string()),
+                });
+            }
+        };
+        match self.attestor.attest(peer, process).await {
+            Ok(attributes) => Ok(attributes),
+            Err(error) => {
+                let kind = error.kind();
+                self.metrics.attestation_failure(kind);
+                tracing::warn!(pid = peer.pid, uid = peer.uid, %error, "attestation failed");
+                Err(if kind == AttestErrorKind::Unauthenticated {
+                    ApiError::ProcessChanged(format!(
+                        "process {} exited or changed during attestation (PID reuse?): {error}",
+                        peer.pid
+                    ))
+                } else {
+                    ApiError::Attestation {
+                        kind,
+                        message: error.to_string(),
+                    }
+                })
+            }
+        }
+    }
+
+    /// Waits up to `first_svid_timeout` for the first policy.
+    pub async fn wait_for_policy(&self) -> Result<(), ApiError> {
+        self.cache
+            .wait_for_policy(self.first_svid_timeout)
+            .await
+            .map_err(|_| {
+                ApiError::Unavailable(
+                    "the agent has not received its policy from the issuer yet".into(),
+                )
+            })
+    }
+}

@@ -1,0 +1,27 @@
+//! The SVID cache: keys generated on the node, SVIDs signed in batches by
+//! the issuer and renewed at half-life, one complete [`WorkloadView`] per
+//! workload for every stream to follow.
+//!
+//! `worker.rs` holds the cache and its worker; `seams.rs` what it needs from
+//! the policy, the issuer and key generation; `view.rs` what it publishes;
+//! `jwt.rs` the JWT-SVID cache; `keys.rs` the key generator.
+
+mod error;
+mod jwt;
+mod key;
+pub mod keys;
+pub mod seams;
+pub mod view;
+pub mod worker;
+
+pub use error::CacheError;
+pub use keys::SvidKeyFactory;
+pub use seams::{
+    Denial, DesiredIdentity, JwtSignRequest, KeyFactory, KeyMaterial, PolicyView, SharedPolicy,
+    SignError, SignOutcome, SignedJwt, SignedX509, Signer, WorkloadBundles, X509SignRequest,
+};
+pub use view::{IssuedX509, ViewStatus, WorkloadView};
+pub use worker::{CacheConfig, Subscription, SvidCache};
+
+#[cfg(test)]
+mod tests;
