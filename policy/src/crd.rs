@@ -24,6 +24,31 @@ pub const API_VERSION: &str = "signet.dev/v1alpha1";
 /// The condition type every Signet object reports in `status.conditions`.
 pub const READY_CONDITION: &str = "Ready";
 
+/// The two policy kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ObjectKind {
+    /// `WorkloadIdentity`.
+    WorkloadIdentity,
+    /// `Role`.
+    Role,
+}
+
+impl ObjectKind {
+    /// The Kubernetes kind name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::WorkloadIdentity => "WorkloadIdentity",
+            ObjectKind::Role => "Role",
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What identity a matching workload gets.
 #[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(

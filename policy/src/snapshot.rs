@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use signet_identity::{SpiffeId, TrustDomain};
 
 use crate::attributes::{Attributes, Field};
+pub use crate::crd::ObjectKind;
 use crate::crd::{READY_CONDITION, Role, WorkloadIdentity};
 use crate::dns::validate_dns_name;
 use crate::document::PolicyDocument;
@@ -45,31 +46,6 @@ pub const MAX_CLAIM_DEPTH: usize = 10;
 
 /// JWT claims the issuer sets itself and extraClaims may not override.
 pub const RESERVED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
-
-/// The two policy kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum ObjectKind {
-    /// `WorkloadIdentity`.
-    WorkloadIdentity,
-    /// `Role`.
-    Role,
-}
-
-impl ObjectKind {
-    /// The Kubernetes kind name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ObjectKind::WorkloadIdentity => "WorkloadIdentity",
-            ObjectKind::Role => "Role",
-        }
-    }
-}
-
-impl std::fmt::Display for ObjectKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Machine-readable reason an object failed validation; used as the `reason`
 /// of its `Ready=False` condition.
@@ -861,6 +837,24 @@ fn index_by_namespace(
         }
     }
     (by_ns, anywhere)
+}
+
+// Lives here rather than in `document.rs` so that the document (plain data
+// and its loader) does not import the snapshot that imports it.
+impl PolicyDocument {
+    /// Compiles the document (see [`PolicySnapshot::compile`]).
+    pub fn compile(
+        &self,
+        version: u64,
+        trust_domain: &TrustDomain,
+    ) -> (PolicySnapshot, Vec<ObjectReport>) {
+        PolicySnapshot::compile(
+            version,
+            trust_domain,
+            &self.workload_identities,
+            &self.roles,
+        )
+    }
 }
 
 impl PolicySnapshot {
