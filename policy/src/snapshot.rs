@@ -11,7 +11,8 @@
 //! 2. no Role applying to P denies W by labels;
 //! 3. some Role applying to P allows W by labels;
 //! 4. every template of W renders for P (a missing or empty attribute means W
-//!    does not apply) and the rendered SPIFFE ID and DNS SANs are valid;
+//!    does not apply), the rendered SPIFFE ID and DNS SANs are valid, and the
+//!    ID is not one of Signet's own (under `/signet`, see [`RESERVED_ID_RULE`]);
 //! 5. no Role applying to P has a deny `spiffe` entry catching the rendered ID/SANs;
 //! 6. one of the Roles from step 3 covers the rendered ID and SANs with its
 //!    allow `spiffe` entries (or has none).
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use serde::{Deserialize, Serialize};
-use signet_identity::{SpiffeId, TrustDomain};
+use signet_identity::{RESERVED_PATH, SpiffeId, TrustDomain, is_reserved_path};
 
 use crate::attributes::{Attributes, Field};
 pub use crate::crd::ObjectKind;
@@ -38,7 +39,7 @@ use crate::document::PolicyDocument;
 use crate::role::{CompiledRole, RoleError, SubjectView, SvidNames};
 use crate::rules::{RuleError, Rules, RulesOutcome};
 use crate::selector::IdentitySelector;
-use crate::template::{RenderError, Template, TemplateError};
+use crate::template::{Part, RenderError, Template, TemplateError};
 use crate::ttl;
 
 /// Deepest nesting accepted in `spec.spiffe.jwt.extraClaims`.
@@ -85,6 +86,9 @@ pub enum ValidationReason {
     InvalidSpiffePath,
     /// A Role `ipSans` entry is not a CIDR range or address.
     InvalidCidr,
+    /// `spec.spiffe.id` is always under `/signet`, which only Signet's own
+    /// agents and issuer may hold.
+    ReservedId,
 }
 
 impl ValidationReason {
@@ -108,6 +112,7 @@ impl ValidationReason {
             ValidationReason::InvalidLabelSelector => "InvalidLabelSelector",
             ValidationReason::InvalidSpiffePath => "InvalidSpiffePath",
             ValidationReason::InvalidCidr => "InvalidCidr",
+            ValidationReason::ReservedId => "ReservedId",
         }
     }
 }
@@ -193,6 +198,10 @@ pub enum DenialReason {
     InvalidRenderedSan,
     /// Excluded by the caller's [`IdentitySelector`].
     NotSelected,
+    /// The rendered SPIFFE ID is under `/signet`, which only Signet's own
+    /// agents and issuer may hold (e.g. a namespace named `signet` rendered
+    /// into `/{{ workload.kubernetes.namespace }}/...`).
+    ReservedId,
 }
 
 impl DenialReason {
@@ -209,6 +218,7 @@ impl DenialReason {
             DenialReason::InvalidRenderedId => "invalid_rendered_id",
             DenialReason::InvalidRenderedSan => "invalid_rendered_san",
             DenialReason::NotSelected => "not_selected",
+            DenialReason::ReservedId => "reserved_id",
         }
     }
 }
@@ -398,6 +408,26 @@ fn rule_reason(e: &RuleError) -> ValidationReason {
 
 const SPIFFE_SCHEME: &str = "spiffe://";
 
+/// Why IDs under `/signet` are refused, for reports and denials alike.
+pub const RESERVED_ID_RULE: &str =
+    "/signet/** belongs to Signet's agents and issuer; no workload may hold such an ID";
+
+/// Whether every rendering of a SPIFFE ID path template is reserved, judged
+/// from its literal text alone. Rendered values are single non-empty path
+/// segments, so a template whose text before the first attribute is
+/// `/signet/...` always lands under `/signet`, while `/signet{{ x }}` never
+/// does; anything decided by attribute values is checked when rendering.
+fn always_reserved(t: &Template) -> bool {
+    match t.parts() {
+        [] => false,
+        [Part::Literal(l)] => is_reserved_path(l),
+        [Part::Literal(l), ..] => l
+            .strip_prefix(RESERVED_PATH)
+            .is_some_and(|rest| rest.starts_with('/')),
+        [Part::Attribute(_), ..] => false,
+    }
+}
+
 /// Splits `spec.spiffe.id` into its path template text, accepting the full
 /// `spiffe://<td>/...` form only for the configured trust domain.
 fn id_path_text<'a>(id: &'a str, td: &TrustDomain, problems: &mut Problems) -> Option<&'a str> {
@@ -450,6 +480,12 @@ fn compile_identity(
             );
         } else if let Err(e) = SpiffeId::from_path(td, &sample) {
             problems.push(ValidationReason::InvalidSpiffeId, "spec.spiffe.id", e);
+        } else if always_reserved(t) {
+            problems.push(
+                ValidationReason::ReservedId,
+                "spec.spiffe.id",
+                format_args!("{:?} is reserved: {RESERVED_ID_RULE}", spec.spiffe.id),
+            );
         }
     }
     let hint = spec
@@ -662,6 +698,14 @@ impl CompiledIdentity {
                 format!("spec.spiffe.id: rendered path {path:?}: {e}"),
             )
         })?;
+        // Compile time only refuses templates reserved by their literal text;
+        // attribute values (a namespace called "signet") are caught here.
+        if spiffe_id.is_reserved() {
+            return Err(Denial::new(
+                DenialReason::ReservedId,
+                format!("spec.spiffe.id: rendered ID {spiffe_id} is reserved: {RESERVED_ID_RULE}"),
+            ));
+        }
         let render =
             |field: &str, t: &Template| t.render(attrs).map_err(|e| render_denial(field, e));
         let hint = self
