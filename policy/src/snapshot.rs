@@ -36,6 +36,7 @@ pub use crate::crd::ObjectKind;
 use crate::crd::{READY_CONDITION, Role, WorkloadIdentity};
 use crate::dns::validate_dns_name;
 use crate::document::PolicyDocument;
+use crate::expr::ExprError;
 use crate::role::{CompiledRole, RoleError, SubjectView, SvidNames};
 use crate::rules::{RuleError, Rules, RulesOutcome};
 use crate::selector::IdentitySelector;
@@ -60,8 +61,11 @@ pub enum ValidationReason {
     InvalidTemplate,
     /// A condition or template names an attribute outside the schema.
     UnknownAttribute,
-    /// A condition is malformed (operator count, globs, empty lists).
+    /// A condition or rule is malformed (operator count, globs, empty lists,
+    /// neither or both of conditions and expression).
     InvalidCondition,
+    /// A rule's expression does not parse (the message gives the column).
+    InvalidExpression,
     /// `spec.spiffe.id` names a different trust domain.
     SpiffeIdOutsideTrustDomain,
     /// `spec.spiffe.id` can never render to a valid SPIFFE ID.
@@ -100,6 +104,7 @@ impl ValidationReason {
             ValidationReason::InvalidTemplate => "InvalidTemplate",
             ValidationReason::UnknownAttribute => "UnknownAttribute",
             ValidationReason::InvalidCondition => "InvalidCondition",
+            ValidationReason::InvalidExpression => "InvalidExpression",
             ValidationReason::SpiffeIdOutsideTrustDomain => "SpiffeIdOutsideTrustDomain",
             ValidationReason::InvalidSpiffeId => "InvalidSpiffeId",
             ValidationReason::InvalidTtl => "InvalidTtl",
@@ -401,8 +406,16 @@ fn role_reason(e: &RoleError) -> ValidationReason {
 
 fn rule_reason(e: &RuleError) -> ValidationReason {
     match e {
-        RuleError::Attribute(_) => ValidationReason::UnknownAttribute,
-        _ => ValidationReason::InvalidCondition,
+        // Unknown names get the same reason wherever they are written.
+        RuleError::Attribute(_) | RuleError::Expression(ExprError::UnknownAttribute { .. }) => {
+            ValidationReason::UnknownAttribute
+        }
+        RuleError::Expression(_) => ValidationReason::InvalidExpression,
+        RuleError::Operators(_)
+        | RuleError::EmptyList(_)
+        | RuleError::Glob { .. }
+        | RuleError::EmptyRule
+        | RuleError::BothForms => ValidationReason::InvalidCondition,
     }
 }
 
@@ -1111,14 +1124,7 @@ impl PolicySnapshot {
                     .allow
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, r)| {
-                        r.first_failing(attrs).map(|c| {
-                            let have = attrs
-                                .get(&c.attribute)
-                                .map_or_else(|| "absent".to_owned(), |v| format!("{v:?}"));
-                            format!("allow[{i}]: {} is {have}", c.attribute)
-                        })
-                    })
+                    .filter_map(|(i, r)| r.why_not(attrs).map(|why| format!("allow[{i}]: {why}")))
                     .collect::<Vec<_>>()
                     .join("; ");
                 return Err(Denial::new(
