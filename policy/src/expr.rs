@@ -1652,16 +1652,20 @@ mod tests {
         attribute: impl Strategy<Value = AttributeName> + Clone + 'static,
         value: impl Strategy<Value = String> + Clone + 'static,
         pattern: impl Strategy<Value = String> + Clone + 'static,
+        with_has: bool,
     ) -> BoxedStrategy<Expr> {
-        prop_oneof![
+        let comparisons = prop_oneof![
             (attribute.clone(), value.clone()).prop_map(|(a, v)| Expr::Eq(a, v)),
             (attribute.clone(), value.clone()).prop_map(|(a, v)| Expr::NotEq(a, v)),
             (attribute.clone(), prop::collection::vec(value, 1..4))
                 .prop_map(|(a, vs)| Expr::In(a, vs)),
             (attribute.clone(), pattern).prop_map(|(a, g)| Expr::Glob(a, Glob::new(&g))),
-            attribute.prop_map(Expr::Has),
-        ]
-        .boxed()
+        ];
+        if with_has {
+            prop_oneof![4 => comparisons, 1 => attribute.prop_map(Expr::Has)].boxed()
+        } else {
+            comparisons.boxed()
+        }
     }
 
     fn tree(leaves: BoxedStrategy<Expr>) -> impl Strategy<Value = Expr> {
@@ -1679,6 +1683,7 @@ mod tests {
             any_attribute(),
             "[^*]{0,10}",
             "[a-z*/.-]{0,8}|\\PC{0,6}",
+            true,
         ))
     }
 
@@ -1692,15 +1697,7 @@ mod tests {
         ]);
         let value = prop::sample::select(vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]);
         let pattern = prop::sample::select(vec!["a".to_owned(), "*".to_owned(), "b*".to_owned()]);
-        let leaves = leaf(attribute, value, pattern);
-        let leaves = if with_has {
-            leaves
-        } else {
-            leaves
-                .prop_filter("no has()", |e| !matches!(e, Expr::Has(_)))
-                .boxed()
-        };
-        tree(leaves).boxed()
+        tree(leaf(attribute, value, pattern, with_has)).boxed()
     }
 
     fn small_attributes() -> impl Strategy<Value = Attributes> {
@@ -1765,53 +1762,113 @@ mod tests {
 
     #[test]
     fn token_soup_never_panics_and_what_parses_round_trips() {
-        let token = prop::sample::select(vec![
-            "&&",
-            "||",
-            "!",
-            "(",
-            ")",
-            "[",
-            "]",
-            ",",
-            "==",
-            "!=",
-            "=",
-            "&",
-            "in",
-            "has",
-            "glob",
-            "workload.unix.uid",
-            "workload.kubernetes.namespace",
-            "workload.kubernetes.labels",
-            "node.labels.pool",
-            "agent",
-            "\"a\"",
-            "\"\"",
-            "\"x*\"",
-            "\"\\\"\"",
-            "\"\\\\\"",
-            "\"\\n\"",
-            "\"",
-            "\\",
-            "ü",
-            "0",
-        ]);
+        let token = prop::sample::select(SOUP_TOKENS.to_vec());
         let separator = prop::sample::select(vec!["", " ", "\n"]);
-        let soup = prop::collection::vec((token, separator), 0..40).prop_map(|parts| {
+        let soup = prop::collection::vec((token, separator), 0..24).prop_map(|parts| {
             parts
                 .into_iter()
                 .flat_map(|(t, s)| [t, s])
                 .collect::<String>()
         });
+        let parsed = AtomicU64::new(0);
         check("token-soup", soup, |text| {
             if let Ok(e) = Expr::parse(&text) {
+                parsed.fetch_add(1, Ordering::Relaxed);
                 let rendered = e.to_string();
                 prop_assert_eq!(Expr::parse(&rendered), Ok(e), "{} -> {}", text, rendered);
             }
             Ok(())
         });
+        report_parsed("token-soup", &parsed);
     }
+
+    /// Near-valid input: a rendered expression with one token inserted, or
+    /// one character deleted, somewhere.
+    #[test]
+    fn mutated_expressions_never_panic_and_what_parses_round_trips() {
+        let mutated = (
+            any_expr(),
+            any::<prop::sample::Index>(),
+            prop::option::of(prop::sample::select(SOUP_TOKENS.to_vec())),
+        )
+            .prop_map(|(e, at, insert)| {
+                let text = e.to_string();
+                let boundaries: Vec<usize> = text
+                    .char_indices()
+                    .map(|(i, _)| i)
+                    .chain([text.len()])
+                    .collect();
+                let i = boundaries[at.index(boundaries.len())];
+                match insert {
+                    Some(token) => format!("{}{token}{}", &text[..i], &text[i..]),
+                    None => {
+                        let mut t = text.clone();
+                        if i < t.len() {
+                            t.remove(i);
+                        }
+                        t
+                    }
+                }
+            });
+        let parsed = AtomicU64::new(0);
+        check("mutated", mutated, |text| {
+            if let Ok(e) = Expr::parse(&text) {
+                parsed.fetch_add(1, Ordering::Relaxed);
+                let rendered = e.to_string();
+                prop_assert_eq!(Expr::parse(&rendered), Ok(e), "{} -> {}", text, rendered);
+            }
+            Ok(())
+        });
+        report_parsed("mutated", &parsed);
+    }
+
+    #[allow(clippy::print_stderr)]
+    fn report_parsed(property: &str, parsed: &AtomicU64) {
+        eprintln!(
+            "property {property}: {} inputs parsed and round-tripped",
+            parsed.load(Ordering::Relaxed)
+        );
+    }
+
+    /// Single tokens, broken ones, and whole conditions (so that some soups
+    /// parse and exercise the round trip).
+    const SOUP_TOKENS: [&str; 35] = [
+        "&&",
+        "||",
+        "!",
+        "(",
+        ")",
+        "[",
+        "]",
+        ",",
+        "==",
+        "!=",
+        "=",
+        "&",
+        "in",
+        "has",
+        "glob",
+        "workload.unix.uid",
+        "workload.kubernetes.namespace",
+        "workload.kubernetes.labels",
+        "node.labels.pool",
+        "agent",
+        "\"a\"",
+        "\"\"",
+        "\"x*\"",
+        "\"\\\"\"",
+        "\"\\\\\"",
+        "\"\\n\"",
+        "\"",
+        "\\",
+        "ü",
+        "0",
+        "workload.docker.labels[\"a:b\"]",
+        "has(workload.unix.uid)",
+        "workload.unix.uid == \"a\"",
+        "glob(agent.name, \"vm-*\")",
+        "workload.kubernetes.namespace in [\"a\", \"b\"]",
+    ];
 
     #[test]
     fn generated_expressions_round_trip_through_text() {
