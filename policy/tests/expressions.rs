@@ -281,3 +281,82 @@ fn broken_expressions_are_reported_with_field_and_column() {
         DenialReason::InvalidIdentity
     );
 }
+
+/// Every file `make demo` loads, compiled together as the operator does.
+fn standalone_examples() -> PolicySnapshot {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/standalone/policy");
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    paths.sort();
+    let text: Vec<String> = paths
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let (snap, reports) = load(&text.join("\n---\n")).compile(1, &td());
+    for r in &reports {
+        assert!(r.result.is_ok(), "{} {}: {:?}", r.kind, r.name, r.result);
+    }
+    snap
+}
+
+#[test]
+fn the_container_example_leaves_the_demo_unchanged() {
+    let snap = standalone_examples();
+    assert!(snap.identity_names().any(|n| n == "demo-containers"));
+    let process = |uid: &str| {
+        let mut a = Attributes::new();
+        a.set(Field::AgentName, "demo")
+            .set(Field::UnixPid, "4242")
+            .set(Field::UnixUid, uid)
+            .set(Field::UnixGid, uid)
+            .set(Field::UnixBinaryPath, "/usr/local/bin/signet-agent");
+        a
+    };
+    // What the demo's processes get: exactly the identities of demo.yaml.
+    let unknown = "no allow rule matches (allow[0]: expression is unknown (workload.docker.image is absent; workload.docker.labels.com.example.team is absent))";
+    for (uid, want, why) in [
+        ("1000", "spiffe://example.org/demo/demo/uid/1000", unknown),
+        ("65534", "spiffe://example.org/demo/demo/uid/65534", unknown),
+        (
+            "0",
+            "spiffe://example.org/demo/demo/admin",
+            // One false operand makes the whole && false.
+            r#"no allow rule matches (allow[0]: expression is false (workload.unix.uid is "0"))"#,
+        ),
+    ] {
+        assert_eq!(issued(&snap, &process(uid)), [want], "uid {uid}");
+        let d = snap.decide(&process(uid), "demo-containers").unwrap_err();
+        assert_eq!(
+            (d.reason, d.message.as_str()),
+            (DenialReason::NoMatchingRule, why)
+        );
+    }
+    // A container from the registry, attested by the docker attestor.
+    let mut container = process("1000");
+    container
+        .set(Field::DockerImage, "registry.example/demo/api:1")
+        .set(Field::DockerContainerName, "api-1");
+    container
+        .set_labels(LabelMap::DockerLabels, [("com.example.team", "payments")])
+        .unwrap();
+    assert_eq!(
+        issued(&snap, &container),
+        [
+            "spiffe://example.org/demo/demo/container/api-1",
+            "spiffe://example.org/demo/demo/uid/1000",
+        ]
+    );
+    container
+        .set_labels(LabelMap::DockerLabels, [("com.example.debug", "1")])
+        .unwrap();
+    assert_eq!(
+        snap.decide(&container, "demo-containers")
+            .unwrap_err()
+            .reason,
+        DenialReason::DeniedByRule
+    );
+}
