@@ -2,7 +2,8 @@
 //! Roles shaped like a multi-tenant cluster: 100 namespaces, one identity
 //! per app (rules pinned to the app's namespace and labels), a few identities
 //! every workload is checked against, and Roles by service account, node pool
-//! and agent name.
+//! and agent name. The same identities with their rules written as
+//! predicate expressions compare the two rule forms, alone and in a snapshot.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -15,6 +16,7 @@ use signet_policy::crd::{
     AttributeCondition, RoleGrant, RoleSpec, Rule, Rules, SpiffeGrant, SpiffeSpec, Subject,
     SubjectKind, WorkloadIdentitySpec, X509Spec,
 };
+use signet_policy::rules::{Rules as CompiledRules, RulesOutcome};
 use signet_policy::{Attributes, PolicySnapshot, Role, WorkloadIdentity};
 
 const NAMESPACES: usize = 100;
@@ -40,34 +42,77 @@ fn in_(attribute: &str, values: &[&str]) -> AttributeCondition {
     }
 }
 
-fn identities() -> Vec<WorkloadIdentity> {
+fn conditions(conditions: Vec<AttributeCondition>) -> Rule {
+    Rule {
+        conditions,
+        expression: None,
+    }
+}
+
+fn expression(text: String) -> Rule {
+    Rule {
+        conditions: vec![],
+        expression: Some(text),
+    }
+}
+
+/// How the benchmark identities write their rules.
+#[derive(Clone, Copy)]
+enum Form {
+    Conditions,
+    Expression,
+}
+
+/// An app identity's rules: namespace, app label (own or "shared") and a
+/// non-root uid, unless the service account is "default".
+fn app_rules(form: Form, ns: &str, app: &str) -> Rules {
+    match form {
+        Form::Conditions => Rules {
+            allow: vec![conditions(vec![
+                eq("workload.kubernetes.namespace", ns),
+                in_("workload.kubernetes.labels.app", &[app, "shared"]),
+                AttributeCondition {
+                    attribute: "workload.unix.uid".to_owned(),
+                    not_eq: Some("0".to_owned()),
+                    ..AttributeCondition::default()
+                },
+            ])],
+            deny: vec![conditions(vec![eq(
+                "workload.kubernetes.service_account",
+                "default",
+            )])],
+        },
+        Form::Expression => Rules {
+            allow: vec![expression(format!(
+                r#"workload.kubernetes.namespace == "{ns}" && workload.kubernetes.labels.app in ["{app}", "shared"] && workload.unix.uid != "0""#
+            ))],
+            deny: vec![expression(
+                r#"workload.kubernetes.service_account == "default""#.to_owned(),
+            )],
+        },
+    }
+}
+
+fn identities(form: Form) -> Vec<WorkloadIdentity> {
     (0..IDENTITIES)
         .map(|i| {
             let ns = format!("ns-{}", i % NAMESPACES);
             let app = format!("app-{i}");
             let rules = if i < IDENTITIES - UNPINNED {
-                Rules {
-                    allow: vec![Rule {
-                        conditions: vec![
-                            eq("workload.kubernetes.namespace", &ns),
-                            in_("workload.kubernetes.labels.app", &[&app, "shared"]),
-                            AttributeCondition {
-                                attribute: "workload.unix.uid".to_owned(),
-                                not_eq: Some("0".to_owned()),
-                                ..AttributeCondition::default()
-                            },
-                        ],
-                    }],
-                    deny: vec![Rule {
-                        conditions: vec![eq("workload.kubernetes.service_account", "default")],
-                    }],
-                }
+                app_rules(form, &ns, &app)
             } else {
                 // Unpinned: e.g. a mesh-wide identity keyed on a pod label.
+                let mesh = format!("m{i}");
+                let allow = match form {
+                    Form::Conditions => {
+                        conditions(vec![eq("workload.kubernetes.labels.mesh", &mesh)])
+                    }
+                    Form::Expression => {
+                        expression(format!(r#"workload.kubernetes.labels.mesh == "{mesh}""#))
+                    }
+                };
                 Rules {
-                    allow: vec![Rule {
-                        conditions: vec![eq("workload.kubernetes.labels.mesh", &format!("m{i}"))],
-                    }],
+                    allow: vec![allow],
                     deny: vec![],
                 }
             };
@@ -199,15 +244,29 @@ fn trust_domain() -> TrustDomain {
     }
 }
 
-fn bench(c: &mut Criterion) {
-    let td = trust_domain();
-    let ids = identities();
-    let roles = roles();
-    let (snap, reports) = PolicySnapshot::compile(1, &td, &ids, &roles);
+fn compile(td: &TrustDomain, ids: &[WorkloadIdentity], roles: &[Role]) -> PolicySnapshot {
+    let (snap, reports) = PolicySnapshot::compile(1, td, ids, roles);
     assert!(
         reports.iter().all(|r| r.result.is_ok()),
         "fixture must compile"
     );
+    snap
+}
+
+fn compiled_rules(form: Form) -> CompiledRules {
+    match CompiledRules::compile(Some(&app_rules(form, "ns-42", "app-442"))) {
+        Ok(r) => r,
+        Err(e) => panic!("benchmark rules compile: {e:?}"),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let td = trust_domain();
+    let ids = identities(Form::Conditions);
+    let expression_ids = identities(Form::Expression);
+    let roles = roles();
+    let snap = compile(&td, &ids, &roles);
+    let expression_snap = compile(&td, &expression_ids, &roles);
 
     let matching = pod();
     assert_eq!(
@@ -227,6 +286,43 @@ fn bench(c: &mut Criterion) {
     assert!(shared_count > 1, "{shared_count}");
     let mut outsider = pod();
     outsider.set(Field::KubernetesNamespace, "unknown-ns");
+    for a in [&matching, &shared, &outsider] {
+        assert_eq!(
+            expression_snap.evaluate(a),
+            snap.evaluate(a),
+            "both rule forms decide alike"
+        );
+    }
+    // Right namespace, wrong app: the second test of the rule fails.
+    let mut other_app = pod();
+    if other_app
+        .set_labels(LabelMap::KubernetesLabels, [("app", "app-443")])
+        .is_err()
+    {
+        panic!("valid label");
+    }
+
+    // One rule in each form, evaluated alone (deny then allow).
+    let mut group = c.benchmark_group("rule");
+    for (name, form) in [
+        ("conditions", Form::Conditions),
+        ("expression", Form::Expression),
+    ] {
+        let rules = compiled_rules(form);
+        assert_eq!(rules.evaluate(&matching), RulesOutcome::Allowed);
+        assert_eq!(rules.evaluate(&other_app), RulesOutcome::NoMatchingRule);
+        group.bench_function(format!("{name}/match"), |b| {
+            b.iter(|| rules.evaluate(black_box(&matching)))
+        });
+        group.bench_function(format!("{name}/miss"), |b| {
+            b.iter(|| rules.evaluate(black_box(&other_app)))
+        });
+        let source = app_rules(form, "ns-42", "app-442");
+        group.bench_function(format!("{name}/compile"), |b| {
+            b.iter(|| CompiledRules::compile(Some(black_box(&source))))
+        });
+    }
+    group.finish();
 
     c.bench_function("evaluate/pod-1-match", |b| {
         b.iter(|| snap.evaluate(black_box(&matching)))
@@ -237,13 +333,25 @@ fn bench(c: &mut Criterion) {
     c.bench_function("evaluate/pod-no-match", |b| {
         b.iter(|| snap.evaluate(black_box(&outsider)))
     });
+    c.bench_function("evaluate/pod-1-match-expressions", |b| {
+        b.iter(|| expression_snap.evaluate(black_box(&matching)))
+    });
+    c.bench_function("evaluate/pod-no-match-expressions", |b| {
+        b.iter(|| expression_snap.evaluate(black_box(&outsider)))
+    });
     c.bench_function("explain/pod-1-match", |b| {
         b.iter(|| snap.explain(black_box(&matching)))
+    });
+    c.bench_function("explain/pod-1-match-expressions", |b| {
+        b.iter(|| expression_snap.explain(black_box(&matching)))
     });
     let mut group = c.benchmark_group("compile");
     group.sample_size(20);
     group.bench_function("1000-identities-1000-roles", |b| {
         b.iter(|| PolicySnapshot::compile(1, &td, black_box(&ids), black_box(&roles)))
+    });
+    group.bench_function("1000-identities-1000-roles-expressions", |b| {
+        b.iter(|| PolicySnapshot::compile(1, &td, black_box(&expression_ids), black_box(&roles)))
     });
     group.finish();
 }

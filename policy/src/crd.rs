@@ -24,6 +24,31 @@ pub const API_VERSION: &str = "signet.dev/v1alpha1";
 /// The condition type every Signet object reports in `status.conditions`.
 pub const READY_CONDITION: &str = "Ready";
 
+/// The two policy kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ObjectKind {
+    /// `WorkloadIdentity`.
+    WorkloadIdentity,
+    /// `Role`.
+    Role,
+}
+
+impl ObjectKind {
+    /// The Kubernetes kind name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::WorkloadIdentity => "WorkloadIdentity",
+            ObjectKind::Role => "Role",
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What identity a matching workload gets.
 #[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
@@ -64,13 +89,28 @@ pub struct Rules {
     pub deny: Vec<Rule>,
 }
 
-/// A conjunction of attribute conditions.
+/// One rule: a list of attribute conditions that must all hold, or a predicate expression that must be true. Exactly one of conditions and expression must be set.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = exactly_one_rule_form)]
 pub struct Rule {
-    /// Every condition must hold for the rule to hold. At least one condition is required.
+    /// Every condition must hold for the rule to hold. At least one condition is required when set. Set either conditions or expression.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(min = 1))]
     pub conditions: Vec<AttributeCondition>,
+    /// A predicate over workload attributes; the rule holds only when it is true. Example: workload.kubernetes.namespace == "payments" && (workload.kubernetes.labels.app in ["api", "worker"] || glob(workload.kubernetes.service_account, "batch-*")) && !(workload.unix.uid == "0"). Operators, tightest first: ! (not), then attr == "v", attr != "v", attr in ["a", "b"], glob(attr, "pattern") ("*" matches any characters) and has(attr) (present), then &&, then ||; parentheses group. Strings use double quotes with \" and \\ escapes; values of ==, != and in are literal (no "*"). Attribute names are those of conditions; a label key with other characters is written workload.kubernetes.labels["app.kubernetes.io/name"]. A comparison on an attribute the workload lacks is unknown, never true or false, and so is its negation: !(attr == "v") does not hold when attr is absent (write !has(attr) || attr != "v" for that). Errors name the column. At most 4096 bytes, 64 nested levels of "(" and "!", 256 values per in list. Set either conditions or expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = crate::expr::MAX_EXPRESSION_LEN))]
+    pub expression: Option<String>,
+}
+
+/// Lets the API server reject a rule with both or neither of conditions and
+/// expression, before the operator's own validation reports it.
+fn exactly_one_rule_form(schema: &mut schemars::Schema) {
+    schema.insert(
+        "oneOf".to_owned(),
+        serde_json::json!([{ "required": ["conditions"] }, { "required": ["expression"] }]),
+    );
 }
 
 /// A test of one workload attribute. Exactly one of eq, not_eq, in, not_in must be set. A condition on an attribute the workload does not have never holds (not even not_eq or not_in).
@@ -179,7 +219,7 @@ fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyStatus {
-    /// The "Ready" condition says whether the object compiled and is in force; when False its reason (e.g. InvalidTemplate, UnknownAttribute, InvalidTtl) and message say what to fix.
+    /// The "Ready" condition says whether the object compiled and is in force; when False its reason (e.g. InvalidTemplate, UnknownAttribute, InvalidExpression, InvalidTtl, ReservedId) and message say what to fix.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
@@ -400,6 +440,26 @@ mod tests {
         );
         for key in ["attribute", "eq", "not_eq", "in", "not_in"] {
             assert!(cond["properties"][key].is_object(), "{key}");
+        }
+    }
+
+    #[test]
+    fn rule_schema_requires_conditions_or_expression() {
+        let s = schema_of(&WorkloadIdentity::crd());
+        for list in ["allow", "deny"] {
+            let rule = &s["openAPIV3Schema"]["properties"]["spec"]["properties"]["rules"]["properties"]
+                [list]["items"];
+            assert_eq!(
+                rule["oneOf"],
+                json!([{"required": ["conditions"]}, {"required": ["expression"]}]),
+                "{list}"
+            );
+            let expression = &rule["properties"]["expression"];
+            assert_eq!(expression["type"], json!("string"));
+            assert_eq!(expression["maxLength"], json!(4096));
+            assert_eq!(expression["minLength"], json!(1));
+            assert_eq!(rule["properties"]["conditions"]["minItems"], json!(1));
+            assert!(rule.get("required").is_none(), "{rule}");
         }
     }
 

@@ -3,10 +3,8 @@
 //! reads a directory of these).
 
 use serde::{Deserialize, Serialize};
-use signet_identity::TrustDomain;
 
-use crate::crd::{API_VERSION, Role, WorkloadIdentity};
-use crate::snapshot::{ObjectKind, ObjectReport, PolicySnapshot};
+use crate::crd::{API_VERSION, ObjectKind, Role, WorkloadIdentity};
 
 /// The objects in force: `{"workloadIdentities": [...], "roles": [...]}`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -31,20 +29,6 @@ impl PolicyDocument {
             }
         }
         doc
-    }
-
-    /// Compiles the document (see [`PolicySnapshot::compile`]).
-    pub fn compile(
-        &self,
-        version: u64,
-        trust_domain: &TrustDomain,
-    ) -> (PolicySnapshot, Vec<ObjectReport>) {
-        PolicySnapshot::compile(
-            version,
-            trust_domain,
-            &self.workload_identities,
-            &self.roles,
-        )
     }
 }
 

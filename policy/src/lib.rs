@@ -16,6 +16,7 @@ pub mod attributes;
 pub mod crd;
 pub mod dns;
 pub mod document;
+pub mod expr;
 pub mod glob;
 pub mod role;
 pub mod rules;
@@ -30,6 +31,7 @@ pub use attributes::{
 };
 pub use crd::{PolicyStatus, Role, RoleSpec, WorkloadIdentity, WorkloadIdentitySpec};
 pub use document::{LoadError, PolicyDocument, PolicyObject, parse_yaml_documents};
+pub use expr::{Expr, ExprError, Truth};
 pub use selector::IdentitySelector;
 pub use snapshot::{
     Denial, DenialReason, IssuableIdentity, JwtParams, ObjectKind, ObjectReport, PolicySnapshot,

@@ -1,5 +1,7 @@
 //! WorkloadIdentity attribute rules: allow rules are ORed, the conditions of one
-//! rule are ANDed, and any matching deny rule refuses the workload.
+//! rule are ANDed, and any matching deny rule refuses the workload. A rule may
+//! instead be a predicate expression ([`crate::expr`]), which holds only when
+//! it is true.
 //!
 //! A condition on an attribute the workload does not have never holds. That
 //! includes `not_eq` and `not_in`: "uid is not 0" is false for a workload whose
@@ -13,6 +15,7 @@ use std::collections::BTreeSet;
 
 use crate::attributes::{AttributeError, AttributeName, Attributes, Field};
 use crate::crd;
+use crate::expr::{Expr, ExprError};
 
 /// Why a rule or condition could not be compiled. Messages are relative to the
 /// condition; the caller prefixes the field path.
@@ -38,9 +41,17 @@ pub enum RuleError {
         /// The value.
         value: String,
     },
-    /// A rule with no conditions.
-    #[error("a rule needs at least one condition (omit the rule to match every workload)")]
+    /// A rule with neither conditions nor an expression.
+    #[error(
+        "a rule needs at least one condition or an expression (omit the rule to match every workload)"
+    )]
     EmptyRule,
+    /// A rule with both conditions and an expression.
+    #[error("a rule has either conditions or an expression, not both")]
+    BothForms,
+    /// The expression does not compile.
+    #[error("{0}")]
+    Expression(#[from] ExprError),
 }
 
 /// The test a compiled condition applies to the attribute value.
@@ -129,30 +140,63 @@ impl Condition {
     }
 }
 
-/// A compiled rule: all conditions must hold.
+/// A compiled rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    /// The conditions, ANDed.
-    pub conditions: Vec<Condition>,
+pub enum Rule {
+    /// Conditions, ANDed.
+    Conditions(Vec<Condition>),
+    /// A predicate expression; the rule holds only when it is true (not
+    /// false, not unknown).
+    Expression(Expr),
 }
 
 impl Rule {
-    /// Whether every condition holds.
+    /// Whether the rule holds.
     pub fn holds(&self, attrs: &Attributes) -> bool {
-        self.conditions.iter().all(|c| c.holds(attrs))
+        match self {
+            Rule::Conditions(conditions) => conditions.iter().all(|c| c.holds(attrs)),
+            Rule::Expression(e) => e.holds(attrs),
+        }
     }
 
-    /// The first condition that does not hold, for explanations.
+    /// The first condition that does not hold, for explanations (`None`
+    /// for expression rules).
     pub fn first_failing(&self, attrs: &Attributes) -> Option<&Condition> {
-        self.conditions.iter().find(|c| !c.holds(attrs))
+        match self {
+            Rule::Conditions(conditions) => conditions.iter().find(|c| !c.holds(attrs)),
+            Rule::Expression(_) => None,
+        }
+    }
+
+    /// Why the rule does not hold, or `None` when it does: for conditions
+    /// `workload.unix.uid is absent` (the first failing one), for expressions
+    /// `expression is false (workload.kubernetes.namespace is "web")`.
+    pub fn why_not(&self, attrs: &Attributes) -> Option<String> {
+        match self {
+            Rule::Conditions(_) => self.first_failing(attrs).map(|c| {
+                let have = attrs
+                    .get(&c.attribute)
+                    .map_or_else(|| "absent".to_owned(), |v| format!("{v:?}"));
+                format!("{} is {have}", c.attribute)
+            }),
+            Rule::Expression(e) => {
+                let why = e.explain(attrs);
+                (why.truth != crate::expr::Truth::True).then(|| format!("expression is {why}"))
+            }
+        }
     }
 
     /// The namespaces this rule can match in, when it pins
-    /// `workload.kubernetes.namespace` with `eq` or `in`.
+    /// `workload.kubernetes.namespace` (conditions: with `eq` or `in`;
+    /// expressions: see [`Expr::namespace_pins`]).
     fn namespaces(&self) -> Option<BTreeSet<String>> {
+        let conditions = match self {
+            Rule::Conditions(conditions) => conditions,
+            Rule::Expression(e) => return e.namespace_pins(),
+        };
         let ns = AttributeName::from(Field::KubernetesNamespace);
         let mut pinned: Option<BTreeSet<String>> = None;
-        for c in self.conditions.iter().filter(|c| c.attribute == ns) {
+        for c in conditions.iter().filter(|c| c.attribute == ns) {
             let here: BTreeSet<String> = match &c.operator {
                 Operator::Eq(v) => [v.clone()].into(),
                 Operator::In(vs) => vs.clone(),
@@ -190,7 +234,8 @@ pub enum RulesOutcome {
 
 impl Rules {
     /// Compiles `spec.rules`, collecting every error with its path.
-    /// Error paths look like `spec.rules.allow[0].conditions[1].attribute`.
+    /// Error paths look like `spec.rules.allow[0].conditions[1].attribute`
+    /// or `spec.rules.deny[2].expression`.
     pub fn compile(rules: Option<&crd::Rules>) -> Result<Self, Vec<(String, RuleError)>> {
         let Some(rules) = rules else {
             return Ok(Rules::default());
@@ -199,12 +244,26 @@ impl Rules {
         let mut compile_list = |list: &'static str, src: &[crd::Rule]| -> Vec<Rule> {
             let mut out = Vec::new();
             for (ri, r) in src.iter().enumerate() {
-                if r.conditions.is_empty() {
-                    errors.push((
-                        format!("spec.rules.{list}[{ri}].conditions"),
-                        RuleError::EmptyRule,
-                    ));
-                    continue;
+                match (r.conditions.is_empty(), &r.expression) {
+                    (true, None) => {
+                        errors.push((format!("spec.rules.{list}[{ri}]"), RuleError::EmptyRule));
+                        continue;
+                    }
+                    (false, Some(_)) => {
+                        errors.push((format!("spec.rules.{list}[{ri}]"), RuleError::BothForms));
+                        continue;
+                    }
+                    (true, Some(text)) => {
+                        match Expr::parse(text) {
+                            Ok(e) => out.push(Rule::Expression(e)),
+                            Err(e) => errors.push((
+                                format!("spec.rules.{list}[{ri}].expression"),
+                                RuleError::Expression(e),
+                            )),
+                        }
+                        continue;
+                    }
+                    (false, None) => {}
                 }
                 let mut conditions = Vec::new();
                 for (ci, c) in r.conditions.iter().enumerate() {
@@ -222,7 +281,7 @@ impl Rules {
                         }
                     }
                 }
-                out.push(Rule { conditions });
+                out.push(Rule::Conditions(conditions));
             }
             out
         };
@@ -378,8 +437,19 @@ mod tests {
                     cond("workload.unix.uid", "eq", serde_json::json!("0")),
                     cond("workload.kubernets.namespace", "eq", serde_json::json!("x")),
                 ],
+                expression: None,
             }],
-            deny: vec![crd::Rule { conditions: vec![] }],
+            deny: vec![
+                crd::Rule::default(),
+                crd::Rule {
+                    conditions: vec![cond("workload.unix.uid", "eq", serde_json::json!("0"))],
+                    expression: Some("has(workload.unix.uid)".into()),
+                },
+                crd::Rule {
+                    conditions: vec![],
+                    expression: Some("workload.unix.uid == 0".into()),
+                },
+            ],
         };
         let errs = Rules::compile(Some(&src)).unwrap_err();
         let shown: Vec<String> = errs.iter().map(|(p, e)| format!("{p}: {e}")).collect();
@@ -387,7 +457,9 @@ mod tests {
             shown,
             [
                 "spec.rules.allow[0].conditions[1].attribute: unknown attribute \"workload.kubernets.namespace\"",
-                "spec.rules.deny[0].conditions: a rule needs at least one condition (omit the rule to match every workload)",
+                "spec.rules.deny[0]: a rule needs at least one condition or an expression (omit the rule to match every workload)",
+                "spec.rules.deny[1]: a rule has either conditions or an expression, not both",
+                "spec.rules.deny[2].expression: column 22: expected a string after \"==\", found \"0\"",
             ]
         );
     }
@@ -459,6 +531,81 @@ allow:
         assert_eq!(Rules::default().namespace_pins(), None);
         let r =
             rules("allow: [{conditions: [{attribute: workload.kubernetes.namespace, not_eq: a}]}]");
+        assert_eq!(r.namespace_pins(), None);
+    }
+
+    #[test]
+    fn expression_rules_allow_and_deny_like_condition_rules() {
+        let r = rules(
+            r#"
+allow:
+  - expression: 'workload.kubernetes.namespace == "payments" && workload.kubernetes.labels.app in ["ledger", "processor"]'
+  - conditions: [{attribute: workload.unix.uid, eq: "0"}]
+deny:
+  - expression: '!has(workload.unix.uid) || workload.unix.uid == "1000"'
+"#,
+        );
+        assert_eq!(r.evaluate(&attrs()), RulesOutcome::Denied(0));
+        let mut a = attrs();
+        a.set(Field::UnixUid, "1001");
+        assert_eq!(r.evaluate(&a), RulesOutcome::Allowed);
+        a.set_labels(LabelMap::KubernetesLabels, [("app", "web")])
+            .unwrap();
+        assert_eq!(r.evaluate(&a), RulesOutcome::NoMatchingRule);
+        assert_eq!(
+            r.allow[0].why_not(&a).as_deref(),
+            Some(r#"expression is false (workload.kubernetes.labels.app is "web")"#)
+        );
+        assert_eq!(
+            r.allow[1].why_not(&a).as_deref(),
+            Some(r#"workload.unix.uid is "1001""#)
+        );
+        // The deny rule refuses a workload without a uid, by has().
+        a.remove_field(Field::UnixUid);
+        assert_eq!(r.evaluate(&a), RulesOutcome::Denied(0));
+    }
+
+    #[test]
+    fn unknown_expressions_neither_allow_nor_deny() {
+        let r = rules(
+            r#"
+allow: [{expression: '!(workload.unix.gid == "0")'}]
+deny: [{expression: 'workload.unix.gid == "0"'}]
+"#,
+        );
+        // gid is absent: the allow rule is unknown, so it does not hold; the
+        // deny rule is unknown too, so it does not refuse.
+        assert_eq!(r.evaluate(&attrs()), RulesOutcome::NoMatchingRule);
+        assert_eq!(
+            r.allow[0].why_not(&attrs()).as_deref(),
+            Some("expression is unknown (workload.unix.gid is absent)")
+        );
+        assert_eq!(
+            r.deny[0].why_not(&attrs()).as_deref(),
+            Some("expression is unknown (workload.unix.gid is absent)")
+        );
+    }
+
+    #[test]
+    fn expression_namespace_pins_join_condition_pins() {
+        let r = rules(
+            r#"
+allow:
+  - expression: 'workload.kubernetes.namespace in ["a", "b"] && has(workload.unix.uid)'
+  - conditions: [{attribute: workload.kubernetes.namespace, eq: c}]
+"#,
+        );
+        assert_eq!(
+            r.namespace_pins(),
+            Some(["a".to_owned(), "b".to_owned(), "c".to_owned()].into())
+        );
+        let r = rules(
+            r#"
+allow:
+  - expression: 'workload.kubernetes.namespace == "a" || has(workload.unix.uid)'
+  - conditions: [{attribute: workload.kubernetes.namespace, eq: c}]
+"#,
+        );
         assert_eq!(r.namespace_pins(), None);
     }
 }

@@ -11,7 +11,8 @@
 //! 2. no Role applying to P denies W by labels;
 //! 3. some Role applying to P allows W by labels;
 //! 4. every template of W renders for P (a missing or empty attribute means W
-//!    does not apply) and the rendered SPIFFE ID and DNS SANs are valid;
+//!    does not apply), the rendered SPIFFE ID and DNS SANs are valid, and the
+//!    ID is not one of Signet's own (under `/signet`, see [`RESERVED_ID_RULE`]);
 //! 5. no Role applying to P has a deny `spiffe` entry catching the rendered ID/SANs;
 //! 6. one of the Roles from step 3 covers the rendered ID and SANs with its
 //!    allow `spiffe` entries (or has none).
@@ -28,16 +29,18 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use serde::{Deserialize, Serialize};
-use signet_identity::{SpiffeId, TrustDomain};
+use signet_identity::{RESERVED_PATH, SpiffeId, TrustDomain, is_reserved_path};
 
 use crate::attributes::{Attributes, Field};
+pub use crate::crd::ObjectKind;
 use crate::crd::{READY_CONDITION, Role, WorkloadIdentity};
 use crate::dns::validate_dns_name;
 use crate::document::PolicyDocument;
+use crate::expr::ExprError;
 use crate::role::{CompiledRole, RoleError, SubjectView, SvidNames};
 use crate::rules::{RuleError, Rules, RulesOutcome};
 use crate::selector::IdentitySelector;
-use crate::template::{RenderError, Template, TemplateError};
+use crate::template::{Part, RenderError, Template, TemplateError};
 use crate::ttl;
 
 /// Deepest nesting accepted in `spec.spiffe.jwt.extraClaims`.
@@ -45,31 +48,6 @@ pub const MAX_CLAIM_DEPTH: usize = 10;
 
 /// JWT claims the issuer sets itself and extraClaims may not override.
 pub const RESERVED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
-
-/// The two policy kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum ObjectKind {
-    /// `WorkloadIdentity`.
-    WorkloadIdentity,
-    /// `Role`.
-    Role,
-}
-
-impl ObjectKind {
-    /// The Kubernetes kind name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ObjectKind::WorkloadIdentity => "WorkloadIdentity",
-            ObjectKind::Role => "Role",
-        }
-    }
-}
-
-impl std::fmt::Display for ObjectKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Machine-readable reason an object failed validation; used as the `reason`
 /// of its `Ready=False` condition.
@@ -83,8 +61,11 @@ pub enum ValidationReason {
     InvalidTemplate,
     /// A condition or template names an attribute outside the schema.
     UnknownAttribute,
-    /// A condition is malformed (operator count, globs, empty lists).
+    /// A condition or rule is malformed (operator count, globs, empty lists,
+    /// neither or both of conditions and expression).
     InvalidCondition,
+    /// A rule's expression does not parse (the message gives the column).
+    InvalidExpression,
     /// `spec.spiffe.id` names a different trust domain.
     SpiffeIdOutsideTrustDomain,
     /// `spec.spiffe.id` can never render to a valid SPIFFE ID.
@@ -109,6 +90,9 @@ pub enum ValidationReason {
     InvalidSpiffePath,
     /// A Role `ipSans` entry is not a CIDR range or address.
     InvalidCidr,
+    /// `spec.spiffe.id` is always under `/signet`, which only Signet's own
+    /// agents and issuer may hold.
+    ReservedId,
 }
 
 impl ValidationReason {
@@ -120,6 +104,7 @@ impl ValidationReason {
             ValidationReason::InvalidTemplate => "InvalidTemplate",
             ValidationReason::UnknownAttribute => "UnknownAttribute",
             ValidationReason::InvalidCondition => "InvalidCondition",
+            ValidationReason::InvalidExpression => "InvalidExpression",
             ValidationReason::SpiffeIdOutsideTrustDomain => "SpiffeIdOutsideTrustDomain",
             ValidationReason::InvalidSpiffeId => "InvalidSpiffeId",
             ValidationReason::InvalidTtl => "InvalidTtl",
@@ -132,6 +117,7 @@ impl ValidationReason {
             ValidationReason::InvalidLabelSelector => "InvalidLabelSelector",
             ValidationReason::InvalidSpiffePath => "InvalidSpiffePath",
             ValidationReason::InvalidCidr => "InvalidCidr",
+            ValidationReason::ReservedId => "ReservedId",
         }
     }
 }
@@ -217,6 +203,10 @@ pub enum DenialReason {
     InvalidRenderedSan,
     /// Excluded by the caller's [`IdentitySelector`].
     NotSelected,
+    /// The rendered SPIFFE ID is under `/signet`, which only Signet's own
+    /// agents and issuer may hold (e.g. a namespace named `signet` rendered
+    /// into `/{{ workload.kubernetes.namespace }}/...`).
+    ReservedId,
 }
 
 impl DenialReason {
@@ -233,6 +223,7 @@ impl DenialReason {
             DenialReason::InvalidRenderedId => "invalid_rendered_id",
             DenialReason::InvalidRenderedSan => "invalid_rendered_san",
             DenialReason::NotSelected => "not_selected",
+            DenialReason::ReservedId => "reserved_id",
         }
     }
 }
@@ -415,12 +406,40 @@ fn role_reason(e: &RoleError) -> ValidationReason {
 
 fn rule_reason(e: &RuleError) -> ValidationReason {
     match e {
-        RuleError::Attribute(_) => ValidationReason::UnknownAttribute,
-        _ => ValidationReason::InvalidCondition,
+        // Unknown names get the same reason wherever they are written.
+        RuleError::Attribute(_) | RuleError::Expression(ExprError::UnknownAttribute { .. }) => {
+            ValidationReason::UnknownAttribute
+        }
+        RuleError::Expression(_) => ValidationReason::InvalidExpression,
+        RuleError::Operators(_)
+        | RuleError::EmptyList(_)
+        | RuleError::Glob { .. }
+        | RuleError::EmptyRule
+        | RuleError::BothForms => ValidationReason::InvalidCondition,
     }
 }
 
 const SPIFFE_SCHEME: &str = "spiffe://";
+
+/// Why IDs under `/signet` are refused, for reports and denials alike.
+pub const RESERVED_ID_RULE: &str =
+    "/signet/** belongs to Signet's agents and issuer; no workload may hold such an ID";
+
+/// Whether every rendering of a SPIFFE ID path template is reserved, judged
+/// from its literal text alone. Rendered values are single non-empty path
+/// segments, so a template whose text before the first attribute is
+/// `/signet/...` always lands under `/signet`, while `/signet{{ x }}` never
+/// does; anything decided by attribute values is checked when rendering.
+fn always_reserved(t: &Template) -> bool {
+    match t.parts() {
+        [] => false,
+        [Part::Literal(l)] => is_reserved_path(l),
+        [Part::Literal(l), ..] => l
+            .strip_prefix(RESERVED_PATH)
+            .is_some_and(|rest| rest.starts_with('/')),
+        [Part::Attribute(_), ..] => false,
+    }
+}
 
 /// Splits `spec.spiffe.id` into its path template text, accepting the full
 /// `spiffe://<td>/...` form only for the configured trust domain.
@@ -474,6 +493,12 @@ fn compile_identity(
             );
         } else if let Err(e) = SpiffeId::from_path(td, &sample) {
             problems.push(ValidationReason::InvalidSpiffeId, "spec.spiffe.id", e);
+        } else if always_reserved(t) {
+            problems.push(
+                ValidationReason::ReservedId,
+                "spec.spiffe.id",
+                format_args!("{:?} is reserved: {RESERVED_ID_RULE}", spec.spiffe.id),
+            );
         }
     }
     let hint = spec
@@ -686,6 +711,14 @@ impl CompiledIdentity {
                 format!("spec.spiffe.id: rendered path {path:?}: {e}"),
             )
         })?;
+        // Compile time only refuses templates reserved by their literal text;
+        // attribute values (a namespace called "signet") are caught here.
+        if spiffe_id.is_reserved() {
+            return Err(Denial::new(
+                DenialReason::ReservedId,
+                format!("spec.spiffe.id: rendered ID {spiffe_id} is reserved: {RESERVED_ID_RULE}"),
+            ));
+        }
         let render =
             |field: &str, t: &Template| t.render(attrs).map_err(|e| render_denial(field, e));
         let hint = self
@@ -861,6 +894,24 @@ fn index_by_namespace(
         }
     }
     (by_ns, anywhere)
+}
+
+// Lives here rather than in `document.rs` so that the document (plain data
+// and its loader) does not import the snapshot that imports it.
+impl PolicyDocument {
+    /// Compiles the document (see [`PolicySnapshot::compile`]).
+    pub fn compile(
+        &self,
+        version: u64,
+        trust_domain: &TrustDomain,
+    ) -> (PolicySnapshot, Vec<ObjectReport>) {
+        PolicySnapshot::compile(
+            version,
+            trust_domain,
+            &self.workload_identities,
+            &self.roles,
+        )
+    }
 }
 
 impl PolicySnapshot {
@@ -1073,14 +1124,7 @@ impl PolicySnapshot {
                     .allow
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, r)| {
-                        r.first_failing(attrs).map(|c| {
-                            let have = attrs
-                                .get(&c.attribute)
-                                .map_or_else(|| "absent".to_owned(), |v| format!("{v:?}"));
-                            format!("allow[{i}]: {} is {have}", c.attribute)
-                        })
-                    })
+                    .filter_map(|(i, r)| r.why_not(attrs).map(|why| format!("allow[{i}]: {why}")))
                     .collect::<Vec<_>>()
                     .join("; ");
                 return Err(Denial::new(

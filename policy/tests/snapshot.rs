@@ -789,3 +789,114 @@ fn design_fixture_keeps_teleport_style_operator_keys() {
     assert_eq!(r.spec.subjects.len(), 3);
     assert_eq!(r.spec.allow.spiffe[0].ip_sans, ["10.0.0.0/8"]);
 }
+
+#[test]
+fn ids_under_signet_are_refused_when_the_text_already_says_so() {
+    for id in [
+        "/signet",
+        "/signet/agent/x",
+        "/signet/{{ agent.name }}",
+        "/signet/agent/{{ workload.kubernetes.namespace }}/x",
+        "spiffe://example.org/signet/issuer",
+    ] {
+        let (reason, message) = report_of(&format!("{{spiffe: {{id: {id:?}}}}}"));
+        assert_eq!(reason, ValidationReason::ReservedId, "{id}");
+        assert_eq!(
+            message,
+            format!(
+                "spec.spiffe.id: {id:?} is reserved: /signet/** belongs to Signet's agents and issuer; no workload may hold such an ID"
+            )
+        );
+    }
+    // Near misses are ordinary IDs: only the `/signet` segment is reserved.
+    for id in [
+        "/signets/x",
+        "/signet-x/y",
+        "/ns/signet",
+        "/signet{{ agent.name }}",
+        "/{{ agent.name }}/signet",
+    ] {
+        let (_, reports) = PolicySnapshot::compile(
+            1,
+            &td(),
+            &[wi(&format!("{{spiffe: {{id: {id:?}}}}}"), "x")],
+            &[],
+        );
+        assert!(reports[0].result.is_ok(), "{id}: {:?}", reports[0].result);
+    }
+}
+
+#[test]
+fn a_namespace_named_signet_cannot_render_a_reserved_id() {
+    let ids = [
+        wi(
+            r#"{spiffe: {id: "/{{ workload.kubernetes.namespace }}/{{ workload.kubernetes.service_account }}"}}"#,
+            "by-namespace",
+        ),
+        wi(
+            r#"{spiffe: {id: "/{{ workload.kubernetes.namespace }}"}}"#,
+            "namespace-only",
+        ),
+        wi(
+            r#"{spiffe: {id: "/signet{{ workload.kubernetes.namespace }}"}}"#,
+            "glued",
+        ),
+    ];
+    let (snap, reports) = PolicySnapshot::compile(1, &td(), &ids, &[grant_all()]);
+    assert!(reports.iter().all(|r| r.result.is_ok()), "{reports:?}");
+
+    let mut attack = payments_pod();
+    attack
+        .set(Field::KubernetesNamespace, "signet")
+        .set(Field::KubernetesServiceAccount, "agent");
+    for name in ["by-namespace", "namespace-only"] {
+        let d = snap.decide(&attack, name).unwrap_err();
+        assert_eq!(d.reason, DenialReason::ReservedId, "{name}");
+        assert_eq!(d.reason.as_str(), "reserved_id");
+        assert!(
+            d.message.contains("belongs to Signet's agents and issuer"),
+            "{}",
+            d.message
+        );
+    }
+    let d = snap.decide(&attack, "by-namespace").unwrap_err();
+    assert_eq!(
+        d.message,
+        "spec.spiffe.id: rendered ID spiffe://example.org/signet/agent is reserved: /signet/** belongs to Signet's agents and issuer; no workload may hold such an ID"
+    );
+    // Nothing reserved is ever in the issuable list; the glued one is not reserved.
+    let issued: Vec<_> = snap
+        .evaluate(&attack)
+        .into_iter()
+        .map(|i| i.spiffe_id.to_string())
+        .collect();
+    assert_eq!(issued, ["spiffe://example.org/signetsignet"]);
+    let explained: Vec<_> = snap
+        .explain(&attack)
+        .into_iter()
+        .map(|(n, r)| (n, r.err().map(|d| d.reason)))
+        .collect();
+    assert_eq!(
+        explained,
+        [
+            ("by-namespace".to_owned(), Some(DenialReason::ReservedId)),
+            ("glued".to_owned(), None),
+            ("namespace-only".to_owned(), Some(DenialReason::ReservedId)),
+        ]
+    );
+
+    // The same identities work for any other namespace.
+    let ok: Vec<_> = snap
+        .evaluate(&payments_pod())
+        .into_iter()
+        .map(|i| i.spiffe_id.to_string())
+        .collect();
+    assert_eq!(
+        ok,
+        [
+            "spiffe://example.org/payments/processor",
+            "spiffe://example.org/signetpayments",
+            "spiffe://example.org/payments",
+        ]
+    );
+}
