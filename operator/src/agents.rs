@@ -3,7 +3,7 @@
 use futures::future::BoxFuture;
 use signet_identity::{SpiffeId, TrustDomain};
 
-use crate::join::JoinTokens;
+use crate::standalone::join_tokens::JoinTokens;
 
 /// Every agent SVID's path starts with this; the issuer's TLS accepts no
 /// other client certificate.
@@ -97,8 +97,8 @@ impl JoinVerifier for JoinTokens {
             };
             let name = self.redeem(token).map_err(|error| JoinRejection {
                 reason: match error {
-                    crate::join::JoinError::Spent { .. } => "token_spent",
-                    crate::join::JoinError::Unknown => "invalid_token",
+                    crate::standalone::join_tokens::JoinError::Spent { .. } => "token_spent",
+                    crate::standalone::join_tokens::JoinError::Unknown => "invalid_token",
                     _ => "token_state",
                 },
                 message: error.to_string(),

@@ -39,8 +39,8 @@ use serde::Deserialize;
 use signet_identity::{CaConfig, KeyType, TrustBundle, TrustDomain};
 use signet_runtime::logging::LogConfig;
 
-use crate::authority::IssuerNames;
-use crate::join::JoinTokenConfig;
+use crate::ca::IssuerNames;
+use crate::standalone::join_tokens::JoinTokenConfig;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/signet/operator";

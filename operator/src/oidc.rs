@@ -45,7 +45,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
-use crate::authority::PublishedBundle;
+use crate::ca::PublishedBundle;
 
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 pub const KEYS_PATH: &str = "/keys";
@@ -388,7 +388,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authority::{Authority, FileKeysetStore, IssuerNames, KeysetStore};
+    use crate::ca::{Authority, FileKeysetStore, IssuerNames, KeysetStore};
     use http_body_util::{BodyExt, Empty};
     use hyper::HeaderMap;
     use rustls::pki_types::ServerName;

@@ -12,11 +12,11 @@ use signet_tls::{PeerPolicy, SharedBundles, SpiffeClientVerifier, TlsIncoming};
 use tokio::sync::watch;
 
 use crate::agents::AGENT_PATH_PREFIX;
-use crate::authority::{Authority, PublishedBundle};
+use crate::ca::{Authority, PublishedBundle};
 use crate::config::{OidcConfig, StandaloneConfig};
-use crate::issuer::IssuerService;
+use crate::issuer::service::IssuerService;
 use crate::metrics::Metrics;
-use crate::policy_source::PolicyState;
+use crate::standalone::policy_dir::PolicyState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

@@ -184,7 +184,7 @@ async fn oversized_batches_and_bad_jwt_requests_get_the_right_codes() {
     let request = x509(workload(1000), "web");
     let status = client
         .sign_x509_svids(pb::SignX509SvidsRequest {
-            requests: vec![request; signet_operator::issuer::MAX_BATCH + 1],
+            requests: vec![request; signet_operator::issuer::service::MAX_BATCH + 1],
         })
         .await
         .unwrap_err();

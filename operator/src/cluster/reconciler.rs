@@ -24,7 +24,7 @@ use signet_policy::snapshot::{ObjectKind, ObjectReport};
 use signet_policy::{PolicyDocument, Role, WorkloadIdentity};
 use tokio::sync::watch;
 
-use crate::policy_source::PolicyState;
+use crate::standalone::policy_dir::PolicyState;
 
 /// Changes arriving together are compiled once.
 const DEBOUNCE: Duration = Duration::from_millis(100);

@@ -15,12 +15,14 @@ use signet_runtime::clock::Clock;
 use tokio::sync::watch;
 
 use crate::audit::AuditLog;
-use crate::authority::{Authority, FileKeysetStore, PublishedBundle};
+use crate::ca::{Authority, FileKeysetStore, PublishedBundle};
 use crate::config::StandaloneConfig;
-use crate::issuer::{AgentTestimony, Federation, IssuerParts, IssuerService, IssuerSettings};
-use crate::join::JoinTokens;
-use crate::policy_source::{DirectorySource, initial_version};
+use crate::issuer::service::{
+    AgentTestimony, Federation, IssuerParts, IssuerService, IssuerSettings,
+};
 use crate::server::{IssuerServer, ServeError};
+use crate::standalone::join_tokens::JoinTokens;
+use crate::standalone::policy_dir::{DirectorySource, initial_version};
 
 /// How often the rotation schedule is checked.
 const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(10);
@@ -35,9 +37,9 @@ pub enum StandaloneError {
     #[error("state directory: {0}")]
     StateDir(#[from] signet_runtime::files::FileError),
     #[error("certificate authority: {0}")]
-    Authority(#[from] crate::authority::AuthorityServiceError),
+    Authority(#[from] crate::ca::AuthorityServiceError),
     #[error("join tokens: {0}")]
-    JoinTokens(#[from] crate::join::JoinError),
+    JoinTokens(#[from] crate::standalone::join_tokens::JoinError),
     #[error("audit log: {0}")]
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]

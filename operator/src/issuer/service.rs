@@ -24,9 +24,9 @@ use tonic::{Request, Response, Status};
 
 use crate::agents::{AgentRecord, JoinVerifier};
 use crate::audit::{AuditEvent, AuditLog, CredentialKind, Outcome, rfc3339, seconds_between};
-use crate::authority::{Authority, PublishedBundle};
+use crate::ca::{Authority, PublishedBundle};
 use crate::metrics::Metrics;
-use crate::policy_source::PolicyState;
+use crate::standalone::policy_dir::PolicyState;
 
 /// Requests per batch; more is refused so one agent cannot monopolise the issuer.
 pub const MAX_BATCH: usize = 500;
