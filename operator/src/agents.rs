@@ -3,8 +3,6 @@
 use futures::future::BoxFuture;
 use signet_identity::{SpiffeId, TrustDomain};
 
-use crate::standalone::join_tokens::JoinTokens;
-
 /// Every agent SVID's path starts with this; the issuer's TLS accepts no
 /// other client certificate.
 pub const AGENT_PATH_PREFIX: &str = "/signet/agent";
@@ -77,39 +75,6 @@ pub trait JoinVerifier: Send + Sync + 'static {
         &'a self,
         request: &'a signet_proto::issuer::v1::JoinRequest,
     ) -> BoxFuture<'a, Result<AdmittedAgent, JoinRejection>>;
-}
-
-impl JoinVerifier for JoinTokens {
-    fn verify<'a>(
-        &'a self,
-        request: &'a signet_proto::issuer::v1::JoinRequest,
-    ) -> BoxFuture<'a, Result<AdmittedAgent, JoinRejection>> {
-        use signet_proto::issuer::v1::join_request::Credential;
-        Box::pin(async move {
-            let token = match &request.credential {
-                Some(Credential::JoinToken(token)) if !token.is_empty() => token,
-                _ => {
-                    return Err(JoinRejection {
-                        reason: "unsupported_credential",
-                        message: "this issuer accepts join tokens only".into(),
-                    });
-                }
-            };
-            let name = self.redeem(token).map_err(|error| JoinRejection {
-                reason: match error {
-                    crate::standalone::join_tokens::JoinError::Spent { .. } => "token_spent",
-                    crate::standalone::join_tokens::JoinError::Unknown => "invalid_token",
-                    _ => "token_state",
-                },
-                message: error.to_string(),
-            })?;
-            Ok(AdmittedAgent {
-                path: format!("{JOIN_AGENT_PREFIX}{name}"),
-                name,
-                node_name: None,
-            })
-        })
-    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 //! the issuer's own serving certificate.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -54,41 +53,6 @@ pub trait KeysetStore: Send + Sync + 'static {
     /// Replaces the state. A store that supports it refuses with
     /// [`StoreError::Conflict`] when the state changed since it was loaded.
     fn save(&self, state: Zeroizing<String>) -> BoxFuture<'_, Result<(), StoreError>>;
-}
-
-/// The keyset in a file of the state directory (standalone mode).
-#[derive(Debug)]
-pub struct FileKeysetStore {
-    path: PathBuf,
-}
-
-impl FileKeysetStore {
-    pub fn new(path: PathBuf) -> Self {
-        Self { path }
-    }
-}
-
-impl KeysetStore for FileKeysetStore {
-    fn load(&self) -> BoxFuture<'_, Result<Option<Zeroizing<String>>, StoreError>> {
-        Box::pin(async move {
-            let bytes = signet_runtime::files::read_optional(&self.path)
-                .map_err(|e| StoreError::Read(e.to_string()))?;
-            bytes
-                .map(|bytes| {
-                    String::from_utf8(bytes).map(Zeroizing::new).map_err(|_| {
-                        StoreError::Read(format!("{} is not UTF-8", self.path.display()))
-                    })
-                })
-                .transpose()
-        })
-    }
-
-    fn save(&self, state: Zeroizing<String>) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            signet_runtime::files::write_atomic(&self.path, state.as_bytes(), 0o600)
-                .map_err(|e| StoreError::Write(e.to_string()))
-        })
-    }
 }
 
 /// The trust bundle as published: the value and its encodings.
@@ -445,37 +409,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn created_once_then_loaded_from_the_state_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ca.json");
-        let now = SystemTime::now();
-        let store: Arc<dyn KeysetStore> = Arc::new(FileKeysetStore::new(path.clone()));
-        let first = Authority::load_or_create(config(), store.clone(), IssuerNames::default(), now)
-            .await
-            .unwrap();
-        use std::os::unix::fs::MetadataExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
-        let second = Authority::load_or_create(config(), store, IssuerNames::default(), now)
-            .await
-            .unwrap();
-        assert_eq!(
-            first.current_bundle().bundle.x509_authorities,
-            second.current_bundle().bundle.x509_authorities,
-            "a restart keeps the CA"
-        );
-        assert!(second.issuer_resolver().current().is_some());
-    }
-
-    #[tokio::test]
     async fn rotation_persists_and_publishes_before_activation() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ca.json");
+        let shared = Arc::new(std::sync::Mutex::new((None, 0)));
         let start = SystemTime::now();
-        let store: Arc<dyn KeysetStore> = Arc::new(FileKeysetStore::new(path.clone()));
-        let authority =
-            Authority::load_or_create(config(), store.clone(), IssuerNames::default(), start)
-                .await
-                .unwrap();
+        let authority = Authority::load_or_create(
+            config(),
+            SharedStore::handle(&shared),
+            IssuerNames::default(),
+            start,
+        )
+        .await
+        .unwrap();
         let mut bundles = authority.bundle();
         assert_eq!(bundles.borrow().bundle.x509_authorities.len(), 1);
 
@@ -488,7 +432,7 @@ mod tests {
         assert_eq!(bundles.borrow_and_update().bundle.x509_authorities.len(), 2);
         let reloaded = Authority::load_or_create(
             config(),
-            store,
+            SharedStore::handle(&shared),
             IssuerNames::default(),
             start + Duration::from_secs(3 * 3600 + 60),
         )

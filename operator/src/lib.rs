@@ -12,5 +12,6 @@ pub mod config;
 pub mod issuer;
 pub mod metrics;
 pub mod oidc;
+pub mod policy_state;
 pub mod server;
 pub mod standalone;

@@ -388,7 +388,8 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::{Authority, FileKeysetStore, IssuerNames, KeysetStore};
+    use crate::ca::{Authority, IssuerNames, KeysetStore};
+    use crate::standalone::keyset_file::FileKeysetStore;
     use http_body_util::{BodyExt, Empty};
     use hyper::HeaderMap;
     use rustls::pki_types::ServerName;

@@ -16,7 +16,7 @@ use crate::ca::{Authority, PublishedBundle};
 use crate::config::{OidcConfig, StandaloneConfig};
 use crate::issuer::service::IssuerService;
 use crate::metrics::Metrics;
-use crate::standalone::policy_dir::PolicyState;
+use crate::policy_state::PolicyState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

@@ -19,7 +19,7 @@ use signet_proto::issuer::v1 as pb;
 use tokio::sync::watch;
 
 use crate::agents::AgentRecord;
-use crate::issuer::service::{
+use crate::issuer::workload::{
     WorkloadRejection, WorkloadVerifier, with_agent_attributes, workload_attributes_only,
 };
 

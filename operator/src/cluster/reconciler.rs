@@ -24,22 +24,12 @@ use signet_policy::snapshot::{ObjectKind, ObjectReport};
 use signet_policy::{PolicyDocument, Role, WorkloadIdentity};
 use tokio::sync::watch;
 
-use crate::standalone::policy_dir::PolicyState;
+use crate::policy_state::{PolicyState, next_version};
 
 /// Changes arriving together are compiled once.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// Field manager of the status the operator applies.
 pub const FIELD_MANAGER: &str = "signet-operator";
-
-/// A policy version that also grows across replicas and restarts, so an
-/// agent moving between replicas never sees it go backwards for long.
-fn next_version(previous: u64) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    now.max(previous + 1)
-}
 
 pub struct PolicyReconciler {
     client: Client,
@@ -316,16 +306,3 @@ macro_rules! has_policy_status {
 
 has_policy_status!(WorkloadIdentity);
 has_policy_status!(Role);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_only_grow() {
-        let far_future = u64::MAX / 2;
-        assert_eq!(next_version(far_future), far_future + 1);
-        let now = next_version(0);
-        assert!(next_version(now) > now);
-    }
-}

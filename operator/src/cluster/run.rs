@@ -17,7 +17,8 @@ use crate::audit::AuditLog;
 use crate::ca::Authority;
 use crate::cluster::config::ClusterConfig;
 use crate::cluster::{bundle_config_map, keyset_secret, leader, pods, reconciler, token_review};
-use crate::issuer::service::{Federation, IssuerParts, IssuerService, IssuerSettings};
+use crate::issuer::policy_stream::Federation;
+use crate::issuer::service::{IssuerParts, IssuerService, IssuerSettings};
 use crate::server::{IssuerServer, ServeError};
 
 /// How often the CA schedule runs (the leader rotates, others re-read).

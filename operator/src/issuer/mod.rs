@@ -1,5 +1,12 @@
-//! The issuer gRPC API (`signet.issuer.v1.Issuer`) both run modes serve.
+//! The issuer gRPC API (`signet.issuer.v1.Issuer`) both run modes serve:
+//! the service and its limits, deciding and signing, the policy stream,
+//! and the seam where each mode verifies workloads.
 
+pub mod policy_stream;
 pub mod service;
+pub mod signing;
+pub mod workload;
 
-pub use service::{IssuerParts, IssuerService, IssuerSettings};
+pub use policy_stream::Federation;
+pub use service::{IssuerError, IssuerParts, IssuerService, IssuerSettings};
+pub use workload::{AgentTestimony, WorkloadRejection, WorkloadVerifier};

@@ -3,6 +3,7 @@
 //! join tokens.
 
 pub mod join_tokens;
+pub mod keyset_file;
 pub mod policy_dir;
 pub mod run;
 

@@ -15,14 +15,16 @@ use signet_runtime::clock::Clock;
 use tokio::sync::watch;
 
 use crate::audit::AuditLog;
-use crate::ca::{Authority, FileKeysetStore, PublishedBundle};
+use crate::ca::{Authority, PublishedBundle};
 use crate::config::StandaloneConfig;
-use crate::issuer::service::{
-    AgentTestimony, Federation, IssuerParts, IssuerService, IssuerSettings,
-};
+use crate::issuer::policy_stream::Federation;
+use crate::issuer::service::{IssuerParts, IssuerService, IssuerSettings};
+use crate::issuer::workload::AgentTestimony;
+use crate::policy_state::initial_version;
 use crate::server::{IssuerServer, ServeError};
 use crate::standalone::join_tokens::JoinTokens;
-use crate::standalone::policy_dir::{DirectorySource, initial_version};
+use crate::standalone::keyset_file::FileKeysetStore;
+use crate::standalone::policy_dir::DirectorySource;
 
 /// How often the rotation schedule is checked.
 const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(10);

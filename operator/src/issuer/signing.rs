@@ -1,0 +1,322 @@
+//! Deciding and signing: each request is decided against the policy in
+//! force for attributes the issuer trusts, then signed and audited; a
+//! refusal is audited with the attributes it was decided on.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use signet_identity::x509::{SubjectTemplate, X509SvidParams};
+use signet_identity::{SpiffeId, TrustDomain, X509Svid};
+use signet_policy::IssuableIdentity;
+use signet_proto::issuer::v1 as pb;
+use signet_runtime::clock::Clock;
+
+use crate::agents::AgentRecord;
+use crate::audit::{AuditEvent, AuditLog, CredentialKind, Outcome, rfc3339, seconds_between};
+use crate::ca::{Authority, PublishedBundle};
+use crate::issuer::workload::WorkloadVerifier;
+use crate::metrics::Metrics;
+use crate::policy_state::PolicyState;
+
+/// Audit message of an agent SVID renewal (event `agent.renewed`).
+pub const RENEWAL: &str = "renewal";
+/// Audiences per JWT-SVID.
+const MAX_AUDIENCES: usize = 16;
+
+/// A refused request and the attributes it was decided on (for the audit).
+pub type Refusal = (pb::Denial, BTreeMap<String, String>);
+
+/// Why an agent SVID was not minted.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentSvidError {
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("signing failed: {0}")]
+    Signing(String),
+}
+
+pub fn unix_seconds(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn denial(reason: &str, message: impl Into<String>, retryable: bool) -> pb::Denial {
+    pb::Denial {
+        reason: reason.to_owned(),
+        message: message.into(),
+        retryable,
+    }
+}
+
+/// Everything a signing decision needs.
+pub struct Signer {
+    pub trust_domain: TrustDomain,
+    pub authority: Arc<Authority>,
+    pub workloads: Arc<dyn WorkloadVerifier>,
+    pub audit: Arc<AuditLog>,
+    pub metrics: Arc<Metrics>,
+    pub agent_svid_ttl: Duration,
+    pub clock: Clock,
+}
+
+impl Signer {
+    pub fn mint_agent_svid(
+        &self,
+        path: &str,
+        csr: &[u8],
+    ) -> Result<(X509Svid, Arc<PublishedBundle>), AgentSvidError> {
+        let id = SpiffeId::from_path(&self.trust_domain, path)
+            .map_err(|e| AgentSvidError::InvalidRequest(e.to_string()))?;
+        let params = X509SvidParams::new(id, self.agent_svid_ttl);
+        let svid = self
+            .authority
+            .mint_x509_from_csr(&params, csr, self.clock.now())
+            .map_err(|e| match e {
+                signet_identity::AuthorityError::X509(inner) => {
+                    AgentSvidError::InvalidRequest(format!("csr: {inner}"))
+                }
+                other => AgentSvidError::Signing(other.to_string()),
+            })?;
+        Ok((svid, self.authority.current_bundle()))
+    }
+
+    pub fn audit_agent(
+        &self,
+        outcome: Outcome,
+        agent: Option<&str>,
+        id: Option<&SpiffeId>,
+        message: Option<String>,
+    ) {
+        let renewal = message.as_deref() == Some(RENEWAL);
+        let mut event = AuditEvent::new(CredentialKind::AgentSvid, outcome, self.clock.now());
+        if renewal {
+            event.event = "agent.renewed";
+        }
+        event.agent = agent.map(str::to_owned);
+        event.spiffe_id = id.map(ToString::to_string);
+        event.message = message;
+        self.audit.record(event);
+    }
+
+    fn base_event(
+        &self,
+        kind: CredentialKind,
+        outcome: Outcome,
+        agent: &AgentRecord,
+        attributes: &BTreeMap<String, String>,
+        workload_identity: &str,
+        policy_version: u64,
+    ) -> AuditEvent {
+        let mut event = AuditEvent::new(kind, outcome, self.clock.now());
+        event.agent = Some(agent.name.clone());
+        event.agent_spiffe_id = Some(agent.spiffe_id.to_string());
+        event.workload = attributes.clone();
+        event.workload_identity = Some(workload_identity.to_owned());
+        event.policy_version = Some(policy_version);
+        event
+    }
+
+    /// Decides and signs one X.509-SVID request; a refusal carries the
+    /// attributes it was decided on, for the audit event.
+    pub async fn sign_one_x509(
+        &self,
+        agent: &AgentRecord,
+        item: &pb::X509SvidRequest,
+        policy: &PolicyState,
+    ) -> Result<pb::X509Svid, Refusal> {
+        let name = item.workload_identity.as_str();
+        let (issuable, attributes) = self
+            .decide(agent, item.workload.as_ref(), name, policy)
+            .await?;
+        let params = X509SvidParams {
+            spiffe_id: issuable.spiffe_id.clone(),
+            dns_sans: issuable.x509.dns_sans.clone(),
+            ip_sans: issuable.x509.ip_sans.clone(),
+            subject: subject_of(&issuable),
+            ttl: issuable.x509.ttl,
+        };
+        let now = self.clock.now();
+        let svid = match self.authority.mint_x509_from_csr(&params, &item.csr, now) {
+            Ok(svid) => svid,
+            Err(error) => {
+                return Err((denial("invalid_csr", error.to_string(), false), attributes));
+            }
+        };
+        let mut event = self.base_event(
+            CredentialKind::X509Svid,
+            Outcome::Issued,
+            agent,
+            &attributes,
+            name,
+            policy.version,
+        );
+        event.spiffe_id = Some(svid.spiffe_id.to_string());
+        event.dns_sans = params.dns_sans.clone();
+        event.ip_sans = params.ip_sans.iter().map(ToString::to_string).collect();
+        event.serial = Some(svid.serial.clone());
+        event.ttl_seconds = Some(seconds_between(svid.not_before, svid.not_after));
+        event.expires_at = Some(rfc3339(svid.not_after));
+        self.audit.record(event);
+        self.metrics.issued("x509", name);
+        Ok(pb::X509Svid {
+            workload_identity: name.to_owned(),
+            spiffe_id: svid.spiffe_id.to_string(),
+            cert_chain: svid.cert_chain.iter().map(|c| c.to_vec()).collect(),
+            hint: issuable.hint.clone().unwrap_or_default(),
+            expires_at_unix: unix_seconds(svid.not_after),
+            federates_with: issuable
+                .federates_with
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            serial: svid.serial,
+        })
+    }
+
+    /// Decides and signs one JWT-SVID request (see [`Self::sign_one_x509`]).
+    pub async fn sign_one_jwt(
+        &self,
+        agent: &AgentRecord,
+        item: &pb::JwtSvidRequest,
+        policy: &PolicyState,
+    ) -> Result<pb::JwtSvid, Refusal> {
+        let name = item.workload_identity.as_str();
+        let audiences_ok = !item.audience.is_empty()
+            && item.audience.len() <= MAX_AUDIENCES
+            && item.audience.iter().all(|a| !a.is_empty());
+        if !audiences_ok {
+            return Err((
+                denial(
+                    "invalid_request",
+                    format!("1 to {MAX_AUDIENCES} non-empty audiences are required"),
+                    false,
+                ),
+                BTreeMap::new(),
+            ));
+        }
+        let (issuable, attributes) = self
+            .decide(agent, item.workload.as_ref(), name, policy)
+            .await?;
+        let now = self.clock.now();
+        let minted = self.authority.mint_jwt(
+            &issuable.spiffe_id,
+            &item.audience,
+            issuable.jwt.ttl,
+            &issuable.jwt.extra_claims,
+            now,
+        );
+        let jwt = match minted {
+            Ok(jwt) => jwt,
+            Err(error) => {
+                return Err((
+                    denial("signing_failed", error.to_string(), true),
+                    attributes,
+                ));
+            }
+        };
+        let mut event = self.base_event(
+            CredentialKind::JwtSvid,
+            Outcome::Issued,
+            agent,
+            &attributes,
+            name,
+            policy.version,
+        );
+        event.spiffe_id = Some(jwt.spiffe_id.to_string());
+        event.jwt_id = Some(jwt.jti.clone());
+        event.audiences = item.audience.clone();
+        event.ttl_seconds = Some(seconds_between(jwt.issued_at, jwt.expiry));
+        event.expires_at = Some(rfc3339(jwt.expiry));
+        self.audit.record(event);
+        self.metrics.issued("jwt", name);
+        Ok(pb::JwtSvid {
+            workload_identity: name.to_owned(),
+            spiffe_id: jwt.spiffe_id.to_string(),
+            token: jwt.token,
+            hint: issuable.hint.clone().unwrap_or_default(),
+            expires_at_unix: unix_seconds(jwt.expiry),
+            jti: jwt.jti,
+        })
+    }
+
+    /// Audits and counts a refusal; returns the denial for the agent.
+    pub fn deny(
+        &self,
+        kind: CredentialKind,
+        agent: &AgentRecord,
+        attributes: &BTreeMap<String, String>,
+        workload_identity: &str,
+        policy_version: u64,
+        denial: pb::Denial,
+    ) -> pb::Denial {
+        let mut event = self.base_event(
+            kind,
+            Outcome::Denied,
+            agent,
+            attributes,
+            workload_identity,
+            policy_version,
+        );
+        event.reason = Some(denial.reason.clone());
+        event.message = Some(denial.message.clone());
+        self.audit.record(event);
+        let metric_kind = if kind == CredentialKind::JwtSvid {
+            "jwt"
+        } else {
+            "x509"
+        };
+        self.metrics
+            .denied(metric_kind, workload_identity, &denial.reason);
+        denial
+    }
+
+    /// Verifies the workload and decides one identity for it.
+    async fn decide(
+        &self,
+        agent: &AgentRecord,
+        workload: Option<&pb::Workload>,
+        workload_identity: &str,
+        policy: &PolicyState,
+    ) -> Result<(IssuableIdentity, BTreeMap<String, String>), Refusal> {
+        let empty = pb::Workload::default();
+        let workload = workload.unwrap_or(&empty);
+        let reported: BTreeMap<String, String> = workload
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if workload_identity.is_empty() {
+            return Err((
+                denial("invalid_request", "workload_identity is required", false),
+                reported,
+            ));
+        }
+        let attributes = match self.workloads.verify(agent, workload).await {
+            Ok(attributes) => attributes,
+            Err(rejection) => {
+                return Err((
+                    denial(rejection.reason, rejection.message, rejection.retryable),
+                    reported,
+                ));
+            }
+        };
+        let evaluated: BTreeMap<String, String> = attributes.clone().into();
+        match policy.snapshot.decide(&attributes, workload_identity) {
+            Ok(issuable) => Ok((issuable, evaluated)),
+            Err(refusal) => Err((
+                denial(refusal.reason.as_str(), refusal.message, false),
+                evaluated,
+            )),
+        }
+    }
+}
+
+fn subject_of(issuable: &IssuableIdentity) -> SubjectTemplate {
+    SubjectTemplate {
+        common_name: issuable.x509.subject.common_name.clone(),
+        organization: issuable.x509.subject.organization.clone(),
+        organizational_unit: issuable.x509.subject.organizational_unit.clone(),
+    }
+}
