@@ -19,7 +19,6 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
-use crate::bundle::X509BundleSource;
 use crate::der::{self, oid};
 use crate::id::{IdError, SpiffeId, TrustDomain};
 use crate::keys::{self, KeyError, PrivateKey, PublicKey, PublicKeyAlgorithm};
@@ -536,6 +535,13 @@ pub fn create_csr(key: &PrivateKey) -> Result<Vec<u8>, X509Error> {
     ]))
 }
 
+/// Where [`verify_x509_svid`] finds a trust domain's X.509 authorities;
+/// every `bundle::BundleSource` is one.
+pub trait X509BundleSource {
+    /// The X.509 authorities of `trust_domain`, if a bundle is known.
+    fn x509_authorities(&self, trust_domain: &TrustDomain) -> Option<&[CertificateDer<'static>]>;
+}
+
 /// The result of a successful [`verify_x509_svid`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedX509Svid {
@@ -889,8 +895,9 @@ fn spiffe_id_of(cert: &X509Certificate<'_>) -> Result<SpiffeId, X509Error> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
-    use crate::bundle::{BundleSet, TrustBundle};
     use crate::keys::KeyType;
     use x509_parser::extensions::X509Extension;
 
@@ -917,10 +924,33 @@ mod tests {
         .unwrap()
     }
 
-    fn bundle_of(ca: &X509Ca) -> TrustBundle {
-        let mut b = TrustBundle::new(ca.trust_domain().clone());
-        b.x509_authorities.push(ca.certificate().clone());
-        b
+    /// Authorities by trust domain: all verification asks of a bundle
+    /// (the bundle module's tests verify against real bundles).
+    #[derive(Default)]
+    struct Authorities(BTreeMap<TrustDomain, Vec<CertificateDer<'static>>>);
+
+    impl Authorities {
+        fn with(
+            mut self,
+            trust_domain: TrustDomain,
+            cert: Option<CertificateDer<'static>>,
+        ) -> Self {
+            self.0.entry(trust_domain).or_default().extend(cert);
+            self
+        }
+    }
+
+    impl X509BundleSource for Authorities {
+        fn x509_authorities(
+            &self,
+            trust_domain: &TrustDomain,
+        ) -> Option<&[CertificateDer<'static>]> {
+            self.0.get(trust_domain).map(Vec::as_slice)
+        }
+    }
+
+    fn bundle_of(ca: &X509Ca) -> Authorities {
+        Authorities::default().with(ca.trust_domain().clone(), Some(ca.certificate().clone()))
     }
 
     fn ext<'a>(cert: &'a X509Certificate<'a>, arcs: &[u64]) -> &'a X509Extension<'a> {
@@ -1342,10 +1372,8 @@ mod tests {
         vec![params.signed_by(&key, &issuer).unwrap().der().clone()]
     }
 
-    fn rc_bundle(ca: &RcCa, td_name: &str) -> TrustBundle {
-        let mut b = TrustBundle::new(td(td_name));
-        b.x509_authorities.push(ca.cert.clone());
-        b
+    fn rc_bundle(ca: &RcCa, td_name: &str) -> Authorities {
+        Authorities::default().with(td(td_name), Some(ca.cert.clone()))
     }
 
     #[test]
@@ -1439,12 +1467,7 @@ mod tests {
     fn rejects_wrong_trust_domain_and_signer() {
         let ours = rc_ca("example.org");
         let theirs = rc_ca("other.org");
-        let set: BundleSet = [
-            rc_bundle(&ours, "example.org"),
-            rc_bundle(&theirs, "other.org"),
-        ]
-        .into_iter()
-        .collect();
+        let set = rc_bundle(&ours, "example.org").with(td("other.org"), Some(theirs.cert.clone()));
 
         // Our CA signing an ID of another trust domain: that domain's bundle does not vouch for it.
         let chain = sign_leaf(&ours, &good_leaf_params("spiffe://other.org/w"));
@@ -1465,7 +1488,7 @@ mod tests {
             Err(X509Error::UntrustedIssuer)
         );
         // An empty bundle means distrust.
-        let empty: BundleSet = [TrustBundle::new(td("example.org"))].into_iter().collect();
+        let empty = Authorities::default().with(td("example.org"), None);
         let chain = sign_leaf(&ours, &good_leaf_params("spiffe://example.org/w"));
         assert_eq!(
             verify_x509_svid(&chain, &empty, now()),
