@@ -2,14 +2,8 @@
 
 use futures::future::BoxFuture;
 use signet_identity::{SpiffeId, TrustDomain};
-
-/// Every agent SVID's path starts with this; the issuer's TLS accepts no
-/// other client certificate.
-pub const AGENT_PATH_PREFIX: &str = "/signet/agent";
-/// SPIFFE ID path prefix of agents that joined with a token.
-pub const JOIN_AGENT_PREFIX: &str = "/signet/agent/join/";
-/// SPIFFE ID path prefix of in-cluster agents (one per node).
-pub const NODE_AGENT_PREFIX: &str = "/signet/agent/k8s/";
+use signet_policy::{AgentContext, NodeFacts};
+use signet_proto::issuer_protocol::{JOIN_AGENT_PATH_PREFIX, NODE_AGENT_PATH_PREFIX};
 
 /// An authenticated agent. Everything here comes from the agent's SVID,
 /// which the issuer minted: never from what the agent says in a request.
@@ -29,7 +23,7 @@ impl AgentRecord {
             return None;
         }
         let path = id.path();
-        if let Some(name) = path.strip_prefix(JOIN_AGENT_PREFIX)
+        if let Some(name) = path.strip_prefix(JOIN_AGENT_PATH_PREFIX)
             && !name.is_empty()
             && !name.contains('/')
         {
@@ -39,7 +33,7 @@ impl AgentRecord {
                 node_name: None,
             });
         }
-        if let Some(node) = path.strip_prefix(NODE_AGENT_PREFIX)
+        if let Some(node) = path.strip_prefix(NODE_AGENT_PATH_PREFIX)
             && !node.is_empty()
             && !node.contains('/')
         {
@@ -50,6 +44,16 @@ impl AgentRecord {
             });
         }
         None
+    }
+
+    /// What policy may know about this agent: `agent.*` from its SVID, and
+    /// `node.*` when the operator knows the agent's Node.
+    pub fn context(&self, node: Option<NodeFacts>) -> AgentContext {
+        AgentContext {
+            name: self.name.clone(),
+            node_name: self.node_name.clone(),
+            node,
+        }
     }
 }
 

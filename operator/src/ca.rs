@@ -13,13 +13,12 @@ use signet_identity::{
     AuthorityError, CaConfig, CaKeyset, JwtSvid, KeyType, PrivateKey, RotationEvent, SpiffeId,
     TrustBundle, X509Svid,
 };
+use signet_proto::issuer_protocol::ISSUER_PATH;
 use signet_runtime::clock::Clock;
 use signet_tls::SvidResolver;
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-/// Path of the issuer's SVID under the trust domain.
-pub const ISSUER_PATH: &str = "/signet/issuer";
 /// Lifetime of the issuer's serving certificate; renewed at half-life.
 const ISSUER_SVID_TTL: Duration = Duration::from_secs(3600);
 

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use signet_identity::BundleSet;
+use signet_proto::issuer_protocol::AGENT_PATH_PREFIX;
 use signet_runtime::http::Readiness;
 use signet_tls::{PeerPolicy, SharedBundles, SpiffeClientVerifier, TlsIncoming};
 use tokio::sync::watch;
 
-use crate::agents::AGENT_PATH_PREFIX;
 use crate::ca::{Authority, PublishedBundle};
 use crate::config::{OidcConfig, StandaloneConfig};
 use crate::issuer::service::IssuerService;

@@ -184,7 +184,7 @@ async fn oversized_batches_and_bad_jwt_requests_get_the_right_codes() {
     let request = x509(workload(1000), "web");
     let status = client
         .sign_x509_svids(pb::SignX509SvidsRequest {
-            requests: vec![request; signet_operator::issuer::service::MAX_BATCH + 1],
+            requests: vec![request; signet_proto::issuer_protocol::MAX_BATCH + 1],
         })
         .await
         .unwrap_err();
@@ -227,6 +227,69 @@ async fn oversized_batches_and_bad_jwt_requests_get_the_right_codes() {
         }
         Err(status) => assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_audience_is_refused_unsigned_and_audited_bounded() {
+    use signet_proto::issuer_protocol::MAX_AUDIENCE_LEN;
+    let operator = start_operator(POLICY).await;
+    let (mut client, _) = operator.join().await;
+    let huge = "v".repeat(1 << 20);
+    let jwt = |audience: Vec<String>| pb::JwtSvidRequest {
+        workload: Some(workload(1000)),
+        workload_identity: "web".into(),
+        audience,
+    };
+    let results = client
+        .sign_jwt_svids(pb::SignJwtSvidsRequest {
+            requests: vec![
+                jwt(vec!["vault".into(), huge.clone()]),
+                jwt(vec!["a".repeat(MAX_AUDIENCE_LEN + 1)]),
+                jwt(vec!["a".repeat(MAX_AUDIENCE_LEN)]),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    for result in &results[..2] {
+        let Some(pb::jwt_svid_result::Result::Denial(denial)) = &result.result else {
+            panic!("an oversized audience was signed: {result:?}");
+        };
+        assert_eq!(denial.reason, "invalid_request", "{denial:?}");
+        assert!(!denial.retryable);
+    }
+    assert!(
+        matches!(
+            results[2].result,
+            Some(pb::jwt_svid_result::Result::Svid(_))
+        ),
+        "exactly the limit is fine: {:?}",
+        results[2]
+    );
+
+    let audit = std::fs::read_to_string(operator.path("audit.log")).unwrap();
+    assert!(
+        audit.len() < 64 * 1024,
+        "the audit log holds {} bytes",
+        audit.len()
+    );
+    let events = operator.audit_events();
+    let denied: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "svid.denied")
+        .collect();
+    assert_eq!(denied.len(), 2);
+    assert_eq!(
+        denied[0]["audiences"][0], "vault",
+        "what was asked is recorded"
+    );
+    assert!(
+        denied[0]["audiences"][1]
+            .as_str()
+            .unwrap()
+            .ends_with("more bytes]")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,6 +14,7 @@ use std::time::Duration;
 use signet_identity::TrustDomain;
 use signet_proto::issuer::v1 as pb;
 use signet_proto::issuer::v1::issuer_server::Issuer;
+use signet_proto::issuer_protocol::MAX_BATCH;
 use signet_runtime::clock::Clock;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,13 +24,10 @@ use crate::agents::{AgentRecord, JoinVerifier};
 use crate::audit::{AuditLog, CredentialKind, Outcome};
 use crate::ca::{Authority, PublishedBundle};
 use crate::issuer::policy_stream::{Federation, PolicyFeed};
-use crate::issuer::signing::{AgentSvidError, RENEWAL, Signer, unix_seconds};
+use crate::issuer::signing::{AgentSvidError, Asked, RENEWAL, Signer, unix_seconds};
 use crate::issuer::workload::WorkloadVerifier;
 use crate::metrics::Metrics;
 use crate::policy_state::PolicyState;
-
-/// Requests per batch; more is refused so one agent cannot monopolise the issuer.
-pub const MAX_BATCH: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerError {
@@ -251,12 +249,14 @@ impl Issuer for IssuerService {
         for item in &batch {
             let result = match signer.sign_one_x509(&agent, item, &policy).await {
                 Ok(svid) => Outcome_::Svid(svid),
-                Err((refusal, attributes)) => Outcome_::Denial(signer.deny(
-                    CredentialKind::X509Svid,
+                Err(refusal) => Outcome_::Denial(signer.deny(
                     &agent,
-                    &attributes,
-                    &item.workload_identity,
-                    policy.version,
+                    Asked {
+                        kind: CredentialKind::X509Svid,
+                        workload_identity: &item.workload_identity,
+                        audiences: &[],
+                    },
+                    &policy,
                     refusal,
                 )),
             };
@@ -283,12 +283,14 @@ impl Issuer for IssuerService {
         for item in &batch {
             let result = match signer.sign_one_jwt(&agent, item, &policy).await {
                 Ok(svid) => Outcome_::Svid(svid),
-                Err((refusal, attributes)) => Outcome_::Denial(signer.deny(
-                    CredentialKind::JwtSvid,
+                Err(refusal) => Outcome_::Denial(signer.deny(
                     &agent,
-                    &attributes,
-                    &item.workload_identity,
-                    policy.version,
+                    Asked {
+                        kind: CredentialKind::JwtSvid,
+                        workload_identity: &item.workload_identity,
+                        audiences: &item.audience,
+                    },
+                    &policy,
                     refusal,
                 )),
             };

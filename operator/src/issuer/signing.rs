@@ -10,6 +10,7 @@ use signet_identity::x509::{SubjectTemplate, X509SvidParams};
 use signet_identity::{SpiffeId, TrustDomain, X509Svid};
 use signet_policy::IssuableIdentity;
 use signet_proto::issuer::v1 as pb;
+use signet_proto::issuer_protocol::{MAX_AUDIENCE_LEN, MAX_AUDIENCES};
 use signet_runtime::clock::Clock;
 
 use crate::agents::AgentRecord;
@@ -21,11 +22,17 @@ use crate::policy_state::PolicyState;
 
 /// Audit message of an agent SVID renewal (event `agent.renewed`).
 pub const RENEWAL: &str = "renewal";
-/// Audiences per JWT-SVID.
-const MAX_AUDIENCES: usize = 16;
 
 /// A refused request and the attributes it was decided on (for the audit).
 pub type Refusal = (pb::Denial, BTreeMap<String, String>);
+
+/// What a refused request asked for, as its denial is audited.
+#[derive(Clone, Copy, Debug)]
+pub struct Asked<'a> {
+    pub kind: CredentialKind,
+    pub workload_identity: &'a str,
+    pub audiences: &'a [String],
+}
 
 /// Why an agent SVID was not minted.
 #[derive(Debug, thiserror::Error)]
@@ -183,14 +190,20 @@ impl Signer {
         policy: &PolicyState,
     ) -> Result<pb::JwtSvid, Refusal> {
         let name = item.workload_identity.as_str();
+        // Before anything else: an oversized audience is never signed.
         let audiences_ok = !item.audience.is_empty()
             && item.audience.len() <= MAX_AUDIENCES
-            && item.audience.iter().all(|a| !a.is_empty());
+            && item
+                .audience
+                .iter()
+                .all(|a| !a.is_empty() && a.len() <= MAX_AUDIENCE_LEN);
         if !audiences_ok {
             return Err((
                 denial(
                     "invalid_request",
-                    format!("1 to {MAX_AUDIENCES} non-empty audiences are required"),
+                    format!(
+                        "1 to {MAX_AUDIENCES} audiences of 1 to {MAX_AUDIENCE_LEN} bytes are required"
+                    ),
                     false,
                 ),
                 BTreeMap::new(),
@@ -241,34 +254,46 @@ impl Signer {
         })
     }
 
-    /// Audits and counts a refusal; returns the denial for the agent.
+    /// Audits and counts a refusal; returns the denial for the agent. What
+    /// the agent sent is recorded bounded: a refused request may be huge.
     pub fn deny(
         &self,
-        kind: CredentialKind,
         agent: &AgentRecord,
-        attributes: &BTreeMap<String, String>,
-        workload_identity: &str,
-        policy_version: u64,
-        denial: pb::Denial,
+        asked: Asked<'_>,
+        policy: &PolicyState,
+        (denial, attributes): Refusal,
     ) -> pb::Denial {
+        let Asked {
+            kind,
+            workload_identity,
+            audiences,
+        } = asked;
         let mut event = self.base_event(
             kind,
             Outcome::Denied,
             agent,
-            attributes,
+            &attributes,
             workload_identity,
-            policy_version,
+            policy.version,
         );
+        event.audiences = audiences.to_vec();
         event.reason = Some(denial.reason.clone());
         event.message = Some(denial.message.clone());
+        event.bound_refused_input();
         self.audit.record(event);
         let metric_kind = if kind == CredentialKind::JwtSvid {
             "jwt"
         } else {
             "x509"
         };
-        self.metrics
-            .denied(metric_kind, workload_identity, &denial.reason);
+        // Only names the policy knows become label values: an agent must
+        // not be able to mint metric series.
+        let known = policy
+            .snapshot
+            .identity_names()
+            .any(|known| known == workload_identity);
+        let label = if known { workload_identity } else { "" };
+        self.metrics.denied(metric_kind, label, &denial.reason);
         denial
     }
 
@@ -282,23 +307,26 @@ impl Signer {
     ) -> Result<(IssuableIdentity, BTreeMap<String, String>), Refusal> {
         let empty = pb::Workload::default();
         let workload = workload.unwrap_or(&empty);
-        let reported: BTreeMap<String, String> = workload
-            .attributes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        // Unverified, for the audit of a refusal only.
+        let reported = || -> BTreeMap<String, String> {
+            workload
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
         if workload_identity.is_empty() {
             return Err((
                 denial("invalid_request", "workload_identity is required", false),
-                reported,
+                reported(),
             ));
         }
         let attributes = match self.workloads.verify(agent, workload).await {
-            Ok(attributes) => attributes,
+            Ok(attributes) => attributes.with_context(&agent.context(None)),
             Err(rejection) => {
                 return Err((
                     denial(rejection.reason, rejection.message, rejection.retryable),
-                    reported,
+                    reported(),
                 ));
             }
         };

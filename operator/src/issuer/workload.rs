@@ -1,7 +1,7 @@
 //! The workload-verification seam: how each run mode turns what an agent
-//! reports about a workload into attributes the issuer will decide on.
-
-use std::collections::BTreeMap;
+//! reports about a workload into the `workload.*` attributes the issuer
+//! will decide on. `agent.*` and `node.*` are never a verifier's to give:
+//! the issuer adds them from the caller's context afterwards.
 
 use futures::future::BoxFuture;
 use signet_policy::Attributes;
@@ -17,8 +17,8 @@ pub struct WorkloadRejection {
     pub retryable: bool,
 }
 
-/// Turns what an agent reports about a workload into attributes the issuer
-/// will decide on.
+/// Turns what an agent reports about a workload into its `workload.*`
+/// attributes.
 pub trait WorkloadVerifier: Send + Sync + 'static {
     fn verify<'a>(
         &'a self,
@@ -27,51 +27,31 @@ pub trait WorkloadVerifier: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Attributes, WorkloadRejection>>;
 }
 
-/// Standalone mode: the agent's attestation is the node's testimony.
-/// Attributes it must not assert (`agent.*`, `node.*`) are refused.
-#[derive(Debug, Default)]
-pub struct AgentTestimony;
-
-/// Adds `agent.name` / `agent.node_name` from the agent's SVID.
-pub fn with_agent_attributes(
-    mut map: BTreeMap<String, String>,
-    agent: &AgentRecord,
-) -> Result<Attributes, WorkloadRejection> {
-    map.insert("agent.name".into(), agent.name.clone());
-    if let Some(node) = &agent.node_name {
-        map.insert("agent.node_name".into(), node.clone());
-    }
-    Attributes::try_from(map).map_err(|error| WorkloadRejection {
+/// What the agent reported, accepted as testimony: names in the schema and
+/// of `workload.*` only (an agent claiming `agent.*` or `node.*` is refused).
+pub fn testimony(workload: &pb::Workload) -> Result<Attributes, WorkloadRejection> {
+    let reported = workload
+        .attributes
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    Attributes::from_testimony(reported).map_err(|error| WorkloadRejection {
         reason: "invalid_attributes",
         message: error.to_string(),
         retryable: false,
     })
 }
 
-/// Checks that the agent only reports `workload.*` attributes.
-pub fn workload_attributes_only(
-    workload: &pb::Workload,
-) -> Result<BTreeMap<String, String>, WorkloadRejection> {
-    let mut map = BTreeMap::new();
-    for (name, value) in &workload.attributes {
-        if !name.starts_with("workload.") {
-            return Err(WorkloadRejection {
-                reason: "invalid_attributes",
-                message: format!("agents may only report workload.* attributes, not {name:?}"),
-                retryable: false,
-            });
-        }
-        map.insert(name.clone(), value.clone());
-    }
-    Ok(map)
-}
+/// Standalone mode: the agent's attestation is the node's testimony.
+#[derive(Debug, Default)]
+pub struct AgentTestimony;
 
 impl WorkloadVerifier for AgentTestimony {
     fn verify<'a>(
         &'a self,
-        agent: &'a AgentRecord,
+        _agent: &'a AgentRecord,
         workload: &'a pb::Workload,
     ) -> BoxFuture<'a, Result<Attributes, WorkloadRejection>> {
-        Box::pin(async move { with_agent_attributes(workload_attributes_only(workload)?, agent) })
+        Box::pin(async move { testimony(workload) })
     }
 }

@@ -13,7 +13,9 @@ use base64::Engine;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::agents::{AdmittedAgent, JOIN_AGENT_PREFIX, JoinRejection, JoinVerifier};
+use signet_proto::issuer_protocol::JOIN_AGENT_PATH_PREFIX;
+
+use crate::agents::{AdmittedAgent, JoinRejection, JoinVerifier};
 
 const SPENT_FILE: &str = "join-tokens-spent.json";
 /// Random bytes in a generated token (256 bits).
@@ -234,7 +236,7 @@ impl JoinVerifier for JoinTokens {
                 message: error.to_string(),
             })?;
             Ok(AdmittedAgent {
-                path: format!("{JOIN_AGENT_PREFIX}{name}"),
+                path: format!("{JOIN_AGENT_PATH_PREFIX}{name}"),
                 name,
                 node_name: None,
             })
