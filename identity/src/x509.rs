@@ -485,24 +485,14 @@ impl X509Ca {
             serial: keys::hex(&serial),
         })
     }
-
-    /// Mints an X.509-SVID for the key in a PKCS#10 CSR (DER).
-    ///
-    /// Only the CSR's public key is used, after its self-signature is
-    /// verified; its subject, SANs and requested extensions are ignored so a
-    /// requester cannot smuggle in names the policy did not grant.
-    pub fn mint_svid_from_csr(
-        &self,
-        params: &X509SvidParams,
-        csr_der: &[u8],
-        now: SystemTime,
-    ) -> Result<X509Svid, X509Error> {
-        let key = public_key_from_csr(csr_der)?;
-        self.mint_svid(params, &key, now)
-    }
 }
 
-/// Extracts the public key of a DER PKCS#10 CSR after checking its signature.
+/// Extracts the public key of a DER PKCS#10 CSR after checking its
+/// self-signature; mint with [`X509Ca::mint_svid`] and that key.
+///
+/// Only the key is taken: the CSR's subject, SANs and requested extensions
+/// are ignored so a requester cannot smuggle in names the policy did not
+/// grant.
 pub fn public_key_from_csr(csr_der: &[u8]) -> Result<PublicKey, X509Error> {
     use x509_parser::certification_request::X509CertificationRequest;
     let (rest, csr) = X509CertificationRequest::from_der(csr_der)
@@ -1178,7 +1168,9 @@ mod tests {
         let csr = create_csr(&key).unwrap();
         assert_eq!(&public_key_from_csr(&csr).unwrap(), key.public_key());
         let params = X509SvidParams::new(id("spiffe://example.org/w"), Duration::from_secs(60));
-        let svid = ca.mint_svid_from_csr(&params, &csr, now()).unwrap();
+        let svid = ca
+            .mint_svid(&params, &public_key_from_csr(&csr).unwrap(), now())
+            .unwrap();
         let cert = parse_cert(svid.leaf().unwrap()).unwrap();
         assert_eq!(cert.public_key().raw, key.public_key().spki_der());
 
@@ -1191,7 +1183,9 @@ mod tests {
         req.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         req.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
         let rc_csr = req.serialize_request(&rc_key).unwrap();
-        let svid = ca.mint_svid_from_csr(&params, rc_csr.der(), now()).unwrap();
+        let svid = ca
+            .mint_svid(&params, &public_key_from_csr(rc_csr.der()).unwrap(), now())
+            .unwrap();
         let cert = parse_cert(svid.leaf().unwrap()).unwrap();
         assert_eq!(spiffe_id_of(&cert).unwrap(), params.spiffe_id);
         assert_eq!(
@@ -1215,7 +1209,7 @@ mod tests {
             .unwrap();
         tampered[spki_pos + 10] ^= 1;
         assert!(matches!(
-            ca.mint_svid_from_csr(&params, &tampered, now()),
+            public_key_from_csr(&tampered),
             Err(X509Error::CsrSignature | X509Error::InvalidCsr(_) | X509Error::Key(_))
         ));
         assert!(matches!(

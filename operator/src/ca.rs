@@ -10,8 +10,8 @@ use futures::future::BoxFuture;
 use signet_identity::authority::AuthorityState;
 use signet_identity::x509::X509SvidParams;
 use signet_identity::{
-    AuthorityError, CaConfig, CaKeyset, JwtSvid, KeyType, PrivateKey, RotationEvent, SpiffeId,
-    TrustBundle, X509Svid,
+    AuthorityError, CaConfig, CaKeyset, JwtSvid, KeyType, PrivateKey, PublicKey, RotationEvent,
+    SpiffeId, TrustBundle, X509Svid,
 };
 use signet_proto::issuer_protocol::ISSUER_PATH;
 use signet_runtime::clock::Clock;
@@ -358,13 +358,15 @@ impl Authority {
         }
     }
 
-    pub fn mint_x509_from_csr(
+    /// Mints an X.509-SVID for `subject_key` (from a CSR the issuer checked
+    /// at its edge) with the active CA.
+    pub fn mint_x509(
         &self,
         params: &X509SvidParams,
-        csr_der: &[u8],
+        subject_key: &PublicKey,
         now: SystemTime,
     ) -> Result<X509Svid, AuthorityError> {
-        self.read().mint_x509_svid_from_csr(params, csr_der, now)
+        self.read().mint_x509_svid(params, subject_key, now)
     }
 
     pub fn mint_jwt(
@@ -443,12 +445,11 @@ mod tests {
         let later = start + Duration::from_secs(5 * 3600 + 60);
         authority.tick(later).await.unwrap();
         let key = PrivateKey::generate(KeyType::EcP256).unwrap();
-        let csr = signet_identity::x509::create_csr(&key).unwrap();
         let id = SpiffeId::parse("spiffe://example.org/w").unwrap();
         let svid = authority
-            .mint_x509_from_csr(
+            .mint_x509(
                 &X509SvidParams::new(id, Duration::from_secs(3600)),
-                &csr,
+                key.public_key(),
                 later,
             )
             .unwrap();

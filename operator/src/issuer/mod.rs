@@ -1,8 +1,10 @@
 //! The issuer gRPC API (`signet.issuer.v1.Issuer`) both run modes serve:
-//! the service and its limits, deciding and signing, the policy stream,
-//! and the seam where each mode verifies workloads.
+//! the service and its limits, the requests as checked at its edge,
+//! deciding and signing, the policy stream, and the seam where each mode
+//! verifies workloads.
 
 pub mod policy_stream;
+pub mod request;
 pub mod service;
 pub mod signing;
 pub mod workload;

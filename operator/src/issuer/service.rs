@@ -24,6 +24,7 @@ use crate::agents::{AgentRecord, JoinVerifier};
 use crate::audit::{AuditLog, CredentialKind, Outcome};
 use crate::ca::{Authority, PublishedBundle};
 use crate::issuer::policy_stream::{Federation, PolicyFeed};
+use crate::issuer::request::{JwtRequest, X509Request, subject_key};
 use crate::issuer::signing::{AgentSvidError, Asked, RENEWAL, Signer, unix_seconds};
 use crate::issuer::workload::WorkloadVerifier;
 use crate::metrics::Metrics;
@@ -159,12 +160,8 @@ impl Issuer for IssuerService {
     ) -> Result<Response<pb::AgentSvid>, Status> {
         let signer = &self.inner.signer;
         let join = request.into_inner();
-        if join.csr.is_empty() {
-            return Err(IssuerError::InvalidRequest("csr is required".into()).into());
-        }
-        // Check the CSR before spending a single-use token on it.
-        signet_identity::x509::public_key_from_csr(&join.csr)
-            .map_err(|e| IssuerError::InvalidRequest(format!("csr: {e}")))?;
+        // The CSR is checked before a single-use token is spent on it.
+        let key = subject_key(&join.csr).map_err(IssuerError::InvalidRequest)?;
         let admitted = match self.inner.join.verify(&join).await {
             Ok(admitted) => admitted,
             Err(rejection) => {
@@ -175,7 +172,7 @@ impl Issuer for IssuerService {
             }
         };
         let (svid, bundle) = signer
-            .mint_agent_svid(&admitted.path, &join.csr)
+            .mint_agent_svid(&admitted.path, &key)
             .map_err(IssuerError::from)?;
         tracing::info!(agent = %admitted.name, spiffe_id = %svid.spiffe_id, "agent joined");
         signer.audit_agent(
@@ -198,9 +195,9 @@ impl Issuer for IssuerService {
     ) -> Result<Response<pb::AgentSvid>, Status> {
         let signer = &self.inner.signer;
         let agent = self.caller(&request)?;
-        let renew = request.into_inner();
+        let key = subject_key(&request.into_inner().csr).map_err(IssuerError::InvalidRequest)?;
         let (svid, bundle) = signer
-            .mint_agent_svid(agent.spiffe_id.path(), &renew.csr)
+            .mint_agent_svid(agent.spiffe_id.path(), &key)
             .map_err(IssuerError::from)?;
         signer.audit_agent(
             Outcome::Issued,
@@ -247,7 +244,11 @@ impl Issuer for IssuerService {
         let policy = self.inner.policy.borrow().clone();
         let mut results = Vec::with_capacity(batch.len());
         for item in &batch {
-            let result = match signer.sign_one_x509(&agent, item, &policy).await {
+            let signed = match X509Request::parse(item) {
+                Ok(request) => signer.sign_one_x509(&agent, &request, &policy).await,
+                Err(refusal) => Err(refusal),
+            };
+            let result = match signed {
                 Ok(svid) => Outcome_::Svid(svid),
                 Err(refusal) => Outcome_::Denial(signer.deny(
                     &agent,
@@ -281,7 +282,11 @@ impl Issuer for IssuerService {
         let policy = self.inner.policy.borrow().clone();
         let mut results = Vec::with_capacity(batch.len());
         for item in &batch {
-            let result = match signer.sign_one_jwt(&agent, item, &policy).await {
+            let signed = match JwtRequest::parse(item) {
+                Ok(request) => signer.sign_one_jwt(&agent, &request, &policy).await,
+                Err(refusal) => Err(refusal),
+            };
+            let result = match signed {
                 Ok(svid) => Outcome_::Svid(svid),
                 Err(refusal) => Outcome_::Denial(signer.deny(
                     &agent,

@@ -7,24 +7,21 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use signet_identity::x509::{SubjectTemplate, X509SvidParams};
-use signet_identity::{SpiffeId, TrustDomain, X509Svid};
+use signet_identity::{AuthorityError, PublicKey, SpiffeId, TrustDomain, X509Svid};
 use signet_policy::IssuableIdentity;
 use signet_proto::issuer::v1 as pb;
-use signet_proto::issuer_protocol::{MAX_AUDIENCE_LEN, MAX_AUDIENCES};
 use signet_runtime::clock::Clock;
 
 use crate::agents::AgentRecord;
 use crate::audit::{AuditEvent, AuditLog, CredentialKind, Outcome, rfc3339, seconds_between};
 use crate::ca::{Authority, PublishedBundle};
+use crate::issuer::request::{JwtRequest, Refusal, WorkloadRequest, X509Request, denial, reported};
 use crate::issuer::workload::WorkloadVerifier;
 use crate::metrics::Metrics;
 use crate::policy_state::PolicyState;
 
 /// Audit message of an agent SVID renewal (event `agent.renewed`).
 pub const RENEWAL: &str = "renewal";
-
-/// A refused request and the attributes it was decided on (for the audit).
-pub type Refusal = (pb::Denial, BTreeMap<String, String>);
 
 /// What a refused request asked for, as its denial is audited.
 #[derive(Clone, Copy, Debug)]
@@ -49,14 +46,6 @@ pub fn unix_seconds(time: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-fn denial(reason: &str, message: impl Into<String>, retryable: bool) -> pb::Denial {
-    pb::Denial {
-        reason: reason.to_owned(),
-        message: message.into(),
-        retryable,
-    }
-}
-
 /// Everything a signing decision needs.
 pub struct Signer {
     pub trust_domain: TrustDomain,
@@ -69,23 +58,20 @@ pub struct Signer {
 }
 
 impl Signer {
+    /// Mints an agent's SVID at `path` (an agent path, checked by the
+    /// caller) for the key from the agent's CSR.
     pub fn mint_agent_svid(
         &self,
         path: &str,
-        csr: &[u8],
+        key: &PublicKey,
     ) -> Result<(X509Svid, Arc<PublishedBundle>), AgentSvidError> {
         let id = SpiffeId::from_path(&self.trust_domain, path)
             .map_err(|e| AgentSvidError::InvalidRequest(e.to_string()))?;
         let params = X509SvidParams::new(id, self.agent_svid_ttl);
         let svid = self
             .authority
-            .mint_x509_from_csr(&params, csr, self.clock.now())
-            .map_err(|e| match e {
-                signet_identity::AuthorityError::X509(inner) => {
-                    AgentSvidError::InvalidRequest(format!("csr: {inner}"))
-                }
-                other => AgentSvidError::Signing(other.to_string()),
-            })?;
+            .mint_x509(&params, key, self.clock.now())
+            .map_err(|e| AgentSvidError::Signing(e.to_string()))?;
         Ok((svid, self.authority.current_bundle()))
     }
 
@@ -130,13 +116,11 @@ impl Signer {
     pub async fn sign_one_x509(
         &self,
         agent: &AgentRecord,
-        item: &pb::X509SvidRequest,
+        request: &X509Request<'_>,
         policy: &PolicyState,
     ) -> Result<pb::X509Svid, Refusal> {
-        let name = item.workload_identity.as_str();
-        let (issuable, attributes) = self
-            .decide(agent, item.workload.as_ref(), name, policy)
-            .await?;
+        let name = request.workload.workload_identity;
+        let (issuable, attributes) = self.decide(agent, request.workload, policy).await?;
         let params = X509SvidParams {
             spiffe_id: issuable.spiffe_id.clone(),
             dns_sans: issuable.x509.dns_sans.clone(),
@@ -145,10 +129,10 @@ impl Signer {
             ttl: issuable.x509.ttl,
         };
         let now = self.clock.now();
-        let svid = match self.authority.mint_x509_from_csr(&params, &item.csr, now) {
+        let svid = match self.authority.mint_x509(&params, &request.subject_key, now) {
             Ok(svid) => svid,
             Err(error) => {
-                return Err((denial("invalid_csr", error.to_string(), false), attributes));
+                return Err((signing_failed(&error), attributes));
             }
         };
         let mut event = self.base_event(
@@ -186,36 +170,15 @@ impl Signer {
     pub async fn sign_one_jwt(
         &self,
         agent: &AgentRecord,
-        item: &pb::JwtSvidRequest,
+        request: &JwtRequest<'_>,
         policy: &PolicyState,
     ) -> Result<pb::JwtSvid, Refusal> {
-        let name = item.workload_identity.as_str();
-        // Before anything else: an oversized audience is never signed.
-        let audiences_ok = !item.audience.is_empty()
-            && item.audience.len() <= MAX_AUDIENCES
-            && item
-                .audience
-                .iter()
-                .all(|a| !a.is_empty() && a.len() <= MAX_AUDIENCE_LEN);
-        if !audiences_ok {
-            return Err((
-                denial(
-                    "invalid_request",
-                    format!(
-                        "1 to {MAX_AUDIENCES} audiences of 1 to {MAX_AUDIENCE_LEN} bytes are required"
-                    ),
-                    false,
-                ),
-                BTreeMap::new(),
-            ));
-        }
-        let (issuable, attributes) = self
-            .decide(agent, item.workload.as_ref(), name, policy)
-            .await?;
+        let name = request.workload.workload_identity;
+        let (issuable, attributes) = self.decide(agent, request.workload, policy).await?;
         let now = self.clock.now();
         let minted = self.authority.mint_jwt(
             &issuable.spiffe_id,
-            &item.audience,
+            request.audiences,
             issuable.jwt.ttl,
             &issuable.jwt.extra_claims,
             now,
@@ -223,10 +186,7 @@ impl Signer {
         let jwt = match minted {
             Ok(jwt) => jwt,
             Err(error) => {
-                return Err((
-                    denial("signing_failed", error.to_string(), true),
-                    attributes,
-                ));
+                return Err((signing_failed(&error), attributes));
             }
         };
         let mut event = self.base_event(
@@ -239,7 +199,7 @@ impl Signer {
         );
         event.spiffe_id = Some(jwt.spiffe_id.to_string());
         event.jwt_id = Some(jwt.jti.clone());
-        event.audiences = item.audience.clone();
+        event.audiences = request.audiences.to_vec();
         event.ttl_seconds = Some(seconds_between(jwt.issued_at, jwt.expiry));
         event.expires_at = Some(rfc3339(jwt.expiry));
         self.audit.record(event);
@@ -301,37 +261,23 @@ impl Signer {
     async fn decide(
         &self,
         agent: &AgentRecord,
-        workload: Option<&pb::Workload>,
-        workload_identity: &str,
+        request: WorkloadRequest<'_>,
         policy: &PolicyState,
     ) -> Result<(IssuableIdentity, BTreeMap<String, String>), Refusal> {
-        let empty = pb::Workload::default();
-        let workload = workload.unwrap_or(&empty);
-        // Unverified, for the audit of a refusal only.
-        let reported = || -> BTreeMap<String, String> {
-            workload
-                .attributes
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        };
-        if workload_identity.is_empty() {
-            return Err((
-                denial("invalid_request", "workload_identity is required", false),
-                reported(),
-            ));
-        }
-        let attributes = match self.workloads.verify(agent, workload).await {
+        let attributes = match self.workloads.verify(agent, request.workload).await {
             Ok(attributes) => attributes.with_context(&agent.context(None)),
             Err(rejection) => {
                 return Err((
                     denial(rejection.reason, rejection.message, rejection.retryable),
-                    reported(),
+                    reported(request.workload),
                 ));
             }
         };
         let evaluated: BTreeMap<String, String> = attributes.clone().into();
-        match policy.snapshot.decide(&attributes, workload_identity) {
+        match policy
+            .snapshot
+            .decide(&attributes, request.workload_identity)
+        {
             Ok(issuable) => Ok((issuable, evaluated)),
             Err(refusal) => Err((
                 denial(refusal.reason.as_str(), refusal.message, false),
@@ -339,6 +285,13 @@ impl Signer {
             )),
         }
     }
+}
+
+/// Only a missing authority (mid-rotation, or a replica that has not
+/// loaded one) may pass if the agent asks again.
+fn signing_failed(error: &AuthorityError) -> pb::Denial {
+    let retryable = matches!(error, AuthorityError::NoActiveAuthority(_));
+    denial("signing_failed", error.to_string(), retryable)
 }
 
 fn subject_of(issuable: &IssuableIdentity) -> SubjectTemplate {
