@@ -67,6 +67,9 @@ impl Signer {
     ) -> Result<(X509Svid, Arc<PublishedBundle>), AgentSvidError> {
         let id = SpiffeId::from_path(&self.trust_domain, path)
             .map_err(|e| AgentSvidError::InvalidRequest(e.to_string()))?;
+        if AgentRecord::from_spiffe_id(&id, &self.trust_domain).is_none() {
+            return Err(AgentSvidError::Signing(format!("{id} is not an agent ID")));
+        }
         let params = X509SvidParams::new(id, self.agent_svid_ttl);
         let svid = self
             .authority
@@ -121,6 +124,7 @@ impl Signer {
     ) -> Result<pb::X509Svid, Refusal> {
         let name = request.workload.workload_identity;
         let (issuable, attributes) = self.decide(agent, request.workload, policy).await?;
+        refuse_reserved(&issuable.spiffe_id).map_err(|denial| (denial, attributes.clone()))?;
         let params = X509SvidParams {
             spiffe_id: issuable.spiffe_id.clone(),
             dns_sans: issuable.x509.dns_sans.clone(),
@@ -175,6 +179,7 @@ impl Signer {
     ) -> Result<pb::JwtSvid, Refusal> {
         let name = request.workload.workload_identity;
         let (issuable, attributes) = self.decide(agent, request.workload, policy).await?;
+        refuse_reserved(&issuable.spiffe_id).map_err(|denial| (denial, attributes.clone()))?;
         let now = self.clock.now();
         let minted = self.authority.mint_jwt(
             &issuable.spiffe_id,
@@ -285,6 +290,20 @@ impl Signer {
             )),
         }
     }
+}
+
+/// IDs under `/signet` are the agents' and the issuer's: a workload never
+/// gets one, whatever a policy renders (an attribute value like `signet`
+/// in the first segment of a template would otherwise make an agent ID).
+fn refuse_reserved(id: &SpiffeId) -> Result<(), pb::Denial> {
+    if id.is_reserved() {
+        return Err(denial(
+            "reserved_id",
+            format!("{id} is reserved for Signet's agents and issuer"),
+            false,
+        ));
+    }
+    Ok(())
 }
 
 /// Only a missing authority (mid-rotation, or a replica that has not
