@@ -19,7 +19,6 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicIsize, Ordering};
-use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStatus, EnvVar, Pod, PodSpec,
@@ -31,6 +30,9 @@ use signet_identity::{SpiffeId, TrustDomain};
 use signet_operator::agents::AgentRecord;
 use signet_operator::cluster::pods::{PodCache, PodVerifier};
 use signet_proto::issuer::v1 as pb;
+// Outside a runtime tokio's Instant is the monotonic clock (std's is
+// reserved to the clock module by clippy.toml).
+use tokio::time::Instant;
 
 struct Counting;
 

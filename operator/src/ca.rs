@@ -412,7 +412,7 @@ mod tests {
     #[tokio::test]
     async fn rotation_persists_and_publishes_before_activation() {
         let shared = Arc::new(std::sync::Mutex::new((None, 0)));
-        let start = SystemTime::now();
+        let start = Clock::new().now();
         let authority = Authority::load_or_create(
             config(),
             SharedStore::handle(&shared),
@@ -508,7 +508,7 @@ mod tests {
     #[tokio::test]
     async fn replicas_share_one_ca_and_follow_the_leaders_rotation() {
         let shared = Arc::new(std::sync::Mutex::new((None, 0)));
-        let start = SystemTime::now();
+        let start = Clock::new().now();
         // Both start before either saved: the second one's create conflicts
         // and it adopts the first one's CA.
         let store_a = SharedStore::handle(&shared);

@@ -394,6 +394,7 @@ mod tests {
     use hyper::HeaderMap;
     use rustls::pki_types::ServerName;
     use signet_identity::{CaConfig, TrustDomain};
+    use signet_runtime::clock::Clock;
     use std::net::SocketAddr;
     use std::time::SystemTime;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -564,7 +565,7 @@ mod tests {
     async fn serves_discovery_and_keys_over_tls_and_follows_rotation() {
         signet_tls::install_default_provider();
         let dir = tempfile::tempdir().unwrap();
-        let start_time = SystemTime::now();
+        let start_time = Clock::new().now();
         let authority = authority(dir.path(), start_time).await;
         let (server_tls, client) = tls_pair(dir.path());
         let issuer = "https://oidc.example.org";
@@ -646,7 +647,7 @@ mod tests {
     async fn serves_plain_http_under_the_issuer_path_and_stops_promptly() {
         signet_tls::install_default_provider();
         let dir = tempfile::tempdir().unwrap();
-        let authority = authority(dir.path(), SystemTime::now()).await;
+        let authority = authority(dir.path(), Clock::new().now()).await;
         let issuer = "http://localhost:8080/tenant";
         let server = start(None, issuer, &authority).await;
 

@@ -3,6 +3,7 @@
 //! produce it (standalone from a directory, a cluster from its objects).
 
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use signet_identity::TrustDomain;
 use signet_policy::{ObjectReport, PolicyDocument, PolicySnapshot};
@@ -31,23 +32,17 @@ impl PolicyState {
     }
 }
 
-/// A starting version that keeps increasing across restarts, so agents
-/// never mistake a restarted operator's policy for one they already have.
-pub fn initial_version() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(1)
-}
-
-/// A policy version that also grows across replicas and restarts, so an
-/// agent moving between replicas never sees it go backwards for long.
-pub fn next_version(previous: u64) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+/// The version after `previous`: the wall clock in milliseconds, or one
+/// more than `previous` if that is larger. It grows across restarts and
+/// replicas, so agents never mistake a restarted operator's policy for one
+/// they already have, nor see it go backwards for long when they move
+/// between replicas.
+pub fn next_version(previous: u64, now: SystemTime) -> u64 {
+    let millis = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0);
-    now.max(previous + 1)
+    millis.max(previous.saturating_add(1))
 }
 
 #[cfg(test)]
@@ -56,9 +51,12 @@ mod tests {
 
     #[test]
     fn versions_only_grow() {
+        let now = UNIX_EPOCH + std::time::Duration::from_millis(1_750_000_000_000);
         let far_future = u64::MAX / 2;
-        assert_eq!(next_version(far_future), far_future + 1);
-        let now = next_version(0);
-        assert!(next_version(now) > now);
+        assert_eq!(next_version(far_future, now), far_future + 1);
+        let first = next_version(0, now);
+        assert_eq!(first, 1_750_000_000_000);
+        assert_eq!(next_version(first, now), first + 1, "same millisecond");
+        assert_eq!(next_version(0, UNIX_EPOCH), 1);
     }
 }

@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use signet_identity::TrustDomain;
 use signet_policy::snapshot::{ObjectKind, ObjectReport};
 use signet_policy::{PolicyDocument, Role, WorkloadIdentity};
+use signet_runtime::clock::Clock;
 use tokio::sync::watch;
 
 use crate::policy_state::{PolicyState, next_version};
@@ -33,6 +34,7 @@ pub const FIELD_MANAGER: &str = "signet-operator";
 
 pub struct PolicyReconciler {
     client: Client,
+    clock: Clock,
     trust_domain: TrustDomain,
     sender: watch::Sender<Arc<PolicyState>>,
     synced: watch::Sender<bool>,
@@ -52,9 +54,13 @@ impl PolicyReconciler {
         trust_domain: TrustDomain,
         leading: watch::Receiver<bool>,
         identity: String,
+        clock: Clock,
     ) -> (Self, PolicyChannels) {
-        let empty =
-            PolicyState::compile(next_version(0), &trust_domain, &PolicyDocument::default());
+        let empty = PolicyState::compile(
+            next_version(0, clock.now()),
+            &trust_domain,
+            &PolicyDocument::default(),
+        );
         let (sender, policy) = watch::channel(Arc::new(empty));
         let (synced_tx, synced) = watch::channel(false);
         let recorder = Recorder::new(
@@ -67,6 +73,7 @@ impl PolicyReconciler {
         (
             Self {
                 client,
+                clock,
                 trust_domain,
                 sender,
                 synced: synced_tx,
@@ -160,7 +167,7 @@ impl PolicyReconciler {
 
         let previous = self.sender.borrow().clone();
         let state = PolicyState::compile(
-            next_version(previous.version),
+            next_version(previous.version, self.clock.now()),
             &self.trust_domain,
             &document,
         );
@@ -206,7 +213,8 @@ impl PolicyReconciler {
     {
         let Some(object) = object else { return };
         let previous = object.ready_condition();
-        let condition = report.ready_condition(Time(Timestamp::now()), previous.as_ref());
+        let now = Timestamp::try_from(self.clock.now()).unwrap_or(Timestamp::UNIX_EPOCH);
+        let condition = report.ready_condition(Time(now), previous.as_ref());
         let generation = object.meta().generation;
         let unchanged = previous.as_ref().is_some_and(|p| {
             p.status == condition.status

@@ -68,6 +68,7 @@ pub async fn run(
         Api::<Lease>::namespaced(client.clone(), &namespace),
         kube_config.election.clone(),
         owner.clone(),
+        clock,
     );
     let election = tokio::spawn(elector.run(async move {
         let mut stopped = election_stopped;
@@ -92,6 +93,7 @@ pub async fn run(
         config.base.trust_domain.clone(),
         leading.clone(),
         kube_config.election.identity.clone(),
+        clock,
     );
     tokio::spawn(reconciler.run());
 

@@ -46,9 +46,10 @@ impl KeysetStore for FileKeysetStore {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
     use signet_identity::{CaConfig, TrustDomain};
+    use signet_runtime::clock::Clock;
 
     use super::*;
     use crate::ca::{Authority, IssuerNames};
@@ -64,7 +65,7 @@ mod tests {
     async fn created_once_then_loaded_from_the_state_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ca.json");
-        let now = SystemTime::now();
+        let now = Clock::new().now();
         let store: Arc<dyn KeysetStore> = Arc::new(FileKeysetStore::new(path.clone()));
         let first = Authority::load_or_create(config(), store.clone(), IssuerNames::default(), now)
             .await

@@ -20,7 +20,7 @@ use crate::config::StandaloneConfig;
 use crate::issuer::policy_stream::Federation;
 use crate::issuer::service::{IssuerParts, IssuerService, IssuerSettings};
 use crate::issuer::workload::AgentTestimony;
-use crate::policy_state::initial_version;
+use crate::policy_state::next_version;
 use crate::server::{IssuerServer, ServeError};
 use crate::standalone::join_tokens::JoinTokens;
 use crate::standalone::keyset_file::FileKeysetStore;
@@ -87,7 +87,7 @@ pub async fn serve(
     let (source, policy) = DirectorySource::load(
         config.policy_dir.clone(),
         config.trust_domain.clone(),
-        initial_version(),
+        next_version(0, clock.now()),
     );
     tokio::spawn(source.run());
 
