@@ -1,9 +1,11 @@
-//! Who an agent is, from its SVID, and how agents prove they may join.
+//! Who an agent is, from its SVID; how agents prove they may join; and
+//! what the operator knows about the Node an agent runs on.
 
 use futures::future::BoxFuture;
 use signet_identity::{SpiffeId, TrustDomain};
 use signet_policy::{AgentContext, NodeFacts};
 use signet_proto::issuer_protocol::{JOIN_AGENT_PATH_PREFIX, NODE_AGENT_PATH_PREFIX};
+use tokio::sync::watch;
 
 /// An authenticated agent. Everything here comes from the agent's SVID,
 /// which the issuer minted: never from what the agent says in a request.
@@ -79,6 +81,32 @@ pub trait JoinVerifier: Send + Sync + 'static {
         &'a self,
         request: &'a signet_proto::issuer::v1::JoinRequest,
     ) -> BoxFuture<'a, Result<AdmittedAgent, JoinRejection>>;
+}
+
+/// What the operator knows about agents' Kubernetes Nodes: the only source
+/// of `node.*` (an agent can never supply it).
+pub trait NodeDirectory: Send + Sync + 'static {
+    /// The Node `name` as the API server has it now; `None` while the
+    /// operator has not seen it (Node subjects then do not apply).
+    fn node(&self, name: &str) -> Option<NodeFacts>;
+
+    /// The Node `name` as it changes (`None` while unseen or deleted), or
+    /// `None` where agents have no Nodes.
+    fn follow(&self, name: &str) -> Option<watch::Receiver<Option<NodeFacts>>>;
+}
+
+/// Standalone mode: agents have no Node.
+#[derive(Debug, Default)]
+pub struct NoNodes;
+
+impl NodeDirectory for NoNodes {
+    fn node(&self, _name: &str) -> Option<NodeFacts> {
+        None
+    }
+
+    fn follow(&self, _name: &str) -> Option<watch::Receiver<Option<NodeFacts>>> {
+        None
+    }
 }
 
 #[cfg(test)]

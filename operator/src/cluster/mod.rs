@@ -4,6 +4,7 @@ pub mod bundle_config_map;
 pub mod config;
 pub mod keyset_secret;
 pub mod leader;
+pub mod nodes;
 pub mod pods;
 pub mod reconciler;
 pub mod run;

@@ -8,15 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use kube::api::{Api, PartialObjectMeta};
 use signet_runtime::clock::Clock;
 use tokio::sync::watch;
 
 use crate::audit::AuditLog;
 use crate::ca::Authority;
 use crate::cluster::config::ClusterConfig;
-use crate::cluster::{bundle_config_map, keyset_secret, leader, pods, reconciler, token_review};
+use crate::cluster::{
+    bundle_config_map, keyset_secret, leader, nodes, pods, reconciler, token_review,
+};
 use crate::issuer::policy_stream::Federation;
 use crate::issuer::service::{IssuerParts, IssuerService, IssuerSettings};
 use crate::server::{IssuerServer, ServeError};
@@ -99,6 +101,12 @@ pub async fn run(
 
     let pods = Arc::new(pods::PodCache::default());
     tokio::spawn(pods.clone().run(Api::<Pod>::all(client.clone())));
+    let (nodes, node_writer) = nodes::NodeCache::new();
+    let nodes = Arc::new(nodes);
+    tokio::spawn(nodes.clone().run(
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        node_writer,
+    ));
 
     let audit = Arc::new(AuditLog::open(&config.base.audit_log)?);
     let join = Arc::new(token_review::ServiceAccountJoin::new(
@@ -121,6 +129,7 @@ pub async fn run(
                 audience: kube_config.pod_token_audience.clone(),
             }),
         )),
+        nodes: nodes.clone(),
         audit,
         metrics: server.metrics(),
         settings: IssuerSettings {
@@ -129,27 +138,30 @@ pub async fn run(
         clock,
     });
 
-    // Ready once the policy and the pods are known: before that every
-    // request would be refused for want of information, not by policy.
-    let pods_cached = server.metrics();
-    let counted = pods.clone();
+    let metrics = server.metrics();
+    let (counted_pods, counted_nodes) = (pods.clone(), nodes.clone());
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_secs(5));
         loop {
             ticker.tick().await;
-            pods_cached
-                .pods_cached
-                .set(i64::try_from(counted.len()).unwrap_or(i64::MAX));
+            let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            metrics.pods_cached.set(count(counted_pods.len()));
+            metrics.nodes_cached.set(count(counted_nodes.len()));
         }
     });
+    // Ready once the policy, the pods and the Nodes are known: before that
+    // requests would be refused (or Node subjects not apply) for want of
+    // information, not by policy.
     let readiness = server.readiness();
     let mut policy_synced = channels.synced.clone();
     let mut pods_synced = pods.synced();
+    let mut nodes_synced = nodes.synced();
     tokio::spawn(async move {
         let _ = policy_synced.wait_for(|s| *s).await;
         let _ = pods_synced.wait_for(|s| *s).await;
+        let _ = nodes_synced.wait_for(|s| *s).await;
         readiness.set(true);
-        tracing::info!("policy and pods synced; ready");
+        tracing::info!("policy, pods and nodes synced; ready");
     });
 
     if let Some(oidc) = &config.oidc {

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::agents::{AgentRecord, JoinVerifier};
+use crate::agents::{AgentRecord, JoinVerifier, NodeDirectory};
 use crate::audit::{AuditLog, CredentialKind, Outcome};
 use crate::ca::{Authority, PublishedBundle};
 use crate::issuer::policy_stream::{Federation, PolicyFeed};
@@ -99,6 +99,8 @@ pub struct IssuerParts {
     pub federation: Federation,
     pub join: Arc<dyn JoinVerifier>,
     pub workloads: Arc<dyn WorkloadVerifier>,
+    /// Where `node.*` comes from ([`crate::agents::NoNodes`] standalone).
+    pub nodes: Arc<dyn NodeDirectory>,
     pub audit: Arc<AuditLog>,
     pub metrics: Arc<Metrics>,
     pub settings: IssuerSettings,
@@ -118,6 +120,7 @@ impl IssuerService {
                     trust_domain,
                     authority: parts.authority,
                     workloads: parts.workloads,
+                    nodes: parts.nodes,
                     audit: parts.audit,
                     metrics: parts.metrics,
                     agent_svid_ttl: parts.settings.agent_svid_ttl,
@@ -219,11 +222,17 @@ impl Issuer for IssuerService {
     ) -> Result<Response<Self::WatchPolicyStream>, Status> {
         let agent = self.caller(&request)?;
         let (sender, receiver) = mpsc::channel(4);
+        // Only this agent's Node: a relabelled Node wakes its agent alone.
+        let node = agent
+            .node_name
+            .as_deref()
+            .and_then(|name| self.inner.signer.nodes.follow(name));
         let feed = PolicyFeed {
             trust_domain: self.inner.trust_domain.clone(),
             policy: self.inner.policy.clone(),
             bundle: self.inner.signer.authority.bundle(),
             federation: self.inner.federation.clone(),
+            node,
             metrics: self.inner.signer.metrics.clone(),
         };
         tokio::spawn(feed.run(agent, sender));

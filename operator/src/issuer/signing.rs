@@ -8,11 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use signet_identity::x509::{SubjectTemplate, X509SvidParams};
 use signet_identity::{AuthorityError, PublicKey, SpiffeId, TrustDomain, X509Svid};
-use signet_policy::IssuableIdentity;
+use signet_policy::{AgentContext, IssuableIdentity};
 use signet_proto::issuer::v1 as pb;
 use signet_runtime::clock::Clock;
 
-use crate::agents::AgentRecord;
+use crate::agents::{AgentRecord, NodeDirectory};
 use crate::audit::{AuditEvent, AuditLog, CredentialKind, Outcome, rfc3339, seconds_between};
 use crate::ca::{Authority, PublishedBundle};
 use crate::issuer::request::{JwtRequest, Refusal, WorkloadRequest, X509Request, denial, reported};
@@ -51,6 +51,7 @@ pub struct Signer {
     pub trust_domain: TrustDomain,
     pub authority: Arc<Authority>,
     pub workloads: Arc<dyn WorkloadVerifier>,
+    pub nodes: Arc<dyn NodeDirectory>,
     pub audit: Arc<AuditLog>,
     pub metrics: Arc<Metrics>,
     pub agent_svid_ttl: Duration,
@@ -262,6 +263,16 @@ impl Signer {
         denial
     }
 
+    /// `agent.*` from the caller's SVID, `node.*` from the operator's view
+    /// of the caller's Node (none while it has not seen the Node).
+    pub fn context_of(&self, agent: &AgentRecord) -> AgentContext {
+        let node = agent
+            .node_name
+            .as_deref()
+            .and_then(|name| self.nodes.node(name));
+        agent.context(node)
+    }
+
     /// Verifies the workload and decides one identity for it.
     async fn decide(
         &self,
@@ -270,7 +281,7 @@ impl Signer {
         policy: &PolicyState,
     ) -> Result<(IssuableIdentity, BTreeMap<String, String>), Refusal> {
         let attributes = match self.workloads.verify(agent, request.workload).await {
-            Ok(attributes) => attributes.with_context(&agent.context(None)),
+            Ok(attributes) => attributes.with_context(&self.context_of(agent)),
             Err(rejection) => {
                 return Err((
                     denial(rejection.reason, rejection.message, rejection.retryable),
