@@ -59,8 +59,8 @@ pub struct Signer {
 }
 
 impl Signer {
-    /// Mints an agent's SVID at `path` (an agent path, checked by the
-    /// caller) for the key from the agent's CSR.
+    /// Mints an agent's SVID at `path` for the key from the agent's CSR;
+    /// the one way to a `/signet/agent/...` ID (any other path is refused).
     pub fn mint_agent_svid(
         &self,
         path: &str,
@@ -125,7 +125,9 @@ impl Signer {
     ) -> Result<pb::X509Svid, Refusal> {
         let name = request.workload.workload_identity;
         let (issuable, attributes) = self.decide(agent, request.workload, policy).await?;
-        refuse_reserved(&issuable.spiffe_id).map_err(|denial| (denial, attributes.clone()))?;
+        if let Err(denial) = refuse_reserved(&issuable.spiffe_id) {
+            return Err((denial, attributes));
+        }
         let params = X509SvidParams {
             spiffe_id: issuable.spiffe_id.clone(),
             dns_sans: issuable.x509.dns_sans.clone(),
@@ -180,7 +182,9 @@ impl Signer {
     ) -> Result<pb::JwtSvid, Refusal> {
         let name = request.workload.workload_identity;
         let (issuable, attributes) = self.decide(agent, request.workload, policy).await?;
-        refuse_reserved(&issuable.spiffe_id).map_err(|denial| (denial, attributes.clone()))?;
+        if let Err(denial) = refuse_reserved(&issuable.spiffe_id) {
+            return Err((denial, attributes));
+        }
         let now = self.clock.now();
         let minted = self.authority.mint_jwt(
             &issuable.spiffe_id,
