@@ -15,7 +15,13 @@
 //!   SVIDs for this node's pods, nor claim this node when joining;
 //! - killing the leader moves the Lease to the other replica, which keeps
 //!   signing with the same CA and takes over status writes;
-//! - a deleted pod's identity is no longer issued.
+//! - a deleted pod's identity is no longer issued;
+//! - Role `Node` subjects follow the API server's labels of the agent's
+//!   Node: with the other node labelled `pool=dmz`, a Role denying by that
+//!   label refuses its pods (`role_denied`) and a grant with `NotIn [dmz]`
+//!   does not reach them; relabelled `pool=web`, the grant does, and the
+//!   agent's policy stream is pushed the new labels (this node's agent is
+//!   not).
 //!
 //! Both replicas run as processes on the host with a kubeconfig holding
 //! the `signet-operator` service account's token, bound to the RBAC of
@@ -80,7 +86,7 @@ fn cleanup(wait: bool) {
             "delete",
             "workloadidentities,roles",
             "-l",
-            "signet-e2e=operator",
+            "signet-e2e in (operator,operator-nodes)",
             "--ignore-not-found",
         ],
     ] {
@@ -301,6 +307,50 @@ spec:
     )
 }
 
+/// Roles by Node label: one denies the `e2e-web` identity on `pool=dmz`
+/// nodes, one grants `e2e-node-web` (labelled apart, so `e2e-agents` does
+/// not grant it) on nodes whose pool is not `dmz`.
+fn node_policy() -> String {
+    format!(
+        r#"apiVersion: signet.dev/v1alpha1
+kind: WorkloadIdentity
+metadata:
+  name: e2e-node-web
+  labels: {{signet-e2e: operator-nodes}}
+spec:
+  rules:
+    allow:
+      - conditions: [{{attribute: workload.kubernetes.namespace, eq: {WORK_NS}}}]
+  spiffe:
+    id: /nodes/{{{{ node.name }}}}/pod/{{{{ workload.kubernetes.pod_name }}}}
+---
+apiVersion: signet.dev/v1alpha1
+kind: Role
+metadata:
+  name: e2e-dmz-deny
+  labels: {{signet-e2e: operator}}
+spec:
+  subjects:
+    - {{kind: Node, selector: {{matchLabels: {{pool: dmz}}}}}}
+  deny:
+    workloadIdentityLabels: {{signet-e2e: [operator]}}
+---
+apiVersion: signet.dev/v1alpha1
+kind: Role
+metadata:
+  name: e2e-not-dmz
+  labels: {{signet-e2e: operator}}
+spec:
+  subjects:
+    - kind: Node
+      selector:
+        matchExpressions: [{{key: pool, operator: NotIn, values: [dmz]}}]
+  allow:
+    workloadIdentityLabels: {{signet-e2e: [operator-nodes]}}
+"#
+    )
+}
+
 // --- the issuer API, as an agent speaks it ---
 
 struct IssuerConnection {
@@ -378,6 +428,66 @@ async fn sign_for_pod_with_token(
     uid: &str,
     pod_token: &str,
 ) -> Result<String, pb::Denial> {
+    sign_identity_for_pod(client, uid, "e2e-web", pod_token).await
+}
+
+/// Asks for `identity` for the pod with `uid`, waiting out the denials the
+/// agent would retry (the operator's pod watch lagging behind the test).
+async fn sign_when_known(
+    client: &mut IssuerClient<Channel>,
+    uid: &str,
+    identity: &str,
+) -> Result<String, pb::Denial> {
+    let mut result = Err(pb::Denial::default());
+    for _ in 0..50 {
+        result = sign_identity_for_pod(client, uid, identity, "").await;
+        if !matches!(&result, Err(denial) if denial.retryable) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    result
+}
+
+/// The next update on a WatchPolicy stream for which `wanted` holds.
+async fn update_where(
+    updates: &mut tonic::Streaming<pb::PolicyUpdate>,
+    what: &str,
+    wanted: impl Fn(&pb::PolicyUpdate) -> bool,
+) -> pb::PolicyUpdate {
+    let deadline = Duration::from_secs(30);
+    tokio::time::timeout(deadline, async {
+        loop {
+            let update = updates
+                .message()
+                .await
+                .expect("the policy stream")
+                .expect("the policy stream ended");
+            if wanted(&update) {
+                return update;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no policy update with {what} within {deadline:?}"))
+}
+
+/// The `pool` label of the Node an update carries.
+fn pool(update: &pb::PolicyUpdate) -> Option<&str> {
+    update
+        .node
+        .as_ref()
+        .and_then(|node| node.labels.get("pool"))
+        .map(String::as_str)
+}
+
+/// Asks for `identity` for the pod with `uid` (see [`sign_for_pod`]).
+async fn sign_identity_for_pod(
+    client: &mut IssuerClient<Channel>,
+    uid: &str,
+    identity: &str,
+    pod_token: &str,
+) -> Result<String, pb::Denial> {
     let key = PrivateKey::generate(KeyType::EcP256).unwrap();
     let request = pb::X509SvidRequest {
         workload: Some(pb::Workload {
@@ -389,7 +499,7 @@ async fn sign_for_pod_with_token(
             pod_uid: uid.to_owned(),
             pod_token: pod_token.to_owned(),
         }),
-        workload_identity: "e2e-web".into(),
+        workload_identity: identity.into(),
         csr: signet_identity::x509::create_csr(&key).unwrap(),
     };
     let response = client
@@ -443,6 +553,8 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
         ("get", "secrets/other", "no"),
         ("delete", "pods", "no"),
         ("create", "tokenreviews.authentication.k8s.io", "yes"),
+        ("watch", "nodes", "yes"),
+        ("patch", "nodes", "no"),
     ] {
         let output = kubectl_output(
             &[
@@ -612,6 +724,85 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
         assert!(id.ends_with(OTHER_NODE), "{id}");
         let denial = sign_for_pod(&mut other, &web_uid).await.unwrap_err();
         assert_eq!(denial.reason, "pod_not_on_node", "{denial:?}");
+    });
+
+    // Node labels, from the API server, decide Role Node subjects.
+    kubectl(&["label", "node", OTHER_NODE, "pool=dmz", "--overwrite"]);
+    kubectl_apply(&node_policy());
+    wait_ready("workloadidentities.signet.dev", "e2e-node-web", "True");
+    wait_ready("roles.signet.dev", "e2e-dmz-deny", "True");
+    wait_ready("roles.signet.dev", "e2e-not-dmz", "True");
+    kubectl_apply(&pod_yaml(WORK_NS, "web-dmz", "web", OTHER_NODE));
+    let dmz_uid = pod_field(WORK_NS, "web-dmz", ".metadata.uid");
+    runtime.block_on(async {
+        let (mut other, _) = issuer.join(first, &other_token, OTHER_NODE).await.unwrap();
+        let mut other_updates = other
+            .watch_policy(pb::WatchPolicyRequest { known_version: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        // The agent's stream names its Node, with the labels the operator
+        // saw, once the replica compiled the Node Roles.
+        let current = update_where(&mut other_updates, "pool=dmz and the Node Roles", |u| {
+            pool(u) == Some("dmz") && String::from_utf8_lossy(&u.policy).contains("e2e-not-dmz")
+        })
+        .await;
+        assert_eq!(current.node.as_ref().unwrap().name, OTHER_NODE);
+
+        let denial = sign_when_known(&mut other, &dmz_uid, "e2e-web")
+            .await
+            .unwrap_err();
+        assert_eq!(denial.reason, "role_denied", "{denial:?}");
+        let denial = sign_when_known(&mut other, &dmz_uid, "e2e-node-web")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            denial.reason, "no_role_allows",
+            "NotIn [dmz] does not reach a dmz node: {denial:?}"
+        );
+
+        // This node's agent follows its own Node only.
+        let (mut here, _) = issuer.join(first, &here_token, &node).await.unwrap();
+        let mut here_updates = here
+            .watch_policy(pb::WatchPolicyRequest { known_version: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        let here_first = update_where(&mut here_updates, "this node's first update", |u| {
+            String::from_utf8_lossy(&u.policy).contains("e2e-not-dmz")
+        })
+        .await;
+        assert_eq!(
+            here_first.node.as_ref().map(|n| n.name.as_str()),
+            Some(node.as_str())
+        );
+
+        // Relabelled: the operator pushes the new labels to that node's agent.
+        kubectl(&["label", "node", OTHER_NODE, "pool=web", "--overwrite"]);
+        let relabelled =
+            update_where(&mut other_updates, "pool=web", |u| pool(u) == Some("web")).await;
+        assert_eq!(
+            relabelled.version, current.version,
+            "the same policy, a new Node"
+        );
+        assert_eq!(
+            sign_when_known(&mut other, &dmz_uid, "e2e-node-web")
+                .await
+                .unwrap(),
+            format!("spiffe://{TRUST_DOMAIN}/nodes/{OTHER_NODE}/pod/web-dmz")
+        );
+        assert_eq!(
+            sign_when_known(&mut other, &dmz_uid, "e2e-web")
+                .await
+                .unwrap(),
+            format!("spiffe://{TRUST_DOMAIN}/ns/{WORK_NS}/sa/web"),
+            "no longer denied"
+        );
+        let pushed = tokio::time::timeout(Duration::from_secs(3), here_updates.message()).await;
+        assert!(
+            pushed.is_err(),
+            "another Node's labels are not pushed here: {pushed:?}"
+        );
     });
 
     // Failover: the leader crashes; the other takes the Lease, keeps the CA.

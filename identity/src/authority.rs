@@ -548,7 +548,10 @@ impl CaKeyset {
         Ok(ca.mint_svid(params, subject_key, now)?)
     }
 
-    /// Mints an X.509-SVID for the public key of a DER CSR with the active CA.
+    /// Mints an X.509-SVID for the public key of a DER CSR with the active
+    /// CA. For issuers that see each CSR once; one that checks CSRs at its
+    /// edge parses them with [`x509::public_key_from_csr`] and calls
+    /// [`Self::mint_x509_svid`] (the operator does).
     pub fn mint_x509_svid_from_csr(
         &self,
         params: &X509SvidParams,

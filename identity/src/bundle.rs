@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 
 use crate::id::TrustDomain;
 use crate::keys::{KeyError, PublicKey, PublicKeyAlgorithm};
-use crate::x509::{self, CertificateDer, X509Error};
+use crate::x509::{self, CertificateDer, X509BundleSource, X509Error};
 
 /// Why a bundle could not be parsed or encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,12 +110,8 @@ impl<T: BundleSource + ?Sized> BundleSource for Arc<T> {
     }
 }
 
-/// The X.509 view of a [`BundleSource`], used by [`x509::verify_x509_svid`].
-pub trait X509BundleSource {
-    /// The X.509 authorities of `trust_domain`, if a bundle is known.
-    fn x509_authorities(&self, trust_domain: &TrustDomain) -> Option<&[CertificateDer<'static>]>;
-}
-
+// Any bundle source serves X.509 verification (the trait lives with the
+// verifier, so x509 does not depend on bundles).
 impl<T: BundleSource + ?Sized> X509BundleSource for T {
     fn x509_authorities(&self, trust_domain: &TrustDomain) -> Option<&[CertificateDer<'static>]> {
         self.bundle(trust_domain)
@@ -513,6 +509,37 @@ mod tests {
             public_key: PrivateKey::generate(key_type).unwrap().public_key().clone(),
             not_after: None,
         }
+    }
+
+    #[test]
+    fn bundle_sets_serve_x509_verification_per_trust_domain() {
+        use crate::id::SpiffeId;
+        use crate::x509::{X509Error, X509SvidParams, verify_x509_svid};
+        let ours = X509Ca::self_signed(
+            &td("example.org"),
+            PrivateKey::generate(KeyType::EcP256).unwrap(),
+            Duration::from_secs(3600),
+            now(),
+        )
+        .unwrap();
+        let leaf = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let params = X509SvidParams::new(
+            SpiffeId::parse("spiffe://example.org/w").unwrap(),
+            Duration::from_secs(600),
+        );
+        let svid = ours.mint_svid(&params, leaf.public_key(), now()).unwrap();
+        let mut own = TrustBundle::new(td("example.org"));
+        own.x509_authorities.push(ours.certificate().clone());
+        let set: BundleSet = [own, TrustBundle::new(td("other.org"))]
+            .into_iter()
+            .collect();
+        let verified = verify_x509_svid(&svid.cert_chain, &set, now()).unwrap();
+        assert_eq!(verified.spiffe_id.path(), "/w");
+        let foreign: BundleSet = [TrustBundle::new(td("other.org"))].into_iter().collect();
+        assert_eq!(
+            verify_x509_svid(&svid.cert_chain, &foreign, now()),
+            Err(X509Error::NoBundle(td("example.org")))
+        );
     }
 
     fn full_bundle() -> TrustBundle {

@@ -4,7 +4,8 @@
 //!
 //! - [`id`]: [`TrustDomain`] and [`SpiffeId`], validated per the SPIFFE-ID spec.
 //! - [`keys`]: [`PrivateKey`] generation (EC P-256 by default), PKCS#8, signing.
-//! - [`x509`]: [`X509Ca`] minting X.509-SVIDs from CSRs or public keys, and
+//! - [`x509`]: [`X509Ca`] minting X.509-SVIDs for public keys (taken from CSRs
+//!   with [`x509::public_key_from_csr`]), and
 //!   [`verify_x509_svid`].
 //! - [`jwt`]: [`mint_jwt_svid`] and [`validate_jwt_svid`].
 //! - [`bundle`]: [`TrustBundle`] (SPIFFE JSON, JWKS, PEM, DER) and [`BundleSet`].

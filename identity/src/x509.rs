@@ -19,7 +19,6 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
-use crate::bundle::X509BundleSource;
 use crate::der::{self, oid};
 use crate::id::{IdError, SpiffeId, TrustDomain};
 use crate::keys::{self, KeyError, PrivateKey, PublicKey, PublicKeyAlgorithm};
@@ -486,24 +485,14 @@ impl X509Ca {
             serial: keys::hex(&serial),
         })
     }
-
-    /// Mints an X.509-SVID for the key in a PKCS#10 CSR (DER).
-    ///
-    /// Only the CSR's public key is used, after its self-signature is
-    /// verified; its subject, SANs and requested extensions are ignored so a
-    /// requester cannot smuggle in names the policy did not grant.
-    pub fn mint_svid_from_csr(
-        &self,
-        params: &X509SvidParams,
-        csr_der: &[u8],
-        now: SystemTime,
-    ) -> Result<X509Svid, X509Error> {
-        let key = public_key_from_csr(csr_der)?;
-        self.mint_svid(params, &key, now)
-    }
 }
 
-/// Extracts the public key of a DER PKCS#10 CSR after checking its signature.
+/// Extracts the public key of a DER PKCS#10 CSR after checking its
+/// self-signature; mint with [`X509Ca::mint_svid`] and that key.
+///
+/// Only the key is taken: the CSR's subject, SANs and requested extensions
+/// are ignored so a requester cannot smuggle in names the policy did not
+/// grant.
 pub fn public_key_from_csr(csr_der: &[u8]) -> Result<PublicKey, X509Error> {
     use x509_parser::certification_request::X509CertificationRequest;
     let (rest, csr) = X509CertificationRequest::from_der(csr_der)
@@ -534,6 +523,13 @@ pub fn create_csr(key: &PrivateKey) -> Result<Vec<u8>, X509Error> {
         &key.x509_signature_algorithm(),
         &der::bit_string(&sig),
     ]))
+}
+
+/// Where [`verify_x509_svid`] finds a trust domain's X.509 authorities;
+/// every `bundle::BundleSource` is one.
+pub trait X509BundleSource {
+    /// The X.509 authorities of `trust_domain`, if a bundle is known.
+    fn x509_authorities(&self, trust_domain: &TrustDomain) -> Option<&[CertificateDer<'static>]>;
 }
 
 /// The result of a successful [`verify_x509_svid`].
@@ -889,8 +885,9 @@ fn spiffe_id_of(cert: &X509Certificate<'_>) -> Result<SpiffeId, X509Error> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
-    use crate::bundle::{BundleSet, TrustBundle};
     use crate::keys::KeyType;
     use x509_parser::extensions::X509Extension;
 
@@ -917,10 +914,33 @@ mod tests {
         .unwrap()
     }
 
-    fn bundle_of(ca: &X509Ca) -> TrustBundle {
-        let mut b = TrustBundle::new(ca.trust_domain().clone());
-        b.x509_authorities.push(ca.certificate().clone());
-        b
+    /// Authorities by trust domain: all verification asks of a bundle
+    /// (the bundle module's tests verify against real bundles).
+    #[derive(Default)]
+    struct Authorities(BTreeMap<TrustDomain, Vec<CertificateDer<'static>>>);
+
+    impl Authorities {
+        fn with(
+            mut self,
+            trust_domain: TrustDomain,
+            cert: Option<CertificateDer<'static>>,
+        ) -> Self {
+            self.0.entry(trust_domain).or_default().extend(cert);
+            self
+        }
+    }
+
+    impl X509BundleSource for Authorities {
+        fn x509_authorities(
+            &self,
+            trust_domain: &TrustDomain,
+        ) -> Option<&[CertificateDer<'static>]> {
+            self.0.get(trust_domain).map(Vec::as_slice)
+        }
+    }
+
+    fn bundle_of(ca: &X509Ca) -> Authorities {
+        Authorities::default().with(ca.trust_domain().clone(), Some(ca.certificate().clone()))
     }
 
     fn ext<'a>(cert: &'a X509Certificate<'a>, arcs: &[u64]) -> &'a X509Extension<'a> {
@@ -1148,7 +1168,9 @@ mod tests {
         let csr = create_csr(&key).unwrap();
         assert_eq!(&public_key_from_csr(&csr).unwrap(), key.public_key());
         let params = X509SvidParams::new(id("spiffe://example.org/w"), Duration::from_secs(60));
-        let svid = ca.mint_svid_from_csr(&params, &csr, now()).unwrap();
+        let svid = ca
+            .mint_svid(&params, &public_key_from_csr(&csr).unwrap(), now())
+            .unwrap();
         let cert = parse_cert(svid.leaf().unwrap()).unwrap();
         assert_eq!(cert.public_key().raw, key.public_key().spki_der());
 
@@ -1161,7 +1183,9 @@ mod tests {
         req.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         req.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
         let rc_csr = req.serialize_request(&rc_key).unwrap();
-        let svid = ca.mint_svid_from_csr(&params, rc_csr.der(), now()).unwrap();
+        let svid = ca
+            .mint_svid(&params, &public_key_from_csr(rc_csr.der()).unwrap(), now())
+            .unwrap();
         let cert = parse_cert(svid.leaf().unwrap()).unwrap();
         assert_eq!(spiffe_id_of(&cert).unwrap(), params.spiffe_id);
         assert_eq!(
@@ -1185,7 +1209,7 @@ mod tests {
             .unwrap();
         tampered[spki_pos + 10] ^= 1;
         assert!(matches!(
-            ca.mint_svid_from_csr(&params, &tampered, now()),
+            public_key_from_csr(&tampered),
             Err(X509Error::CsrSignature | X509Error::InvalidCsr(_) | X509Error::Key(_))
         ));
         assert!(matches!(
@@ -1342,10 +1366,8 @@ mod tests {
         vec![params.signed_by(&key, &issuer).unwrap().der().clone()]
     }
 
-    fn rc_bundle(ca: &RcCa, td_name: &str) -> TrustBundle {
-        let mut b = TrustBundle::new(td(td_name));
-        b.x509_authorities.push(ca.cert.clone());
-        b
+    fn rc_bundle(ca: &RcCa, td_name: &str) -> Authorities {
+        Authorities::default().with(td(td_name), Some(ca.cert.clone()))
     }
 
     #[test]
@@ -1439,12 +1461,7 @@ mod tests {
     fn rejects_wrong_trust_domain_and_signer() {
         let ours = rc_ca("example.org");
         let theirs = rc_ca("other.org");
-        let set: BundleSet = [
-            rc_bundle(&ours, "example.org"),
-            rc_bundle(&theirs, "other.org"),
-        ]
-        .into_iter()
-        .collect();
+        let set = rc_bundle(&ours, "example.org").with(td("other.org"), Some(theirs.cert.clone()));
 
         // Our CA signing an ID of another trust domain: that domain's bundle does not vouch for it.
         let chain = sign_leaf(&ours, &good_leaf_params("spiffe://other.org/w"));
@@ -1465,7 +1482,7 @@ mod tests {
             Err(X509Error::UntrustedIssuer)
         );
         // An empty bundle means distrust.
-        let empty: BundleSet = [TrustBundle::new(td("example.org"))].into_iter().collect();
+        let empty = Authorities::default().with(td("example.org"), None);
         let chain = sign_leaf(&ours, &good_leaf_params("spiffe://example.org/w"));
         assert_eq!(
             verify_x509_svid(&chain, &empty, now()),

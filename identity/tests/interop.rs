@@ -23,6 +23,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// The peers under test check validity against the real clock.
+fn wall_clock() -> SystemTime {
+    signet_runtime::clock::Clock::new().now()
+}
+
 fn td() -> TrustDomain {
     TrustDomain::new("example.org").unwrap()
 }
@@ -32,7 +37,7 @@ fn keyset(x509: KeyType, jwt: KeyType) -> CaKeyset {
     config.x509_key_type = x509;
     config.jwt_key_type = jwt;
     // rustls and the spiffe crate read the real clock, so these use it too.
-    CaKeyset::new(config, SystemTime::now()).unwrap()
+    CaKeyset::new(config, wall_clock()).unwrap()
 }
 
 fn issue(ks: &CaKeyset, id: &str, dns: &[&str], key_type: KeyType) -> (X509Svid, PrivateKey) {
@@ -40,7 +45,7 @@ fn issue(ks: &CaKeyset, id: &str, dns: &[&str], key_type: KeyType) -> (X509Svid,
     let mut params = X509SvidParams::new(SpiffeId::parse(id).unwrap(), HOUR);
     params.dns_sans = dns.iter().map(|s| (*s).to_owned()).collect();
     let svid = ks
-        .mint_x509_svid(&params, key.public_key(), SystemTime::now())
+        .mint_x509_svid(&params, key.public_key(), wall_clock())
         .unwrap();
     (svid, key)
 }
@@ -64,7 +69,7 @@ fn spiffe_crate_accepts_x509_svids() {
         );
         assert_eq!(parsed.cert_chain().len(), 1);
 
-        let bundle = ks.bundle(SystemTime::now());
+        let bundle = ks.bundle(wall_clock());
         let spiffe_td = spiffe::TrustDomain::new("example.org").unwrap();
         let x509_bundle =
             spiffe::X509Bundle::parse_from_der(spiffe_td, &bundle.to_x509_der()).unwrap();
@@ -79,12 +84,12 @@ fn spiffe_crate_rejects_a_ca_as_svid() {
     let ca = ks.active_x509().unwrap();
     let chain = certs_to_der_concat(std::slice::from_ref(ca.certificate()));
     assert!(spiffe::X509Svid::parse_from_der(&chain, &ca.key().to_pkcs8_der()).is_err());
-    let bundle = ks.bundle(SystemTime::now());
+    let bundle = ks.bundle(wall_clock());
     assert!(
         verify_x509_svid(
             std::slice::from_ref(ca.certificate()),
             &bundle,
-            SystemTime::now()
+            wall_clock()
         )
         .is_err()
     );
@@ -94,7 +99,7 @@ fn spiffe_crate_rejects_a_ca_as_svid() {
 fn spiffe_crate_validates_jwt_svids() {
     for jwt_type in [KeyType::EcP256, KeyType::EcP384, KeyType::Rsa2048] {
         let ks = keyset(KeyType::EcP256, jwt_type);
-        let now = SystemTime::now();
+        let now = wall_clock();
         let sub = SpiffeId::parse("spiffe://example.org/ns/web").unwrap();
         let svid = ks
             .mint_jwt_svid(
@@ -202,7 +207,7 @@ async fn handshake(
             .ok_or("no server certificate")?
             .to_vec();
         // Beyond what webpki checked, apply the SPIFFE rules to the peer chain.
-        verify_x509_svid(&chain, client_trusts, SystemTime::now()).map_err(|e| e.to_string())?;
+        verify_x509_svid(&chain, client_trusts, wall_clock()).map_err(|e| e.to_string())?;
         spiffe_id_from_cert(&chain[0]).map_err(|e| e.to_string())
     };
     let client_result = client_side.await;
@@ -218,7 +223,7 @@ async fn mutual_tls_between_two_svids() {
         (KeyType::Rsa2048, KeyType::Rsa2048, KeyType::EcP384),
     ] {
         let ks = keyset(ca_type, KeyType::EcP256);
-        let bundle = ks.bundle(SystemTime::now());
+        let bundle = ks.bundle(wall_clock());
         let server = issue(
             &ks,
             "spiffe://example.org/server",
@@ -250,8 +255,8 @@ async fn mutual_tls_fails_across_unrelated_cas() {
         KeyType::EcP256,
     );
     let stranger = issue(&theirs, "spiffe://example.org/client", &[], KeyType::EcP256);
-    let ours_bundle = ours.bundle(SystemTime::now());
-    let theirs_bundle = theirs.bundle(SystemTime::now());
+    let ours_bundle = ours.bundle(wall_clock());
+    let theirs_bundle = theirs.bundle(wall_clock());
     // The server does not trust the client's CA.
     let err = handshake(
         (&server.0, &server.1),
@@ -285,7 +290,7 @@ async fn mutual_tls_fails_across_unrelated_cas() {
 async fn mutual_tls_survives_ca_rotation() {
     // Peers holding the bundle published at prepare time accept SVIDs from the
     // successor CA after activation, and vice versa.
-    let start = SystemTime::now() - 21 * HOUR;
+    let start = wall_clock() - 21 * HOUR;
     let mut ks = CaKeyset::new(CaConfig::new(td()), start).unwrap();
     ks.rotate(start + 12 * HOUR).unwrap();
     let published = ks.bundle(start + 12 * HOUR);
@@ -300,7 +305,7 @@ async fn mutual_tls_survives_ca_rotation() {
         .unwrap();
     ks.rotate(start + 20 * HOUR).unwrap();
     let client = issue(&ks, "spiffe://example.org/client", &[], KeyType::EcP256);
-    let current = ks.bundle(SystemTime::now());
+    let current = ks.bundle(wall_clock());
     let (by_server, by_client) = handshake(
         (&old_server, &old_key),
         &published,

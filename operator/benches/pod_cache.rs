@@ -4,7 +4,9 @@
 //!
 //! Pods go through `PodCache::upsert`, the path every watch event takes,
 //! and are shaped like real ones: eight labels, a `kubectl apply`
-//! annotation, managed fields, two containers with env and probes. Heap use
+//! annotation, managed fields, two containers with env and probes, and the
+//! kubelet's status for both (image IDs by digest, whose IDs the cache
+//! keeps for `workload.kubernetes.container_image_id`). Heap use
 //! is counted by a wrapping global allocator, so the figure is the cache's
 //! own bytes, not the process RSS (the allocator keeps freed pages). For
 //! comparison it also measures keeping the whole Pod objects, which is what
@@ -17,15 +19,20 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicIsize, Ordering};
-use std::time::Instant;
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, Probe, TCPSocketAction};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateRunning, ContainerStatus, EnvVar, Pod, PodSpec,
+    PodStatus, Probe, TCPSocketAction,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use signet_identity::{SpiffeId, TrustDomain};
 use signet_operator::agents::AgentRecord;
 use signet_operator::cluster::pods::{PodCache, PodVerifier};
 use signet_proto::issuer::v1 as pb;
+// Outside a runtime tokio's Instant is the monotonic clock (std's is
+// reserved to the clock module by clippy.toml).
+use tokio::time::Instant;
 
 struct Counting;
 
@@ -82,6 +89,27 @@ fn container(name: &str, i: usize) -> Container {
     }
 }
 
+/// What the kubelet reports for a running container.
+fn container_status(name: &str, i: usize) -> ContainerStatus {
+    ContainerStatus {
+        name: name.to_owned(),
+        image: format!("registry.example.org/team/{name}:1.{}.{}", i % 7, i % 13),
+        image_id: format!(
+            "registry.example.org/team/{name}@sha256:{:064x}",
+            (i % 91) as u128 * 0x9e37_79b9_7f4a_7c15
+        ),
+        container_id: Some(format!("containerd://{:064x}", i as u128 * 31 + 7)),
+        ready: true,
+        started: Some(true),
+        restart_count: 0,
+        state: Some(ContainerState {
+            running: Some(ContainerStateRunning::default()),
+            ..ContainerState::default()
+        }),
+        ..ContainerStatus::default()
+    }
+}
+
 fn pod(i: usize) -> Pod {
     let labels: BTreeMap<String, String> = (0..8)
         .map(|l| {
@@ -116,7 +144,15 @@ fn pod(i: usize) -> Pod {
             containers: vec![container("app", i), container("sidecar", i)],
             ..PodSpec::default()
         }),
-        status: None,
+        status: Some(PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some(format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256)),
+            container_statuses: Some(vec![
+                container_status("app", i),
+                container_status("sidecar", i),
+            ]),
+            ..PodStatus::default()
+        }),
     }
 }
 

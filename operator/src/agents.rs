@@ -1,17 +1,11 @@
-//! Who an agent is, from its SVID, and how agents prove they may join.
+//! Who an agent is, from its SVID; how agents prove they may join; and
+//! what the operator knows about the Node an agent runs on.
 
 use futures::future::BoxFuture;
 use signet_identity::{SpiffeId, TrustDomain};
-
-use crate::join::JoinTokens;
-
-/// Every agent SVID's path starts with this; the issuer's TLS accepts no
-/// other client certificate.
-pub const AGENT_PATH_PREFIX: &str = "/signet/agent";
-/// SPIFFE ID path prefix of agents that joined with a token.
-pub const JOIN_AGENT_PREFIX: &str = "/signet/agent/join/";
-/// SPIFFE ID path prefix of in-cluster agents (one per node).
-pub const NODE_AGENT_PREFIX: &str = "/signet/agent/k8s/";
+use signet_policy::{AgentContext, NodeFacts};
+use signet_proto::issuer_protocol::{JOIN_AGENT_PATH_PREFIX, NODE_AGENT_PATH_PREFIX};
+use tokio::sync::watch;
 
 /// An authenticated agent. Everything here comes from the agent's SVID,
 /// which the issuer minted: never from what the agent says in a request.
@@ -31,7 +25,7 @@ impl AgentRecord {
             return None;
         }
         let path = id.path();
-        if let Some(name) = path.strip_prefix(JOIN_AGENT_PREFIX)
+        if let Some(name) = path.strip_prefix(JOIN_AGENT_PATH_PREFIX)
             && !name.is_empty()
             && !name.contains('/')
         {
@@ -41,7 +35,7 @@ impl AgentRecord {
                 node_name: None,
             });
         }
-        if let Some(node) = path.strip_prefix(NODE_AGENT_PREFIX)
+        if let Some(node) = path.strip_prefix(NODE_AGENT_PATH_PREFIX)
             && !node.is_empty()
             && !node.contains('/')
         {
@@ -52,6 +46,16 @@ impl AgentRecord {
             });
         }
         None
+    }
+
+    /// What policy may know about this agent: `agent.*` from its SVID, and
+    /// `node.*` when the operator knows the agent's Node.
+    pub fn context(&self, node: Option<NodeFacts>) -> AgentContext {
+        AgentContext {
+            name: self.name.clone(),
+            node_name: self.node_name.clone(),
+            node,
+        }
     }
 }
 
@@ -79,36 +83,29 @@ pub trait JoinVerifier: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<AdmittedAgent, JoinRejection>>;
 }
 
-impl JoinVerifier for JoinTokens {
-    fn verify<'a>(
-        &'a self,
-        request: &'a signet_proto::issuer::v1::JoinRequest,
-    ) -> BoxFuture<'a, Result<AdmittedAgent, JoinRejection>> {
-        use signet_proto::issuer::v1::join_request::Credential;
-        Box::pin(async move {
-            let token = match &request.credential {
-                Some(Credential::JoinToken(token)) if !token.is_empty() => token,
-                _ => {
-                    return Err(JoinRejection {
-                        reason: "unsupported_credential",
-                        message: "this issuer accepts join tokens only".into(),
-                    });
-                }
-            };
-            let name = self.redeem(token).map_err(|error| JoinRejection {
-                reason: match error {
-                    crate::join::JoinError::Spent { .. } => "token_spent",
-                    crate::join::JoinError::Unknown => "invalid_token",
-                    _ => "token_state",
-                },
-                message: error.to_string(),
-            })?;
-            Ok(AdmittedAgent {
-                path: format!("{JOIN_AGENT_PREFIX}{name}"),
-                name,
-                node_name: None,
-            })
-        })
+/// What the operator knows about agents' Kubernetes Nodes: the only source
+/// of `node.*` (an agent can never supply it).
+pub trait NodeDirectory: Send + Sync + 'static {
+    /// The Node `name` as the API server has it now; `None` while the
+    /// operator has not seen it (Node subjects then do not apply).
+    fn node(&self, name: &str) -> Option<NodeFacts>;
+
+    /// The Node `name` as it changes (`None` while unseen or deleted), or
+    /// `None` where agents have no Nodes.
+    fn follow(&self, name: &str) -> Option<watch::Receiver<Option<NodeFacts>>>;
+}
+
+/// Standalone mode: agents have no Node.
+#[derive(Debug, Default)]
+pub struct NoNodes;
+
+impl NodeDirectory for NoNodes {
+    fn node(&self, _name: &str) -> Option<NodeFacts> {
+        None
+    }
+
+    fn follow(&self, _name: &str) -> Option<watch::Receiver<Option<NodeFacts>>> {
+        None
     }
 }
 

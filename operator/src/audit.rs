@@ -119,6 +119,57 @@ impl AuditEvent {
     }
 }
 
+/// Bytes of one agent-supplied value a denial event keeps: enough to tell
+/// what was asked, never the whole of an oversized request.
+pub const MAX_REFUSED_VALUE_LEN: usize = 256;
+/// Attributes (or audiences) of a refused request a denial event keeps.
+pub const MAX_REFUSED_ENTRIES: usize = 64;
+
+/// `value`, cut to [`MAX_REFUSED_VALUE_LEN`] bytes (on a character
+/// boundary) with a note of how much was left out.
+pub fn bounded(value: &str) -> String {
+    if value.len() <= MAX_REFUSED_VALUE_LEN {
+        return value.to_owned();
+    }
+    let mut end = MAX_REFUSED_VALUE_LEN;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...[{} more bytes]", &value[..end], value.len() - end)
+}
+
+impl AuditEvent {
+    /// Bounds what a denial records of the request: each agent-supplied
+    /// string (attribute names and values, identity name, audiences,
+    /// message) and how many of them, so a refused oversized request is
+    /// never written to the audit log whole.
+    pub fn bound_refused_input(&mut self) {
+        let left_out = self.workload.len().saturating_sub(MAX_REFUSED_ENTRIES);
+        let mut workload: BTreeMap<String, String> = std::mem::take(&mut self.workload)
+            .into_iter()
+            .take(MAX_REFUSED_ENTRIES)
+            .map(|(name, value)| (bounded(&name), bounded(&value)))
+            .collect();
+        if left_out > 0 {
+            // Not an attribute name, so it cannot be mistaken for one.
+            workload.insert("...".to_owned(), format!("{left_out} more attributes"));
+        }
+        self.workload = workload;
+        self.workload_identity = self.workload_identity.as_deref().map(bounded);
+        let audiences = self.audiences.len();
+        self.audiences = std::mem::take(&mut self.audiences)
+            .iter()
+            .take(MAX_REFUSED_ENTRIES)
+            .map(|audience| bounded(audience))
+            .collect();
+        if audiences > MAX_REFUSED_ENTRIES {
+            self.audiences
+                .push(format!("...[{} more]", audiences - MAX_REFUSED_ENTRIES));
+        }
+        self.message = self.message.as_deref().map(bounded);
+    }
+}
+
 /// RFC 3339 with second precision, UTC.
 pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
@@ -226,6 +277,36 @@ impl AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_input_is_bounded() {
+        let now = SystemTime::UNIX_EPOCH;
+        let mut event = AuditEvent::new(CredentialKind::JwtSvid, Outcome::Denied, now);
+        let huge = "a".repeat(1 << 20);
+        event.audiences = vec![huge.clone(); 100];
+        event.workload_identity = Some(huge.clone());
+        event.message = Some(format!("bad {huge}"));
+        for i in 0..100 {
+            event
+                .workload
+                .insert(format!("workload.docker.labels.k{i:03}"), huge.clone());
+        }
+        event.bound_refused_input();
+        let line = serde_json::to_string(&event).unwrap();
+        assert!(line.len() < 64 * 1024, "{} bytes", line.len());
+        assert_eq!(event.audiences.len(), MAX_REFUSED_ENTRIES + 1);
+        assert!(event.audiences[0].ends_with(&format!("[{} more bytes]", (1 << 20) - 256)));
+        assert_eq!(event.workload.len(), MAX_REFUSED_ENTRIES + 1);
+        assert_eq!(event.workload["..."], "36 more attributes");
+        assert!(event.workload_identity.unwrap().len() < 300);
+        assert_eq!(bounded("short"), "short");
+        // A multi-byte character straddling the cut is not split.
+        let cut = bounded(&format!("a{}", "é".repeat(200)));
+        assert!(
+            cut.starts_with(&format!("a{}...", "é".repeat(127))),
+            "{cut}"
+        );
+    }
 
     #[test]
     fn file_log_appends_one_json_object_per_line() {

@@ -39,8 +39,8 @@ use serde::Deserialize;
 use signet_identity::{CaConfig, KeyType, TrustBundle, TrustDomain};
 use signet_runtime::logging::LogConfig;
 
-use crate::authority::IssuerNames;
-use crate::join::JoinTokenConfig;
+use crate::ca::IssuerNames;
+use crate::standalone::join_tokens::JoinTokenConfig;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/signet/operator";
@@ -100,9 +100,31 @@ pub struct FileConfig {
     pub oidc: Option<OidcConfig>,
     /// Settings of `signet-operator kubernetes` only.
     #[serde(default)]
-    pub kubernetes: Option<crate::cluster::config::KubernetesSection>,
+    pub kubernetes: Option<KubernetesSection>,
     #[serde(default)]
     pub log: LogConfig,
+}
+
+/// The `kubernetes` section, as written (resolved by `cluster::config`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSection {
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub ca_secret: Option<String>,
+    #[serde(default)]
+    pub bundle_config_map: Option<String>,
+    #[serde(default)]
+    pub lease_name: Option<String>,
+    #[serde(default, with = "signet_runtime::duration::option")]
+    pub lease_duration: Option<Duration>,
+    #[serde(default)]
+    pub agent_service_account: Option<String>,
+    #[serde(default)]
+    pub agent_audience: Option<String>,
+    #[serde(default)]
+    pub pod_token_audience: Option<String>,
 }
 
 /// OIDC discovery (`/.well-known/openid-configuration`) and the JWKS.

@@ -1,14 +1,17 @@
 //! signet-operator: policy reconciler, certificate authority and issuer API.
+//!
+//! Rooms by concern: [`standalone`] and [`cluster`] are the two run modes,
+//! [`issuer`] is the gRPC API both serve, [`ca`] the certificate authority;
+//! the rest is shared by all of them.
 
 pub mod agents;
 pub mod audit;
-pub mod authority;
+pub mod ca;
 pub mod cluster;
 pub mod config;
 pub mod issuer;
-pub mod join;
 pub mod metrics;
 pub mod oidc;
-pub mod policy_source;
+pub mod policy_state;
 pub mod server;
 pub mod standalone;

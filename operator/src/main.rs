@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use signet_operator::cluster::ClusterConfig;
 use signet_operator::cluster::config::KubernetesOverrides;
 use signet_operator::config::{FileConfig, Overrides, StandaloneConfig};
-use signet_operator::join::{generate_token, hash_token, validate_join_name};
+use signet_operator::standalone::join_tokens::{generate_token, hash_token, validate_join_name};
 
 #[derive(Parser)]
 #[command(

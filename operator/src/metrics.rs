@@ -29,6 +29,8 @@ pub struct Metrics {
     pub agents_connected: Gauge,
     /// Pods in the issuer's watch (Kubernetes mode).
     pub pods_cached: Gauge,
+    /// Nodes in the operator's metadata watch (Kubernetes mode).
+    pub nodes_cached: Gauge,
 }
 
 impl Metrics {
@@ -65,6 +67,11 @@ impl Metrics {
             "pods_cached",
             "Pods in the issuer's own watch of the API server (Kubernetes mode)",
             metrics.pods_cached.clone(),
+        );
+        sub.register(
+            "nodes_cached",
+            "Nodes (metadata only) in the operator's own watch of the API server (Kubernetes mode)",
+            metrics.nodes_cached.clone(),
         );
         std::sync::Arc::new(metrics)
     }

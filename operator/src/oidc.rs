@@ -45,7 +45,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
-use crate::authority::PublishedBundle;
+use crate::ca::PublishedBundle;
 
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 pub const KEYS_PATH: &str = "/keys";
@@ -388,11 +388,13 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authority::{Authority, FileKeysetStore, IssuerNames, KeysetStore};
+    use crate::ca::{Authority, IssuerNames, KeysetStore};
+    use crate::standalone::keyset_file::FileKeysetStore;
     use http_body_util::{BodyExt, Empty};
     use hyper::HeaderMap;
     use rustls::pki_types::ServerName;
     use signet_identity::{CaConfig, TrustDomain};
+    use signet_runtime::clock::Clock;
     use std::net::SocketAddr;
     use std::time::SystemTime;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -563,7 +565,7 @@ mod tests {
     async fn serves_discovery_and_keys_over_tls_and_follows_rotation() {
         signet_tls::install_default_provider();
         let dir = tempfile::tempdir().unwrap();
-        let start_time = SystemTime::now();
+        let start_time = Clock::new().now();
         let authority = authority(dir.path(), start_time).await;
         let (server_tls, client) = tls_pair(dir.path());
         let issuer = "https://oidc.example.org";
@@ -645,7 +647,7 @@ mod tests {
     async fn serves_plain_http_under_the_issuer_path_and_stops_promptly() {
         signet_tls::install_default_provider();
         let dir = tempfile::tempdir().unwrap();
-        let authority = authority(dir.path(), SystemTime::now()).await;
+        let authority = authority(dir.path(), Clock::new().now()).await;
         let issuer = "http://localhost:8080/tenant";
         let server = start(None, issuer, &authority).await;
 

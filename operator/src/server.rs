@@ -7,16 +7,16 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use signet_identity::BundleSet;
+use signet_proto::issuer_protocol::AGENT_PATH_PREFIX;
 use signet_runtime::http::Readiness;
 use signet_tls::{PeerPolicy, SharedBundles, SpiffeClientVerifier, TlsIncoming};
 use tokio::sync::watch;
 
-use crate::agents::AGENT_PATH_PREFIX;
-use crate::authority::{Authority, PublishedBundle};
+use crate::ca::{Authority, PublishedBundle};
 use crate::config::{OidcConfig, StandaloneConfig};
-use crate::issuer::IssuerService;
+use crate::issuer::service::IssuerService;
 use crate::metrics::Metrics;
-use crate::policy_source::PolicyState;
+use crate::policy_state::PolicyState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

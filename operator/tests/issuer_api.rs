@@ -184,7 +184,7 @@ async fn oversized_batches_and_bad_jwt_requests_get_the_right_codes() {
     let request = x509(workload(1000), "web");
     let status = client
         .sign_x509_svids(pb::SignX509SvidsRequest {
-            requests: vec![request; signet_operator::issuer::MAX_BATCH + 1],
+            requests: vec![request; signet_proto::issuer_protocol::MAX_BATCH + 1],
         })
         .await
         .unwrap_err();
@@ -227,6 +227,167 @@ async fn oversized_batches_and_bad_jwt_requests_get_the_right_codes() {
         }
         Err(status) => assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_audience_is_refused_unsigned_and_audited_bounded() {
+    use signet_proto::issuer_protocol::MAX_AUDIENCE_LEN;
+    let operator = start_operator(POLICY).await;
+    let (mut client, _) = operator.join().await;
+    let huge = "v".repeat(1 << 20);
+    let jwt = |audience: Vec<String>| pb::JwtSvidRequest {
+        workload: Some(workload(1000)),
+        workload_identity: "web".into(),
+        audience,
+    };
+    let results = client
+        .sign_jwt_svids(pb::SignJwtSvidsRequest {
+            requests: vec![
+                jwt(vec!["vault".into(), huge.clone()]),
+                jwt(vec!["a".repeat(MAX_AUDIENCE_LEN + 1)]),
+                jwt(vec!["a".repeat(MAX_AUDIENCE_LEN)]),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    for result in &results[..2] {
+        let Some(pb::jwt_svid_result::Result::Denial(denial)) = &result.result else {
+            panic!("an oversized audience was signed: {result:?}");
+        };
+        assert_eq!(denial.reason, "invalid_request", "{denial:?}");
+        assert!(!denial.retryable);
+    }
+    assert!(
+        matches!(
+            results[2].result,
+            Some(pb::jwt_svid_result::Result::Svid(_))
+        ),
+        "exactly the limit is fine: {:?}",
+        results[2]
+    );
+
+    let audit = std::fs::read_to_string(operator.path("audit.log")).unwrap();
+    assert!(
+        audit.len() < 64 * 1024,
+        "the audit log holds {} bytes",
+        audit.len()
+    );
+    let events = operator.audit_events();
+    let denied: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "svid.denied")
+        .collect();
+    assert_eq!(denied.len(), 2);
+    assert_eq!(
+        denied[0]["audiences"][0], "vault",
+        "what was asked is recorded"
+    );
+    assert!(
+        denied[0]["audiences"][1]
+            .as_str()
+            .unwrap()
+            .ends_with("more bytes]")
+    );
+}
+
+/// Templates that render Signet's own IDs when an attribute's value is
+/// `signet`: no policy can hand a workload an agent's or the issuer's ID.
+const IMPOSTOR_POLICY: &str = r#"apiVersion: signet.dev/v1alpha1
+kind: WorkloadIdentity
+metadata: {name: agent-impostor, labels: {suite: api}}
+spec:
+  spiffe: {id: "/{{ workload.kubernetes.namespace }}/agent/k8s/node-1"}
+---
+apiVersion: signet.dev/v1alpha1
+kind: WorkloadIdentity
+metadata: {name: issuer-impostor, labels: {suite: api}}
+spec:
+  spiffe: {id: "/{{ workload.kubernetes.namespace }}/issuer"}
+---
+apiVersion: signet.dev/v1alpha1
+kind: Role
+metadata: {name: agents}
+spec:
+  subjects: [{kind: Agent, name: "*"}]
+  allow: {workloadIdentityLabels: {suite: [api]}}
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_workload_gets_a_reserved_id_whatever_the_policy_renders() {
+    let operator = start_operator(IMPOSTOR_POLICY).await;
+    let (mut client, _) = operator.join().await;
+    let in_namespace = |namespace: &str| {
+        let mut workload = workload(1000);
+        workload.attributes.insert(
+            "workload.kubernetes.namespace".to_owned(),
+            namespace.to_owned(),
+        );
+        workload
+    };
+    let x509_results = client
+        .sign_x509_svids(pb::SignX509SvidsRequest {
+            requests: vec![
+                x509(in_namespace("signet"), "agent-impostor"),
+                x509(in_namespace("signet"), "issuer-impostor"),
+                x509(in_namespace("shop"), "agent-impostor"),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    for result in &x509_results[..2] {
+        let denial = denial(result);
+        assert!(denial.reason.contains("reserved"), "{denial:?}");
+        assert!(!denial.retryable);
+    }
+    // The same template with another value is an ordinary identity.
+    let Some(pb::x509_svid_result::Result::Svid(svid)) = &x509_results[2].result else {
+        panic!("not issued: {:?}", x509_results[2]);
+    };
+    assert_eq!(svid.spiffe_id, "spiffe://example.org/shop/agent/k8s/node-1");
+
+    let jwt_results = client
+        .sign_jwt_svids(pb::SignJwtSvidsRequest {
+            requests: vec![pb::JwtSvidRequest {
+                workload: Some(in_namespace("signet")),
+                workload_identity: "agent-impostor".into(),
+                audience: vec!["vault".into()],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let Some(pb::jwt_svid_result::Result::Denial(denial)) = &jwt_results[0].result else {
+        panic!(
+            "a JWT-SVID with a reserved ID came back: {:?}",
+            jwt_results[0]
+        );
+    };
+    assert!(denial.reason.contains("reserved"), "{denial:?}");
+
+    // Each refusal is audited with its reason; nothing reserved was issued.
+    let events = operator.audit_events();
+    let denied: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "svid.denied")
+        .collect();
+    assert_eq!(denied.len(), 3);
+    assert!(
+        denied
+            .iter()
+            .all(|e| e["reason"].as_str().unwrap().contains("reserved"))
+    );
+    assert!(events.iter().all(|e| {
+        e["event"] != "svid.issued"
+            || !e["spiffe_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("spiffe://example.org/signet/")
+    }));
 }
 
 #[tokio::test(flavor = "multi_thread")]

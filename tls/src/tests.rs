@@ -11,6 +11,11 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::*;
 
+/// rustls checks certificates against the real clock.
+fn wall_clock() -> SystemTime {
+    signet_runtime::clock::Clock::new().now()
+}
+
 struct Td {
     trust_domain: TrustDomain,
     ca: X509Ca,
@@ -18,7 +23,7 @@ struct Td {
 
 impl Td {
     fn new(name: &str) -> Self {
-        Self::created_at(name, SystemTime::now())
+        Self::created_at(name, wall_clock())
     }
 
     fn created_at(name: &str, now: SystemTime) -> Self {
@@ -104,7 +109,7 @@ fn td_policy(td: &Td) -> PeerPolicy {
 #[tokio::test]
 async fn mutual_tls_with_svids_succeeds() {
     let td = Td::new("example.org");
-    let now = SystemTime::now();
+    let now = wall_clock();
     let bundles = bundles_of(&[&td]);
     let server = server_config(
         td.resolver("/issuer", Duration::from_secs(3600), now),
@@ -132,7 +137,7 @@ async fn mutual_tls_with_svids_succeeds() {
 #[tokio::test]
 async fn server_with_unexpected_id_is_rejected() {
     let td = Td::new("example.org");
-    let now = SystemTime::now();
+    let now = wall_clock();
     let bundles = bundles_of(&[&td]);
     let server = server_config(
         td.resolver("/impostor", Duration::from_secs(3600), now),
@@ -161,7 +166,7 @@ async fn server_with_unexpected_id_is_rejected() {
 async fn client_of_another_trust_domain_is_rejected() {
     let ours = Td::new("example.org");
     let theirs = Td::new("evil.example");
-    let now = SystemTime::now();
+    let now = wall_clock();
     // The server knows both bundles but only admits its own trust domain.
     let bundles = bundles_of(&[&ours, &theirs]);
     let server = server_config(
@@ -185,7 +190,7 @@ async fn client_of_another_trust_domain_is_rejected() {
 async fn certificate_from_unknown_ca_is_rejected() {
     let ours = Td::new("example.org");
     let forger = Td::new("example.org");
-    let now = SystemTime::now();
+    let now = wall_clock();
     let bundles = bundles_of(&[&ours]);
     let server = server_config(
         forger.resolver("/issuer", Duration::from_secs(3600), now),
@@ -207,11 +212,11 @@ async fn certificate_from_unknown_ca_is_rejected() {
 
 #[tokio::test]
 async fn expired_client_svid_is_rejected() {
-    let long_ago = SystemTime::now() - Duration::from_secs(7200);
+    let long_ago = wall_clock() - Duration::from_secs(7200);
     let td = Td::created_at("example.org", long_ago);
     let bundles = bundles_of(&[&td]);
     let server = server_config(
-        td.resolver("/issuer", Duration::from_secs(3600), SystemTime::now()),
+        td.resolver("/issuer", Duration::from_secs(3600), wall_clock()),
         Arc::new(SpiffeClientVerifier::required(
             bundles.clone(),
             td_policy(&td),
@@ -232,7 +237,7 @@ async fn expired_client_svid_is_rejected() {
 async fn bundle_update_takes_effect_without_new_configs() {
     let old = Td::new("example.org");
     let new = Td::new("example.org");
-    let now = SystemTime::now();
+    let now = wall_clock();
     let bundles = bundles_of(&[&old]);
     let verifier = Arc::new(SpiffeServerVerifier::new(bundles.clone(), td_policy(&old)));
     let resolver = new.resolver("/issuer", Duration::from_secs(3600), now);
@@ -264,7 +269,7 @@ async fn grpc_over_spiffe_tls_reports_the_peer_id() {
     use tonic_health::pb::health_client::HealthClient;
 
     let td = Td::new("example.org");
-    let now = SystemTime::now();
+    let now = wall_clock();
     let bundles = bundles_of(&[&td]);
     let server_tls = server_config(
         td.resolver("/issuer", Duration::from_secs(3600), now),

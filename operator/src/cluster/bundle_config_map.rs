@@ -9,8 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams};
 use tokio::sync::watch;
 
-use crate::authority::PublishedBundle;
-use crate::cluster::policy::FIELD_MANAGER;
+use crate::ca::PublishedBundle;
+use crate::cluster::reconciler::FIELD_MANAGER;
 
 pub const BUNDLE_PEM_KEY: &str = "bundle.pem";
 pub const BUNDLE_JSON_KEY: &str = "bundle.spiffe.json";

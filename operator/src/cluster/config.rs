@@ -17,31 +17,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::cluster::leader::ElectionSettings;
 use crate::config::{ConfigError, FileConfig, OidcConfig, Overrides, StandaloneConfig};
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KubernetesSection {
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub ca_secret: Option<String>,
-    #[serde(default)]
-    pub bundle_config_map: Option<String>,
-    #[serde(default)]
-    pub lease_name: Option<String>,
-    #[serde(default, with = "signet_runtime::duration::option")]
-    pub lease_duration: Option<Duration>,
-    #[serde(default)]
-    pub agent_service_account: Option<String>,
-    #[serde(default)]
-    pub agent_audience: Option<String>,
-    #[serde(default)]
-    pub pod_token_audience: Option<String>,
-}
 
 /// Command-line values of the kubernetes subcommand.
 #[derive(Clone, Debug, Default)]

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta, PostParams};
 use zeroize::Zeroizing;
 
-use crate::authority::{KeysetStore, StoreError};
+use crate::ca::{KeysetStore, StoreError};
 
 /// Key of the keyset's JSON state in the Secret's data.
 pub const KEYSET_KEY: &str = "ca-keyset.json";

@@ -16,6 +16,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
+use signet_runtime::clock::Clock;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -81,12 +82,15 @@ fn decide(lease: Option<&Lease>, identity: &str, expired: bool) -> Step {
     }
 }
 
-fn now_micro() -> MicroTime {
-    MicroTime(Timestamp::now())
+/// The wall clock as the Lease records it (informational: expiry is judged
+/// on the monotonic clock, see the module documentation).
+fn micro_time(clock: &Clock) -> MicroTime {
+    MicroTime(Timestamp::try_from(clock.now()).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
 pub struct LeaderElector {
     api: Api<Lease>,
+    clock: Clock,
     settings: ElectionSettings,
     /// Set on the Lease when this replica creates it.
     owner: Option<OwnerReference>,
@@ -102,11 +106,13 @@ impl LeaderElector {
         api: Api<Lease>,
         settings: ElectionSettings,
         owner: Option<OwnerReference>,
+        clock: Clock,
     ) -> (Self, watch::Receiver<bool>) {
         let (leading, receiver) = watch::channel(false);
         (
             Self {
                 api,
+                clock,
                 settings,
                 owner,
                 leading,
@@ -124,11 +130,11 @@ impl LeaderElector {
             holder_identity: Some(self.settings.identity.clone()),
             lease_duration_seconds: Some(duration.max(1)),
             acquire_time: if taking_over {
-                Some(now_micro())
+                Some(micro_time(&self.clock))
             } else {
                 previous.and_then(|p| p.acquire_time.clone())
             },
-            renew_time: Some(now_micro()),
+            renew_time: Some(micro_time(&self.clock)),
             lease_transitions: Some(if taking_over && previous.is_some() {
                 transitions + 1
             } else {
@@ -261,7 +267,7 @@ impl LeaderElector {
         if let Some(spec) = lease.spec.as_mut() {
             spec.holder_identity = None;
             spec.lease_duration_seconds = Some(1);
-            spec.renew_time = Some(now_micro());
+            spec.renew_time = Some(micro_time(&self.clock));
         }
         match self
             .api

@@ -5,7 +5,7 @@
 //! a watch of the API server, never from the agent. Only the fields policy
 //! needs are kept, so memory stays small with tens of thousands of pods.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
@@ -14,33 +14,39 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
-use signet_policy::Attributes;
+use signet_policy::{AttributeName, Attributes, Field, LabelMap, Producer};
 use signet_proto::issuer::v1 as pb;
 use tokio::sync::watch;
 
 use crate::agents::AgentRecord;
-use crate::issuer::{
-    WorkloadRejection, WorkloadVerifier, with_agent_attributes, workload_attributes_only,
-};
+use crate::issuer::workload::{WorkloadRejection, WorkloadVerifier, testimony};
 
-const KUBERNETES_PREFIX: &str = "workload.kubernetes.";
-const CONTAINER_NAME: &str = "workload.kubernetes.container_name";
-const CONTAINER_IMAGE: &str = "workload.kubernetes.container_image";
+/// A container of a pod, as the issuer keeps it. Strings are boxed, not
+/// `String`s: with tens of thousands of pods every word counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerFacts {
+    pub name: Box<str>,
+    /// The image as the pod spec names it.
+    pub image: Box<str>,
+    /// The image by digest, as the kubelet reports it in the pod's status
+    /// (`imageID`); `None` until it has.
+    pub image_id: Option<Box<str>>,
+}
 
 /// What the issuer keeps of a pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodFacts {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    pub service_account: String,
+    pub namespace: Box<str>,
+    pub name: Box<str>,
+    pub uid: Box<str>,
+    pub service_account: Box<str>,
     /// Empty until the pod is scheduled.
-    pub node_name: String,
-    pub labels: Vec<(String, String)>,
+    pub node_name: Box<str>,
+    pub labels: Box<[(Box<str>, Box<str>)]>,
     /// `metadata.deletionTimestamp` is set.
     pub terminating: bool,
-    /// Containers (init containers too) by name, with their images.
-    pub containers: Vec<(String, String)>,
+    /// Containers (init containers too).
+    pub containers: Box<[ContainerFacts]>,
 }
 
 impl PodFacts {
@@ -49,35 +55,57 @@ impl PodFacts {
         let metadata = pod.metadata;
         let uid = metadata.uid?;
         let spec = pod.spec.unwrap_or_default();
+        let status = pod.status.unwrap_or_default();
+        let mut image_ids: HashMap<String, String> = status
+            .init_container_statuses
+            .unwrap_or_default()
+            .into_iter()
+            .chain(status.container_statuses.unwrap_or_default())
+            // The kubelet reports "" until the image is resolved.
+            .filter(|status| !status.image_id.is_empty())
+            .map(|status| (status.name, status.image_id))
+            .collect();
         let containers = spec
             .init_containers
             .unwrap_or_default()
             .into_iter()
             .chain(spec.containers)
-            .map(|c| (c.name, c.image.unwrap_or_default()))
+            .map(|c| ContainerFacts {
+                image_id: image_ids.remove(&c.name).map(String::into_boxed_str),
+                name: c.name.into_boxed_str(),
+                image: c.image.unwrap_or_default().into_boxed_str(),
+            })
             .collect();
-        let mut labels: Vec<(String, String)> =
-            metadata.labels.unwrap_or_default().into_iter().collect();
-        labels.shrink_to_fit();
+        let labels = metadata
+            .labels
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| (key.into_boxed_str(), value.into_boxed_str()))
+            .collect();
         Some(Self {
-            namespace: metadata.namespace.unwrap_or_default(),
-            name: metadata.name.unwrap_or_default(),
-            uid,
+            namespace: metadata.namespace.unwrap_or_default().into_boxed_str(),
+            name: metadata.name.unwrap_or_default().into_boxed_str(),
+            uid: uid.into_boxed_str(),
             service_account: spec
                 .service_account_name
-                .unwrap_or_else(|| "default".to_owned()),
-            node_name: spec.node_name.unwrap_or_default(),
+                .unwrap_or_else(|| "default".to_owned())
+                .into_boxed_str(),
+            node_name: spec.node_name.unwrap_or_default().into_boxed_str(),
             labels,
             terminating: metadata.deletion_timestamp.is_some(),
             containers,
         })
+    }
+
+    pub fn container(&self, name: &str) -> Option<&ContainerFacts> {
+        self.containers.iter().find(|c| &*c.name == name)
     }
 }
 
 /// Pods by UID, kept current by [`PodCache::run`].
 #[derive(Debug)]
 pub struct PodCache {
-    pods: RwLock<HashMap<String, Arc<PodFacts>>>,
+    pods: RwLock<HashMap<Box<str>, Arc<PodFacts>>>,
     synced: watch::Sender<bool>,
 }
 
@@ -123,7 +151,7 @@ impl PodCache {
     }
 
     /// Replaces the whole cache after a (re)list.
-    pub fn replace(&self, fresh: HashMap<String, Arc<PodFacts>>) {
+    pub fn replace(&self, fresh: HashMap<Box<str>, Arc<PodFacts>>) {
         if let Ok(mut pods) = self.pods.write() {
             *pods = fresh;
         }
@@ -135,7 +163,7 @@ impl PodCache {
     pub async fn run(self: Arc<Self>, api: Api<Pod>) {
         let stream = watcher(api, watcher::Config::default()).default_backoff();
         futures::pin_mut!(stream);
-        let mut relist: HashMap<String, Arc<PodFacts>> = HashMap::new();
+        let mut relist: HashMap<Box<str>, Arc<PodFacts>> = HashMap::new();
         while let Some(event) = stream.next().await {
             match event {
                 Ok(watcher::Event::Apply(pod)) => self.upsert(pod),
@@ -165,40 +193,51 @@ fn rejection(reason: &'static str, message: String, retryable: bool) -> Workload
     }
 }
 
-/// The pod's attributes as the issuer knows them, plus the agent's
-/// testimony about everything that is not Kubernetes.
+/// Whether the Kubernetes attestor (and in a cluster the pod watch) is
+/// the one that sets `name`.
+fn set_by_kubernetes(name: &str) -> bool {
+    let Ok(name) = AttributeName::parse(name) else {
+        return false;
+    };
+    let producer = match (name.field(), name.label_key()) {
+        (Some(field), _) => Some(field.producer()),
+        (None, Some((map, _))) => Some(map.producer()),
+        (None, None) => None,
+    };
+    producer == Some(Producer::Kubernetes)
+}
+
+/// The pod's `workload.kubernetes.*` as the issuer knows them, plus the
+/// agent's testimony about everything that is not Kubernetes.
 pub fn pod_attributes(
-    agent: &AgentRecord,
     workload: &pb::Workload,
     pod: &PodFacts,
 ) -> Result<Attributes, WorkloadRejection> {
-    let reported = workload_attributes_only(workload)?;
-    let mut map: BTreeMap<String, String> = reported
-        .iter()
-        .filter(|(name, _)| !name.starts_with(KUBERNETES_PREFIX))
-        .map(|(name, value)| (name.clone(), value.clone()))
-        .collect();
-    map.insert(
-        "workload.kubernetes.namespace".into(),
-        pod.namespace.clone(),
-    );
-    map.insert("workload.kubernetes.pod_name".into(), pod.name.clone());
-    map.insert("workload.kubernetes.pod_uid".into(), pod.uid.clone());
-    map.insert(
-        "workload.kubernetes.service_account".into(),
-        pod.service_account.clone(),
-    );
-    map.insert(
-        "workload.kubernetes.node_name".into(),
-        pod.node_name.clone(),
-    );
-    for (key, value) in &pod.labels {
-        map.insert(format!("workload.kubernetes.labels.{key}"), value.clone());
-    }
+    let mut attributes = testimony(workload)?;
     // Which container called is the agent's testimony; it must at least be
-    // one of the pod's, and the image is the pod spec's.
-    if let Some(container) = reported.get(CONTAINER_NAME) {
-        let Some((_, image)) = pod.containers.iter().find(|(name, _)| name == container) else {
+    // one of the pod's, and everything else about it is the API server's.
+    let container = attributes
+        .field(Field::KubernetesContainerName)
+        .map(str::to_owned);
+    attributes.remove_produced_by(Producer::Kubernetes);
+    attributes
+        .set(Field::KubernetesNamespace, &*pod.namespace)
+        .set(Field::KubernetesPodName, &*pod.name)
+        .set(Field::KubernetesPodUid, &*pod.uid)
+        .set(Field::KubernetesServiceAccount, &*pod.service_account)
+        .set(Field::KubernetesNodeName, &*pod.node_name);
+    for (key, value) in &pod.labels {
+        match AttributeName::label(LabelMap::KubernetesLabels, key) {
+            Ok(name) => {
+                attributes.insert(name, &**value);
+            }
+            // The API server validates label keys, so this should not
+            // happen; no policy could name such a key anyway.
+            Err(error) => tracing::debug!(pod = %pod.name, %error, "pod label left out"),
+        }
+    }
+    if let Some(container) = container {
+        let Some(facts) = pod.container(&container) else {
             return Err(rejection(
                 "invalid_attributes",
                 format!(
@@ -208,10 +247,14 @@ pub fn pod_attributes(
                 false,
             ));
         };
-        map.insert(CONTAINER_NAME.into(), container.clone());
-        map.insert(CONTAINER_IMAGE.into(), image.clone());
+        attributes
+            .set(Field::KubernetesContainerName, &*facts.name)
+            .set(Field::KubernetesContainerImage, &*facts.image);
+        if let Some(image_id) = &facts.image_id {
+            attributes.set(Field::KubernetesContainerImageId, &**image_id);
+        }
     }
-    with_agent_attributes(map, agent)
+    Ok(attributes)
 }
 
 /// Checks a pod's own service-account token (signet-csi files mode passes
@@ -279,15 +322,15 @@ impl PodVerifier {
         if workload.pod_uid.is_empty() {
             // A host process on the node: the agent's testimony, but it may
             // not claim anything about Kubernetes.
-            let reported = workload_attributes_only(workload)?;
-            if let Some(name) = reported.keys().find(|n| n.starts_with(KUBERNETES_PREFIX)) {
+            let attributes = testimony(workload)?;
+            if let Some((name, _)) = attributes.iter().find(|(name, _)| set_by_kubernetes(name)) {
                 return Err(rejection(
                     "invalid_attributes",
                     format!("{name} needs pod_uid: Kubernetes attributes come from the API server"),
                     false,
                 ));
             }
-            return with_agent_attributes(reported, agent);
+            return Ok(attributes);
         }
         let Some(node) = agent.node_name.as_deref() else {
             return Err(rejection(
@@ -307,7 +350,7 @@ impl PodVerifier {
                 true,
             ));
         };
-        if pod.node_name != node {
+        if &*pod.node_name != node {
             return Err(rejection(
                 "pod_not_on_node",
                 format!(
@@ -324,7 +367,7 @@ impl PodVerifier {
                 false,
             ));
         }
-        pod_attributes(agent, workload, &pod)
+        pod_attributes(workload, &pod)
     }
 }
 
@@ -345,7 +388,7 @@ impl WorkloadVerifier for PodVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    use k8s_openapi::api::core::v1::{Container, ContainerStatus, PodSpec, PodStatus};
     use kube::api::ObjectMeta;
     use signet_identity::{SpiffeId, TrustDomain};
 
@@ -390,54 +433,92 @@ mod tests {
         }
     }
 
+    /// The pod as the kubelet reports it once its containers run.
+    fn running(mut pod: Pod) -> Pod {
+        pod.status = Some(PodStatus {
+            container_statuses: Some(vec![ContainerStatus {
+                name: "app".into(),
+                image: "registry/web:1".into(),
+                image_id: "registry/web@sha256:0123".into(),
+                ..ContainerStatus::default()
+            }]),
+            ..PodStatus::default()
+        });
+        pod
+    }
+
     #[test]
     fn kubernetes_attributes_come_from_the_cache_not_the_agent() {
         let cache = Arc::new(PodCache::default());
         cache.upsert(pod("u1", "node-a"));
-        let verifier = PodVerifier::new(cache, None);
-        let attrs = verifier
-            .check(
-                &agent("node-a"),
-                &workload(
-                    "u1",
-                    &[
-                        ("workload.kubernetes.namespace", "kube-system"),
-                        ("workload.kubernetes.service_account", "admin"),
-                        ("workload.kubernetes.container_name", "app"),
-                        ("workload.kubernetes.container_image", "evil:1"),
-                        ("workload.unix.uid", "1000"),
-                    ],
-                ),
-            )
-            .unwrap();
-        let get = |name: &str| {
-            attrs
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.to_owned())
-        };
-        assert_eq!(
-            get("workload.kubernetes.namespace").as_deref(),
-            Some("shop")
+        let verifier = PodVerifier::new(cache.clone(), None);
+        let reported = workload(
+            "u1",
+            &[
+                ("workload.kubernetes.namespace", "kube-system"),
+                ("workload.kubernetes.service_account", "admin"),
+                ("workload.kubernetes.labels.admin", "true"),
+                ("workload.kubernetes.container_name", "app"),
+                ("workload.kubernetes.container_image", "evil:1"),
+                ("workload.kubernetes.container_image_id", "evil@sha256:bad"),
+                ("workload.unix.uid", "1000"),
+            ],
         );
+        let attrs = verifier.check(&agent("node-a"), &reported).unwrap();
+        assert_eq!(attrs.field(Field::KubernetesNamespace), Some("shop"));
+        assert_eq!(attrs.field(Field::KubernetesServiceAccount), Some("web"));
+        assert_eq!(attrs.field(Field::KubernetesPodName), Some("web-1"));
+        assert_eq!(attrs.field(Field::KubernetesPodUid), Some("u1"));
+        assert_eq!(attrs.field(Field::KubernetesNodeName), Some("node-a"));
+        let labels: Vec<_> = attrs.labels(LabelMap::KubernetesLabels).collect();
+        assert_eq!(labels, [("app", "web")], "the agent's labels are dropped");
+        assert_eq!(attrs.field(Field::KubernetesContainerName), Some("app"));
         assert_eq!(
-            get("workload.kubernetes.service_account").as_deref(),
-            Some("web")
-        );
-        assert_eq!(
-            get("workload.kubernetes.labels.app").as_deref(),
-            Some("web")
-        );
-        assert_eq!(
-            get("workload.kubernetes.container_image").as_deref(),
+            attrs.field(Field::KubernetesContainerImage),
             Some("registry/web:1")
         );
         assert_eq!(
-            get("workload.kubernetes.node_name").as_deref(),
-            Some("node-a")
+            attrs.field(Field::KubernetesContainerImageId),
+            None,
+            "absent until the kubelet reports it, never the agent's"
         );
-        assert_eq!(get("workload.unix.uid").as_deref(), Some("1000"));
-        assert_eq!(get("agent.node_name").as_deref(), Some("node-a"));
+        assert_eq!(attrs.field(Field::UnixUid), Some("1000"));
+        assert_eq!(
+            attrs.field(Field::AgentNodeName),
+            None,
+            "the issuer adds agent.*"
+        );
+
+        // Once the kubelet reported the image by digest, that is the ID.
+        cache.upsert(running(pod("u1", "node-a")));
+        let attrs = verifier.check(&agent("node-a"), &reported).unwrap();
+        assert_eq!(
+            attrs.field(Field::KubernetesContainerImageId),
+            Some("registry/web@sha256:0123")
+        );
+        // Without a container name there is no container to describe.
+        let attrs = verifier
+            .check(&agent("node-a"), &workload("u1", &[]))
+            .unwrap();
+        assert_eq!(attrs.field(Field::KubernetesContainerImage), None);
+        assert_eq!(attrs.field(Field::KubernetesContainerImageId), None);
+    }
+
+    #[test]
+    fn agents_may_not_testify_about_agents_or_nodes() {
+        let cache = Arc::new(PodCache::default());
+        cache.upsert(pod("u1", "node-a"));
+        let verifier = PodVerifier::new(cache, None);
+        for (uid, forged) in [
+            ("u1", "agent.name"),
+            ("u1", "node.labels.pool"),
+            ("", "node.name"),
+        ] {
+            let rejected = verifier
+                .check(&agent("node-a"), &workload(uid, &[(forged, "x")]))
+                .unwrap_err();
+            assert_eq!(rejected.reason, "invalid_attributes", "{forged}");
+        }
     }
 
     #[test]
@@ -466,7 +547,7 @@ mod tests {
         let container = verifier
             .check(
                 &agent("node-a"),
-                &workload("u1", &[(CONTAINER_NAME, "sidecar")]),
+                &workload("u1", &[("workload.kubernetes.container_name", "sidecar")]),
             )
             .unwrap_err();
         assert_eq!(container.reason, "invalid_attributes");

@@ -9,7 +9,9 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use signet_proto::issuer::v1 as pb;
 
-use crate::agents::{AdmittedAgent, JoinRejection, JoinVerifier, NODE_AGENT_PREFIX};
+use signet_proto::issuer_protocol::NODE_AGENT_PATH_PREFIX;
+
+use crate::agents::{AdmittedAgent, JoinRejection, JoinVerifier};
 
 /// Keys the API server puts in `user.extra` of a pod-bound token.
 const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
@@ -210,7 +212,7 @@ impl ServiceAccountJoin {
             ));
         }
         Ok(AdmittedAgent {
-            path: format!("{NODE_AGENT_PREFIX}{node}"),
+            path: format!("{NODE_AGENT_PATH_PREFIX}{node}"),
             name: node.clone(),
             node_name: Some(node),
         })

@@ -68,7 +68,7 @@ pub async fn start_operator(policy: &str) -> Operator {
     let policy_dir = dir.path().join("policy");
     std::fs::create_dir_all(&policy_dir).unwrap();
     std::fs::write(policy_dir.join("policy.yaml"), policy).unwrap();
-    let token = signet_operator::join::generate_token().unwrap();
+    let token = signet_operator::standalone::join_tokens::generate_token().unwrap();
     let token_path = dir.path().join("join-token");
     std::fs::write(&token_path, format!("{token}\n")).unwrap();
     let state_dir = dir.path().join("operator");

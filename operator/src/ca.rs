@@ -3,7 +3,6 @@
 //! the issuer's own serving certificate.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -11,16 +10,15 @@ use futures::future::BoxFuture;
 use signet_identity::authority::AuthorityState;
 use signet_identity::x509::X509SvidParams;
 use signet_identity::{
-    AuthorityError, CaConfig, CaKeyset, JwtSvid, KeyType, PrivateKey, RotationEvent, SpiffeId,
-    TrustBundle, X509Svid,
+    AuthorityError, CaConfig, CaKeyset, JwtSvid, KeyType, PrivateKey, PublicKey, RotationEvent,
+    SpiffeId, TrustBundle, X509Svid,
 };
+use signet_proto::issuer_protocol::ISSUER_PATH;
 use signet_runtime::clock::Clock;
 use signet_tls::SvidResolver;
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-/// Path of the issuer's SVID under the trust domain.
-pub const ISSUER_PATH: &str = "/signet/issuer";
 /// Lifetime of the issuer's serving certificate; renewed at half-life.
 const ISSUER_SVID_TTL: Duration = Duration::from_secs(3600);
 
@@ -54,41 +52,6 @@ pub trait KeysetStore: Send + Sync + 'static {
     /// Replaces the state. A store that supports it refuses with
     /// [`StoreError::Conflict`] when the state changed since it was loaded.
     fn save(&self, state: Zeroizing<String>) -> BoxFuture<'_, Result<(), StoreError>>;
-}
-
-/// The keyset in a file of the state directory (standalone mode).
-#[derive(Debug)]
-pub struct FileKeysetStore {
-    path: PathBuf,
-}
-
-impl FileKeysetStore {
-    pub fn new(path: PathBuf) -> Self {
-        Self { path }
-    }
-}
-
-impl KeysetStore for FileKeysetStore {
-    fn load(&self) -> BoxFuture<'_, Result<Option<Zeroizing<String>>, StoreError>> {
-        Box::pin(async move {
-            let bytes = signet_runtime::files::read_optional(&self.path)
-                .map_err(|e| StoreError::Read(e.to_string()))?;
-            bytes
-                .map(|bytes| {
-                    String::from_utf8(bytes).map(Zeroizing::new).map_err(|_| {
-                        StoreError::Read(format!("{} is not UTF-8", self.path.display()))
-                    })
-                })
-                .transpose()
-        })
-    }
-
-    fn save(&self, state: Zeroizing<String>) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            signet_runtime::files::write_atomic(&self.path, state.as_bytes(), 0o600)
-                .map_err(|e| StoreError::Write(e.to_string()))
-        })
-    }
 }
 
 /// The trust bundle as published: the value and its encodings.
@@ -395,13 +358,15 @@ impl Authority {
         }
     }
 
-    pub fn mint_x509_from_csr(
+    /// Mints an X.509-SVID for `subject_key` (from a CSR the issuer checked
+    /// at its edge) with the active CA.
+    pub fn mint_x509(
         &self,
         params: &X509SvidParams,
-        csr_der: &[u8],
+        subject_key: &PublicKey,
         now: SystemTime,
     ) -> Result<X509Svid, AuthorityError> {
-        self.read().mint_x509_svid_from_csr(params, csr_der, now)
+        self.read().mint_x509_svid(params, subject_key, now)
     }
 
     pub fn mint_jwt(
@@ -445,37 +410,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn created_once_then_loaded_from_the_state_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ca.json");
-        let now = SystemTime::now();
-        let store: Arc<dyn KeysetStore> = Arc::new(FileKeysetStore::new(path.clone()));
-        let first = Authority::load_or_create(config(), store.clone(), IssuerNames::default(), now)
-            .await
-            .unwrap();
-        use std::os::unix::fs::MetadataExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
-        let second = Authority::load_or_create(config(), store, IssuerNames::default(), now)
-            .await
-            .unwrap();
-        assert_eq!(
-            first.current_bundle().bundle.x509_authorities,
-            second.current_bundle().bundle.x509_authorities,
-            "a restart keeps the CA"
-        );
-        assert!(second.issuer_resolver().current().is_some());
-    }
-
-    #[tokio::test]
     async fn rotation_persists_and_publishes_before_activation() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ca.json");
-        let start = SystemTime::now();
-        let store: Arc<dyn KeysetStore> = Arc::new(FileKeysetStore::new(path.clone()));
-        let authority =
-            Authority::load_or_create(config(), store.clone(), IssuerNames::default(), start)
-                .await
-                .unwrap();
+        let shared = Arc::new(std::sync::Mutex::new((None, 0)));
+        let start = Clock::new().now();
+        let authority = Authority::load_or_create(
+            config(),
+            SharedStore::handle(&shared),
+            IssuerNames::default(),
+            start,
+        )
+        .await
+        .unwrap();
         let mut bundles = authority.bundle();
         assert_eq!(bundles.borrow().bundle.x509_authorities.len(), 1);
 
@@ -488,7 +433,7 @@ mod tests {
         assert_eq!(bundles.borrow_and_update().bundle.x509_authorities.len(), 2);
         let reloaded = Authority::load_or_create(
             config(),
-            store,
+            SharedStore::handle(&shared),
             IssuerNames::default(),
             start + Duration::from_secs(3 * 3600 + 60),
         )
@@ -500,12 +445,11 @@ mod tests {
         let later = start + Duration::from_secs(5 * 3600 + 60);
         authority.tick(later).await.unwrap();
         let key = PrivateKey::generate(KeyType::EcP256).unwrap();
-        let csr = signet_identity::x509::create_csr(&key).unwrap();
         let id = SpiffeId::parse("spiffe://example.org/w").unwrap();
         let svid = authority
-            .mint_x509_from_csr(
+            .mint_x509(
                 &X509SvidParams::new(id, Duration::from_secs(3600)),
-                &csr,
+                key.public_key(),
                 later,
             )
             .unwrap();
@@ -564,7 +508,7 @@ mod tests {
     #[tokio::test]
     async fn replicas_share_one_ca_and_follow_the_leaders_rotation() {
         let shared = Arc::new(std::sync::Mutex::new((None, 0)));
-        let start = SystemTime::now();
+        let start = Clock::new().now();
         // Both start before either saved: the second one's create conflicts
         // and it adopts the first one's CA.
         let store_a = SharedStore::handle(&shared);

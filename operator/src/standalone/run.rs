@@ -8,19 +8,25 @@
 //! - `bundle.pem`, `bundle.spiffe.json`, `jwks.json` (0644): the trust bundle
 //!   for agents to bootstrap from and for tools, rewritten on every change.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use signet_runtime::clock::Clock;
 use tokio::sync::watch;
 
+use crate::agents::NoNodes;
 use crate::audit::AuditLog;
-use crate::authority::{Authority, FileKeysetStore, PublishedBundle};
+use crate::ca::{Authority, PublishedBundle};
 use crate::config::StandaloneConfig;
-use crate::issuer::{AgentTestimony, Federation, IssuerParts, IssuerService, IssuerSettings};
-use crate::join::JoinTokens;
-use crate::policy_source::{DirectorySource, initial_version};
+use crate::issuer::policy_stream::Federation;
+use crate::issuer::service::{IssuerParts, IssuerService, IssuerSettings};
+use crate::issuer::workload::AgentTestimony;
+use crate::policy_state::{PolicyState, next_version};
 use crate::server::{IssuerServer, ServeError};
+use crate::standalone::join_tokens::JoinTokens;
+use crate::standalone::keyset_file::FileKeysetStore;
+use crate::standalone::policy_dir::DirectorySource;
 
 /// How often the rotation schedule is checked.
 const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(10);
@@ -35,9 +41,9 @@ pub enum StandaloneError {
     #[error("state directory: {0}")]
     StateDir(#[from] signet_runtime::files::FileError),
     #[error("certificate authority: {0}")]
-    Authority(#[from] crate::authority::AuthorityServiceError),
+    Authority(#[from] crate::ca::AuthorityServiceError),
     #[error("join tokens: {0}")]
-    JoinTokens(#[from] crate::join::JoinError),
+    JoinTokens(#[from] crate::standalone::join_tokens::JoinError),
     #[error("audit log: {0}")]
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]
@@ -83,9 +89,10 @@ pub async fn serve(
     let (source, policy) = DirectorySource::load(
         config.policy_dir.clone(),
         config.trust_domain.clone(),
-        initial_version(),
+        next_version(0, clock.now()),
     );
     tokio::spawn(source.run());
+    tokio::spawn(warn_about_node_subjects(policy.clone()));
 
     let issuer = IssuerService::new(IssuerParts {
         authority: authority.clone(),
@@ -95,6 +102,7 @@ pub async fn serve(
         },
         join,
         workloads: Arc::new(AgentTestimony),
+        nodes: Arc::new(NoNodes),
         audit,
         metrics: server.metrics(),
         settings: IssuerSettings {
@@ -117,6 +125,43 @@ pub async fn serve(
         .serve(listener, &config, authority, policy, issuer, shutdown)
         .await?;
     Ok(())
+}
+
+/// The Roles with Node subjects in `state` when they differ from the last
+/// ones warned about (`warned` is updated); `None` when there is nothing
+/// new to say.
+fn node_subjects_to_warn_about(
+    warned: &mut BTreeSet<String>,
+    state: &PolicyState,
+) -> Option<Vec<String>> {
+    let roles: BTreeSet<String> = state
+        .snapshot
+        .roles_with_node_subjects()
+        .map(str::to_owned)
+        .collect();
+    if roles == *warned {
+        return None;
+    }
+    *warned = roles;
+    (!warned.is_empty()).then(|| warned.iter().cloned().collect())
+}
+
+/// Says so, each time the set changes, when Roles have Node subjects: they
+/// can never apply here, which their author may not expect.
+async fn warn_about_node_subjects(mut policy: watch::Receiver<Arc<PolicyState>>) {
+    let mut warned = BTreeSet::new();
+    loop {
+        let roles = node_subjects_to_warn_about(&mut warned, &policy.borrow_and_update());
+        if let Some(roles) = roles {
+            tracing::warn!(
+                ?roles,
+                "Node subjects never apply in standalone mode: agents have no Node"
+            );
+        }
+        if policy.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Rewrites the bundle files whenever the bundle changes.
@@ -153,4 +198,65 @@ fn publish_bundle_files(
         published.jwks_json.as_bytes(),
         0o644,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use signet_identity::TrustDomain;
+    use signet_policy::PolicyDocument;
+
+    use super::*;
+
+    fn compiled(yaml: &str) -> PolicyState {
+        let objects: Vec<_> = signet_policy::parse_yaml_documents(yaml)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        PolicyState::compile(
+            1,
+            &TrustDomain::new("example.org").unwrap(),
+            &PolicyDocument::from_objects(objects),
+        )
+    }
+
+    fn role(name: &str, subject: &str) -> String {
+        format!(
+            "apiVersion: signet.dev/v1alpha1\nkind: Role\nmetadata: {{name: {name}}}\nspec:\n  subjects: [{subject}]\n  allow: {{workloadIdentityLabels: {{app: [web]}}}}\n---\n"
+        )
+    }
+
+    #[test]
+    fn node_subjects_are_warned_about_when_the_set_changes() {
+        let agents = role("agents", "{kind: Agent, name: \"*\"}");
+        let pci = role("pci", "{kind: Node, selector: {matchLabels: {pool: pci}}}");
+        let dmz = role("dmz", "{kind: Node, selector: {matchLabels: {pool: dmz}}}");
+        let mut warned = BTreeSet::new();
+        assert_eq!(
+            node_subjects_to_warn_about(&mut warned, &compiled(&agents)),
+            None
+        );
+        let with_pci = compiled(&format!("{agents}{pci}"));
+        assert_eq!(
+            node_subjects_to_warn_about(&mut warned, &with_pci),
+            Some(vec!["pci".to_owned()])
+        );
+        assert_eq!(
+            node_subjects_to_warn_about(&mut warned, &with_pci),
+            None,
+            "said once per set"
+        );
+        assert_eq!(
+            node_subjects_to_warn_about(&mut warned, &compiled(&format!("{pci}{dmz}"))),
+            Some(vec!["dmz".to_owned(), "pci".to_owned()])
+        );
+        assert_eq!(
+            node_subjects_to_warn_about(&mut warned, &compiled(&agents)),
+            None
+        );
+        assert_eq!(
+            node_subjects_to_warn_about(&mut warned, &compiled(&pci)),
+            Some(vec!["pci".to_owned()]),
+            "again after it went away"
+        );
+    }
 }

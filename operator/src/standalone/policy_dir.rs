@@ -1,6 +1,5 @@
-//! The policy in force, and where standalone mode reads it from: a
-//! directory of the same WorkloadIdentity and Role YAML users would
-//! `kubectl apply`.
+//! Where standalone mode reads the policy from: a directory of the same
+//! WorkloadIdentity and Role YAML users would `kubectl apply`.
 //!
 //! An invalid object never takes the rest down: it is reported and skipped,
 //! and if an earlier version of it was valid, that version stays in force
@@ -14,47 +13,16 @@ use std::time::Duration;
 
 use signet_identity::TrustDomain;
 use signet_policy::snapshot::ObjectKind;
-use signet_policy::{LoadError, ObjectReport, PolicyDocument, PolicyObject, PolicySnapshot};
+use signet_policy::{LoadError, PolicyDocument, PolicyObject};
 use tokio::sync::{mpsc, watch};
+
+use crate::policy_state::PolicyState;
 
 /// Safety net in case a filesystem event is missed (network filesystems,
 /// ConfigMap symlink swaps).
 const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// Editors write files in several steps; wait for them to settle.
 const DEBOUNCE: Duration = Duration::from_millis(200);
-
-/// A compiled policy version, as the issuer and WatchPolicy use it.
-#[derive(Debug)]
-pub struct PolicyState {
-    pub version: u64,
-    pub snapshot: PolicySnapshot,
-    /// `PolicyDocument` JSON of the objects in force, shipped to agents.
-    pub document_json: Arc<Vec<u8>>,
-    pub reports: Vec<ObjectReport>,
-}
-
-impl PolicyState {
-    pub fn compile(version: u64, trust_domain: &TrustDomain, document: &PolicyDocument) -> Self {
-        let (snapshot, reports) = document.compile(version, trust_domain);
-        let in_force = snapshot.document().clone();
-        let document_json = serde_json::to_vec(&in_force).unwrap_or_else(|_| b"{}".to_vec());
-        Self {
-            version,
-            snapshot,
-            document_json: Arc::new(document_json),
-            reports,
-        }
-    }
-}
-
-/// A starting version that keeps increasing across restarts, so agents
-/// never mistake a restarted operator's policy for one they already have.
-pub fn initial_version() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(1)
-}
 
 type ObjectKey = (ObjectKind, String);
 

@@ -22,27 +22,19 @@ use serde::de::DeserializeOwned;
 use signet_identity::TrustDomain;
 use signet_policy::snapshot::{ObjectKind, ObjectReport};
 use signet_policy::{PolicyDocument, Role, WorkloadIdentity};
+use signet_runtime::clock::Clock;
 use tokio::sync::watch;
 
-use crate::policy_source::PolicyState;
+use crate::policy_state::{PolicyState, next_version};
 
 /// Changes arriving together are compiled once.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// Field manager of the status the operator applies.
 pub const FIELD_MANAGER: &str = "signet-operator";
 
-/// A policy version that also grows across replicas and restarts, so an
-/// agent moving between replicas never sees it go backwards for long.
-fn next_version(previous: u64) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    now.max(previous + 1)
-}
-
 pub struct PolicyReconciler {
     client: Client,
+    clock: Clock,
     trust_domain: TrustDomain,
     sender: watch::Sender<Arc<PolicyState>>,
     synced: watch::Sender<bool>,
@@ -62,9 +54,13 @@ impl PolicyReconciler {
         trust_domain: TrustDomain,
         leading: watch::Receiver<bool>,
         identity: String,
+        clock: Clock,
     ) -> (Self, PolicyChannels) {
-        let empty =
-            PolicyState::compile(next_version(0), &trust_domain, &PolicyDocument::default());
+        let empty = PolicyState::compile(
+            next_version(0, clock.now()),
+            &trust_domain,
+            &PolicyDocument::default(),
+        );
         let (sender, policy) = watch::channel(Arc::new(empty));
         let (synced_tx, synced) = watch::channel(false);
         let recorder = Recorder::new(
@@ -77,6 +73,7 @@ impl PolicyReconciler {
         (
             Self {
                 client,
+                clock,
                 trust_domain,
                 sender,
                 synced: synced_tx,
@@ -170,7 +167,7 @@ impl PolicyReconciler {
 
         let previous = self.sender.borrow().clone();
         let state = PolicyState::compile(
-            next_version(previous.version),
+            next_version(previous.version, self.clock.now()),
             &self.trust_domain,
             &document,
         );
@@ -216,7 +213,8 @@ impl PolicyReconciler {
     {
         let Some(object) = object else { return };
         let previous = object.ready_condition();
-        let condition = report.ready_condition(Time(Timestamp::now()), previous.as_ref());
+        let now = Timestamp::try_from(self.clock.now()).unwrap_or(Timestamp::UNIX_EPOCH);
+        let condition = report.ready_condition(Time(now), previous.as_ref());
         let generation = object.meta().generation;
         let unchanged = previous.as_ref().is_some_and(|p| {
             p.status == condition.status
@@ -316,16 +314,3 @@ macro_rules! has_policy_status {
 
 has_policy_status!(WorkloadIdentity);
 has_policy_status!(Role);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_only_grow() {
-        let far_future = u64::MAX / 2;
-        assert_eq!(next_version(far_future), far_future + 1);
-        let now = next_version(0);
-        assert!(next_version(now) > now);
-    }
-}

@@ -10,7 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use base64::Engine;
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+
+use signet_proto::issuer_protocol::JOIN_AGENT_PATH_PREFIX;
+
+use crate::agents::{AdmittedAgent, JoinRejection, JoinVerifier};
 
 const SPENT_FILE: &str = "join-tokens-spent.json";
 /// Random bytes in a generated token (256 bits).
@@ -203,6 +208,39 @@ impl JoinTokens {
         })?;
         *spent = next;
         Ok(entry.name.clone())
+    }
+}
+
+impl JoinVerifier for JoinTokens {
+    fn verify<'a>(
+        &'a self,
+        request: &'a signet_proto::issuer::v1::JoinRequest,
+    ) -> BoxFuture<'a, Result<AdmittedAgent, JoinRejection>> {
+        use signet_proto::issuer::v1::join_request::Credential;
+        Box::pin(async move {
+            let token = match &request.credential {
+                Some(Credential::JoinToken(token)) if !token.is_empty() => token,
+                _ => {
+                    return Err(JoinRejection {
+                        reason: "unsupported_credential",
+                        message: "this issuer accepts join tokens only".into(),
+                    });
+                }
+            };
+            let name = self.redeem(token).map_err(|error| JoinRejection {
+                reason: match error {
+                    JoinError::Spent { .. } => "token_spent",
+                    JoinError::Unknown => "invalid_token",
+                    _ => "token_state",
+                },
+                message: error.to_string(),
+            })?;
+            Ok(AdmittedAgent {
+                path: format!("{JOIN_AGENT_PATH_PREFIX}{name}"),
+                name,
+                node_name: None,
+            })
+        })
     }
 }
 

@@ -1,0 +1,184 @@
+//! `signet-operator kubernetes`: the operator inside a cluster.
+//!
+//! Every replica serves the issuer API, signs, and follows the policy and
+//! the CA; the leader (a Lease) alone writes: object status and Events,
+//! CA rotations (to the Secret) and the bundle ConfigMap.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use kube::api::{Api, PartialObjectMeta};
+use signet_runtime::clock::Clock;
+use tokio::sync::watch;
+
+use crate::audit::AuditLog;
+use crate::ca::Authority;
+use crate::cluster::config::ClusterConfig;
+use crate::cluster::{
+    bundle_config_map, keyset_secret, leader, nodes, pods, reconciler, token_review,
+};
+use crate::issuer::policy_stream::Federation;
+use crate::issuer::service::{IssuerParts, IssuerService, IssuerSettings};
+use crate::server::{IssuerServer, ServeError};
+
+/// How often the CA schedule runs (the leader rotates, others re-read).
+const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+    #[error("certificate authority: {0}")]
+    Authority(#[from] crate::ca::AuthorityServiceError),
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(
+    config: ClusterConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ClusterError> {
+    signet_tls::install_default_provider();
+    let client = kube::Client::try_default().await?;
+    let clock = Clock::new();
+    let kube_config = &config.kubernetes;
+    let namespace = kube_config.namespace.clone();
+
+    let server = IssuerServer::new(&config.base).await?;
+    let listener = crate::server::bind(config.base.listen).await?;
+
+    let store = Arc::new(keyset_secret::SecretKeysetStore::new(
+        Api::<Secret>::namespaced(client.clone(), &namespace),
+        kube_config.ca_secret.clone(),
+    ));
+    let authority = Authority::load_or_create(
+        config.base.ca.clone(),
+        store.clone(),
+        config.base.issuer_names.clone(),
+        clock.now(),
+    )
+    .await?;
+    let owner = store.owner_reference();
+
+    let (stop_election, election_stopped) = watch::channel(false);
+    let (elector, leading) = leader::LeaderElector::new(
+        Api::<Lease>::namespaced(client.clone(), &namespace),
+        kube_config.election.clone(),
+        owner.clone(),
+        clock,
+    );
+    let election = tokio::spawn(elector.run(async move {
+        let mut stopped = election_stopped;
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+
+    tokio::spawn(authority.clone().run_with_leader(
+        clock,
+        ROTATION_CHECK_INTERVAL,
+        leading.clone(),
+    ));
+    tokio::spawn(bundle_config_map::publish(
+        Api::<ConfigMap>::namespaced(client.clone(), &namespace),
+        kube_config.bundle_config_map.clone(),
+        owner,
+        authority.bundle(),
+        leading.clone(),
+    ));
+
+    let (reconciler, channels) = reconciler::PolicyReconciler::new(
+        client.clone(),
+        config.base.trust_domain.clone(),
+        leading.clone(),
+        kube_config.election.identity.clone(),
+        clock,
+    );
+    tokio::spawn(reconciler.run());
+
+    let pods = Arc::new(pods::PodCache::default());
+    tokio::spawn(pods.clone().run(Api::<Pod>::all(client.clone())));
+    let (nodes, node_writer) = nodes::NodeCache::new();
+    let nodes = Arc::new(nodes);
+    tokio::spawn(nodes.clone().run(
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        node_writer,
+    ));
+
+    let audit = Arc::new(AuditLog::open(&config.base.audit_log)?);
+    let join = Arc::new(token_review::ServiceAccountJoin::new(
+        client.clone(),
+        kube_config.agent_audience.clone(),
+        namespace.clone(),
+        kube_config.agent_service_account.clone(),
+    ));
+    let issuer = IssuerService::new(IssuerParts {
+        authority: authority.clone(),
+        policy: channels.policy.clone(),
+        federation: Federation {
+            bundles: config.base.federation.clone(),
+        },
+        join,
+        workloads: Arc::new(pods::PodVerifier::new(
+            pods.clone(),
+            Some(pods::PodTokenReviewer {
+                client: client.clone(),
+                audience: kube_config.pod_token_audience.clone(),
+            }),
+        )),
+        nodes: nodes.clone(),
+        audit,
+        metrics: server.metrics(),
+        settings: IssuerSettings {
+            agent_svid_ttl: config.base.agent_svid_ttl,
+        },
+        clock,
+    });
+
+    let metrics = server.metrics();
+    let (counted_pods, counted_nodes) = (pods.clone(), nodes.clone());
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            ticker.tick().await;
+            let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            metrics.pods_cached.set(count(counted_pods.len()));
+            metrics.nodes_cached.set(count(counted_nodes.len()));
+        }
+    });
+    // Ready once the policy, the pods and the Nodes are known: before that
+    // requests would be refused (or Node subjects not apply) for want of
+    // information, not by policy.
+    let readiness = server.readiness();
+    let mut policy_synced = channels.synced.clone();
+    let mut pods_synced = pods.synced();
+    let mut nodes_synced = nodes.synced();
+    tokio::spawn(async move {
+        let _ = policy_synced.wait_for(|s| *s).await;
+        let _ = pods_synced.wait_for(|s| *s).await;
+        let _ = nodes_synced.wait_for(|s| *s).await;
+        readiness.set(true);
+        tracing::info!("policy, pods and nodes synced; ready");
+    });
+
+    if let Some(oidc) = &config.oidc {
+        server.spawn_oidc(oidc, authority.bundle()).await?;
+    }
+
+    let result = server
+        .serve(
+            listener,
+            &config.base,
+            authority,
+            channels.policy,
+            issuer,
+            shutdown,
+        )
+        .await;
+    let _ = stop_election.send(true);
+    let _ = election.await;
+    Ok(result?)
+}

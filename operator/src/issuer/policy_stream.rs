@@ -1,0 +1,193 @@
+//! WatchPolicy: each agent's stream of policy updates, the full state every
+//! time the policy, the trust bundle or the agent's own Node changes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use signet_identity::{TrustBundle, TrustDomain};
+use signet_policy::NodeFacts;
+use signet_proto::issuer::v1 as pb;
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
+
+use crate::agents::AgentRecord;
+use crate::ca::PublishedBundle;
+use crate::metrics::Metrics;
+use crate::policy_state::PolicyState;
+
+/// Bundles of other trust domains, for identities that federate with them.
+#[derive(Clone, Debug, Default)]
+pub struct Federation {
+    pub bundles: BTreeMap<TrustDomain, TrustBundle>,
+}
+
+/// What one agent's stream follows.
+pub struct PolicyFeed {
+    pub trust_domain: TrustDomain,
+    pub policy: watch::Receiver<Arc<PolicyState>>,
+    pub bundle: watch::Receiver<Arc<PublishedBundle>>,
+    pub federation: Federation,
+    /// The agent's Node as the operator sees it, where agents have Nodes.
+    pub node: Option<watch::Receiver<Option<NodeFacts>>>,
+    pub metrics: Arc<Metrics>,
+}
+
+fn policy_update(
+    trust_domain: &TrustDomain,
+    policy: &PolicyState,
+    bundle: &PublishedBundle,
+    federation: &Federation,
+    node: Option<&NodeFacts>,
+) -> pb::PolicyUpdate {
+    let federated_bundles: HashMap<String, Vec<u8>> = federation
+        .bundles
+        .iter()
+        .filter_map(|(td, b)| Some((td.to_string(), b.to_spiffe_json().ok()?.into_bytes())))
+        .collect();
+    pb::PolicyUpdate {
+        version: policy.version,
+        trust_domain: trust_domain.to_string(),
+        policy: policy.document_json.as_ref().clone(),
+        trust_bundle: bundle.spiffe_json.clone().into_bytes(),
+        federated_bundles,
+        bundle_sequence: bundle.bundle.sequence,
+        node: node.map(|node| pb::NodeInfo {
+            name: node.name.clone(),
+            labels: node
+                .labels
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+        }),
+    }
+}
+
+/// Resolves when the followed Node changes; never, when there is none to
+/// follow (or its source is gone).
+async fn node_changed(node: &mut Option<watch::Receiver<Option<NodeFacts>>>) {
+    match node {
+        Some(receiver) => {
+            if receiver.changed().await.is_err() {
+                *node = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+impl PolicyFeed {
+    /// Sends `agent` the current state, then again on every change, until
+    /// the agent hangs up.
+    pub async fn run(
+        mut self,
+        agent: AgentRecord,
+        sender: mpsc::Sender<Result<pb::PolicyUpdate, Status>>,
+    ) {
+        self.metrics.agents_connected.inc();
+        tracing::debug!(agent = %agent.name, "policy watch opened");
+        loop {
+            let update = {
+                let current_policy = self.policy.borrow_and_update().clone();
+                let current_bundle = self.bundle.borrow_and_update().clone();
+                let current_node = self
+                    .node
+                    .as_mut()
+                    .and_then(|node| node.borrow_and_update().clone());
+                policy_update(
+                    &self.trust_domain,
+                    &current_policy,
+                    &current_bundle,
+                    &self.federation,
+                    current_node.as_ref(),
+                )
+            };
+            if sender.send(Ok(update)).await.is_err() {
+                break;
+            }
+            tokio::select! {
+                changed = self.policy.changed() => if changed.is_err() { break },
+                changed = self.bundle.changed() => if changed.is_err() { break },
+                () = node_changed(&mut self.node) => {}
+                () = sender.closed() => break,
+            }
+        }
+        self.metrics.agents_connected.dec();
+        tracing::debug!(agent = %agent.name, "policy watch closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use signet_identity::SpiffeId;
+    use signet_policy::PolicyDocument;
+
+    use super::*;
+
+    async fn next(
+        updates: &mut mpsc::Receiver<Result<pb::PolicyUpdate, Status>>,
+    ) -> pb::PolicyUpdate {
+        tokio::time::timeout(Duration::from_secs(5), updates.recv())
+            .await
+            .expect("an update")
+            .expect("the stream is open")
+            .expect("not an error")
+    }
+
+    #[tokio::test]
+    async fn updates_carry_the_agents_node_and_follow_its_changes() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let compiled = |version| {
+            Arc::new(PolicyState::compile(
+                version,
+                &td,
+                &PolicyDocument::default(),
+            ))
+        };
+        let (policy_tx, policy) = watch::channel(compiled(1));
+        let (_bundle_tx, bundle) = watch::channel(Arc::new(PublishedBundle {
+            bundle: TrustBundle::new(td.clone()),
+            spiffe_json: "{}".into(),
+            pem: String::new(),
+            jwks_json: "{}".into(),
+        }));
+        let (node_tx, node) = watch::channel(None);
+        let feed = PolicyFeed {
+            trust_domain: td.clone(),
+            policy,
+            bundle,
+            federation: Federation::default(),
+            node: Some(node),
+            metrics: Arc::new(Metrics::default()),
+        };
+        let id = SpiffeId::parse("spiffe://example.org/signet/agent/k8s/n1").unwrap();
+        let agent = AgentRecord::from_spiffe_id(&id, &td).unwrap();
+        let (sender, mut updates) = mpsc::channel(4);
+        let task = tokio::spawn(feed.run(agent, sender));
+
+        let first = next(&mut updates).await;
+        assert_eq!(first.node, None, "not seen yet");
+        node_tx.send_replace(Some(NodeFacts::new(
+            "n1",
+            [("pool".to_owned(), "dmz".to_owned())],
+        )));
+        let relabelled = next(&mut updates).await;
+        assert_eq!(relabelled.version, first.version, "the same policy");
+        let info = relabelled.node.unwrap();
+        assert_eq!(info.name, "n1");
+        assert_eq!(info.labels["pool"], "dmz");
+
+        // Policy changes carry the Node too; a gone source ends nothing.
+        drop(node_tx);
+        policy_tx.send_replace(compiled(2));
+        assert_eq!(next(&mut updates).await.version, 2);
+        drop(updates);
+        policy_tx.send_replace(compiled(3));
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the feed ends when the agent hangs up")
+            .unwrap();
+    }
+}

@@ -1,0 +1,317 @@
+//! The issuer gRPC service (`signet.issuer.v1.Issuer`): who is calling,
+//! request limits, and the one place errors become `tonic::Status`.
+//!
+//! Every signing request is decided against the policy in force, for
+//! attributes the issuer trusts: Kubernetes attributes come from its own
+//! view of the API server, the rest are the node agent's testimony, and
+//! `agent.*` always comes from the caller's SVID. The agent names the
+//! WorkloadIdentity it wants; the SPIFFE ID and every other field are
+//! rendered here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use signet_identity::TrustDomain;
+use signet_proto::issuer::v1 as pb;
+use signet_proto::issuer::v1::issuer_server::Issuer;
+use signet_proto::issuer_protocol::MAX_BATCH;
+use signet_runtime::clock::Clock;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::agents::{AgentRecord, JoinVerifier, NodeDirectory};
+use crate::audit::{AuditLog, CredentialKind, Outcome};
+use crate::ca::{Authority, PublishedBundle};
+use crate::issuer::policy_stream::{Federation, PolicyFeed};
+use crate::issuer::request::{JwtRequest, X509Request, subject_key};
+use crate::issuer::signing::{AgentSvidError, Asked, RENEWAL, Signer, unix_seconds};
+use crate::issuer::workload::WorkloadVerifier;
+use crate::metrics::Metrics;
+use crate::policy_state::PolicyState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerError {
+    #[error("this call requires mTLS with an agent SVID")]
+    NotAnAgent,
+    #[error("{0}")]
+    JoinRefused(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("batch of {0} requests exceeds the limit of {MAX_BATCH}")]
+    BatchTooLarge(usize),
+    #[error("signing failed: {0}")]
+    Signing(String),
+}
+
+impl From<AgentSvidError> for IssuerError {
+    fn from(error: AgentSvidError) -> Self {
+        match error {
+            AgentSvidError::InvalidRequest(message) => IssuerError::InvalidRequest(message),
+            AgentSvidError::Signing(message) => IssuerError::Signing(message),
+        }
+    }
+}
+
+impl From<IssuerError> for Status {
+    fn from(error: IssuerError) -> Self {
+        let message = error.to_string();
+        match error {
+            IssuerError::NotAnAgent => Status::unauthenticated(message),
+            IssuerError::JoinRefused(_) => Status::unauthenticated(message),
+            IssuerError::InvalidRequest(_) => Status::invalid_argument(message),
+            IssuerError::BatchTooLarge(_) => Status::resource_exhausted(message),
+            IssuerError::Signing(_) => Status::internal(message),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct IssuerSettings {
+    pub agent_svid_ttl: Duration,
+}
+
+impl Default for IssuerSettings {
+    fn default() -> Self {
+        Self {
+            agent_svid_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The issuer service. Cheap to clone.
+#[derive(Clone)]
+pub struct IssuerService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    trust_domain: TrustDomain,
+    policy: watch::Receiver<Arc<PolicyState>>,
+    federation: Federation,
+    join: Arc<dyn JoinVerifier>,
+    signer: Signer,
+}
+
+pub struct IssuerParts {
+    pub authority: Arc<Authority>,
+    pub policy: watch::Receiver<Arc<PolicyState>>,
+    pub federation: Federation,
+    pub join: Arc<dyn JoinVerifier>,
+    pub workloads: Arc<dyn WorkloadVerifier>,
+    /// Where `node.*` comes from ([`crate::agents::NoNodes`] standalone).
+    pub nodes: Arc<dyn NodeDirectory>,
+    pub audit: Arc<AuditLog>,
+    pub metrics: Arc<Metrics>,
+    pub settings: IssuerSettings,
+    pub clock: Clock,
+}
+
+impl IssuerService {
+    pub fn new(parts: IssuerParts) -> Self {
+        let trust_domain = parts.authority.trust_domain();
+        Self {
+            inner: Arc::new(Inner {
+                trust_domain: trust_domain.clone(),
+                policy: parts.policy,
+                federation: parts.federation,
+                join: parts.join,
+                signer: Signer {
+                    trust_domain,
+                    authority: parts.authority,
+                    workloads: parts.workloads,
+                    nodes: parts.nodes,
+                    audit: parts.audit,
+                    metrics: parts.metrics,
+                    agent_svid_ttl: parts.settings.agent_svid_ttl,
+                    clock: parts.clock,
+                },
+            }),
+        }
+    }
+
+    pub fn into_server(self) -> pb::issuer_server::IssuerServer<Self> {
+        pb::issuer_server::IssuerServer::new(self)
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> Result<AgentRecord, IssuerError> {
+        let id = signet_tls::peer_spiffe_id(request).ok_or(IssuerError::NotAnAgent)?;
+        AgentRecord::from_spiffe_id(&id, &self.inner.trust_domain).ok_or(IssuerError::NotAnAgent)
+    }
+
+    fn agent_svid_response(
+        &self,
+        svid: signet_identity::X509Svid,
+        bundle: &PublishedBundle,
+        name: String,
+    ) -> pb::AgentSvid {
+        pb::AgentSvid {
+            spiffe_id: svid.spiffe_id.to_string(),
+            cert_chain: svid.cert_chain.iter().map(|c| c.to_vec()).collect(),
+            trust_bundle: bundle.spiffe_json.clone().into_bytes(),
+            agent_name: name,
+            expires_at_unix: unix_seconds(svid.not_after),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Issuer for IssuerService {
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::AgentSvid>, Status> {
+        let signer = &self.inner.signer;
+        let join = request.into_inner();
+        // The CSR is checked before a single-use token is spent on it.
+        let key = subject_key(&join.csr).map_err(IssuerError::InvalidRequest)?;
+        let admitted = match self.inner.join.verify(&join).await {
+            Ok(admitted) => admitted,
+            Err(rejection) => {
+                tracing::warn!(reason = rejection.reason, message = %rejection.message, "join refused");
+                signer.audit_agent(Outcome::Denied, None, None, Some(rejection.message.clone()));
+                signer.metrics.denied("agent", "", rejection.reason);
+                return Err(IssuerError::JoinRefused(rejection.message).into());
+            }
+        };
+        let (svid, bundle) = signer
+            .mint_agent_svid(&admitted.path, &key)
+            .map_err(IssuerError::from)?;
+        tracing::info!(agent = %admitted.name, spiffe_id = %svid.spiffe_id, "agent joined");
+        signer.audit_agent(
+            Outcome::Issued,
+            Some(&admitted.name),
+            Some(&svid.spiffe_id),
+            None,
+        );
+        signer.metrics.issued("agent", "");
+        Ok(Response::new(self.agent_svid_response(
+            svid,
+            &bundle,
+            admitted.name,
+        )))
+    }
+
+    async fn renew_agent(
+        &self,
+        request: Request<pb::RenewAgentRequest>,
+    ) -> Result<Response<pb::AgentSvid>, Status> {
+        let signer = &self.inner.signer;
+        let agent = self.caller(&request)?;
+        let key = subject_key(&request.into_inner().csr).map_err(IssuerError::InvalidRequest)?;
+        let (svid, bundle) = signer
+            .mint_agent_svid(agent.spiffe_id.path(), &key)
+            .map_err(IssuerError::from)?;
+        signer.audit_agent(
+            Outcome::Issued,
+            Some(&agent.name),
+            Some(&svid.spiffe_id),
+            Some(RENEWAL.into()),
+        );
+        signer.metrics.issued("agent", "");
+        Ok(Response::new(
+            self.agent_svid_response(svid, &bundle, agent.name),
+        ))
+    }
+
+    type WatchPolicyStream = ReceiverStream<Result<pb::PolicyUpdate, Status>>;
+
+    async fn watch_policy(
+        &self,
+        request: Request<pb::WatchPolicyRequest>,
+    ) -> Result<Response<Self::WatchPolicyStream>, Status> {
+        let agent = self.caller(&request)?;
+        let (sender, receiver) = mpsc::channel(4);
+        // Only this agent's Node: a relabelled Node wakes its agent alone.
+        let node = agent
+            .node_name
+            .as_deref()
+            .and_then(|name| self.inner.signer.nodes.follow(name));
+        let feed = PolicyFeed {
+            trust_domain: self.inner.trust_domain.clone(),
+            policy: self.inner.policy.clone(),
+            bundle: self.inner.signer.authority.bundle(),
+            federation: self.inner.federation.clone(),
+            node,
+            metrics: self.inner.signer.metrics.clone(),
+        };
+        tokio::spawn(feed.run(agent, sender));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn sign_x509_svids(
+        &self,
+        request: Request<pb::SignX509SvidsRequest>,
+    ) -> Result<Response<pb::SignX509SvidsResponse>, Status> {
+        use pb::x509_svid_result::Result as Outcome_;
+        let signer = &self.inner.signer;
+        let agent = self.caller(&request)?;
+        let batch = request.into_inner().requests;
+        if batch.len() > MAX_BATCH {
+            return Err(IssuerError::BatchTooLarge(batch.len()).into());
+        }
+        let policy = self.inner.policy.borrow().clone();
+        let mut results = Vec::with_capacity(batch.len());
+        for item in &batch {
+            let signed = match X509Request::parse(item) {
+                Ok(request) => signer.sign_one_x509(&agent, &request, &policy).await,
+                Err(refusal) => Err(refusal),
+            };
+            let result = match signed {
+                Ok(svid) => Outcome_::Svid(svid),
+                Err(refusal) => Outcome_::Denial(signer.deny(
+                    &agent,
+                    Asked {
+                        kind: CredentialKind::X509Svid,
+                        workload_identity: &item.workload_identity,
+                        audiences: &[],
+                    },
+                    &policy,
+                    refusal,
+                )),
+            };
+            results.push(pb::X509SvidResult {
+                result: Some(result),
+            });
+        }
+        Ok(Response::new(pb::SignX509SvidsResponse { results }))
+    }
+
+    async fn sign_jwt_svids(
+        &self,
+        request: Request<pb::SignJwtSvidsRequest>,
+    ) -> Result<Response<pb::SignJwtSvidsResponse>, Status> {
+        use pb::jwt_svid_result::Result as Outcome_;
+        let signer = &self.inner.signer;
+        let agent = self.caller(&request)?;
+        let batch = request.into_inner().requests;
+        if batch.len() > MAX_BATCH {
+            return Err(IssuerError::BatchTooLarge(batch.len()).into());
+        }
+        let policy = self.inner.policy.borrow().clone();
+        let mut results = Vec::with_capacity(batch.len());
+        for item in &batch {
+            let signed = match JwtRequest::parse(item) {
+                Ok(request) => signer.sign_one_jwt(&agent, &request, &policy).await,
+                Err(refusal) => Err(refusal),
+            };
+            let result = match signed {
+                Ok(svid) => Outcome_::Svid(svid),
+                Err(refusal) => Outcome_::Denial(signer.deny(
+                    &agent,
+                    Asked {
+                        kind: CredentialKind::JwtSvid,
+                        workload_identity: &item.workload_identity,
+                        audiences: &item.audience,
+                    },
+                    &policy,
+                    refusal,
+                )),
+            };
+            results.push(pb::JwtSvidResult {
+                result: Some(result),
+            });
+        }
+        Ok(Response::new(pb::SignJwtSvidsResponse { results }))
+    }
+}

@@ -1,0 +1,337 @@
+//! Deciding and signing: each request is decided against the policy in
+//! force for attributes the issuer trusts, then signed and audited; a
+//! refusal is audited with the attributes it was decided on.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use signet_identity::x509::{SubjectTemplate, X509SvidParams};
+use signet_identity::{AuthorityError, PublicKey, SpiffeId, TrustDomain, X509Svid};
+use signet_policy::{AgentContext, IssuableIdentity};
+use signet_proto::issuer::v1 as pb;
+use signet_runtime::clock::Clock;
+
+use crate::agents::{AgentRecord, NodeDirectory};
+use crate::audit::{AuditEvent, AuditLog, CredentialKind, Outcome, rfc3339, seconds_between};
+use crate::ca::{Authority, PublishedBundle};
+use crate::issuer::request::{JwtRequest, Refusal, WorkloadRequest, X509Request, denial, reported};
+use crate::issuer::workload::WorkloadVerifier;
+use crate::metrics::Metrics;
+use crate::policy_state::PolicyState;
+
+/// Audit message of an agent SVID renewal (event `agent.renewed`).
+pub const RENEWAL: &str = "renewal";
+
+/// What a refused request asked for, as its denial is audited.
+#[derive(Clone, Copy, Debug)]
+pub struct Asked<'a> {
+    pub kind: CredentialKind,
+    pub workload_identity: &'a str,
+    pub audiences: &'a [String],
+}
+
+/// Why an agent SVID was not minted.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentSvidError {
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("signing failed: {0}")]
+    Signing(String),
+}
+
+pub fn unix_seconds(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Everything a signing decision needs.
+pub struct Signer {
+    pub trust_domain: TrustDomain,
+    pub authority: Arc<Authority>,
+    pub workloads: Arc<dyn WorkloadVerifier>,
+    pub nodes: Arc<dyn NodeDirectory>,
+    pub audit: Arc<AuditLog>,
+    pub metrics: Arc<Metrics>,
+    pub agent_svid_ttl: Duration,
+    pub clock: Clock,
+}
+
+impl Signer {
+    /// Mints an agent's SVID at `path` for the key from the agent's CSR;
+    /// the one way to a `/signet/agent/...` ID (any other path is refused).
+    pub fn mint_agent_svid(
+        &self,
+        path: &str,
+        key: &PublicKey,
+    ) -> Result<(X509Svid, Arc<PublishedBundle>), AgentSvidError> {
+        let id = SpiffeId::from_path(&self.trust_domain, path)
+            .map_err(|e| AgentSvidError::InvalidRequest(e.to_string()))?;
+        if AgentRecord::from_spiffe_id(&id, &self.trust_domain).is_none() {
+            return Err(AgentSvidError::Signing(format!("{id} is not an agent ID")));
+        }
+        let params = X509SvidParams::new(id, self.agent_svid_ttl);
+        let svid = self
+            .authority
+            .mint_x509(&params, key, self.clock.now())
+            .map_err(|e| AgentSvidError::Signing(e.to_string()))?;
+        Ok((svid, self.authority.current_bundle()))
+    }
+
+    pub fn audit_agent(
+        &self,
+        outcome: Outcome,
+        agent: Option<&str>,
+        id: Option<&SpiffeId>,
+        message: Option<String>,
+    ) {
+        let renewal = message.as_deref() == Some(RENEWAL);
+        let mut event = AuditEvent::new(CredentialKind::AgentSvid, outcome, self.clock.now());
+        if renewal {
+            event.event = "agent.renewed";
+        }
+        event.agent = agent.map(str::to_owned);
+        event.spiffe_id = id.map(ToString::to_string);
+        event.message = message;
+        self.audit.record(event);
+    }
+
+    fn base_event(
+        &self,
+        kind: CredentialKind,
+        outcome: Outcome,
+        agent: &AgentRecord,
+        attributes: &BTreeMap<String, String>,
+        workload_identity: &str,
+        policy_version: u64,
+    ) -> AuditEvent {
+        let mut event = AuditEvent::new(kind, outcome, self.clock.now());
+        event.agent = Some(agent.name.clone());
+        event.agent_spiffe_id = Some(agent.spiffe_id.to_string());
+        event.workload = attributes.clone();
+        event.workload_identity = Some(workload_identity.to_owned());
+        event.policy_version = Some(policy_version);
+        event
+    }
+
+    /// Decides and signs one X.509-SVID request; a refusal carries the
+    /// attributes it was decided on, for the audit event.
+    pub async fn sign_one_x509(
+        &self,
+        agent: &AgentRecord,
+        request: &X509Request<'_>,
+        policy: &PolicyState,
+    ) -> Result<pb::X509Svid, Refusal> {
+        let name = request.workload.workload_identity;
+        let (issuable, attributes) = self.decide(agent, request.workload, policy).await?;
+        if let Err(denial) = refuse_reserved(&issuable.spiffe_id) {
+            return Err((denial, attributes));
+        }
+        let params = X509SvidParams {
+            spiffe_id: issuable.spiffe_id.clone(),
+            dns_sans: issuable.x509.dns_sans.clone(),
+            ip_sans: issuable.x509.ip_sans.clone(),
+            subject: subject_of(&issuable),
+            ttl: issuable.x509.ttl,
+        };
+        let now = self.clock.now();
+        let svid = match self.authority.mint_x509(&params, &request.subject_key, now) {
+            Ok(svid) => svid,
+            Err(error) => {
+                return Err((signing_failed(&error), attributes));
+            }
+        };
+        let mut event = self.base_event(
+            CredentialKind::X509Svid,
+            Outcome::Issued,
+            agent,
+            &attributes,
+            name,
+            policy.version,
+        );
+        event.spiffe_id = Some(svid.spiffe_id.to_string());
+        event.dns_sans = params.dns_sans.clone();
+        event.ip_sans = params.ip_sans.iter().map(ToString::to_string).collect();
+        event.serial = Some(svid.serial.clone());
+        event.ttl_seconds = Some(seconds_between(svid.not_before, svid.not_after));
+        event.expires_at = Some(rfc3339(svid.not_after));
+        self.audit.record(event);
+        self.metrics.issued("x509", name);
+        Ok(pb::X509Svid {
+            workload_identity: name.to_owned(),
+            spiffe_id: svid.spiffe_id.to_string(),
+            cert_chain: svid.cert_chain.iter().map(|c| c.to_vec()).collect(),
+            hint: issuable.hint.clone().unwrap_or_default(),
+            expires_at_unix: unix_seconds(svid.not_after),
+            federates_with: issuable
+                .federates_with
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            serial: svid.serial,
+        })
+    }
+
+    /// Decides and signs one JWT-SVID request (see [`Self::sign_one_x509`]).
+    pub async fn sign_one_jwt(
+        &self,
+        agent: &AgentRecord,
+        request: &JwtRequest<'_>,
+        policy: &PolicyState,
+    ) -> Result<pb::JwtSvid, Refusal> {
+        let name = request.workload.workload_identity;
+        let (issuable, attributes) = self.decide(agent, request.workload, policy).await?;
+        if let Err(denial) = refuse_reserved(&issuable.spiffe_id) {
+            return Err((denial, attributes));
+        }
+        let now = self.clock.now();
+        let minted = self.authority.mint_jwt(
+            &issuable.spiffe_id,
+            request.audiences,
+            issuable.jwt.ttl,
+            &issuable.jwt.extra_claims,
+            now,
+        );
+        let jwt = match minted {
+            Ok(jwt) => jwt,
+            Err(error) => {
+                return Err((signing_failed(&error), attributes));
+            }
+        };
+        let mut event = self.base_event(
+            CredentialKind::JwtSvid,
+            Outcome::Issued,
+            agent,
+            &attributes,
+            name,
+            policy.version,
+        );
+        event.spiffe_id = Some(jwt.spiffe_id.to_string());
+        event.jwt_id = Some(jwt.jti.clone());
+        event.audiences = request.audiences.to_vec();
+        event.ttl_seconds = Some(seconds_between(jwt.issued_at, jwt.expiry));
+        event.expires_at = Some(rfc3339(jwt.expiry));
+        self.audit.record(event);
+        self.metrics.issued("jwt", name);
+        Ok(pb::JwtSvid {
+            workload_identity: name.to_owned(),
+            spiffe_id: jwt.spiffe_id.to_string(),
+            token: jwt.token,
+            hint: issuable.hint.clone().unwrap_or_default(),
+            expires_at_unix: unix_seconds(jwt.expiry),
+            jti: jwt.jti,
+        })
+    }
+
+    /// Audits and counts a refusal; returns the denial for the agent. What
+    /// the agent sent is recorded bounded: a refused request may be huge.
+    pub fn deny(
+        &self,
+        agent: &AgentRecord,
+        asked: Asked<'_>,
+        policy: &PolicyState,
+        (denial, attributes): Refusal,
+    ) -> pb::Denial {
+        let Asked {
+            kind,
+            workload_identity,
+            audiences,
+        } = asked;
+        let mut event = self.base_event(
+            kind,
+            Outcome::Denied,
+            agent,
+            &attributes,
+            workload_identity,
+            policy.version,
+        );
+        event.audiences = audiences.to_vec();
+        event.reason = Some(denial.reason.clone());
+        event.message = Some(denial.message.clone());
+        event.bound_refused_input();
+        self.audit.record(event);
+        let metric_kind = if kind == CredentialKind::JwtSvid {
+            "jwt"
+        } else {
+            "x509"
+        };
+        // Only names the policy knows become label values: an agent must
+        // not be able to mint metric series.
+        let known = policy
+            .snapshot
+            .identity_names()
+            .any(|known| known == workload_identity);
+        let label = if known { workload_identity } else { "" };
+        self.metrics.denied(metric_kind, label, &denial.reason);
+        denial
+    }
+
+    /// `agent.*` from the caller's SVID, `node.*` from the operator's view
+    /// of the caller's Node (none while it has not seen the Node).
+    pub fn context_of(&self, agent: &AgentRecord) -> AgentContext {
+        let node = agent
+            .node_name
+            .as_deref()
+            .and_then(|name| self.nodes.node(name));
+        agent.context(node)
+    }
+
+    /// Verifies the workload and decides one identity for it.
+    async fn decide(
+        &self,
+        agent: &AgentRecord,
+        request: WorkloadRequest<'_>,
+        policy: &PolicyState,
+    ) -> Result<(IssuableIdentity, BTreeMap<String, String>), Refusal> {
+        let attributes = match self.workloads.verify(agent, request.workload).await {
+            Ok(attributes) => attributes.with_context(&self.context_of(agent)),
+            Err(rejection) => {
+                return Err((
+                    denial(rejection.reason, rejection.message, rejection.retryable),
+                    reported(request.workload),
+                ));
+            }
+        };
+        let evaluated: BTreeMap<String, String> = attributes.clone().into();
+        match policy
+            .snapshot
+            .decide(&attributes, request.workload_identity)
+        {
+            Ok(issuable) => Ok((issuable, evaluated)),
+            Err(refusal) => Err((
+                denial(refusal.reason.as_str(), refusal.message, false),
+                evaluated,
+            )),
+        }
+    }
+}
+
+/// IDs under `/signet` are the agents' and the issuer's: a workload never
+/// gets one, whatever a policy renders (an attribute value like `signet`
+/// in the first segment of a template would otherwise make an agent ID).
+fn refuse_reserved(id: &SpiffeId) -> Result<(), pb::Denial> {
+    if id.is_reserved() {
+        return Err(denial(
+            "reserved_id",
+            format!("{id} is reserved for Signet's agents and issuer"),
+            false,
+        ));
+    }
+    Ok(())
+}
+
+/// Only a missing authority (mid-rotation, or a replica that has not
+/// loaded one) may pass if the agent asks again.
+fn signing_failed(error: &AuthorityError) -> pb::Denial {
+    let retryable = matches!(error, AuthorityError::NoActiveAuthority(_));
+    denial("signing_failed", error.to_string(), retryable)
+}
+
+fn subject_of(issuable: &IssuableIdentity) -> SubjectTemplate {
+    SubjectTemplate {
+        common_name: issuable.x509.subject.common_name.clone(),
+        organization: issuable.x509.subject.organization.clone(),
+        organizational_unit: issuable.x509.subject.organizational_unit.clone(),
+    }
+}

@@ -1,0 +1,62 @@
+//! The policy in force: one compiled, versioned snapshot, as the issuer
+//! decides with it and WatchPolicy ships it to agents. Both run modes
+//! produce it (standalone from a directory, a cluster from its objects).
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use signet_identity::TrustDomain;
+use signet_policy::{ObjectReport, PolicyDocument, PolicySnapshot};
+
+/// A compiled policy version, as the issuer and WatchPolicy use it.
+#[derive(Debug)]
+pub struct PolicyState {
+    pub version: u64,
+    pub snapshot: PolicySnapshot,
+    /// `PolicyDocument` JSON of the objects in force, shipped to agents.
+    pub document_json: Arc<Vec<u8>>,
+    pub reports: Vec<ObjectReport>,
+}
+
+impl PolicyState {
+    pub fn compile(version: u64, trust_domain: &TrustDomain, document: &PolicyDocument) -> Self {
+        let (snapshot, reports) = document.compile(version, trust_domain);
+        let in_force = snapshot.document().clone();
+        let document_json = serde_json::to_vec(&in_force).unwrap_or_else(|_| b"{}".to_vec());
+        Self {
+            version,
+            snapshot,
+            document_json: Arc::new(document_json),
+            reports,
+        }
+    }
+}
+
+/// The version after `previous`: the wall clock in milliseconds, or one
+/// more than `previous` if that is larger. It grows across restarts and
+/// replicas, so agents never mistake a restarted operator's policy for one
+/// they already have, nor see it go backwards for long when they move
+/// between replicas.
+pub fn next_version(previous: u64, now: SystemTime) -> u64 {
+    let millis = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    millis.max(previous.saturating_add(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_only_grow() {
+        let now = UNIX_EPOCH + std::time::Duration::from_millis(1_750_000_000_000);
+        let far_future = u64::MAX / 2;
+        assert_eq!(next_version(far_future, now), far_future + 1);
+        let first = next_version(0, now);
+        assert_eq!(first, 1_750_000_000_000);
+        assert_eq!(next_version(first, now), first + 1, "same millisecond");
+        assert_eq!(next_version(0, UNIX_EPOCH), 1);
+    }
+}
