@@ -1,6 +1,9 @@
 //! The `signet` binary on the repository's own examples (what CI checks
 //! with `signet policy test`), and its failure modes.
 
+// Helpers outside #[test] functions unwrap too: a failed setup is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
