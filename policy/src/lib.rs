@@ -34,6 +34,7 @@ pub use document::{LoadError, PolicyDocument, PolicyObject, parse_yaml_documents
 pub use expr::{Expr, ExprError, Truth};
 pub use selector::IdentitySelector;
 pub use snapshot::{
-    Denial, DenialReason, IssuableIdentity, JwtParams, ObjectKind, ObjectReport, PolicySnapshot,
-    ValidationError, ValidationReason, X509Params, X509Subject,
+    Denial, DenialReason, Explanation, IdentityExplanation, IssuableIdentity, JwtParams,
+    ObjectKind, ObjectReport, PolicySnapshot, RoleApplication, RoleVerdict, ValidationError,
+    ValidationReason, X509Params, X509Subject,
 };

@@ -151,6 +151,33 @@ impl NodeSelector {
     }
 }
 
+impl std::fmt::Display for NodeSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.requirements.is_empty() {
+            return f.write_str("(every node)");
+        }
+        let parts: Vec<String> = self
+            .requirements
+            .iter()
+            .map(|(name, op)| {
+                let key = name
+                    .label_key()
+                    .map_or(name.as_str(), |(_, key)| key)
+                    .to_owned();
+                let list =
+                    |vs: &BTreeSet<String>| vs.iter().cloned().collect::<Vec<_>>().join(", ");
+                match op {
+                    SelectorOp::In(vs) => format!("{key} in [{}]", list(vs)),
+                    SelectorOp::NotIn(vs) => format!("{key} notin [{}]", list(vs)),
+                    SelectorOp::Exists => key,
+                    SelectorOp::DoesNotExist => format!("!{key}"),
+                }
+            })
+            .collect();
+        write!(f, "{}", parts.join(","))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum SubjectMatcher {
     ServiceAccount { namespace: Glob, name: Glob },
@@ -230,6 +257,17 @@ impl SubjectMatcher {
             }
         }
         matcher.filter(|_| errors.len() == before)
+    }
+
+    /// The subject as a person would write it, for explanations.
+    fn describe(&self) -> String {
+        match self {
+            SubjectMatcher::ServiceAccount { namespace, name } => {
+                format!("ServiceAccount {}/{}", namespace.as_str(), name.as_str())
+            }
+            SubjectMatcher::Node(selector) => format!("Node {selector}"),
+            SubjectMatcher::Agent(name) => format!("Agent {}", name.as_str()),
+        }
     }
 
     fn matches(&self, w: &SubjectView<'_>) -> bool {
@@ -479,6 +517,20 @@ impl CompiledRole {
     /// Like [`CompiledRole::applies_to`], with the attributes fetched beforehand.
     pub fn applies_to_view(&self, view: &SubjectView<'_>) -> bool {
         self.subjects.iter().any(|s| s.matches(view))
+    }
+
+    /// The first subject that matches the workload, described, or `None`
+    /// when the Role does not apply.
+    pub fn matching_subject(&self, view: &SubjectView<'_>) -> Option<String> {
+        self.subjects
+            .iter()
+            .find(|s| s.matches(view))
+            .map(SubjectMatcher::describe)
+    }
+
+    /// Every subject, described.
+    pub fn subjects_described(&self) -> Vec<String> {
+        self.subjects.iter().map(SubjectMatcher::describe).collect()
     }
 
     /// Whether any subject is of kind `Node`: such subjects apply only where

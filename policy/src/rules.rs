@@ -306,6 +306,30 @@ impl Rules {
         }
     }
 
+    /// In words, why [`Rules::evaluate`] decided as it did, for `explain`.
+    pub fn describe(&self, attrs: &Attributes) -> String {
+        match self.evaluate(attrs) {
+            RulesOutcome::Denied(i) => format!("deny[{i}] holds"),
+            RulesOutcome::Allowed if self.allow.is_empty() => {
+                "no allow rules: every workload matches".to_owned()
+            }
+            RulesOutcome::Allowed => {
+                let held = self.allow.iter().position(|r| r.holds(attrs)).unwrap_or(0);
+                format!("allow[{held}] holds")
+            }
+            RulesOutcome::NoMatchingRule => {
+                let why = self
+                    .allow
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| r.why_not(attrs).map(|why| format!("allow[{i}]: {why}")))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                format!("no allow rule holds ({why})")
+            }
+        }
+    }
+
     /// The Kubernetes namespaces outside which the allow rules can never hold,
     /// or `None` if they may hold anywhere (used to index identities).
     pub fn namespace_pins(&self) -> Option<BTreeSet<String>> {

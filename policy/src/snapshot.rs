@@ -816,6 +816,58 @@ struct Inner {
     document: PolicyDocument,
 }
 
+/// The result of [`PolicySnapshot::explain_workload`].
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// Every Role in force, in name order.
+    pub roles: Vec<RoleApplication>,
+    /// Every WorkloadIdentity (invalid ones too), in name order.
+    pub identities: Vec<IdentityExplanation>,
+}
+
+/// Whether a Role applies to the workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleApplication {
+    /// The Role's name.
+    pub role: String,
+    /// Its subjects, described.
+    pub subjects: Vec<String>,
+    /// The first subject matching the workload; `None`: the Role does not apply.
+    pub matched_subject: Option<String>,
+}
+
+/// One WorkloadIdentity's decision for the workload.
+#[derive(Debug, Clone)]
+pub struct IdentityExplanation {
+    /// The WorkloadIdentity's name.
+    pub workload_identity: String,
+    /// Its labels (what Roles select it by).
+    pub labels: BTreeMap<String, String>,
+    /// The rules' verdict in words (which rule held, or why none did).
+    pub rules: String,
+    /// What each Role applying to the workload says of this identity.
+    pub roles: Vec<RoleVerdict>,
+    /// The rendered identity, when its templates could be rendered.
+    pub rendered: Option<IssuableIdentity>,
+    /// The decision, exactly as the issuer makes it.
+    pub outcome: Result<IssuableIdentity, Denial>,
+}
+
+/// What one applying Role says of one identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleVerdict {
+    /// The Role's name.
+    pub role: String,
+    /// `allow.workloadIdentityLabels` selects the identity.
+    pub allows_labels: bool,
+    /// `deny.workloadIdentityLabels` selects it.
+    pub denies_labels: bool,
+    /// `allow.spiffe` covers the rendered ID and SANs (`None`: not rendered).
+    pub allows_names: Option<bool>,
+    /// `deny.spiffe` catches them.
+    pub denies_names: Option<bool>,
+}
+
 /// A compiled, immutable, versioned policy. Clones share one allocation.
 #[derive(Debug, Clone)]
 pub struct PolicySnapshot {
@@ -1256,6 +1308,78 @@ impl PolicySnapshot {
                 "index out of range",
             )),
         }
+    }
+
+    /// Everything the decision for this workload rests on, step by step:
+    /// which Roles apply (and through which subject), and for every
+    /// WorkloadIdentity its rules' verdict, what each applying Role says of
+    /// it, and the outcome. The outcome comes from the very function the
+    /// issuer decides with; the steps are read off the same compiled rules
+    /// and Roles, so an explanation cannot disagree with an issuance.
+    pub fn explain_workload(&self, attrs: &Attributes) -> Explanation {
+        let inner = &*self.inner;
+        let view = SubjectView::new(attrs);
+        let roles = inner
+            .roles
+            .iter()
+            .map(|r| RoleApplication {
+                role: r.name().to_owned(),
+                subjects: r.subjects_described(),
+                matched_subject: r.matching_subject(&view),
+            })
+            .collect();
+        let applying = self.applicable_roles(attrs);
+        let mut identities: Vec<IdentityExplanation> = inner
+            .identities
+            .iter()
+            .map(|id| {
+                let outcome = self.decide_one(id, attrs, &applying);
+                let rendered = match &outcome {
+                    Ok(issuable) => Some(issuable.clone()),
+                    Err(_) => id.render(&inner.trust_domain, attrs).ok(),
+                };
+                let verdicts = applying
+                    .iter()
+                    .map(|r| {
+                        let names = rendered.as_ref().map(|issuable| SvidNames {
+                            path: issuable.spiffe_id.path(),
+                            dns_sans: &issuable.x509.dns_sans,
+                            ip_sans: &issuable.x509.ip_sans,
+                        });
+                        RoleVerdict {
+                            role: r.name().to_owned(),
+                            allows_labels: r.allows_labels(&id.labels),
+                            denies_labels: r.denies_labels(&id.labels),
+                            allows_names: names.as_ref().map(|n| r.allows_names(n)),
+                            denies_names: names.as_ref().map(|n| r.denies_names(n)),
+                        }
+                    })
+                    .collect();
+                IdentityExplanation {
+                    workload_identity: id.name.clone(),
+                    labels: id.labels.clone(),
+                    rules: id.rules.describe(attrs),
+                    roles: verdicts,
+                    rendered,
+                    outcome,
+                }
+            })
+            .collect();
+        for (name, e) in &inner.invalid_identities {
+            identities.push(IdentityExplanation {
+                workload_identity: name.clone(),
+                labels: BTreeMap::new(),
+                rules: "not in force".to_owned(),
+                roles: Vec::new(),
+                rendered: None,
+                outcome: Err(Denial::new(
+                    DenialReason::InvalidIdentity,
+                    format!("WorkloadIdentity {name:?} is invalid: {e}"),
+                )),
+            });
+        }
+        identities.sort_by(|a, b| a.workload_identity.cmp(&b.workload_identity));
+        Explanation { roles, identities }
     }
 
     /// Decides every identity (valid and invalid) for the workload, sorted by

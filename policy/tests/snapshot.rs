@@ -900,3 +900,101 @@ fn a_namespace_named_signet_cannot_render_a_reserved_id() {
         ]
     );
 }
+
+#[test]
+fn explanations_agree_with_decisions_and_say_why() {
+    let yaml = format!(
+        "{}{}",
+        include_str!("fixtures/design-examples.yaml"),
+        r#"
+---
+apiVersion: signet.dev/v1alpha1
+kind: Role
+metadata: {name: no-admin-sa}
+spec:
+  subjects: [{kind: ServiceAccount, namespace: "*", name: "*"}]
+  deny:
+    spiffe: [{path: "/ns/*/sa/admin"}]
+"#
+    );
+    let snap = compile(&yaml);
+    let check = |attrs: &Attributes| {
+        let explanation = snap.explain_workload(attrs);
+        for identity in &explanation.identities {
+            let decided = snap.decide(attrs, &identity.workload_identity);
+            assert_eq!(
+                identity
+                    .outcome
+                    .as_ref()
+                    .map(|i| i.spiffe_id.clone())
+                    .map_err(|d| d.reason),
+                decided.map(|i| i.spiffe_id).map_err(|d| d.reason),
+                "{}",
+                identity.workload_identity
+            );
+        }
+        explanation
+    };
+
+    let allowed = check(&payments_pod());
+    let processor = allowed
+        .identities
+        .iter()
+        .find(|i| i.workload_identity == "payments-processor")
+        .unwrap();
+    assert!(processor.outcome.is_ok());
+    assert_eq!(processor.rules, "allow[0] holds");
+    assert!(
+        processor
+            .roles
+            .iter()
+            .any(|r| r.allows_labels && r.allows_names == Some(true))
+    );
+    let applying: Vec<_> = allowed
+        .roles
+        .iter()
+        .filter_map(|r| r.matched_subject.as_deref())
+        .collect();
+    assert!(
+        applying.contains(&"ServiceAccount payments/*"),
+        "{applying:?}"
+    );
+
+    let mut admin = payments_pod();
+    admin.set(Field::KubernetesServiceAccount, "admin");
+    let denied = check(&admin);
+    let processor = denied
+        .identities
+        .iter()
+        .find(|i| i.workload_identity == "payments-processor")
+        .unwrap();
+    assert_eq!(
+        processor.outcome.as_ref().unwrap_err().reason,
+        DenialReason::RoleDenied
+    );
+    assert!(
+        processor
+            .roles
+            .iter()
+            .any(|r| r.role == "no-admin-sa" && r.denies_names == Some(true))
+    );
+
+    let mut root = payments_pod();
+    root.set(Field::UnixUid, "0");
+    let unmatched = check(&root);
+    let processor = unmatched
+        .identities
+        .iter()
+        .find(|i| i.workload_identity == "payments-processor")
+        .unwrap();
+    assert!(
+        processor.rules.starts_with("no allow rule holds"),
+        "{}",
+        processor.rules
+    );
+    assert!(
+        processor.rules.contains("workload.unix.uid"),
+        "{}",
+        processor.rules
+    );
+}

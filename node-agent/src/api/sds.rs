@@ -225,15 +225,37 @@ pub fn response(secrets: &[Secret], nonce: String) -> DiscoveryResponse {
     }
 }
 
-fn check_type(request: &DiscoveryRequest) -> Result<(), ApiError> {
-    if request.type_url.is_empty() || request.type_url == SDS_SECRET_TYPE_URL {
-        Ok(())
-    } else {
-        Err(ApiError::InvalidArgument(format!(
+/// Resource names one request may ask for: a workload holds a handful of
+/// SVIDs and bundles, and each name costs a lookup and a remembered warning.
+pub const MAX_RESOURCE_NAMES: usize = 256;
+/// Longest resource name: a SPIFFE ID is at most 2048 bytes.
+const MAX_RESOURCE_NAME_LEN: usize = signet_identity::MAX_SPIFFE_ID_LEN;
+
+/// The request's type and names, before anything is looked up.
+fn check_request(request: &DiscoveryRequest) -> Result<(), ApiError> {
+    if !(request.type_url.is_empty() || request.type_url == SDS_SECRET_TYPE_URL) {
+        return Err(ApiError::InvalidArgument(format!(
             "unsupported type_url {:?}; this server only serves {SDS_SECRET_TYPE_URL}",
-            request.type_url
-        )))
+            request.type_url.chars().take(128).collect::<String>()
+        )));
     }
+    if request.resource_names.len() > MAX_RESOURCE_NAMES {
+        return Err(ApiError::InvalidArgument(format!(
+            "{} resource names requested; at most {MAX_RESOURCE_NAMES} are served per request",
+            request.resource_names.len()
+        )));
+    }
+    if let Some(long) = request
+        .resource_names
+        .iter()
+        .find(|n| n.len() > MAX_RESOURCE_NAME_LEN)
+    {
+        return Err(ApiError::InvalidArgument(format!(
+            "a resource name of {} bytes is longer than any SPIFFE ID ({MAX_RESOURCE_NAME_LEN})",
+            long.len()
+        )));
+    }
+    Ok(())
 }
 
 /// One StreamSecrets conversation.
@@ -290,7 +312,7 @@ impl SdsStream {
 
     /// Handles one request; false when the stream is over.
     async fn request(&mut self, request: DiscoveryRequest) -> bool {
-        if let Err(error) = check_type(&request) {
+        if let Err(error) = check_request(&request) {
             let _ = self.sender.send(Err(error.into())).await;
             return false;
         }
@@ -313,6 +335,10 @@ impl SdsStream {
             }
         }
         if names_changed {
+            // Warnings are remembered for the names asked for now only, so a
+            // client cycling through names cannot grow this set without end.
+            self.warned
+                .retain(|name| request.resource_names.contains(name));
             self.names = Some(request.resource_names);
             return self.push(true).await;
         }
@@ -384,7 +410,7 @@ impl SdsService {
         &self,
         request: Request<DiscoveryRequest>,
     ) -> Result<DiscoveryResponse, ApiError> {
-        check_type(request.get_ref())?;
+        check_request(request.get_ref())?;
         let workload = self.state.attest(&request).await?;
         let mut subscription = self.state.cache.subscribe(workload).await?;
         let view = first_ready_view(&self.state, &mut subscription).await?;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use prost_types::value::Kind;
 use signet_identity::{SpiffeId, TrustDomain, validate_jwt_svid};
+use signet_proto::issuer_protocol::{MAX_AUDIENCE_LEN, MAX_AUDIENCES};
 use signet_proto::workload as pb;
 use signet_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use signet_proto::{WORKLOAD_API_HEADER, WORKLOAD_API_HEADER_VALUE};
@@ -45,6 +46,37 @@ pub fn check_header<T>(request: &Request<T>) -> Result<(), ApiError> {
         (Some(value), None) if value.as_bytes() == WORKLOAD_API_HEADER_VALUE.as_bytes() => Ok(()),
         _ => Err(ApiError::MissingHeader),
     }
+}
+
+/// Longest JWT-SVID accepted for validation: tokens this agent hands out
+/// are well under 4 KiB even with generous extra claims.
+const MAX_TOKEN_LEN: usize = 64 * 1024;
+
+/// Audiences as the issuer accepts them, checked here first so an
+/// oversized request is refused as InvalidArgument before anything is
+/// signed, cached or logged.
+fn check_audiences(audiences: &[String]) -> Result<(), ApiError> {
+    if audiences.is_empty() {
+        return Err(ApiError::InvalidArgument(
+            "audience must be specified".into(),
+        ));
+    }
+    if audiences.len() > MAX_AUDIENCES {
+        return Err(ApiError::InvalidArgument(format!(
+            "{} audiences requested; at most {MAX_AUDIENCES} are allowed",
+            audiences.len()
+        )));
+    }
+    if let Some(bad) = audiences
+        .iter()
+        .find(|a| a.is_empty() || a.len() > MAX_AUDIENCE_LEN)
+    {
+        return Err(ApiError::InvalidArgument(format!(
+            "an audience of {} bytes is not allowed: each must be 1 to {MAX_AUDIENCE_LEN} bytes",
+            bad.len()
+        )));
+    }
+    Ok(())
 }
 
 fn trust_domain_key(td: &TrustDomain) -> String {
@@ -227,11 +259,7 @@ impl WorkloadApiService {
     ) -> Result<pb::JwtsvidResponse, ApiError> {
         check_header(&request)?;
         let wanted = request.get_ref();
-        if wanted.audience.is_empty() || wanted.audience.iter().any(String::is_empty) {
-            return Err(ApiError::InvalidArgument(
-                "audience must be specified".into(),
-            ));
-        }
+        check_audiences(&wanted.audience)?;
         let only = match wanted.spiffe_id.as_str() {
             "" => None,
             id => Some(SpiffeId::parse(id).map_err(|e| {
@@ -270,13 +298,15 @@ impl WorkloadApiService {
     ) -> Result<pb::ValidateJwtsvidResponse, ApiError> {
         check_header(&request)?;
         let wanted = request.get_ref();
-        if wanted.audience.is_empty() {
-            return Err(ApiError::InvalidArgument(
-                "audience must be specified".into(),
-            ));
-        }
+        check_audiences(std::slice::from_ref(&wanted.audience))?;
         if wanted.svid.is_empty() {
             return Err(ApiError::InvalidArgument("svid must be specified".into()));
+        }
+        if wanted.svid.len() > MAX_TOKEN_LEN {
+            return Err(ApiError::InvalidArgument(format!(
+                "svid is {} bytes; JWT-SVIDs are at most {MAX_TOKEN_LEN}",
+                wanted.svid.len()
+            )));
         }
         let workload = self.state.attest(&request).await?;
         self.state.wait_for_policy().await?;
@@ -396,6 +426,24 @@ mod tests {
             ("spiffe://td/e", Some("")),
         ]);
         assert_eq!(hints, vec!["web", "", "", "db", ""]);
+    }
+
+    #[test]
+    fn audiences_are_bounded_before_anything_is_signed() {
+        let one = |len: usize| vec!["a".repeat(len)];
+        assert!(check_audiences(&one(MAX_AUDIENCE_LEN)).is_ok());
+        for bad in [
+            Vec::new(),
+            one(0),
+            one(MAX_AUDIENCE_LEN + 1),
+            one(1 << 20),
+            vec!["x".to_owned(); MAX_AUDIENCES + 1],
+        ] {
+            let status = Status::from(check_audiences(&bad).unwrap_err());
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            // The refusal never echoes the (possibly huge) audience.
+            assert!(status.message().len() < 200, "{}", status.message());
+        }
     }
 
     #[test]
