@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use signet_proto::issuer::v1 as pb;
+use signet_runtime::clock::Clock;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -254,6 +255,8 @@ pub struct FilesVolumes {
     agent: AgentClient,
     state: StateDir,
     volumes: Mutex<HashMap<String, Arc<Volume>>>,
+    /// The time source for expiry and renewal (pausable in tests).
+    clock: Clock,
     /// One publish or unpublish per volume at a time.
     operations: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -274,12 +277,17 @@ impl FilesVolumes {
             state: StateDir::new(&config.state_dir),
             config,
             volumes: Mutex::new(HashMap::new()),
+            clock: Clock::new(),
             operations: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn config(&self) -> &FilesConfig {
         &self.config
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     pub fn state(&self) -> &StateDir {
@@ -321,6 +329,7 @@ impl FilesVolumes {
         let renewal = Renewal {
             record: record.clone(),
             agent: self.agent.clone(),
+            clock: self.clock,
             token: token_rx,
             status: status_tx,
             stop: stop_rx,
@@ -415,6 +424,7 @@ struct Jwt {
 struct Renewal {
     record: VolumeRecord,
     agent: AgentClient,
+    clock: Clock,
     token: watch::Receiver<Option<PodToken>>,
     status: watch::Sender<VolumeStatus>,
     stop: watch::Receiver<bool>,
@@ -610,7 +620,7 @@ impl Renewal {
                 Ok(jwt) => {
                     let expires_at = from_unix(jwt.expires_at_unix);
                     let left = expires_at
-                        .duration_since(SystemTime::now())
+                        .duration_since(self.clock.now())
                         .unwrap_or(Duration::ZERO);
                     if jwt.spiffe_id
                         != update
@@ -658,7 +668,7 @@ impl Renewal {
     /// threads, and reports the outcome in the status; false when nothing
     /// could be written.
     async fn write(&self, update: &pb::PodSvidsUpdate, jwts: &BTreeMap<Audience, Jwt>) -> bool {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let valid: Vec<(Audience, Zeroizing<String>)> = jwts
             .iter()
             .filter(|(_, jwt)| !jwt.token.is_empty() && jwt.expires_at > now)
@@ -690,7 +700,8 @@ impl Renewal {
         let target = self.record.target_path.clone();
         let group = self.record.mount_group;
         let outcome =
-            tokio::task::spawn_blocking(move || svid_files::write_set(&target, &set, group)).await;
+            tokio::task::spawn_blocking(move || svid_files::write_set(&target, &set, group, now))
+                .await;
         match outcome {
             Ok(Ok(())) => {
                 tracing::info!(

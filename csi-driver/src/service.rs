@@ -430,6 +430,7 @@ impl NodeService {
         let volume_id = req.volume_id.clone();
         let volume_path = req.volume_path.clone();
         let files_volume = self.files.get(&volume_id);
+        let clock = *self.files.clock();
         self.blocking(move |config| {
             let not_published = || CsiError::NotPublished {
                 volume_id: volume_id.clone(),
@@ -442,8 +443,7 @@ impl NodeService {
             if mounts::is_files_mount(&target.path).unwrap_or(false) {
                 let condition = match &files_volume {
                     Some(volume) if volume.record.target_path == target.path => {
-                        let (abnormal, message) =
-                            volume.status().condition(std::time::SystemTime::now());
+                        let (abnormal, message) = volume.status().condition(clock.now());
                         csi::VolumeCondition { abnormal, message }
                     }
                     _ => csi::VolumeCondition {

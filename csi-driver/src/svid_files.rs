@@ -281,11 +281,9 @@ fn entries(dir: &impl AsFd, path: &Path) -> Result<Vec<(String, bool)>, SvidFile
     Ok(names)
 }
 
-/// A fresh name for a set's directory.
-fn data_dir_name(existing: &[(String, bool)]) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+/// A fresh name for a set's directory, from the time it is written.
+fn data_dir_name(existing: &[(String, bool)], written_at: SystemTime) -> String {
+    let now = written_at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let base = format!("..{}.{:09}", now.as_secs(), now.subsec_nanos());
     let mut name = base.clone();
     let mut n = 0;
@@ -336,10 +334,11 @@ pub fn write_set(
     target: &Path,
     set: &FileSet,
     group: Option<MountGroup>,
+    written_at: SystemTime,
 ) -> Result<(), SvidFilesError> {
     let volume = open_volume(target)?;
     let before = entries(&volume, target)?;
-    let data_name = data_dir_name(&before);
+    let data_name = data_dir_name(&before, written_at);
     let data_path = target.join(&data_name);
     rustix::fs::mkdirat(&volume, data_name.as_str(), Mode::from_raw_mode(0o755))
         .map_err(errno("creating", &data_path))?;
@@ -539,7 +538,13 @@ mod tests {
     fn writing_outside_a_files_tmpfs_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let set = render(&update(), &[]).unwrap();
-        let error = write_set(dir.path(), &set, None).unwrap_err();
+        let error = write_set(
+            dir.path(),
+            &set,
+            None,
+            UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+        )
+        .unwrap_err();
         assert!(
             matches!(error, SvidFilesError::NotOurTmpfs { .. }),
             "{error}"

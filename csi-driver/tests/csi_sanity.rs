@@ -36,7 +36,9 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use signet_e2e::deadline::Deadline;
 
 mod common;
 use common::Driver;
@@ -96,12 +98,12 @@ fn run_with_timeout(mut command: Command, limit: Duration) -> (bool, String) {
         .stderr(out_file.reopen().unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + limit;
+    let deadline = Deadline::after(limit);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        if Instant::now() > deadline {
+        if deadline.passed() {
             let _ = child.kill();
             let _ = child.wait();
             let output = std::fs::read_to_string(out_file.path()).unwrap_or_default();

@@ -13,7 +13,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use signet_e2e::deadline::{Deadline, wall_now};
 
 use rustix::mount::UnmountFlags;
 use signet_csi::config::{DriverConfig, FilesConfig};
@@ -134,7 +136,7 @@ struct Minter {
 
 impl Minter {
     fn new() -> Self {
-        let now = SystemTime::now() - Duration::from_secs(3600);
+        let now = wall_now() - Duration::from_secs(3600);
         Self {
             keyset: CaKeyset::new(CaConfig::new(TrustDomain::new("example.org").unwrap()), now)
                 .unwrap(),
@@ -281,12 +283,12 @@ async fn condition(f: &Fixture) -> csi::VolumeCondition {
 
 /// Polls `check` (a driver-side effect no event announces) for 20 s.
 async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Deadline::after(Duration::from_secs(20));
     loop {
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(!deadline.passed(), "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -294,7 +296,7 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_pod_token_reopens_the_one_subscription() {
     let minter = Minter::new();
-    let Some(f) = fixture(minter.update(SystemTime::now(), Duration::from_secs(3600))).await else {
+    let Some(f) = fixture(minter.update(wall_now(), Duration::from_secs(3600))).await else {
         return;
     };
     f.service
@@ -334,7 +336,7 @@ async fn a_fresh_pod_token_reopens_the_one_subscription() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_condition_follows_renewal_failures_and_expiry() {
     let minter = Minter::new();
-    let Some(f) = fixture(minter.update(SystemTime::now(), Duration::from_secs(3600))).await else {
+    let Some(f) = fixture(minter.update(wall_now(), Duration::from_secs(3600))).await else {
         return;
     };
     f.service
@@ -368,7 +370,7 @@ async fn the_condition_follows_renewal_failures_and_expiry() {
 
     // An SVID that has expired (the agent could not renew in time).
     let expired = minter.update(
-        SystemTime::now() - Duration::from_secs(600),
+        wall_now() - Duration::from_secs(600),
         Duration::from_secs(120),
     );
     f.agent.push(expired).await;
@@ -382,7 +384,7 @@ async fn the_condition_follows_renewal_failures_and_expiry() {
     // Entitled to nothing any more: the files stay until they expire, and
     // the condition says why.
     f.agent
-        .push(minter.update(SystemTime::now(), Duration::from_secs(3600)))
+        .push(minter.update(wall_now(), Duration::from_secs(3600)))
         .await;
     eventually("a normal condition", async || {
         (!condition(&f).await.abnormal).then_some(())

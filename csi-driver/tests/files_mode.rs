@@ -20,7 +20,9 @@ use std::io::{Read, Seek};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
+
+use signet_e2e::deadline::{Deadline, Stopwatch, wall_now};
 
 use rustix::mount::UnmountFlags;
 use signet_csi::config::{DriverConfig, FilesConfig};
@@ -150,10 +152,10 @@ fn fixture_with(publish_timeout: Duration, admin_socket: Option<PathBuf>) -> Opt
     let admin = stack.path("admin/admin.sock");
     stack.set_agent_extra(&format!("admin_listen: unix://{}\n", admin.display()));
     stack.start_agent();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Deadline::after(Duration::from_secs(20));
     while !admin.exists() {
         assert!(
-            Instant::now() < deadline,
+            !deadline.passed(),
             "the agent's admin socket never appeared"
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -289,8 +291,7 @@ fn read_svid(dir: &Path, bundle: &TrustBundle) -> Result<Vec<String>, String> {
     if parsed.public_key().raw != key.public_key().spki_der() {
         return Err("svid_key.pem is not the key of svid.pem".into());
     }
-    let verified =
-        verify_x509_svid(&chain, bundle, SystemTime::now()).map_err(|e| e.to_string())?;
+    let verified = verify_x509_svid(&chain, bundle, wall_now()).map_err(|e| e.to_string())?;
     if verified.spiffe_id.as_str() != SPIFFE_ID {
         return Err(format!("unexpected SPIFFE ID {}", verified.spiffe_id));
     }
@@ -307,14 +308,14 @@ fn check_svid(dir: &Path, bundle: &TrustBundle) -> Vec<String> {
 
 /// Waits for `svid.pem` to name `san` (a renewal after a policy change).
 fn wait_for_san(dir: &Path, bundle: &TrustBundle, san: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Deadline::after(Duration::from_secs(30));
     loop {
         let sans = read_svid(dir, bundle);
         if matches!(&sans, Ok(sans) if sans.iter().any(|s| s == san)) {
             return;
         }
         assert!(
-            Instant::now() < deadline,
+            !deadline.passed(),
             "svid.pem never got the SAN {san}: {sans:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -383,7 +384,7 @@ async fn files_have_the_right_modes_and_publish_is_idempotent() {
             .unwrap()
             .file_name();
         let token = std::fs::read_to_string(target.join(name)).unwrap();
-        let jwt = validate_jwt_svid(&token, audience, &bundle, SystemTime::now()).unwrap();
+        let jwt = validate_jwt_svid(&token, audience, &bundle, wall_now()).unwrap();
         assert_eq!(jwt.spiffe_id.as_str(), SPIFFE_ID);
     }
 
@@ -722,7 +723,7 @@ async fn publish_fails_with_unavailable_when_the_agent_cannot_be_reached() {
         return;
     };
     let target = f.target("pod-u", "svid");
-    let started = Instant::now();
+    let started = Stopwatch::start();
     let status = f
         .service()
         .node_publish_volume(Request::new(publish_request(

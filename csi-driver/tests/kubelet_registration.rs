@@ -9,7 +9,9 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use signet_e2e::deadline::Deadline;
 
 fn csinode_drivers(node: &str) -> String {
     let output = Command::new("kubectl")
@@ -38,9 +40,9 @@ impl Drop for Running {
 fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
     // The kubelet's plugin watcher reacts to inotify events; the CSINode
     // update goes through the API server. Polled: nothing here can await it.
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let deadline = Deadline::after(Duration::from_secs(90));
     while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(!deadline.passed(), "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(250));
     }
 }

@@ -37,7 +37,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use signet_e2e::standalone::{Stack, binary, current_uid};
 
@@ -80,7 +80,7 @@ fn main() {
 
 /// Client mode: one FetchX509SVID, then `ok <spiffe id> <µs in the call>`.
 fn client_fetch() {
-    let started = Instant::now();
+    let started = signet_e2e::deadline::Stopwatch::start();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -117,7 +117,7 @@ fn run_client(stack: &Stack, mode: &str, uid: u32) -> Sample {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let started = Instant::now();
+    let started = signet_e2e::deadline::Stopwatch::start();
     let mut child = command.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())

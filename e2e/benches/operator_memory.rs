@@ -12,7 +12,7 @@
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use signet_e2e::cluster::{free_port, kubectl, kubectl_output, note, skip_reason};
 use signet_e2e::standalone::{Process, TRUST_DOMAIN, http_get, wait_until_every};
@@ -125,7 +125,7 @@ fn main() {
     let baseline_pods = metric(admin_port, "signet_operator_pods_cached").unwrap_or(0.0);
     let baseline = status_kib(operator.pid(), "VmRSS:");
 
-    let started = Instant::now();
+    let started = signet_e2e::deadline::Stopwatch::start();
     for start in (0..PODS).step_by(BATCH) {
         let output = kubectl_output(
             &["create", "-f", "-", "-o", "name"],

@@ -4,7 +4,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::deadline::Deadline;
 
 pub fn note(message: &str) {
     let _ = writeln!(std::io::stderr(), "{message}");
@@ -96,13 +98,13 @@ pub fn pod_field(namespace: &str, name: &str, path: &str) -> String {
 /// Waits for a `restartPolicy: Never` pod to finish; returns its phase and
 /// its log.
 pub fn run_to_completion(namespace: &str, name: &str, timeout: Duration) -> (String, String) {
-    let deadline = Instant::now() + timeout;
+    let deadline = Deadline::after(timeout);
     let phase = loop {
         let phase = pod_field(namespace, name, ".status.phase");
         if phase == "Succeeded" || phase == "Failed" {
             break phase;
         }
-        if Instant::now() > deadline {
+        if deadline.passed() {
             let describe = kubectl_output(&["-n", namespace, "describe", "pod", name], None);
             panic!(
                 "pod {namespace}/{name} still {phase:?} after {timeout:?}:\n{}",
@@ -124,7 +126,7 @@ pub fn run_to_completion(namespace: &str, name: &str, timeout: Duration) -> (Str
 /// agent is Ready once its first policy is in force). `kubectl rollout
 /// status` can return before the controller has scheduled anything.
 pub fn wait_for_daemonset(namespace: &str, name: &str, selector: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
+    let deadline = Deadline::after(timeout);
     loop {
         let status = kubectl(&[
             "-n",
@@ -142,7 +144,7 @@ pub fn wait_for_daemonset(namespace: &str, name: &str, selector: &str, timeout: 
         {
             return;
         }
-        if Instant::now() > deadline {
+        if deadline.passed() {
             let pods = kubectl_output(&["-n", namespace, "describe", "pods", "-l", selector], None);
             panic!(
                 "daemonset {namespace}/{name} not ready after {timeout:?} (desired, ready: {status:?}):\n{}",

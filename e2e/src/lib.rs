@@ -2,4 +2,5 @@
 //! `e2e/cluster`) a real single-node Kubernetes cluster.
 
 pub mod cluster;
+pub mod deadline;
 pub mod standalone;

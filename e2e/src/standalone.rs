@@ -9,7 +9,9 @@
 use crate::cluster::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::deadline::Deadline;
 
 /// How long a process gets to produce its first file or socket.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,9 +61,9 @@ pub fn wait_until_every(
     interval: Duration,
     mut ready: impl FnMut() -> bool,
 ) {
-    let deadline = Instant::now() + timeout;
+    let deadline = Deadline::after(timeout);
     while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(!deadline.passed(), "timed out waiting for {what}");
         std::thread::sleep(interval);
     }
 }
@@ -118,8 +120,8 @@ impl Process {
                 rustix::process::Signal::TERM,
             );
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.exited().is_none() && Instant::now() < deadline {
+        let deadline = Deadline::after(Duration::from_secs(5));
+        while self.exited().is_none() && !deadline.passed() {
             std::thread::sleep(Duration::from_millis(20));
         }
         if self.exited().is_none() {

@@ -18,7 +18,7 @@
 //! `$SIGNET_E2E_BIN_DIR`, else `PATH`.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use signet_e2e::cluster::{
     free_port, kubectl, kubectl_apply, kubectl_output, note, pod_field, run_to_completion,
@@ -163,7 +163,7 @@ fn daemonset_agent_issues_pod_identities_from_kubelet_attributes() {
         ));
         return;
     }
-    let started = Instant::now();
+    let started = signet_e2e::deadline::Stopwatch::start();
     let image = std::env::var("SIGNET_AGENT_IMAGE")
         .unwrap_or_else(|_| "localhost/signet/agent:dev".to_owned());
 

@@ -350,7 +350,7 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
 
     // helm install: everything Ready.
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/signet");
-    let install_started = std::time::Instant::now();
+    let install_started = signet_e2e::deadline::Stopwatch::start();
     let install = helm(&[
         "install",
         RELEASE,
@@ -531,9 +531,9 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
     // takes over 3m20s after install; a client connecting every second
     // until past that point never fails a handshake (one failure fails the
     // pod), and its SVID changes on the Workload API stream.
-    let ca_activation = install_started + Duration::from_secs(200);
-    let repeat = (ca_activation + Duration::from_secs(40))
-        .saturating_duration_since(std::time::Instant::now())
+    let past_ca_activation = Duration::from_secs(200 + 40);
+    let repeat = past_ca_activation
+        .saturating_sub(install_started.elapsed())
         .as_secs()
         .max(75)
         .to_string();
@@ -604,7 +604,7 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
     let verify = |bundle: &str| {
         let bundle =
             signet_identity::TrustBundle::from_x509_pem(trust_domain.clone(), bundle).unwrap();
-        signet_identity::verify_x509_svid(&chain, &bundle, std::time::SystemTime::now())
+        signet_identity::verify_x509_svid(&chain, &bundle, signet_e2e::deadline::wall_now())
     };
     assert!(
         verify(&bundle_pem()).is_ok(),

@@ -164,7 +164,7 @@ fn py_spiffe_fetches_and_validates_x509_and_jwt_svids() {
     let jwt = &report["jwt"];
     assert_eq!(jwt["spiffe_id"], id.as_str(), "{report:#}");
     assert_eq!(jwt["audience"], serde_json::json!([AUDIENCE]));
-    let now = std::time::SystemTime::now()
+    let now = signet_e2e::deadline::wall_now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();

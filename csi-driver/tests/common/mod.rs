@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use signet_e2e::deadline::Deadline;
 
 /// A running signet-csi process; stopped when dropped, however the test ends:
 /// SIGTERM (a clean shutdown removes the socket), then SIGKILL after a grace
@@ -31,15 +33,12 @@ impl Driver {
             child,
             endpoint: endpoint.to_owned(),
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Deadline::after(Duration::from_secs(20));
         while !endpoint.exists() {
             if let Some(status) = driver.child.try_wait().unwrap() {
                 panic!("signet-csi exited before listening: {status}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "signet-csi did not create {endpoint:?}"
-            );
+            assert!(!deadline.passed(), "signet-csi did not create {endpoint:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
         driver
@@ -49,8 +48,8 @@ impl Driver {
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let pid = rustix::process::Pid::from_child(&self.child);
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
+        let deadline = Deadline::after(Duration::from_secs(10));
+        while !deadline.passed() {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Some(status);
             }
