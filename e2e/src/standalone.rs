@@ -163,6 +163,8 @@ pub struct Stack {
     pub agent: Option<Process>,
     /// Extra lines appended to the agent's config file.
     agent_extra: String,
+    /// The agent's `attestors:` value (flow YAML); unix only by default.
+    attestors: String,
     /// The operator's `--config` file contents (none when empty); the
     /// flags `start_operator` passes still override it.
     operator_config: String,
@@ -205,6 +207,7 @@ impl Stack {
             operator: None,
             agent: None,
             agent_extra: String::new(),
+            attestors: "{unix: {}}".to_owned(),
             operator_config: String::new(),
         };
         stack.write_policy("policy.yaml", policy);
@@ -290,6 +293,12 @@ impl Stack {
         self.agent_extra = yaml.to_owned();
     }
 
+    /// The agent's `attestors:` configuration (one-line flow YAML, e.g.
+    /// `{unix: {}, docker: {enabled: true}}`), for the next agent start.
+    pub fn set_attestors(&mut self, flow_yaml: &str) {
+        self.attestors = flow_yaml.to_owned();
+    }
+
     pub fn agent_config(&self) -> String {
         // The delegated API socket stays in the stack's directory (the
         // default, /run/signet-admin, is shared by every agent on the host)
@@ -308,7 +317,7 @@ impl Stack {
              state_dir: {state}\n\
              listen: unix://{socket}\n\
              socket_mode: 0666\n\
-             attestors: {{unix: {{}}}}\n\
+             attestors: {attestors}\n\
              first_svid_timeout: 20s\n\
              {admin}{extra}",
             port = self.port,
@@ -316,6 +325,7 @@ impl Stack {
             token = self.path("join-token").display(),
             state = self.path("agent").display(),
             socket = self.socket_path().display(),
+            attestors = self.attestors,
             extra = self.agent_extra,
         )
     }
