@@ -165,12 +165,14 @@ impl Engine {
 
     /// Runs `args` (a shell command line) as the container's only process,
     /// with the agent's socket mounted; `labels` are `key=value`.
-    fn run_workload(self, name: &str, labels: &[&str], socket: &Path, script: &str) -> Output {
-        let name = format!("signet-e2e-{}-{name}", std::process::id());
-        let _ = self.run(&["rm", "-f", &name]);
+    /// `run` arguments up to and including the image: the container
+    /// `name`, `labels` (`key=value`), the agent's socket, the client and
+    /// the host's `/usr` mounted.
+    fn workload_args(self, mode: &str, name: &str, labels: &[&str], socket: &Path) -> Vec<String> {
+        let _ = self.run(&["rm", "-f", name]);
         let socket_mount = format!("{}:{SOCKET_IN_CONTAINER}", socket.display());
         let client_mount = format!("{}:/signet-agent:ro", binary("signet-agent").display());
-        let mut args: Vec<String> = ["run", "--rm", "--network", "none", "--name", &name]
+        let mut args: Vec<String> = ["run", mode, "--network", "none", "--name", name]
             .map(String::from)
             .to_vec();
         if self == Self::Podman {
@@ -200,14 +202,39 @@ impl Engine {
                 "-e",
                 &format!("SPIFFE_ENDPOINT_SOCKET=unix://{SOCKET_IN_CONTAINER}"),
                 IMAGE,
-                "sh",
-                "-c",
-                script,
             ]
             .map(String::from),
         );
+        args
+    }
+
+    /// Runs `script` (a shell command line) as the container's only
+    /// process and waits for it.
+    fn run_workload(self, name: &str, labels: &[&str], socket: &Path, script: &str) -> Output {
+        let name = format!("signet-e2e-{}-{name}", std::process::id());
+        let mut args = self.workload_args("--rm", &name, labels, socket);
+        args.extend(["sh", "-c", script].map(String::from));
+        self.output(&args)
+    }
+
+    /// Starts a container that idles; returns its ID.
+    fn start_workload(self, name: &str, labels: &[&str], socket: &Path) -> String {
+        let name = format!("signet-e2e-{}-{name}", std::process::id());
+        let mut args = self.workload_args("-d", &name, labels, socket);
+        args.extend(["sleep", "300"].map(String::from));
+        let output = self.output(&args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        stdout(&output).trim().to_owned()
+    }
+
+    /// Runs `script` in the running container `id` (`exec`).
+    fn exec_workload(self, id: &str, script: &str) -> Output {
+        self.output(&["exec", id, "/bin/busybox", "sh", "-c", script].map(String::from))
+    }
+
+    fn output(self, args: &[String]) -> Output {
         Command::new(self.command())
-            .args(&args)
+            .args(args)
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("running {}: {e}", self.command()))
@@ -424,5 +451,144 @@ fn a_labelled_podman_container_gets_svids_and_an_unlabelled_one_is_refused() {
     a_labelled_container_gets_its_svids(
         Engine::Podman,
         "a_labelled_podman_container_gets_svids_and_an_unlabelled_one_is_refused",
+    );
+}
+
+/// A v1 hierarchy this machine has; the forger needs only one line of its
+/// `/proc/<pid>/cgroup` to name the victim.
+const FORGE_HIERARCHY: &str = "/sys/fs/cgroup/pids";
+
+/// A cgroup made by the test to look like the victim's Docker container
+/// (`<base>/docker/<victim id>`), removed on drop.
+struct ForgedCgroup {
+    base: PathBuf,
+    leaf: PathBuf,
+}
+
+impl ForgedCgroup {
+    /// `delegated_to`: chown the subtree to this uid, as `systemd-run
+    /// --user` or a writable cgroupfs would hand it to an unprivileged user.
+    fn new(victim_id: &str, delegated_to: Option<u32>) -> Self {
+        let base = Path::new(FORGE_HIERARCHY).join(format!("signet-forge-{}", std::process::id()));
+        let leaf = base.join("docker").join(victim_id);
+        std::fs::create_dir_all(&leaf).unwrap_or_else(|e| {
+            panic!(
+                "creating {} (needs root and cgroup v1 pids): {e}",
+                leaf.display()
+            )
+        });
+        if let Some(uid) = delegated_to {
+            for dir in [&base, &base.join("docker"), &leaf] {
+                std::os::unix::fs::chown(dir, Some(uid), Some(uid)).unwrap();
+                std::os::unix::fs::chown(dir.join("cgroup.procs"), Some(uid), Some(uid)).unwrap();
+            }
+        }
+        Self { base, leaf }
+    }
+
+    /// Runs the client from inside the forged cgroup, as `uid`.
+    fn run_client(&self, uid: u32, socket: &Path) -> Output {
+        let script = format!(
+            "echo $$ > {procs} && exec setpriv --reuid={uid} --regid={uid} --clear-groups {client} api fetch x509 --output json",
+            procs = self.leaf.join("cgroup.procs").display(),
+            client = binary("signet-agent").display(),
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .env(
+                "SPIFFE_ENDPOINT_SOCKET",
+                format!("unix://{}", socket.display()),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for ForgedCgroup {
+    fn drop(&mut self) {
+        // The client has exited, so the cgroups are empty and removable.
+        let _ = std::fs::remove_dir(&self.leaf);
+        let _ = std::fs::remove_dir(self.base.join("docker"));
+        let _ = std::fs::remove_dir(&self.base);
+    }
+}
+
+/// Attack: a host process places itself in a self-made cgroup whose path
+/// names a running, labelled Docker container, and asks for that
+/// container's SVID. Both the root-owned variant (refused because the
+/// caller does not share the container's PID and mount namespaces) and the
+/// delegated, user-owned variant (refused for the cgroup's owner too) get
+/// PermissionDenied, and nothing is issued; the real container still gets
+/// its SVID afterwards.
+#[test]
+fn a_process_in_a_forged_cgroup_does_not_get_the_containers_svid() {
+    let test = "a_process_in_a_forged_cgroup_does_not_get_the_containers_svid";
+    let engine = Engine::Docker;
+    if !engine.available_or_skip(test) {
+        return;
+    }
+    let image_id = engine.image_id();
+    let mut stack = Stack::operator_only(&container_policy(engine, &image_id));
+    stack.set_attestors("{unix: {}, docker: {enabled: true}}");
+    stack.start_agent();
+    let socket = stack.socket_path();
+
+    // The victim: a labelled container that keeps running.
+    let victim = engine.start_workload("victim", &["app=web"], &socket);
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = Engine::Docker.run(&["rm", "-f", "-t", "0", &self.0]);
+        }
+    }
+    let _victim = Remove(victim.clone());
+
+    for (variant, owner, why) in [
+        (
+            "root-owned",
+            None,
+            "is not in the PID namespace of container",
+        ),
+        (
+            "delegated to nobody",
+            Some(65534),
+            "is owned by uid 65534, not root",
+        ),
+    ] {
+        let forged = ForgedCgroup::new(&victim, owner);
+        let uid = owner.unwrap_or(0);
+        let before = stack.audit_events().len();
+        let attempt = forged.run_client(uid, &socket);
+        assert!(
+            !attempt.status.success(),
+            "{variant}: the forger got the container's SVID: {}",
+            stdout(&attempt)
+        );
+        assert!(
+            stderr(&attempt).contains("PermissionDenied"),
+            "{variant}: {}",
+            stderr(&attempt)
+        );
+        let after: Vec<_> = stack.audit_events().into_iter().skip(before).collect();
+        assert!(
+            after.iter().all(|e| e["event"] != "svid.issued"),
+            "{variant}: issued to the forger: {after:?}"
+        );
+        let log = stack.agent.as_ref().unwrap().log();
+        assert!(
+            log.contains(why),
+            "{variant}: the agent's log does not say why ({why}): {log}"
+        );
+    }
+
+    // The real container is still served, to a process `exec`ed into it
+    // (it shares the first process's namespaces, as it should).
+    let real = engine.exec_workload(&victim, FETCH_BOTH);
+    assert!(real.status.success(), "{}", stderr(&real));
+    assert!(
+        stdout(&real).contains("spiffe://example.org/docker/web"),
+        "{}",
+        stdout(&real)
     );
 }

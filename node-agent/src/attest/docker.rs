@@ -77,6 +77,10 @@ pub struct DockerContainer {
     /// unlike `image` cannot be re-pointed by retagging.
     pub image_id: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// The container's first process as the engine started it (`State.Pid`,
+    /// in the engine's PID namespace, the host's); `None` when not running.
+    /// A caller must share its PID and mount namespaces.
+    pub init_pid: Option<u32>,
 }
 
 impl DockerContainer {
@@ -101,6 +105,8 @@ impl DockerContainer {
         struct Inspect {
             id: String,
             #[serde(default)]
+            state: Option<State>,
+            #[serde(default)]
             name: String,
             #[serde(default)]
             image: String,
@@ -115,6 +121,12 @@ impl DockerContainer {
             // `null` when the container has none.
             #[serde(default)]
             labels: Option<BTreeMap<String, String>>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct State {
+            #[serde(default)]
+            pid: u32,
         }
         let inspect: Inspect =
             serde_json::from_slice(body).map_err(|error| DockerError::Malformed {
@@ -131,6 +143,7 @@ impl DockerContainer {
             image: config.image,
             image_id: (!inspect.image.is_empty()).then_some(inspect.image),
             labels: config.labels.unwrap_or_default(),
+            init_pid: inspect.state.map(|s| s.pid).filter(|pid| *pid != 0),
         })
     }
 }

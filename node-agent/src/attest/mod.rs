@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod config;
 pub mod docker;
 pub mod engine;
+pub mod forgery;
 pub mod kind;
 pub mod kubelet;
 pub mod kubernetes;

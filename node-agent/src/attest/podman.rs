@@ -62,6 +62,10 @@ pub struct PodmanContainer {
     /// `sha256:<image ID>`: the content-addressed image.
     pub image_id: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// The container's first process as the engine started it (`State.Pid`,
+    /// in the engine's PID namespace, the host's); `None` when not running.
+    /// A caller must share its PID and mount namespaces.
+    pub init_pid: Option<u32>,
     /// The pod's ID as the container document names it.
     pub pod_id: Option<String>,
     pub pod: Option<PodmanPod>,
@@ -106,6 +110,8 @@ impl PodmanContainer {
         struct Inspect {
             id: String,
             #[serde(default)]
+            state: Option<State>,
+            #[serde(default)]
             name: String,
             // Bare hex image ID.
             #[serde(default)]
@@ -124,6 +130,12 @@ impl PodmanContainer {
             image: String,
             #[serde(default)]
             labels: Option<BTreeMap<String, String>>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct State {
+            #[serde(default)]
+            pid: u32,
         }
         let inspect: Inspect =
             serde_json::from_slice(body).map_err(|error| PodmanError::Malformed {
@@ -152,6 +164,7 @@ impl PodmanContainer {
             labels,
             pod_id: (!inspect.pod.is_empty()).then_some(inspect.pod),
             pod: None,
+            init_pid: inspect.state.map(|s| s.pid).filter(|pid| *pid != 0),
         })
     }
 }

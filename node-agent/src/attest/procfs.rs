@@ -103,6 +103,7 @@ impl ProcRoot {
         let mut handle = ProcessHandle {
             pid,
             dir,
+            root: self.path.clone(),
             identity: ProcessIdentity::default(),
         };
         handle.identity = handle.read_identity()?;
@@ -136,7 +137,33 @@ impl ProcessIdentity {
 pub struct ProcessHandle {
     pid: u32,
     dir: OwnedFd,
+    /// The procfs mount it was opened from, for processes it is compared with.
+    root: PathBuf,
     identity: ProcessIdentity,
+}
+
+/// A namespace a process can share with another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Namespace {
+    Pid,
+    Mount,
+}
+
+impl Namespace {
+    pub fn file(self) -> &'static str {
+        match self {
+            Self::Pid => "ns/pid",
+            Self::Mount => "ns/mnt",
+        }
+    }
+}
+
+/// A namespace's identity: the device and inode of its `/proc/<pid>/ns/*`
+/// link target, which are equal exactly when two processes share it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NamespaceId {
+    pub dev: u64,
+    pub ino: u64,
 }
 
 impl ProcessHandle {
@@ -168,6 +195,21 @@ impl ProcessHandle {
             .read_to_string(&mut contents)
             .map_err(|e| ProcError::io(self.pid, name, e))?;
         Ok(contents)
+    }
+
+    /// Opens another process from the same procfs mount.
+    pub fn open_other(&self, pid: u32) -> Result<ProcessHandle, ProcError> {
+        ProcRoot::new(self.root.clone()).open(pid)
+    }
+
+    /// Which `namespace` the process is in.
+    pub fn namespace(&self, namespace: Namespace) -> Result<NamespaceId, ProcError> {
+        let stat = rustix::fs::statat(&self.dir, namespace.file(), rustix::fs::AtFlags::empty())
+            .map_err(|e| ProcError::io(self.pid, namespace.file(), e.into()))?;
+        Ok(NamespaceId {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+        })
     }
 
     /// The contents of `/proc/<pid>/cgroup`.

@@ -1,10 +1,14 @@
 //! [`WorkloadAttestor`] runs the configured attestors for one caller: unix
 //! first (credentials, binary), then the container attestors (Kubernetes,
 //! Docker, Podman) on the container found in the caller's cgroups, and
-//! finally checks that the process did not change meanwhile. Unlike tbot,
+//! finally checks that the process did not change meanwhile. A container
+//! or pod named by the cgroups is only believed when the path is the
+//! runtime's own and, where the engine names the container's first process,
+//! the caller shares its namespaces (`forgery.rs`). Unlike tbot,
 //! every failure of an enabled attestor fails the attestation: silently
 //! dropping attributes could make a deny rule miss.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use signet_policy::Attributes;
@@ -12,6 +16,7 @@ use signet_policy::Attributes;
 use super::cgroup::{CgroupError, parse_proc_cgroup};
 use super::config::AttestorsConfig;
 use super::docker::{DockerAttestor, DockerError};
+use super::forgery::{ForgeryError, check_cgroup_paths, check_shares_namespaces};
 use super::kind::AttestErrorKind;
 use super::kubernetes::{KubernetesAttestor, KubernetesError};
 use super::podman::{PodmanAttestor, PodmanError};
@@ -40,6 +45,8 @@ pub enum AttestError {
     Docker(#[from] DockerError),
     #[error("podman attestation: {0}")]
     Podman(#[from] PodmanError),
+    #[error("refusing a forged container identity: {0}")]
+    Forged(#[from] ForgeryError),
     #[error("refusing attestation: {0}")]
     ProcessChanged(#[source] ProcError),
     #[error("attestation task failed: {reason}")]
@@ -68,6 +75,7 @@ impl AttestError {
             Self::Kubernetes(error) => error.kind(),
             Self::Docker(error) => error.kind(),
             Self::Podman(error) => error.kind(),
+            Self::Forged(_) => AttestErrorKind::PermissionDenied,
             Self::ProcessChanged(_) => AttestErrorKind::Unauthenticated,
             Self::Task { .. } => AttestErrorKind::Internal,
         }
@@ -81,6 +89,18 @@ pub struct WorkloadAttestor {
     kubernetes: Option<KubernetesAttestor>,
     docker: Option<DockerAttestor>,
     podman: Option<PodmanAttestor>,
+    /// Where the agent sees the cgroup hierarchies (`/sys/fs/cgroup`, or
+    /// `SIGNET_CGROUP_ROOT`), to check who owns a container's cgroup.
+    cgroup_root: PathBuf,
+}
+
+/// `/sys/fs/cgroup`, or the directory named by `SIGNET_CGROUP_ROOT` (an
+/// agent in a container with the host's cgroupfs mounted elsewhere).
+fn cgroup_root_from_env() -> PathBuf {
+    match std::env::var_os("SIGNET_CGROUP_ROOT") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from("/sys/fs/cgroup"),
+    }
 }
 
 impl WorkloadAttestor {
@@ -120,7 +140,14 @@ impl WorkloadAttestor {
             kubernetes,
             docker,
             podman,
+            cgroup_root: cgroup_root_from_env(),
         }
+    }
+
+    /// Replaces where the cgroup hierarchies are looked for.
+    pub fn with_cgroup_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.cgroup_root = root.into();
+        self
     }
 
     /// The Kubernetes attestor, whose pod cache also serves pre-issuance.
@@ -165,6 +192,9 @@ impl WorkloadAttestor {
         if let Some(cgroups) = cgroups {
             let info = parse_proc_cgroup(&cgroups)
                 .map_err(|source| AttestError::Cgroups { pid, source })?;
+            if info.is_container() {
+                check_cgroup_paths(&cgroups, &self.cgroup_root)?;
+            }
             let kubernetes = async {
                 match &self.kubernetes {
                     Some(attestor) => Ok(attestor.attest(&info).await?),
@@ -190,9 +220,11 @@ impl WorkloadAttestor {
                 workload.add_attributes(&mut attributes);
             }
             if let Some(container) = docker {
+                check_shares_namespaces(&process, &container.id, container.init_pid)?;
                 container.add_attributes(&mut attributes);
             }
             if let Some(container) = podman {
+                check_shares_namespaces(&process, &container.id, container.init_pid)?;
                 container.add_attributes(&mut attributes);
             }
         }
