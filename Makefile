@@ -26,9 +26,11 @@ test-setup:
 	bash csi-driver/tests/setup-csi-sanity.sh
 	bash e2e/cluster/build-tools.sh helm
 
-## lint: formatting, clippy with warnings as errors
+## lint: formatting, clippy with warnings as errors, no import loops
+## between the files of a crate
 lint:
 	$(CARGO) fmt --all -- --check
+	python3 scripts/check-import-cycles.py node-agent/src operator/src policy/src csi-driver/src identity/src cli/src
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
