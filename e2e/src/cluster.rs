@@ -113,7 +113,10 @@ pub fn run_to_completion(namespace: &str, name: &str, timeout: Duration) -> (Str
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    let logs = kubectl_output(&["-n", namespace, "logs", name], None);
+    let logs = kubectl_output(
+        &["-n", namespace, "logs", name, "--all-containers=true"],
+        None,
+    );
     let log = format!(
         "{}{}",
         String::from_utf8_lossy(&logs.stdout),

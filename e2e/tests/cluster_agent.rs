@@ -93,8 +93,10 @@ impl Drop for Cleanup {
     }
 }
 
-/// WorkloadIdentity `pods`: `/ns/<namespace>/sa/<sa>/pod/<pod>` for pods in
-/// [`ALLOWED_NS`] only; every agent may issue it.
+/// WorkloadIdentity `pods`: `/ns/<namespace>/sa/<sa>/pod/<pod>` for pods
+/// labelled `app=fetch` in [`ALLOWED_NS`] only (an expression rule over the
+/// pod's namespace and labels, as the kubelet reports them); every agent may
+/// issue it.
 fn pod_policy() -> String {
     format!(
         r#"apiVersion: signet.dev/v1alpha1
@@ -103,10 +105,22 @@ metadata: {{name: pods, labels: {{suite: e2e-cluster}}}}
 spec:
   rules:
     allow:
-      - conditions: [{{attribute: workload.kubernetes.namespace, eq: "{ALLOWED_NS}"}}]
+      - expression: 'workload.kubernetes.namespace == "{ALLOWED_NS}" && workload.kubernetes.labels.app == "fetch"'
   spiffe:
     id: "/ns/{{{{ workload.kubernetes.namespace }}}}/sa/{{{{ workload.kubernetes.service_account }}}}/pod/{{{{ workload.kubernetes.pod_name }}}}"
     hint: pods
+---
+# The test itself (root on the host, outside any pod) validates the pod's
+# JWT-SVID through the agent, which answers only callers with an identity.
+apiVersion: signet.dev/v1alpha1
+kind: WorkloadIdentity
+metadata: {{name: host-validator, labels: {{suite: e2e-cluster}}}}
+spec:
+  rules:
+    allow:
+      - expression: 'workload.unix.uid == "0" && !has(workload.kubernetes.pod_uid)'
+  spiffe:
+    id: /host/validator
 ---
 apiVersion: signet.dev/v1alpha1
 kind: Role
@@ -118,12 +132,16 @@ spec:
     )
 }
 
-/// A pod that runs `signet-agent api fetch x509 --output json --write /out`
-/// against the agent's socket (hostPath) and exits; `/out` is the host
-/// directory `out`, so the test reads the certificates the pod received.
+/// A pod whose container `fetch` runs `signet-agent api fetch x509 --output
+/// json --write /out` and whose container `fetch-jwt` runs `signet-agent api
+/// fetch jwt --audience e2e-cluster --output json`, both against the agent's
+/// socket (hostPath), then exits; `/out` is the host directory `out`, so the
+/// test reads the certificates the pod received.
+/// `labels` is the pod's label map in YAML flow form (`{app: fetch}`).
 fn fetch_pod(
     namespace: &str,
     name: &str,
+    labels: &str,
     service_account: &str,
     image: &str,
     out: &std::path::Path,
@@ -132,7 +150,7 @@ fn fetch_pod(
     format!(
         r#"apiVersion: v1
 kind: Pod
-metadata: {{name: {name}, namespace: {namespace}, labels: {{app: fetch}}}}
+metadata: {{name: {name}, namespace: {namespace}, labels: {labels}}}
 spec:
   serviceAccountName: {service_account}
   restartPolicy: Never
@@ -146,12 +164,30 @@ spec:
       volumeMounts:
         - {{name: workload-api, mountPath: /spiffe-workload-api, readOnly: true}}
         - {{name: out, mountPath: /out}}
+    - name: fetch-jwt
+      image: "{image}"
+      imagePullPolicy: Never
+      args: [api, fetch, jwt, --audience, e2e-cluster, --output, json, --timeout, 40s]
+      env:
+        - {{name: SPIFFE_ENDPOINT_SOCKET, value: "unix:///spiffe-workload-api/agent.sock"}}
+      volumeMounts:
+        - {{name: workload-api, mountPath: /spiffe-workload-api, readOnly: true}}
   volumes:
     - name: workload-api
       hostPath: {{path: "{SOCKET_DIR}", type: Directory}}
     - name: out
       hostPath: {{path: "{out}", type: Directory}}
 "#
+    )
+}
+
+/// The log of one container of a finished pod.
+fn container_log(namespace: &str, pod: &str, container: &str) -> String {
+    let logs = kubectl_output(&["-n", namespace, "logs", pod, "-c", container], None);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr)
     )
 }
 
@@ -234,6 +270,7 @@ fn daemonset_agent_issues_pod_identities_from_kubelet_attributes() {
     kubectl_apply(&fetch_pod(
         ALLOWED_NS,
         "fetch-allowed",
+        "{app: fetch}",
         "workload",
         &image,
         allowed_out.path(),
@@ -244,7 +281,7 @@ fn daemonset_agent_issues_pod_identities_from_kubelet_attributes() {
     let node = pod_field(ALLOWED_NS, "fetch-allowed", ".spec.nodeName");
     assert!(!uid.is_empty() && !node.is_empty());
 
-    let response: serde_json::Value = log
+    let response: serde_json::Value = container_log(ALLOWED_NS, "fetch-allowed", "fetch")
         .lines()
         .find_map(|line| serde_json::from_str(line).ok())
         .unwrap_or_else(|| panic!("no JSON in the fetch output:\n{log}"));
@@ -275,6 +312,36 @@ fn daemonset_agent_issues_pod_identities_from_kubelet_attributes() {
         operator_bundle
     );
 
+    // The JWT-SVID the pod's second container received names it too, and the
+    // agent validates it for the audience it was minted for.
+    let jwt_log = container_log(ALLOWED_NS, "fetch-allowed", "fetch-jwt");
+    let jwt_response: serde_json::Value = jwt_log
+        .lines()
+        .find_map(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("no JSON in the fetch-jwt output:\n{jwt_log}"));
+    let token = jwt_response["svids"][0]["svid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no JWT-SVID in {jwt_response}"));
+    assert_eq!(jwt_response["svids"][0]["spiffe_id"], expected_id.as_str());
+    let validated = std::process::Command::new(signet_e2e::standalone::binary("signet-agent"))
+        .args([
+            "api",
+            "validate",
+            "jwt",
+            "--audience",
+            "e2e-cluster",
+            "--output",
+            "json",
+        ])
+        .args(["--socket-path", &format!("unix://{SOCKET_DIR}/agent.sock")])
+        .args(["--svid", token])
+        .output()
+        .unwrap();
+    assert!(validated.status.success(), "validate: {validated:?}");
+    let validated: serde_json::Value = serde_json::from_slice(&validated.stdout).unwrap();
+    assert_eq!(validated["spiffe_id"], expected_id.as_str());
+    assert_eq!(validated["claims"]["aud"], "e2e-cluster");
+
     // The operator signed it for this pod: the attributes it evaluated are
     // the pod's real UID, node, namespace, service account and name.
     let events = stack.audit_events();
@@ -286,6 +353,12 @@ fn daemonset_agent_issues_pod_identities_from_kubelet_attributes() {
                 && e["spiffe_id"] == expected_id.as_str()
         })
         .unwrap_or_else(|| panic!("no issuance of {expected_id} in the audit log: {events:?}"));
+    assert!(
+        events.iter().any(|e| e["event"] == "svid.issued"
+            && e["credential"] == "jwt_svid"
+            && e["spiffe_id"] == expected_id.as_str()),
+        "no JWT-SVID issuance of {expected_id} in the audit log: {events:?}"
+    );
     let workload = &issued["workload"];
     assert_eq!(workload["workload.kubernetes.pod_uid"], uid.as_str());
     assert_eq!(workload["workload.kubernetes.node_name"], node.as_str());
@@ -309,6 +382,7 @@ fn daemonset_agent_issues_pod_identities_from_kubelet_attributes() {
     kubectl_apply(&fetch_pod(
         DENIED_NS,
         "fetch-denied",
+        "{app: fetch}",
         "default",
         &image,
         denied_out.path(),
@@ -327,8 +401,39 @@ fn daemonset_agent_issues_pod_identities_from_kubelet_attributes() {
         }),
         "the operator issued an SVID to the denied namespace"
     );
+    let denied_answer = log.trim().to_owned();
+
+    // A pod in the allowed namespace without the label gets no SVID either:
+    // the rule chooses pods by their labels, not only by where they run.
+    let unlabelled_out = tempfile::Builder::new()
+        .prefix("signet-e2e-unlabelled-")
+        .tempdir()
+        .unwrap();
+    kubectl_apply(&fetch_pod(
+        ALLOWED_NS,
+        "fetch-unlabelled",
+        "{tier: batch}",
+        "workload",
+        &image,
+        unlabelled_out.path(),
+    ));
+    let (phase, log) = run_to_completion(ALLOWED_NS, "fetch-unlabelled", Duration::from_secs(120));
+    assert_eq!(phase, "Failed", "the unlabelled pod got an answer:\n{log}");
+    assert!(
+        log.contains("PermissionDenied"),
+        "expected PermissionDenied, got:\n{log}"
+    );
+    assert!(!unlabelled_out.path().join("svid.pem").exists());
+    assert!(
+        !stack.audit_events().iter().any(|e| {
+            e["event"] == "svid.issued"
+                && e["workload"]["workload.kubernetes.pod_name"] == "fetch-unlabelled"
+        }),
+        "the operator issued an SVID to the unlabelled pod"
+    );
     note(&format!(
-        "cluster agent: denied pod answered: {}; agent Ready after {agent_ready:?}, test took {:?}",
+        "cluster agent: denied pod answered: {denied_answer}; unlabelled pod answered: {}; \
+         agent Ready after {agent_ready:?}, test took {:?}",
         log.trim(),
         started.elapsed()
     ));
