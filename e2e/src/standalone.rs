@@ -282,6 +282,11 @@ impl Stack {
         self.operator = Some(process);
     }
 
+    /// Replaces the operator's configuration file for its next start.
+    pub fn set_operator_config(&mut self, yaml: &str) {
+        self.operator_config = yaml.to_owned();
+    }
+
     pub fn stop_operator(&mut self) {
         if let Some(mut process) = self.operator.take() {
             process.stop();

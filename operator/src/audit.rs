@@ -44,7 +44,8 @@ pub enum Outcome {
 pub struct AuditEvent {
     /// RFC 3339 time of the decision.
     pub time: String,
-    /// `svid.issued` or `svid.denied` (`agent.joined` / `agent.join_denied` for agents).
+    /// `svid.issued` or `svid.denied` (`agent.joined` / `agent.join_denied` /
+    /// `agent.renewed` / `agent.refused` for agents).
     pub event: &'static str,
     pub outcome: Outcome,
     pub credential: CredentialKind,

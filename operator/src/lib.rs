@@ -13,5 +13,6 @@ pub mod issuer;
 pub mod metrics;
 pub mod oidc;
 pub mod policy_state;
+pub mod revocation;
 pub mod server;
 pub mod standalone;

@@ -59,6 +59,51 @@ enum Command {
     /// Join token helpers.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Withdraw trust from an agent, or restore it.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Revoke an agent: its renewals, joins and signing requests are
+    /// refused and its policy stream closes within seconds.
+    Revoke {
+        /// The agent's name: its join name, or in a cluster its node.
+        name: String,
+        /// Why (kept with the revocation and shown to the agent).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        target: RevocationTarget,
+    },
+    /// Take an agent off the revocation list (it must join again if its
+    /// SVID expired meanwhile).
+    Unrevoke {
+        name: String,
+        #[command(flatten)]
+        target: RevocationTarget,
+    },
+    /// Print the revocation list as JSON.
+    Revoked {
+        #[command(flatten)]
+        target: RevocationTarget,
+    },
+}
+
+/// Where the revocation list is: a standalone state directory, or with
+/// `--namespace` the cluster's ConfigMap (through the kubeconfig).
+#[derive(clap::Args)]
+struct RevocationTarget {
+    /// The standalone operator's state directory.
+    #[arg(long, conflicts_with = "namespace")]
+    state_dir: Option<PathBuf>,
+    /// The standalone operator's configuration file (for its state_dir).
+    #[arg(long, conflicts_with = "namespace")]
+    config: Option<PathBuf>,
+    /// The operator's namespace in a cluster.
+    #[arg(long)]
+    namespace: Option<String>,
 }
 
 /// Flags both run modes take.
@@ -180,7 +225,182 @@ fn main() -> ExitCode {
             reusable,
             out,
         }) => token_generate(&name, reusable, out),
+        Command::Agent(command) => agent_command(command),
     }
+}
+
+enum RevocationChange {
+    Revoke { name: String, reason: String },
+    Unrevoke { name: String },
+    Show,
+}
+
+fn agent_command(command: AgentCommand) -> ExitCode {
+    let (change, target) = match command {
+        AgentCommand::Revoke {
+            name,
+            reason,
+            target,
+        } => (RevocationChange::Revoke { name, reason }, target),
+        AgentCommand::Unrevoke { name, target } => (RevocationChange::Unrevoke { name }, target),
+        AgentCommand::Revoked { target } => (RevocationChange::Show, target),
+    };
+    let result = match target.namespace {
+        Some(namespace) => cluster_revocation(&namespace, change),
+        None => {
+            let state_dir = match (target.state_dir, target.config) {
+                (Some(dir), _) => Ok(dir),
+                (None, Some(config)) => FileConfig::read(&config)
+                    .map(|file| {
+                        file.state_dir.unwrap_or_else(|| {
+                            PathBuf::from(signet_operator::config::DEFAULT_STATE_DIR)
+                        })
+                    })
+                    .map_err(|e| e.to_string()),
+                (None, None) => Ok(PathBuf::from(signet_operator::config::DEFAULT_STATE_DIR)),
+            };
+            state_dir.and_then(|dir| standalone_revocation(&dir, change))
+        }
+    };
+    match result {
+        Ok(message) => {
+            let mut stdout = std::io::stdout().lock();
+            match writeln!(stdout, "{message}") {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(&format!("writing to stdout: {error}")),
+            }
+        }
+        Err(error) => fail(&error),
+    }
+}
+
+fn standalone_revocation(
+    state_dir: &std::path::Path,
+    change: RevocationChange,
+) -> Result<String, String> {
+    use signet_operator::standalone::agent_standing::{
+        REVOKED_FILE, read_revocations, revoke, unrevoke,
+    };
+    if !state_dir.is_dir() {
+        return Err(format!(
+            "{} is not a state directory (use --state-dir or --config)",
+            state_dir.display()
+        ));
+    }
+    match change {
+        RevocationChange::Revoke { name, reason } => {
+            validate_join_name(&name).map_err(|e| format!("agent name {name:?} {e}"))?;
+            let added = revoke(
+                state_dir,
+                &name,
+                &reason,
+                signet_runtime::clock::Clock::new().now(),
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(if added {
+                format!("agent {name:?} revoked")
+            } else {
+                format!("agent {name:?} was already revoked")
+            })
+        }
+        RevocationChange::Unrevoke { name } => {
+            let removed = unrevoke(state_dir, &name).map_err(|e| e.to_string())?;
+            Ok(if removed {
+                format!("agent {name:?} is no longer revoked")
+            } else {
+                format!("agent {name:?} was not revoked")
+            })
+        }
+        RevocationChange::Show => {
+            let list =
+                read_revocations(&state_dir.join(REVOKED_FILE)).map_err(|e| e.to_string())?;
+            serde_json::to_string_pretty(&list).map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn cluster_revocation(namespace: &str, change: RevocationChange) -> Result<String, String> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use signet_operator::cluster::agent_standing::REVOCATIONS_CONFIG_MAP;
+    use signet_operator::revocation::{Revocation, RevocationList};
+
+    signet_tls::install_default_provider();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| format!("Kubernetes client: {e}"))?;
+        let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+        let current = api
+            .get_opt(REVOCATIONS_CONFIG_MAP)
+            .await
+            .map_err(|e| format!("reading {namespace}/{REVOCATIONS_CONFIG_MAP}: {e}"))?;
+        let data = current
+            .as_ref()
+            .and_then(|map| map.data.clone())
+            .unwrap_or_default();
+        match change {
+            RevocationChange::Show => {
+                let list = RevocationList::from_config_map_data(&data);
+                serde_json::to_string_pretty(&list).map_err(|e| e.to_string())
+            }
+            RevocationChange::Revoke { name, reason } => {
+                if data.contains_key(&name) {
+                    return Ok(format!("agent {name:?} was already revoked"));
+                }
+                let revocation = Revocation {
+                    revoked_at_unix: signet_runtime::clock::Clock::new()
+                        .now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0),
+                    reason,
+                };
+                let value = serde_json::to_string(&revocation).map_err(|e| e.to_string())?;
+                if current.is_none() {
+                    let map = ConfigMap {
+                        metadata: kube::api::ObjectMeta {
+                            name: Some(REVOCATIONS_CONFIG_MAP.into()),
+                            ..Default::default()
+                        },
+                        data: Some([(name.clone(), value)].into()),
+                        ..Default::default()
+                    };
+                    api.create(&PostParams::default(), &map)
+                        .await
+                        .map_err(|e| format!("creating {REVOCATIONS_CONFIG_MAP}: {e}"))?;
+                } else {
+                    let patch = serde_json::json!({"data": {name.clone(): value}});
+                    api.patch(
+                        REVOCATIONS_CONFIG_MAP,
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await
+                    .map_err(|e| format!("updating {REVOCATIONS_CONFIG_MAP}: {e}"))?;
+                }
+                Ok(format!("agent {name:?} revoked"))
+            }
+            RevocationChange::Unrevoke { name } => {
+                if !data.contains_key(&name) {
+                    return Ok(format!("agent {name:?} was not revoked"));
+                }
+                let patch = serde_json::json!({"data": {name.clone(): null}});
+                api.patch(
+                    REVOCATIONS_CONFIG_MAP,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+                .map_err(|e| format!("updating {REVOCATIONS_CONFIG_MAP}: {e}"))?;
+                Ok(format!("agent {name:?} is no longer revoked"))
+            }
+        }
+    })
 }
 
 /// Starts logging and the runtime, and runs `service` to completion.

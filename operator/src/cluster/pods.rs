@@ -123,6 +123,14 @@ impl PodCache {
         self.pods.read().ok()?.get(uid).cloned()
     }
 
+    /// Whether any cached pod satisfies `wanted`.
+    pub fn any(&self, wanted: impl Fn(&PodFacts) -> bool) -> bool {
+        self.pods
+            .read()
+            .map(|pods| pods.values().any(|pod| wanted(pod)))
+            .unwrap_or(false)
+    }
+
     pub fn len(&self) -> usize {
         self.pods.read().map(|pods| pods.len()).unwrap_or(0)
     }

@@ -17,7 +17,7 @@ use crate::audit::AuditLog;
 use crate::ca::Authority;
 use crate::cluster::config::ClusterConfig;
 use crate::cluster::{
-    bundle_config_map, keyset_secret, leader, nodes, pods, reconciler, token_review,
+    agent_standing, bundle_config_map, keyset_secret, leader, nodes, pods, reconciler, token_review,
 };
 use crate::issuer::policy_stream::Federation;
 use crate::issuer::service::{IssuerParts, IssuerService, IssuerSettings};
@@ -108,6 +108,20 @@ pub async fn run(
         node_writer,
     ));
 
+    let (revocations, revocation_watch) = watch::channel(Arc::default());
+    let (revocations_synced, mut revocations_ready) = watch::channel(false);
+    tokio::spawn(agent_standing::follow_revocations(
+        Api::<ConfigMap>::namespaced(client.clone(), &namespace),
+        revocations,
+        revocations_synced,
+    ));
+    let standing = Arc::new(agent_standing::NodeAgents::new(
+        pods.clone(),
+        namespace.clone(),
+        kube_config.agent_service_account.clone(),
+        revocation_watch,
+    ));
+
     let audit = Arc::new(AuditLog::open(&config.base.audit_log)?);
     let join = Arc::new(token_review::ServiceAccountJoin::new(
         client.clone(),
@@ -122,6 +136,7 @@ pub async fn run(
             bundles: config.base.federation.clone(),
         },
         join,
+        standing,
         workloads: Arc::new(pods::PodVerifier::new(
             pods.clone(),
             Some(pods::PodTokenReviewer {
@@ -149,9 +164,9 @@ pub async fn run(
             metrics.nodes_cached.set(count(counted_nodes.len()));
         }
     });
-    // Ready once the policy, the pods and the Nodes are known: before that
-    // requests would be refused (or Node subjects not apply) for want of
-    // information, not by policy.
+    // Ready once the policy, the pods, the Nodes and the revoked agents are
+    // known: before that requests would be refused (or Node subjects not
+    // apply, or a revoked agent be served) for want of information.
     let readiness = server.readiness();
     let mut policy_synced = channels.synced.clone();
     let mut pods_synced = pods.synced();
@@ -160,8 +175,9 @@ pub async fn run(
         let _ = policy_synced.wait_for(|s| *s).await;
         let _ = pods_synced.wait_for(|s| *s).await;
         let _ = nodes_synced.wait_for(|s| *s).await;
+        let _ = revocations_ready.wait_for(|s| *s).await;
         readiness.set(true);
-        tracing::info!("policy, pods and nodes synced; ready");
+        tracing::info!("policy, pods, nodes and agent revocations synced; ready");
     });
 
     if let Some(oidc) = &config.oidc {

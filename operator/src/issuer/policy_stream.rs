@@ -14,6 +14,7 @@ use crate::agents::AgentRecord;
 use crate::ca::PublishedBundle;
 use crate::metrics::Metrics;
 use crate::policy_state::PolicyState;
+use crate::revocation::{RevocationList, StandingRefusal, not_revoked};
 
 /// Bundles of other trust domains, for identities that federate with them.
 #[derive(Clone, Debug, Default)]
@@ -29,6 +30,8 @@ pub struct PolicyFeed {
     pub federation: Federation,
     /// The agent's Node as the operator sees it, where agents have Nodes.
     pub node: Option<watch::Receiver<Option<NodeFacts>>>,
+    /// Revoked agents: the stream ends when this agent is added.
+    pub revocations: watch::Receiver<Arc<RevocationList>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -76,6 +79,22 @@ async fn node_changed(node: &mut Option<watch::Receiver<Option<NodeFacts>>>) {
     }
 }
 
+/// Resolves when `name` is on the revocation list; never, if its source
+/// goes away (the last list stays in force for the checks on each call).
+async fn revoked(
+    revocations: &mut watch::Receiver<Arc<RevocationList>>,
+    name: &str,
+) -> StandingRefusal {
+    loop {
+        if let Err(refusal) = not_revoked(&revocations.borrow_and_update(), name) {
+            return refusal;
+        }
+        if revocations.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 impl PolicyFeed {
     /// Sends `agent` the current state, then again on every change, until
     /// the agent hangs up.
@@ -110,6 +129,11 @@ impl PolicyFeed {
                 changed = self.bundle.changed() => if changed.is_err() { break },
                 () = node_changed(&mut self.node) => {}
                 () = sender.closed() => break,
+                refusal = revoked(&mut self.revocations, &agent.name) => {
+                    tracing::warn!(agent = %agent.name, "closing the policy stream of a revoked agent");
+                    let _ = sender.send(Err(Status::permission_denied(refusal.message))).await;
+                    break;
+                }
             }
         }
         self.metrics.agents_connected.dec();
@@ -160,6 +184,7 @@ mod tests {
             bundle,
             federation: Federation::default(),
             node: Some(node),
+            revocations: watch::channel(Arc::default()).1,
             metrics: Arc::new(Metrics::default()),
         };
         let id = SpiffeId::parse("spiffe://example.org/signet/agent/k8s/n1").unwrap();
@@ -189,5 +214,54 @@ mod tests {
             .await
             .expect("the feed ends when the agent hangs up")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn revoking_the_agent_closes_its_stream_and_no_other() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let (_policy_tx, policy) = watch::channel(Arc::new(PolicyState::compile(
+            1,
+            &td,
+            &PolicyDocument::default(),
+        )));
+        let (_bundle_tx, bundle) = watch::channel(Arc::new(PublishedBundle {
+            bundle: TrustBundle::new(td.clone()),
+            spiffe_json: "{}".into(),
+            pem: String::new(),
+            jwks_json: "{}".into(),
+        }));
+        let (revocations_tx, revocations) = watch::channel(Arc::new(RevocationList::default()));
+        let open = |name: &str| {
+            let feed = PolicyFeed {
+                trust_domain: td.clone(),
+                policy: policy.clone(),
+                bundle: bundle.clone(),
+                federation: Federation::default(),
+                node: None,
+                revocations: revocations.clone(),
+                metrics: Arc::new(Metrics::default()),
+            };
+            let id =
+                SpiffeId::parse(&format!("spiffe://example.org/signet/agent/join/{name}")).unwrap();
+            let (sender, updates) = mpsc::channel(4);
+            tokio::spawn(feed.run(AgentRecord::from_spiffe_id(&id, &td).unwrap(), sender));
+            updates
+        };
+        let mut vm1 = open("vm-1");
+        let mut vm2 = open("vm-2");
+        next(&mut vm1).await;
+        next(&mut vm2).await;
+        let mut list = RevocationList::default();
+        list.revoked
+            .insert("vm-1".into(), crate::revocation::Revocation::default());
+        revocations_tx.send_replace(Arc::new(list));
+        let closing = tokio::time::timeout(Duration::from_secs(5), vm1.recv())
+            .await
+            .unwrap()
+            .expect("a last message");
+        assert_eq!(closing.unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert!(vm1.recv().await.is_none(), "then the stream ends");
+        assert!(vm2.try_recv().is_err(), "nothing for the other agent");
+        assert!(!vm2.is_closed());
     }
 }

@@ -29,6 +29,7 @@ use crate::issuer::signing::{AgentSvidError, Asked, RENEWAL, Signer, unix_second
 use crate::issuer::workload::WorkloadVerifier;
 use crate::metrics::Metrics;
 use crate::policy_state::PolicyState;
+use crate::revocation::{AgentStanding, StandingRefusal, not_revoked};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerError {
@@ -42,6 +43,8 @@ pub enum IssuerError {
     BatchTooLarge(usize),
     #[error("signing failed: {0}")]
     Signing(String),
+    #[error("{0}")]
+    NotInStanding(StandingRefusal),
 }
 
 impl From<AgentSvidError> for IssuerError {
@@ -62,6 +65,7 @@ impl From<IssuerError> for Status {
             IssuerError::InvalidRequest(_) => Status::invalid_argument(message),
             IssuerError::BatchTooLarge(_) => Status::resource_exhausted(message),
             IssuerError::Signing(_) => Status::internal(message),
+            IssuerError::NotInStanding(_) => Status::permission_denied(message),
         }
     }
 }
@@ -90,6 +94,7 @@ struct Inner {
     policy: watch::Receiver<Arc<PolicyState>>,
     federation: Federation,
     join: Arc<dyn JoinVerifier>,
+    standing: Arc<dyn AgentStanding>,
     signer: Signer,
 }
 
@@ -98,6 +103,8 @@ pub struct IssuerParts {
     pub policy: watch::Receiver<Arc<PolicyState>>,
     pub federation: Federation,
     pub join: Arc<dyn JoinVerifier>,
+    /// Whether an agent with a valid SVID is still trusted (revocation).
+    pub standing: Arc<dyn AgentStanding>,
     pub workloads: Arc<dyn WorkloadVerifier>,
     /// Where `node.*` comes from ([`crate::agents::NoNodes`] standalone).
     pub nodes: Arc<dyn NodeDirectory>,
@@ -116,6 +123,7 @@ impl IssuerService {
                 policy: parts.policy,
                 federation: parts.federation,
                 join: parts.join,
+                standing: parts.standing,
                 signer: Signer {
                     trust_domain,
                     authority: parts.authority,
@@ -137,6 +145,24 @@ impl IssuerService {
     fn caller<T>(&self, request: &Request<T>) -> Result<AgentRecord, IssuerError> {
         let id = signet_tls::peer_spiffe_id(request).ok_or(IssuerError::NotAnAgent)?;
         AgentRecord::from_spiffe_id(&id, &self.inner.trust_domain).ok_or(IssuerError::NotAnAgent)
+    }
+
+    /// The caller, if it is an agent still in standing; a refusal is
+    /// audited and counted.
+    async fn trusted_caller<T>(
+        &self,
+        request: &Request<T>,
+        renewal: bool,
+    ) -> Result<AgentRecord, IssuerError> {
+        let agent = self.caller(request)?;
+        if let Err(refusal) = self.inner.standing.check(&agent, renewal).await {
+            let signer = &self.inner.signer;
+            tracing::warn!(agent = %agent.name, reason = refusal.reason, message = %refusal.message, "agent refused");
+            signer.audit_agent_refused(&agent.name, Some(&agent.spiffe_id), &refusal, false);
+            signer.metrics.denied("agent", "", refusal.reason);
+            return Err(IssuerError::NotInStanding(refusal));
+        }
+        Ok(agent)
     }
 
     fn agent_svid_response(
@@ -174,6 +200,14 @@ impl Issuer for IssuerService {
                 return Err(IssuerError::JoinRefused(rejection.message).into());
             }
         };
+        // A revoked name cannot come back with a reusable token.
+        let revoked = not_revoked(&self.inner.standing.revocations().borrow(), &admitted.name);
+        if let Err(refusal) = revoked {
+            tracing::warn!(agent = %admitted.name, message = %refusal.message, "join refused");
+            signer.audit_agent_refused(&admitted.name, None, &refusal, true);
+            signer.metrics.denied("agent", "", refusal.reason);
+            return Err(IssuerError::NotInStanding(refusal).into());
+        }
         let (svid, bundle) = signer
             .mint_agent_svid(&admitted.path, &key)
             .map_err(IssuerError::from)?;
@@ -197,7 +231,7 @@ impl Issuer for IssuerService {
         request: Request<pb::RenewAgentRequest>,
     ) -> Result<Response<pb::AgentSvid>, Status> {
         let signer = &self.inner.signer;
-        let agent = self.caller(&request)?;
+        let agent = self.trusted_caller(&request, true).await?;
         let key = subject_key(&request.into_inner().csr).map_err(IssuerError::InvalidRequest)?;
         let (svid, bundle) = signer
             .mint_agent_svid(agent.spiffe_id.path(), &key)
@@ -220,7 +254,7 @@ impl Issuer for IssuerService {
         &self,
         request: Request<pb::WatchPolicyRequest>,
     ) -> Result<Response<Self::WatchPolicyStream>, Status> {
-        let agent = self.caller(&request)?;
+        let agent = self.trusted_caller(&request, false).await?;
         let (sender, receiver) = mpsc::channel(4);
         // Only this agent's Node: a relabelled Node wakes its agent alone.
         let node = agent
@@ -233,6 +267,7 @@ impl Issuer for IssuerService {
             bundle: self.inner.signer.authority.bundle(),
             federation: self.inner.federation.clone(),
             node,
+            revocations: self.inner.standing.revocations(),
             metrics: self.inner.signer.metrics.clone(),
         };
         tokio::spawn(feed.run(agent, sender));
@@ -245,7 +280,7 @@ impl Issuer for IssuerService {
     ) -> Result<Response<pb::SignX509SvidsResponse>, Status> {
         use pb::x509_svid_result::Result as Outcome_;
         let signer = &self.inner.signer;
-        let agent = self.caller(&request)?;
+        let agent = self.trusted_caller(&request, false).await?;
         let batch = request.into_inner().requests;
         if batch.len() > MAX_BATCH {
             return Err(IssuerError::BatchTooLarge(batch.len()).into());
@@ -283,7 +318,7 @@ impl Issuer for IssuerService {
     ) -> Result<Response<pb::SignJwtSvidsResponse>, Status> {
         use pb::jwt_svid_result::Result as Outcome_;
         let signer = &self.inner.signer;
-        let agent = self.caller(&request)?;
+        let agent = self.trusted_caller(&request, false).await?;
         let batch = request.into_inner().requests;
         if batch.len() > MAX_BATCH {
             return Err(IssuerError::BatchTooLarge(batch.len()).into());

@@ -97,6 +97,28 @@ impl Signer {
         self.audit.record(event);
     }
 
+    /// An agent with a valid SVID refused for its standing (revoked, no
+    /// longer configured, its pod gone): `agent.refused`, or
+    /// `agent.join_denied` for a join under a revoked name.
+    pub fn audit_agent_refused(
+        &self,
+        agent: &str,
+        id: Option<&SpiffeId>,
+        refusal: &crate::revocation::StandingRefusal,
+        joining: bool,
+    ) {
+        let mut event =
+            AuditEvent::new(CredentialKind::AgentSvid, Outcome::Denied, self.clock.now());
+        if !joining {
+            event.event = "agent.refused";
+        }
+        event.agent = Some(agent.to_owned());
+        event.agent_spiffe_id = id.map(ToString::to_string);
+        event.reason = Some(refusal.reason.to_owned());
+        event.message = Some(refusal.message.clone());
+        self.audit.record(event);
+    }
+
     fn base_event(
         &self,
         kind: CredentialKind,

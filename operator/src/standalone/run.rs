@@ -5,6 +5,8 @@
 //! - `ca-keyset.json` (0600): every CA and JWT key, written atomically before
 //!   any of them is used;
 //! - `join-tokens-spent.json` (0600): single-use tokens already redeemed;
+//! - `agents-revoked.json` (0600): agents revoked with `signet-operator
+//!   agent revoke`, followed while running;
 //! - `bundle.pem`, `bundle.spiffe.json`, `jwks.json` (0644): the trust bundle
 //!   for agents to bootstrap from and for tools, rewritten on every change.
 
@@ -24,6 +26,9 @@ use crate::issuer::service::{IssuerParts, IssuerService, IssuerSettings};
 use crate::issuer::workload::AgentTestimony;
 use crate::policy_state::{PolicyState, next_version};
 use crate::server::{IssuerServer, ServeError};
+use crate::standalone::agent_standing::{
+    JoinedAgents, REVOKED_FILE, follow_revocations, read_revocations,
+};
 use crate::standalone::join_tokens::JoinTokens;
 use crate::standalone::keyset_file::FileKeysetStore;
 use crate::standalone::policy_dir::DirectorySource;
@@ -46,6 +51,8 @@ pub enum StandaloneError {
     JoinTokens(#[from] crate::standalone::join_tokens::JoinError),
     #[error("audit log: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    #[error("agent revocations: {0}")]
+    Revocations(#[from] crate::standalone::agent_standing::RevocationFileError),
     #[error(transparent)]
     Serve(#[from] ServeError),
 }
@@ -84,6 +91,14 @@ pub async fn serve(
     tokio::spawn(authority.clone().run(clock, ROTATION_CHECK_INTERVAL));
 
     let join = Arc::new(JoinTokens::load(&config.join_tokens, &config.state_dir)?);
+    let revoked_path = config.state_dir.join(REVOKED_FILE);
+    let (revocations, revocation_watch) =
+        watch::channel(Arc::new(read_revocations(&revoked_path)?));
+    tokio::spawn(follow_revocations(revoked_path, revocations));
+    let standing = Arc::new(JoinedAgents::new(
+        config.join_tokens.iter().map(|token| token.name.clone()),
+        revocation_watch,
+    ));
     let audit = Arc::new(AuditLog::open(&config.audit_log)?);
 
     let (source, policy) = DirectorySource::load(
@@ -101,6 +116,7 @@ pub async fn serve(
             bundles: config.federation.clone(),
         },
         join,
+        standing,
         workloads: Arc::new(AgentTestimony),
         nodes: Arc::new(NoNodes),
         audit,
