@@ -16,12 +16,20 @@
 //! - killing the leader moves the Lease to the other replica, which keeps
 //!   signing with the same CA and takes over status writes;
 //! - a deleted pod's identity is no longer issued;
+//! - a leader whose calls to the API server hang (its connection frozen by
+//!   a proxy that holds every byte) logs that it is no longer the leader
+//!   before another replica takes the Lease;
 //! - Role `Node` subjects follow the API server's labels of the agent's
 //!   Node: with the other node labelled `pool=dmz`, a Role denying by that
 //!   label refuses its pods (`role_denied`) and a grant with `NotIn [dmz]`
 //!   does not reach them; relabelled `pool=web`, the grant does, and the
 //!   agent's policy stream is pushed the new labels (this node's agent is
 //!   not).
+//! - `signet-operator agent revoke NODE --namespace NS` (the ConfigMap
+//!   `signet-agent-revocations`) closes that node's agent's policy stream
+//!   and both replicas refuse its signing, renewal and join, while this
+//!   node's agent goes on; `unrevoke` lets it join again; once its agent
+//!   pod is gone its SVID no longer renews.
 //!
 //! Both replicas run as processes on the host with a kubeconfig holding
 //! the `signet-operator` service account's token, bound to the RBAC of
@@ -42,7 +50,7 @@ use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 use signet_e2e::cluster::{
-    free_port, kubectl, kubectl_apply, kubectl_output, note, pod_field, skip_reason,
+    FreezableProxy, free_port, kubectl, kubectl_apply, kubectl_output, note, pod_field, skip_reason,
 };
 use signet_e2e::standalone::{Process, TRUST_DOMAIN, binary, http_get, wait_until_every};
 use signet_identity::{BundleSet, KeyType, PrivateKey, SpiffeId, TrustBundle, TrustDomain};
@@ -120,8 +128,20 @@ fn jsonpath(args: &[&str], path: &str) -> String {
 /// A kubeconfig for the operator's service account: same server and CA
 /// as the admin's, authenticated by a TokenRequest token.
 fn operator_kubeconfig(dir: &Path) -> PathBuf {
+    operator_kubeconfig_for(dir, "operator.kubeconfig", &api_server())
+}
+
+/// The API server's URL in the admin kubeconfig.
+fn api_server() -> String {
+    jsonpath(
+        &["config", "view", "--raw", "--minify"],
+        "{.clusters[0].cluster.server}",
+    )
+}
+
+/// [`operator_kubeconfig`] reaching the API server at `server`.
+fn operator_kubeconfig_for(dir: &Path, file: &str, server: &str) -> PathBuf {
     let view = ["config", "view", "--raw", "--minify"];
-    let server = jsonpath(&view, "{.clusters[0].cluster.server}");
     let ca = jsonpath(&view, "{.clusters[0].cluster.certificate-authority-data}");
     assert!(
         !server.is_empty() && !ca.is_empty(),
@@ -135,7 +155,7 @@ fn operator_kubeconfig(dir: &Path) -> PathBuf {
         "signet-operator",
         "--duration=2h",
     ]);
-    let path = dir.join("operator.kubeconfig");
+    let path = dir.join(file);
     let config = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster: {{server: \"{server}\", certificate-authority-data: \"{ca}\"}}\nusers:\n- name: signet-operator\n  user: {{token: \"{}\"}}\ncontexts:\n- name: e2e\n  context: {{cluster: e2e, user: signet-operator}}\ncurrent-context: e2e\n",
         token.trim()
@@ -149,6 +169,10 @@ struct Replica {
     process: Process,
     issuer_port: u16,
     admin_port: u16,
+}
+
+fn audit_log(name: &str, dir: &Path) -> PathBuf {
+    dir.join(format!("{name}-audit.log"))
 }
 
 fn start_replica(name: &'static str, kubeconfig: &Path, dir: &Path) -> Replica {
@@ -166,6 +190,8 @@ fn start_replica(name: &'static str, kubeconfig: &Path, dir: &Path) -> Replica {
         .args(["--identity", name, "--lease-duration", "4s"])
         .args(["--listen", &format!("127.0.0.1:{issuer_port}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{admin_port}")])
+        .arg("--audit-log")
+        .arg(audit_log(name, dir))
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "info");
     let process = Process::spawn(name, command, dir.join(format!("{name}.log")));
@@ -516,6 +542,53 @@ async fn sign_identity_for_pod(
     }
 }
 
+/// Runs `signet-operator agent ARGS --namespace NS` as the cluster admin
+/// would (the test's kubeconfig); returns its stdout.
+fn revocation_cli(args: &[&str]) -> String {
+    let output = Command::new(binary("signet-operator"))
+        .arg("agent")
+        .args(args)
+        .args(["--namespace", NS])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "signet-operator agent {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Renews the calling agent's SVID.
+async fn renew(client: &mut IssuerClient<Channel>) -> Result<(), tonic::Status> {
+    let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let csr = signet_identity::x509::create_csr(&key).unwrap();
+    client
+        .renew_agent(pb::RenewAgentRequest { csr })
+        .await
+        .map(|_| ())
+}
+
+/// Asks for `e2e-web` for the pod, returning the call's own status (a
+/// revoked agent is refused the call, not given a denial).
+async fn try_sign(client: &mut IssuerClient<Channel>, uid: &str) -> Result<(), tonic::Status> {
+    let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let request = pb::X509SvidRequest {
+        workload: Some(pb::Workload {
+            pod_uid: uid.to_owned(),
+            ..Default::default()
+        }),
+        workload_identity: "e2e-web".into(),
+        csr: signet_identity::x509::create_csr(&key).unwrap(),
+    };
+    client
+        .sign_x509_svids(pb::SignX509SvidsRequest {
+            requests: vec![request],
+        })
+        .await
+        .map(|_| ())
+}
+
 #[test]
 fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
     if let Some(reason) = skip_reason() {
@@ -555,6 +628,9 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
         ("create", "tokenreviews.authentication.k8s.io", "yes"),
         ("watch", "nodes", "yes"),
         ("patch", "nodes", "no"),
+        ("watch", "configmaps/signet-agent-revocations", "yes"),
+        ("patch", "configmaps/signet-agent-revocations", "no"),
+        ("list", "configmaps", "no"),
     ] {
         let output = kubectl_output(
             &[
@@ -805,6 +881,112 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
         );
     });
 
+    // Revocation: `signet-operator agent revoke` writes the ConfigMap; both
+    // replicas refuse the node's agent at once and close its stream.
+    runtime.block_on(async {
+        let (mut other, _) = issuer.join(first, &other_token, OTHER_NODE).await.unwrap();
+        let (mut other_on_second, _) = issuer.join(second, &other_token, OTHER_NODE).await.unwrap();
+        let mut updates = other
+            .watch_policy(pb::WatchPolicyRequest { known_version: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        update_where(&mut updates, "a first update", |_| true).await;
+        assert!(
+            revocation_cli(&["revoke", OTHER_NODE, "--reason", "node compromised"])
+                .contains("revoked")
+        );
+        let listed = revocation_cli(&["revoked"]);
+        assert!(listed.contains("node compromised"), "{listed}");
+
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match updates.message().await {
+                    Ok(Some(_)) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .expect("the revoked agent's stream closes");
+        let status = closed.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("node compromised"), "{status:?}");
+
+        // The second replica's watch of the ConfigMap may trail the first's.
+        let mut refused = None;
+        for _ in 0..100 {
+            match try_sign(&mut other_on_second, &dmz_uid).await {
+                Err(status) => {
+                    refused = Some(status);
+                    break;
+                }
+                Ok(()) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let refused = refused.expect("the second replica refuses the revoked agent");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        let refused = renew(&mut other_on_second).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        let refused = issuer
+            .join(first, &other_token, OTHER_NODE)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        // The agent of this node is untouched.
+        let (mut here, _) = issuer.join(first, &here_token, &node).await.unwrap();
+        renew(&mut here).await.unwrap();
+
+        assert!(revocation_cli(&["unrevoke", OTHER_NODE]).contains("no longer revoked"));
+        let mut rejoined = None;
+        for _ in 0..100 {
+            if let Ok((client, _)) = issuer.join(second, &other_token, OTHER_NODE).await {
+                rejoined = Some(client);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut rejoined = rejoined.expect("unrevoked, the agent joins again");
+        renew(&mut rejoined).await.unwrap();
+
+        // Without an agent pod on its node, the agent's SVID stops renewing.
+        kubectl(&[
+            "-n",
+            NS,
+            "delete",
+            "pod",
+            "agent-other",
+            "--force",
+            "--grace-period=0",
+        ]);
+        let mut refused = None;
+        for _ in 0..100 {
+            match renew(&mut rejoined).await {
+                Err(status) => {
+                    refused = Some(status);
+                    break;
+                }
+                Ok(()) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        let refused = refused.expect("renewal refused once the agent pod is gone");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains("no agent pod"), "{refused:?}");
+    });
+    let audit = replicas
+        .iter()
+        .map(|r| std::fs::read_to_string(audit_log(r.name, dir.path())).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        audit.contains("agent.refused") && audit.contains("agent_revoked"),
+        "the refusals are audited"
+    );
+    assert!(
+        audit.contains("agent_pod_gone"),
+        "the renewal refusal is audited"
+    );
+
     // Failover: the leader crashes; the other takes the Lease, keeps the CA.
     let leader_index = replicas.iter().position(|r| r.name == leader).unwrap();
     let mut crashed = replicas.remove(leader_index);
@@ -853,4 +1035,41 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
         }
         assert_eq!(denial.reason, "pod_not_found");
     });
+
+    // A leader whose API calls hang steps down before anyone may take over.
+    let upstream = api_server();
+    let upstream = upstream.trim_start_matches("https://").to_owned();
+    let proxy = FreezableProxy::start(upstream);
+    let proxied = operator_kubeconfig_for(
+        dir.path(),
+        "operator-c.kubeconfig",
+        &format!("https://127.0.0.1:{}", proxy.port),
+    );
+    let stalled = start_replica("operator-c", &proxied, dir.path());
+    wait_until_every("operator-c ready", Duration::from_secs(60), POLL, || {
+        stalled.ready()
+    });
+    replicas[0].process.kill();
+    wait_until_every("operator-c to lead", Duration::from_secs(30), POLL, || {
+        lease_holder() == stalled.name
+    });
+    let successor = start_replica("operator-d", &kubeconfig, dir.path());
+    wait_until_every("operator-d ready", Duration::from_secs(60), POLL, || {
+        successor.ready()
+    });
+    let log_before = stalled.process.log().len();
+    proxy.freeze(true);
+    wait_until_every(
+        "operator-d to take over",
+        Duration::from_secs(60),
+        POLL,
+        || lease_holder() == successor.name,
+    );
+    let stalled_log = stalled.process.log();
+    let since_freeze = &stalled_log[log_before..];
+    assert!(
+        since_freeze.contains("no longer the leader"),
+        "the hung leader had stepped down before operator-d took over:\n{since_freeze}"
+    );
+    assert!(since_freeze.contains("timed out"), "{since_freeze}");
 }
