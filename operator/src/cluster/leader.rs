@@ -220,25 +220,33 @@ impl LeaderElector {
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            match self.round().await {
-                Ok(true) => {
+            // A call to the API server can hang far longer than the lease
+            // (the client's read timeout is minutes): a leader gives each
+            // round only until its renew deadline, so it steps down on time
+            // even while a request is stuck, before anyone may take over.
+            let deadline = match self.last_renewal {
+                Some(at) if *self.leading.borrow() => at + self.settings.renew_deadline,
+                _ => Instant::now() + self.settings.renew_deadline,
+            };
+            match tokio::time::timeout_at(deadline, self.round()).await {
+                Ok(Ok(true)) => {
                     self.last_renewal = Some(Instant::now());
                     self.set_leading(true);
                 }
-                Ok(false) => {
+                Ok(Ok(false)) => {
                     self.last_renewal = None;
                     self.set_leading(false);
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
                     tracing::warn!(%error, "leader election round failed");
-                    // Keep leading only while the last renewal is recent
-                    // enough that nobody else can have taken over.
-                    let fresh = self
-                        .last_renewal
-                        .is_some_and(|at| at.elapsed() < self.settings.renew_deadline);
-                    if !fresh {
-                        self.set_leading(false);
-                    }
+                    self.step_down_if_stale();
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        timeout = ?self.settings.renew_deadline,
+                        "leader election round timed out: the API server did not answer"
+                    );
+                    self.step_down_if_stale();
                 }
             }
             tokio::select! {
@@ -252,7 +260,27 @@ impl LeaderElector {
         }
     }
 
+    /// Keeps leading only while the last renewal is recent enough that
+    /// nobody else can have taken over.
+    fn step_down_if_stale(&self) {
+        let fresh = self
+            .last_renewal
+            .is_some_and(|at| at.elapsed() < self.settings.renew_deadline);
+        if !fresh {
+            self.set_leading(false);
+        }
+    }
+
+    /// Hands the Lease back, giving up after a renew deadline: shutting
+    /// down must not wait on a hung API server.
     async fn release(&self) {
+        let released = tokio::time::timeout(self.settings.renew_deadline, self.try_release());
+        if released.await.is_err() {
+            tracing::warn!("releasing the leader lease timed out; it expires on its own");
+        }
+    }
+
+    async fn try_release(&self) {
         let Ok(Some(mut lease)) = self.api.get_opt(&self.settings.lease_name).await else {
             return;
         };
