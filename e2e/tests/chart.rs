@@ -3,7 +3,9 @@
 //! renders is accepted by the operator's and the agent's own parsers, and
 //! the objects carry the properties users and the security model rely on
 //! (two operator replicas with a PDB, least-privilege RBAC identical to the
-//! tested manifest, privileges only for the CSI container, podInfoOnMount).
+//! tested manifest, privileges only for the CSI container, an agent with no
+//! capabilities unless binary attributes or an engine attestor need
+//! CAP_SYS_PTRACE, the optional operator NetworkPolicy, podInfoOnMount).
 //!
 //! helm comes from `$SIGNET_E2E_BIN_DIR`, `~/.cache/signet/bin` (built by
 //! `e2e/cluster/build-tools.sh helm`, which `make test-setup` runs) or
@@ -164,6 +166,56 @@ fn chart_lints_and_renders_what_the_binaries_accept() {
     let daemonset = get(&objects, "DaemonSet", "-agent");
     assert_eq!(daemonset["spec"]["template"]["spec"]["hostPID"], true);
     assert!(container(daemonset, "agent").unwrap()["securityContext"]["privileged"].is_null());
+    // The agent keeps no capability unless a feature needs ptrace access.
+    let agent_security = &container(daemonset, "agent").unwrap()["securityContext"];
+    assert_eq!(agent_security["capabilities"]["drop"][0], "ALL");
+    assert!(agent_security["capabilities"]["add"].is_null());
+    assert_eq!(agent_security["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(agent_security["allowPrivilegeEscalation"], false);
+    for set in [
+        "agent.binaryAttributes=true",
+        "agent.attestors.docker.enabled=true",
+        "agent.attestors.podman.enabled=true",
+    ] {
+        let objects = template(&helm, &[set]).unwrap();
+        let daemonset = get(&objects, "DaemonSet", "-agent");
+        let added = &container(daemonset, "agent").unwrap()["securityContext"]["capabilities"];
+        assert_eq!(
+            added["add"],
+            serde_yaml::from_str::<Value>("[SYS_PTRACE]").unwrap(),
+            "{set}"
+        );
+    }
+
+    // The optional NetworkPolicy admits only this release's agents to the
+    // issuer port, and metrics only from the peers named.
+    assert!(find(&objects, "NetworkPolicy", "-operator").is_none());
+    let fenced = template(
+        &helm,
+        &[
+            "operator.networkPolicy.enabled=true",
+            "operator.networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
+        ],
+    )
+    .unwrap();
+    let policy = &get(&fenced, "NetworkPolicy", "-operator")["spec"];
+    assert_eq!(
+        policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "operator"
+    );
+    let ingress = policy["ingress"].as_sequence().unwrap();
+    assert_eq!(ingress.len(), 2, "issuer and metrics, no OIDC: {ingress:?}");
+    assert_eq!(ingress[0]["ports"][0]["port"], "issuer");
+    assert_eq!(
+        ingress[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "agent"
+    );
+    assert_eq!(ingress[1]["ports"][0]["port"], "metrics");
+    assert_eq!(
+        ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]["name"],
+        "monitoring"
+    );
+
     let csi = container(daemonset, "csi").unwrap();
     assert_eq!(csi["securityContext"]["privileged"], true);
     let kubelet_mount = csi["volumeMounts"]

@@ -3,7 +3,9 @@
 //! mount the CSI volume and use the SPIFFE Workload API through it.
 //!
 //! - helm install: operator Deployment and agent+CSI DaemonSet Ready, the
-//!   driver registered on the node;
+//!   driver registered on the node; the agent process holds no capability
+//!   and runs under seccomp with no_new_privs (read from the host's
+//!   `/proc/<pid>/status`);
 //! - a WorkloadIdentity + Role applied with kubectl: a pod gets an
 //!   X.509-SVID whose SPIFFE ID and DNS SAN follow the template, and a
 //!   JWT-SVID;
@@ -329,6 +331,25 @@ fn bundle_pem() -> String {
     ])
 }
 
+/// `/proc/<pid>/status` of the DaemonSet's agent process, as the host sees
+/// it (the test runs on the node, and the agent is the only process running
+/// `signet-agent run --config /etc/signet/agent.yaml`).
+fn agent_process_status() -> String {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let agent = args.first().is_some_and(|a| a.ends_with(b"signet-agent"))
+            && args.get(1) == Some(&&b"run"[..])
+            && args.contains(&&b"/etc/signet/agent.yaml"[..]);
+        if agent {
+            found.push(std::fs::read_to_string(entry.path().join("status")).unwrap_or_default());
+        }
+    }
+    assert_eq!(found.len(), 1, "one agent process on the node");
+    found.remove(0)
+}
+
 #[test]
 fn helm_install_gives_pods_identities_through_the_csi_driver() {
     if let Some(reason) = skip_reason() {
@@ -403,6 +424,22 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
         "jsonpath={.status.readyReplicas}",
     ]);
     assert_eq!(ready, "2", "both operator replicas Ready");
+
+    // The agent runs with no capabilities, under seccomp, unable to gain
+    // privileges: what a compromised agent could do on the host is bounded.
+    let status = agent_process_status();
+    for (field, expected) in [
+        ("CapEff:", "0000000000000000"),
+        ("CapPrm:", "0000000000000000"),
+        ("NoNewPrivs:", "1"),
+        ("Seccomp:", "2"),
+    ] {
+        let value = status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .map(str::trim);
+        assert_eq!(value, Some(expected), "agent {field}\n{status}");
+    }
     let node = std::env::var("SIGNET_E2E_NODE_NAME").unwrap_or_else(|_| "vm".into());
     wait_until_every(
         "the driver on the node's CSINode",
