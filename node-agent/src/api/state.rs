@@ -70,12 +70,12 @@ impl ServerState {
                 self.metrics
                     .attestation_failure(AttestErrorKind::Unauthenticated);
                 return Err(match error.as_ref() {
-                    ProcError::Gone { .. } | ProcError::Changed { .. } => {
-                        ApiError::ProcessChanged(format!(
-                            "process {} could not be inspected when it connected: {error}",
-                            peer.pid
-                        ))
-                    }
+                    ProcError::Gone { .. }
+                    | ProcError::Changed { .. }
+                    | ProcError::ExitedBeforeAccept { .. } => ApiError::ProcessChanged(format!(
+                        "process {} could not be inspected when it connected: {error}",
+                        peer.pid
+                    )),
                     other => ApiError::NoPeer(other.to_string()),
                 });
             }

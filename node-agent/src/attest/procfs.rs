@@ -38,6 +38,10 @@ pub enum ProcError {
     },
     #[error("process {pid} changed during attestation ({what}); the PID may have been reused")]
     Changed { pid: u32, what: &'static str },
+    #[error(
+        "process {pid} exited before its connection was accepted; the PID may now be another process's"
+    )]
+    ExitedBeforeAccept { pid: u32 },
 }
 
 impl ProcError {

@@ -55,7 +55,9 @@ pub enum AttestError {
 
 fn proc_error_kind(error: &ProcError) -> AttestErrorKind {
     match error {
-        ProcError::Gone { .. } | ProcError::Changed { .. } => AttestErrorKind::Unauthenticated,
+        ProcError::Gone { .. }
+        | ProcError::Changed { .. }
+        | ProcError::ExitedBeforeAccept { .. } => AttestErrorKind::Unauthenticated,
         ProcError::Io { .. } | ProcError::Parse { .. } => AttestErrorKind::Internal,
     }
 }
