@@ -168,6 +168,9 @@ pub struct Stack {
     /// The operator's `--config` file contents (none when empty); the
     /// flags `start_operator` passes still override it.
     operator_config: String,
+    /// A command (and its arguments) the agent is started through, e.g.
+    /// `setpriv --bounding-set=-sys_ptrace`; none when empty.
+    agent_wrapper: Vec<String>,
 }
 
 impl Stack {
@@ -209,6 +212,7 @@ impl Stack {
             agent_extra: String::new(),
             attestors: "{unix: {}}".to_owned(),
             operator_config: String::new(),
+            agent_wrapper: Vec::new(),
         };
         stack.write_policy("policy.yaml", policy);
         let token = stack.operator_cli(
@@ -304,6 +308,12 @@ impl Stack {
         self.attestors = flow_yaml.to_owned();
     }
 
+    /// Starts the agent through `wrapper` (a command that execs its
+    /// arguments, like `setpriv ...`) from the next start; empty for none.
+    pub fn set_agent_wrapper(&mut self, wrapper: &[&str]) {
+        self.agent_wrapper = wrapper.iter().map(|arg| (*arg).to_owned()).collect();
+    }
+
     pub fn agent_config(&self) -> String {
         // The delegated API socket stays in the stack's directory (the
         // default, /run/signet-admin, is shared by every agent on the host)
@@ -340,7 +350,14 @@ impl Stack {
         let config = self.path("agent.yaml");
         std::fs::write(&config, self.agent_config())
             .unwrap_or_else(|e| panic!("agent config: {e}"));
-        let mut command = Command::new(binary("signet-agent"));
+        let mut command = match self.agent_wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary("signet-agent"));
+                command
+            }
+            None => Command::new(binary("signet-agent")),
+        };
         command
             .arg("run")
             .arg("--config")
@@ -380,6 +397,15 @@ impl Stack {
             .env("SPIFFE_ENDPOINT_SOCKET", self.endpoint())
             .output()
             .unwrap_or_else(|e| panic!("running signet-agent api: {e}"))
+    }
+
+    /// The agent's own audit log (refusals it made without the issuer).
+    pub fn agent_audit_events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path("agent/audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
     }
 
     /// The audit log's events, parsed.
@@ -428,4 +454,20 @@ spec:
 /// The current process's uid.
 pub fn current_uid() -> u32 {
     rustix::process::getuid().as_raw()
+}
+
+/// Whether the test can run as root. Without root it fails when
+/// `SIGNET_REQUIRE_ROOT=1` (CI) and otherwise says so and lets the test
+/// return.
+#[allow(clippy::print_stderr)]
+pub fn have_root(test: &str) -> bool {
+    if current_uid() == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("SIGNET_REQUIRE_ROOT").as_deref() != Ok("1"),
+        "{test} needs root (SIGNET_REQUIRE_ROOT=1)"
+    );
+    eprintln!("skipped {test}: needs root");
+    false
 }

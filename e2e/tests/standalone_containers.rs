@@ -580,6 +580,18 @@ fn a_process_in_a_forged_cgroup_does_not_get_the_containers_svid() {
             log.contains(why),
             "{variant}: the agent's log does not say why ({why}): {log}"
         );
+        // The agent refused on its own, so its audit log says why.
+        let audited = stack.agent_audit_events().into_iter().any(|e| {
+            e["event"] == "svid.denied"
+                && e["reason"] == "evidence_mismatch"
+                && e["workload"]["workload.unix.uid"].as_str() == Some(uid.to_string().as_str())
+                && e["message"].as_str().is_some_and(|m| m.contains(why))
+        });
+        assert!(
+            audited,
+            "{variant}: no evidence_mismatch event in the agent's audit log: {:?}",
+            stack.agent_audit_events()
+        );
     }
 
     // The real container is still served, to a process `exec`ed into it

@@ -9,8 +9,10 @@ use prometheus_client::registry::Registry;
 use signet_runtime::http::Readiness;
 use tokio::sync::watch;
 
+use signet_runtime::audit::{AuditError, AuditLog};
 use signet_runtime::clock::Clock;
 
+use crate::api::audit::LocalAudit;
 use crate::api::delegated::{DelegatedError, DelegatedState, bind_admin_socket, serve_admin};
 use crate::api::{ServerState, serve};
 use crate::attest::procfs::ProcRoot;
@@ -43,6 +45,8 @@ pub enum AgentError {
     Serve(#[from] tonic::transport::Error),
     #[error("stopped before the agent had an identity")]
     Interrupted,
+    #[error("audit log: {0}")]
+    Audit(#[from] AuditError),
 }
 
 /// Whether a failed Join/RenewAgent is worth retrying (issuer not up yet)
@@ -101,6 +105,7 @@ pub async fn run_until(
         tracing::info!(%address, "admin endpoint listening");
     }
 
+    raise_open_file_limit(&config.limits);
     let bootstrap = IssuerClient::read_bootstrap_bundle(
         &config.issuer.trust_bundle_path,
         &config.trust_domain,
@@ -171,13 +176,24 @@ pub async fn run_until(
         attestor.kubernetes().map(|k| k.pod_cache().clone()),
         config.first_svid_timeout,
     ));
-    let state = Arc::new(ServerState::new(
+    let audit_log = AuditLog::open(&config.audit_log_path())?;
+    let local_audit = Arc::new(LocalAudit::new(
+        Some(audit_log),
+        metrics.clone(),
+        clock,
+        config.audit_summary_window,
+    ));
+    tokio::spawn(local_audit.clone().run());
+    let mut state = ServerState::new(
         cache,
         Arc::new(attestor),
         metrics,
         clock,
         config.first_svid_timeout,
-    ));
+        local_audit,
+    );
+    state.limits = config.limits.clone();
+    let state = Arc::new(state);
     let Some(path) = config.listen.unix_path().map(ToOwned::to_owned) else {
         return Err(ConfigError::Invalid("listen must be a unix socket".into()).into());
     };
@@ -260,5 +276,36 @@ async fn join(
             }
             Err(error) => return Err(error.into()),
         }
+    }
+}
+
+/// Lifts the soft limit on open files toward the hard one, so the
+/// configured connection bound (plus the agent's own files) fits; many
+/// service managers start processes with a soft limit of 1024.
+fn raise_open_file_limit(limits: &crate::api::limits::ConnectionLimits) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let current = getrlimit(Resource::Nofile);
+    let wanted = u64::try_from(limits.connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1024);
+    let soft = current.current.unwrap_or(u64::MAX);
+    if soft >= wanted {
+        return;
+    }
+    let target = current.maximum.map_or(wanted, |hard| hard.min(wanted));
+    let raised = Rlimit {
+        current: Some(target),
+        maximum: current.maximum,
+    };
+    let now = match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => target,
+        Err(_) => soft,
+    };
+    if now < wanted {
+        tracing::warn!(
+            open_file_limit = now,
+            connections = limits.connections,
+            "the open-file limit is below limits.connections; connections beyond it fail at accept"
+        );
     }
 }

@@ -18,6 +18,10 @@
 //! svid_key_type: ec-p256
 //! metrics_listen: 127.0.0.1:9464
 //! log: {format: text, level: info}
+//! audit_log: /var/lib/signet/agent/audit.log   # or "-" for stdout
+//! audit_summary_window: 60s
+//! limits: {connections_per_uid: 1024, connections: 4096,
+//!          streams_per_connection: 128, handshake_timeout: 10s}
 //! ```
 
 use std::net::SocketAddr;
@@ -32,6 +36,7 @@ pub use signet_runtime::logging::LogConfig;
 #[cfg(test)]
 use signet_runtime::logging::LogFormat;
 
+use crate::api::limits::ConnectionLimits;
 use crate::attest::AttestorsConfig;
 
 /// Environment variable naming the node (set from the downward API).
@@ -111,6 +116,30 @@ pub struct AgentConfig {
         with = "signet_runtime::duration"
     )]
     pub first_svid_timeout: Duration,
+    /// Where callers the agent refuses on its own are audited, one JSON
+    /// event per line in the issuer's schema (default
+    /// `<state_dir>/audit.log`; `-` for standard output).
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
+    /// Repeated refusals (same reason, same caller uid) within this window
+    /// are counted and written as one summary when it ends (default 60s).
+    #[serde(
+        default = "default_audit_summary_window",
+        with = "signet_runtime::duration"
+    )]
+    pub audit_summary_window: Duration,
+    /// Bounds on Workload API and SDS connections per caller.
+    #[serde(default)]
+    pub limits: ConnectionLimits,
+}
+
+impl AgentConfig {
+    /// The audit log's destination, `<state_dir>/audit.log` unless set.
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.audit_log
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("audit.log"))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -147,6 +176,10 @@ fn default_socket_mode() -> u32 {
 
 fn default_key_type() -> KeyType {
     KeyType::EcP256
+}
+
+fn default_audit_summary_window() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_first_svid_timeout() -> Duration {
@@ -254,6 +287,10 @@ impl AgentConfig {
         if self.first_svid_timeout.is_zero() {
             return invalid("first_svid_timeout must be positive".into());
         }
+        if self.audit_summary_window.is_zero() {
+            return invalid("audit_summary_window must be positive".into());
+        }
+        self.limits.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -19,6 +19,9 @@ pub struct Metrics {
     svids_cached: Gauge,
     signing_requests: Family<Labels1, Counter>,
     signing_failures: Family<Labels2, Counter>,
+    local_denials: Family<Labels1, Counter>,
+    connections: Gauge,
+    connections_refused: Family<Labels1, Counter>,
 }
 
 impl Metrics {
@@ -50,7 +53,28 @@ impl Metrics {
             "SVID requests that produced no SVID, by type and reason (unavailable, denied, invalid_svid)",
             metrics.signing_failures.clone(),
         );
+        registry.register(
+            "signet_agent_local_denials",
+            "Callers the agent refused without asking the issuer, by reason (process_changed, evidence_mismatch, attestation_unavailable, attestation_failed, no_peer, no_identity)",
+            metrics.local_denials.clone(),
+        );
+        registry.register(
+            "signet_agent_connections",
+            "Open Workload API and SDS connections",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "signet_agent_connections_refused",
+            "Workload API and SDS connections closed at accept, by reason (per_uid_limit, total_limit, handshake_timeout)",
+            metrics.connections_refused.clone(),
+        );
         metrics
+    }
+
+    pub fn local_denial(&self, reason: &'static str) {
+        self.local_denials
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     pub fn request(&self, rpc: &'static str, code: tonic::Code) {
@@ -62,6 +86,17 @@ impl Metrics {
     pub fn attestation_failure(&self, kind: AttestErrorKind) {
         self.attestation_failures
             .get_or_create(&[("kind", attest_kind_name(kind))])
+            .inc();
+    }
+
+    pub fn set_connections(&self, count: usize) {
+        self.connections
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&[("reason", reason)])
             .inc();
     }
 

@@ -21,9 +21,11 @@ use signet_identity::{
 use signet_policy::{
     AgentContext, Attributes, IdentitySelector, PolicyDocument, parse_yaml_documents,
 };
+use signet_runtime::audit::AuditLog;
 use signet_runtime::clock::Clock;
 use tokio::sync::watch;
 
+use crate::api::audit::LocalAudit;
 use crate::api::delegated::{DelegatedState, bind_admin_socket, serve_admin};
 use crate::api::{ServerState, serve};
 use crate::attest::procfs::ProcRoot;
@@ -393,12 +395,19 @@ impl TestAgentBuilder {
             None,
             self.first_svid_timeout,
         ));
+        let audit = Arc::new(LocalAudit::new(
+            Some(AuditLog::in_memory()),
+            metrics.clone(),
+            clock,
+            std::time::Duration::from_secs(60),
+        ));
         let state = Arc::new(ServerState::new(
             cache.clone(),
             Arc::new(attestor),
             metrics.clone(),
             clock,
             self.first_svid_timeout,
+            audit,
         ));
         let listener = signet_runtime::uds::bind_unix_listener(&socket, self.socket_mode)
             .unwrap_or_else(|e| panic!("bind: {e}"));

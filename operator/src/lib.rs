@@ -5,7 +5,7 @@
 //! the rest is shared by all of them.
 
 pub mod agents;
-pub mod audit;
+pub use signet_runtime::audit;
 pub mod ca;
 pub mod cluster;
 pub mod config;

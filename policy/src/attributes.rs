@@ -397,6 +397,11 @@ impl<'de> Deserialize<'de> for AttributeName {
 )]
 pub struct Attributes {
     values: BTreeMap<String, String>,
+    /// Attributes the attestor should have produced but could not read (an
+    /// executable the agent may not inspect, one too large to hash), with
+    /// why. Never serialized: only the agent that attested knows it, and it
+    /// withholds identities whose deny rules would need them.
+    unavailable: BTreeMap<Field, String>,
 }
 
 impl Attributes {
@@ -491,7 +496,27 @@ impl Attributes {
                 .filter(|(name, _)| origin_of(name) == Origin::Attestation)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            unavailable: BTreeMap::new(),
         }
+    }
+
+    /// Records that `field` applies to this workload but could not be read,
+    /// and why (no process ID or other per-call detail: the reason is part
+    /// of the workload's identity in caches). Removes any value it had.
+    pub fn mark_unavailable(&mut self, field: Field, reason: impl Into<String>) -> &mut Self {
+        self.values.remove(field.as_str());
+        self.unavailable.insert(field, reason.into());
+        self
+    }
+
+    /// Attributes that could not be read, with why.
+    pub fn unavailable(&self) -> impl Iterator<Item = (Field, &str)> {
+        self.unavailable.iter().map(|(f, why)| (*f, why.as_str()))
+    }
+
+    /// Why `field` could not be read, if it could not.
+    pub fn unavailable_reason(&self, field: Field) -> Option<&str> {
+        self.unavailable.get(&field).map(String::as_str)
     }
 
     /// Accepts what an agent reported about a workload: every name must be
@@ -502,7 +527,10 @@ impl Attributes {
                 return Err(AttributeError::NotTestimony(name.clone()));
             }
         }
-        Ok(Attributes { values })
+        Ok(Attributes {
+            values,
+            unavailable: BTreeMap::new(),
+        })
     }
 
     /// The attributes policy decides on: these, minus anything claiming to
@@ -630,7 +658,10 @@ impl TryFrom<BTreeMap<String, String>> for Attributes {
         for name in values.keys() {
             AttributeName::parse(name)?;
         }
-        Ok(Attributes { values })
+        Ok(Attributes {
+            values,
+            unavailable: BTreeMap::new(),
+        })
     }
 }
 

@@ -186,6 +186,14 @@ impl Rule {
         }
     }
 
+    /// Every attribute the rule reads.
+    pub fn attributes(&self) -> Vec<&AttributeName> {
+        match self {
+            Rule::Conditions(conditions) => conditions.iter().map(|c| &c.attribute).collect(),
+            Rule::Expression(e) => e.attributes(),
+        }
+    }
+
     /// The namespaces this rule can match in, when it pins
     /// `workload.kubernetes.namespace` (conditions: with `eq` or `in`;
     /// expressions: see [`Expr::namespace_pins`]).
@@ -304,6 +312,21 @@ impl Rules {
         } else {
             RulesOutcome::NoMatchingRule
         }
+    }
+
+    /// The first deny rule that reads an attribute the workload has marked
+    /// unavailable, with that attribute. Such a rule cannot be evaluated:
+    /// an absent value never satisfies it, so it would never fire, and a
+    /// workload would escape a deny rule just because the agent could not
+    /// read (say) its executable. Allow rules need no such check, since an
+    /// absent value already keeps them from holding.
+    pub fn unevaluable_deny<'a>(&self, attrs: &'a Attributes) -> Option<(usize, Field, &'a str)> {
+        self.deny.iter().enumerate().find_map(|(i, rule)| {
+            rule.attributes().into_iter().find_map(|name| {
+                let field = name.field()?;
+                Some((i, field, attrs.unavailable_reason(field)?))
+            })
+        })
     }
 
     /// In words, why [`Rules::evaluate`] decided as it did, for `explain`.

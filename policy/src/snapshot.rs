@@ -207,6 +207,11 @@ pub enum DenialReason {
     /// agents and issuer may hold (e.g. a namespace named `signet` rendered
     /// into `/{{ workload.kubernetes.namespace }}/...`).
     ReservedId,
+    /// A deny rule reads an attribute the agent could not read for this
+    /// workload (e.g. `workload.unix.binary_hash` without the privilege to
+    /// open the executable), so the rule cannot be evaluated and the
+    /// identity is withheld rather than issued past it.
+    AttributeUnavailable,
 }
 
 impl DenialReason {
@@ -224,6 +229,7 @@ impl DenialReason {
             DenialReason::InvalidRenderedSan => "invalid_rendered_san",
             DenialReason::NotSelected => "not_selected",
             DenialReason::ReservedId => "reserved_id",
+            DenialReason::AttributeUnavailable => "attribute_unavailable",
         }
     }
 }
@@ -1191,6 +1197,17 @@ impl PolicySnapshot {
                 ));
             }
         }
+        // Checked once the allow rules hold: only an identity that would
+        // otherwise apply is withheld for want of an attribute.
+        if let Some((i, field, why)) = id.rules.unevaluable_deny(attrs) {
+            return Err(Denial::new(
+                DenialReason::AttributeUnavailable,
+                format!(
+                    "deny rule {i} reads {}, which could not be read for this workload ({why}); the identity is withheld rather than issued unchecked",
+                    field.as_str()
+                ),
+            ));
+        }
         if let Some(r) = roles.iter().find(|r| r.denies_labels(&id.labels)) {
             return Err(Denial::new(
                 DenialReason::RoleDenied,
@@ -1257,6 +1274,7 @@ impl PolicySnapshot {
     fn may_issue(id: &CompiledIdentity, attrs: &Attributes, roles: &[&CompiledRole]) -> bool {
         id.rules.evaluate(attrs) == RulesOutcome::Allowed
             && roles.iter().any(|r| r.allows_labels(&id.labels))
+            && id.rules.unevaluable_deny(attrs).is_none()
     }
 
     /// Like [`PolicySnapshot::evaluate`], restricted to identities the

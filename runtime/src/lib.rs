@@ -4,6 +4,7 @@
 //! signet-csi never depend on each other, and apart from the SPIFFE crates
 //! because nothing here knows about identities.
 
+pub mod audit;
 pub mod clock;
 pub mod duration;
 pub mod endpoint;

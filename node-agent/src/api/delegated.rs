@@ -604,7 +604,7 @@ impl DelegatedService {
         // Before subscribing: the cache signs right away, with the token.
         self.state.pod_tokens.offer(&pod.uid, &request.pod_token);
         let registration = self.state.register(&pod.uid, attributes.clone());
-        let mut subscription = self.state.cache.subscribe(attributes).await?;
+        let mut subscription = self.state.cache.subscribe(&attributes).await?;
         let view = subscription
             .first_settled(self.state.first_svid_timeout)
             .await;

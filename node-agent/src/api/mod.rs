@@ -3,12 +3,14 @@
 //! API for signet-csi on the root-only admin socket (`delegated.rs`).
 //!
 //! Connections carry the caller's credentials from accept time
-//! (`peer.rs`); handlers share `state.rs`, map failures to gRPC codes in
+//! (`peer.rs`), within per-uid bounds (`limits.rs`); handlers share `state.rs`, map failures to gRPC codes in
 //! `error.rs`, and every stream follows the cache through `follow.rs`.
 
+pub mod audit;
 pub mod delegated;
 pub mod error;
 pub mod follow;
+pub mod limits;
 pub mod peer;
 pub mod sds;
 pub mod serve;

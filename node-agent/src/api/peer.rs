@@ -11,16 +11,23 @@
 //! pidfd for the very process that connected; after opening `/proc/<pid>`
 //! we check through it that this process still holds the PID, so the
 //! directory we opened is the caller's. Older kernels keep the check above.
+//!
+//! The caller's executable is pinned here too. What happens between the
+//! caller's `connect()` and our `accept()` (a fork, then an exec of a
+//! trusted binary by the process that connected) cannot be seen by any
+//! agent that reads the kernel's peer credentials; accepting promptly keeps
+//! that window short, and an exec after it is refused.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use signet_runtime::h2_authority::FixedAuthority;
 use tokio::net::{UnixListener, UnixStream};
 
+use super::limits::{ConnectionRefusal, ConnectionSlot, ConnectionTracker};
 use crate::attest::procfs::{ProcError, ProcRoot, ProcessHandle};
 use crate::attest::unix::PeerCredentials;
 
@@ -30,25 +37,26 @@ pub struct PeerInfo {
     pub credentials: Option<PeerCredentials>,
     /// The caller's process, opened at accept time.
     pub process: Result<Arc<ProcessHandle>, Arc<ProcError>>,
+    /// The connection's place in the per-uid count, given back when the
+    /// connection and its last request are gone.
+    pub slot: Option<Arc<ConnectionSlot>>,
 }
 
 /// An accepted unix connection carrying its [`PeerInfo`] into every request.
 pub type PeerStream = FixedAuthority<PeerInfo>;
 
-/// Reads the caller's credentials and opens its process, once, at accept time.
-pub fn accept_peer(stream: UnixStream, proc_root: &ProcRoot) -> PeerStream {
-    let info = peer_info(&stream, proc_root);
-    FixedAuthority::with_info(stream, info)
-}
-
-fn peer_info(stream: &UnixStream, proc_root: &ProcRoot) -> PeerInfo {
-    let credentials = stream.peer_cred().ok().and_then(|cred| {
+fn peer_credentials(stream: &UnixStream) -> Option<PeerCredentials> {
+    stream.peer_cred().ok().and_then(|cred| {
         Some(PeerCredentials {
             pid: u32::try_from(cred.pid()?).ok()?,
             uid: cred.uid(),
             gid: cred.gid(),
         })
-    });
+    })
+}
+
+fn peer_info(stream: &UnixStream, proc_root: &ProcRoot) -> PeerInfo {
+    let credentials = peer_credentials(stream);
     let process = match credentials {
         Some(peer) => open_pinned(stream, peer.pid, proc_root)
             .map(Arc::new)
@@ -58,29 +66,87 @@ fn peer_info(stream: &UnixStream, proc_root: &ProcRoot) -> PeerInfo {
     PeerInfo {
         credentials,
         process,
+        slot: None,
     }
 }
 
-/// Accepted connections for `serve_with_incoming`. Accept errors (e.g. out
-/// of descriptors) are logged and retried rather than ending the server.
+/// Accepted connections for `serve_with_incoming`, within `tracker`'s
+/// bounds. The caller's credentials and process are taken as soon as a
+/// connection is accepted; it reaches the server once it has sent its first
+/// bytes, and is closed if it sends none within the handshake timeout.
+/// Accept errors (e.g. out of descriptors) are logged and retried rather
+/// than ending the server.
 pub fn incoming(
     listener: UnixListener,
     proc_root: ProcRoot,
+    tracker: Arc<ConnectionTracker>,
 ) -> impl Stream<Item = Result<PeerStream, io::Error>> {
-    futures::stream::unfold((listener, proc_root), |(listener, proc_root)| async move {
+    let (ready, connections) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
         loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let accepted = accept_peer(stream, &proc_root);
-                    return Some((Ok(accepted), (listener, proc_root)));
-                }
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = ready.closed() => return,
+            };
+            match accepted {
+                Ok((stream, _)) => admit(stream, &proc_root, &tracker, &ready),
                 Err(error) => {
                     tracing::warn!(%error, "accepting a Workload API connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         }
-    })
+    });
+    tokio_stream::wrappers::UnboundedReceiverStream::new(connections).map(Ok)
+}
+
+fn admit(
+    stream: UnixStream,
+    proc_root: &ProcRoot,
+    tracker: &Arc<ConnectionTracker>,
+    ready: &tokio::sync::mpsc::UnboundedSender<PeerStream>,
+) {
+    // Counted before /proc is touched, so a flood costs one syscall each.
+    let uid = peer_credentials(&stream).map(|peer| peer.uid);
+    let Ok(slot) = tracker.admit(uid) else {
+        return;
+    };
+    let mut info = peer_info(&stream, proc_root);
+    info.slot = Some(Arc::new(slot));
+    let timeout = tracker.limits().handshake_timeout;
+    let tracker = tracker.clone();
+    let ready = ready.clone();
+    tokio::spawn(async move {
+        match tokio::time::timeout(timeout, first_bytes(&stream)).await {
+            Ok(Ok(())) => {
+                let _ = ready.send(FixedAuthority::with_info(stream, info));
+            }
+            Ok(Err(_)) => {}
+            Err(_) => tracker.refused(ConnectionRefusal::HandshakeTimeout),
+        }
+    });
+}
+
+/// Resolves once the peer has sent something (or closed its end).
+/// `readable()` alone may wake spuriously, so the socket is peeked.
+async fn first_bytes(stream: &UnixStream) -> io::Result<()> {
+    loop {
+        stream.readable().await?;
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+            let mut byte = [0u8; 1];
+            rustix::net::recv(
+                stream,
+                &mut byte,
+                rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+            )
+            .map_err(io::Error::from)
+        });
+        match peeked {
+            Ok(_) => return Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// Opens `/proc/<pid>` of the process that connected `stream`, refusing it
@@ -92,6 +158,9 @@ fn open_pinned(
 ) -> Result<ProcessHandle, ProcError> {
     let pidfd = peer_pidfd(stream);
     let handle = proc_root.open(pid)?;
+    // As early as we can: a caller that execs another binary after this
+    // is attested as what it connected as, and then refused as changed.
+    let _ = handle.pinned_exe();
     match pidfd {
         PeerPidfd::Pinned(pidfd) => match pidfd_pid(&pidfd) {
             Some(holder) if holder == i64::from(pid) => Ok(handle),
@@ -158,6 +227,8 @@ fn pidfd_pid(pidfd: &OwnedFd) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use std::process::{Child, Command};
+
+    use signet_policy::Field;
 
     use super::*;
 
@@ -236,5 +307,63 @@ mod tests {
         );
         squatter.kill().unwrap();
         squatter.wait().unwrap();
+    }
+
+    /// Connect, then exec something else while keeping the connection: the
+    /// program the agent would attest is no longer the one holding the
+    /// socket's other end. The executable pinned at accept is attested; once
+    /// the process has exec'd, attestation is refused.
+    #[tokio::test]
+    async fn a_caller_that_execs_after_connecting_is_refused() {
+        use std::io::Write;
+        use std::process::Stdio;
+
+        use crate::attest::WorkloadAttestor;
+        use crate::attest::unix::UnixAttestor;
+
+        const CONNECT_THEN_EXEC: &str = "import os, socket, sys\n\
+            s = socket.socket(socket.AF_UNIX)\n\
+            s.connect(sys.argv[1])\n\
+            os.set_inheritable(s.fileno(), True)\n\
+            sys.stdin.readline()\n\
+            os.execvp('sleep', ['sleep', '30'])\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut child = Command::new("python3")
+            .args(["-c", CONNECT_THEN_EXEC])
+            .arg(&path)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let peer = peer_info(&stream, &ProcRoot::default());
+        let credentials = peer.credentials.unwrap();
+        let process = peer.process.unwrap();
+        let attestor = WorkloadAttestor::from_parts(UnixAttestor::default(), None, None, None);
+
+        let before = attestor.attest(credentials, process.clone()).await.unwrap();
+        let attested = before.field(Field::UnixBinaryPath).unwrap().to_owned();
+        assert!(attested.contains("python"), "{attested}");
+
+        child.stdin.take().unwrap().write_all(b"exec\n").unwrap();
+        let exe = format!("/proc/{}/exe", child.id());
+        for _ in 0..500 {
+            match std::fs::read_link(&exe) {
+                Ok(now) if now.to_string_lossy() != attested => break,
+                _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+        assert_ne!(
+            std::fs::read_link(&exe).unwrap().to_string_lossy(),
+            attested
+        );
+        let refused = attestor
+            .attest(credentials, process)
+            .await
+            .expect_err("the exec'd process is not what was attested");
+        assert!(refused.to_string().contains("executable"), "{refused}");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

@@ -40,6 +40,7 @@ use signet_proto::envoy::service::secret::v3::secret_discovery_service_server::S
 use signet_proto::{
     SDS_SECRET_TYPE_URL, SPIFFE_CERT_VALIDATOR_CONFIG_TYPE_URL, SPIFFE_CERT_VALIDATOR_NAME,
 };
+use signet_runtime::audit::CredentialKind;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -386,12 +387,22 @@ impl SdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<ReceiverStream<Result<DiscoveryResponse, Status>>, ApiError> {
-        let workload = self.state.attest(&request).await?;
-        let mut subscription = self.state.cache.subscribe(workload).await?;
-        let status = subscription.view().borrow().status.clone();
-        if let ViewStatus::NoIdentity { reason } = status {
-            return Err(ApiError::NoIdentity(reason));
+        let workload = self
+            .state
+            .attest(&request, CredentialKind::X509Svid)
+            .await?;
+        let subscribed = async {
+            let mut subscription = self.state.cache.subscribe(&workload).await?;
+            let status = subscription.view().borrow().status.clone();
+            match status {
+                ViewStatus::NoIdentity { reason } => Err(ApiError::NoIdentity(reason)),
+                _ => Ok(subscription),
+            }
         }
+        .await;
+        let subscription = self
+            .state
+            .audited(&workload, CredentialKind::X509Svid, subscribed)?;
         let (sender, receiver) = mpsc::channel(4);
         let stream = SdsStream {
             subscription,
@@ -411,9 +422,18 @@ impl SdsService {
         request: Request<DiscoveryRequest>,
     ) -> Result<DiscoveryResponse, ApiError> {
         check_request(request.get_ref())?;
-        let workload = self.state.attest(&request).await?;
-        let mut subscription = self.state.cache.subscribe(workload).await?;
-        let view = first_ready_view(&self.state, &mut subscription).await?;
+        let workload = self
+            .state
+            .attest(&request, CredentialKind::X509Svid)
+            .await?;
+        let ready = async {
+            let mut subscription = self.state.cache.subscribe(&workload).await?;
+            first_ready_view(&self.state, &mut subscription).await
+        }
+        .await;
+        let view = self
+            .state
+            .audited(&workload, CredentialKind::X509Svid, ready)?;
         let bundles = view
             .bundles
             .clone()

@@ -7,6 +7,7 @@ use signet_proto::envoy::service::secret::v3::secret_discovery_service_server::S
 use signet_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tokio::net::UnixListener;
 
+use super::limits::ConnectionTracker;
 use super::peer::incoming;
 use super::sds::SdsService;
 use super::state::ServerState;
@@ -27,17 +28,20 @@ pub async fn serve(
     reporter
         .set_serving::<SecretDiscoveryServiceServer<SdsService>>()
         .await;
+    let tracker = ConnectionTracker::new(state.limits.clone(), state.metrics.clone());
+    let streams_per_connection = state.limits.streams_per_connection;
     let stopping = state.stopping.clone();
     let shutdown = async move {
         shutdown.await;
         stopping.send_replace(true);
     };
     tonic::transport::Server::builder()
+        .max_concurrent_streams(streams_per_connection)
         .add_service(health)
         .add_service(SpiffeWorkloadApiServer::new(WorkloadApiService::new(
             state.clone(),
         )))
         .add_service(SecretDiscoveryServiceServer::new(SdsService::new(state)))
-        .serve_with_incoming_shutdown(incoming(listener, proc_root), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener, proc_root, tracker), shutdown)
         .await
 }

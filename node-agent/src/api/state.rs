@@ -3,14 +3,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use signet_policy::Attributes;
+use signet_policy::{Attributes, Field};
+use signet_runtime::audit::CredentialKind;
 use signet_runtime::clock::Clock;
 use tokio::sync::watch;
 use tonic::Request;
 
+use super::audit::LocalAudit;
 use super::error::ApiError;
+use super::limits::ConnectionLimits;
 use super::peer::PeerInfo;
 use crate::attest::procfs::ProcError;
+use crate::attest::unix::PeerCredentials;
 use crate::attest::{AttestErrorKind, WorkloadAttestor};
 use crate::cache::SvidCache;
 use crate::metrics::Metrics;
@@ -26,6 +30,10 @@ pub struct ServerState {
     /// Set when the server stops, so open streams end (with Unavailable:
     /// clients reconnect) and graceful shutdown does not wait for them.
     pub stopping: watch::Sender<bool>,
+    /// Refusals made here, without the issuer.
+    pub audit: Arc<LocalAudit>,
+    /// Bounds on connections and streams per caller.
+    pub limits: ConnectionLimits,
 }
 
 impl ServerState {
@@ -35,6 +43,7 @@ impl ServerState {
         metrics: Arc<Metrics>,
         clock: Clock,
         first_svid_timeout: Duration,
+        audit: Arc<LocalAudit>,
     ) -> Self {
         Self {
             cache,
@@ -43,6 +52,8 @@ impl ServerState {
             clock,
             first_svid_timeout,
             stopping: watch::channel(false).0,
+            audit,
+            limits: ConnectionLimits::default(),
         }
     }
 
@@ -54,9 +65,41 @@ impl ServerState {
         }
     }
 
-    /// Attests the caller of `request` with the process handle taken when
-    /// its connection was accepted.
-    pub async fn attest<T>(&self, request: &Request<T>) -> Result<Attributes, ApiError> {
+    /// Attests the caller of `request` (asking for `credential`) with the
+    /// process handle taken when its connection was accepted. A refusal is
+    /// audited.
+    pub async fn attest<T>(
+        &self,
+        request: &Request<T>,
+        credential: CredentialKind,
+    ) -> Result<Attributes, ApiError> {
+        let result = self.attest_peer(request).await;
+        if let Err(error) = &result {
+            let peer = request
+                .extensions()
+                .get::<PeerInfo>()
+                .and_then(|info| info.credentials);
+            self.audit.refused(peer, None, credential, error);
+        }
+        result
+    }
+
+    /// Audits `result` when it refuses the attested `workload` (no
+    /// identity), and passes it on.
+    pub fn audited<T>(
+        &self,
+        workload: &Attributes,
+        credential: CredentialKind,
+        result: Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        if let Err(error @ ApiError::NoIdentity(_)) = &result {
+            let peer = peer_of(workload);
+            self.audit.refused(peer, Some(workload), credential, error);
+        }
+        result
+    }
+
+    async fn attest_peer<T>(&self, request: &Request<T>) -> Result<Attributes, ApiError> {
         let info = request
             .extensions()
             .get::<PeerInfo>()
@@ -112,4 +155,14 @@ impl ServerState {
                 )
             })
     }
+}
+
+/// The caller's credentials as attested (for the audit's per-uid windows).
+fn peer_of(workload: &Attributes) -> Option<PeerCredentials> {
+    let number = |field| workload.field(field)?.parse().ok();
+    Some(PeerCredentials {
+        pid: number(Field::UnixPid)?,
+        uid: number(Field::UnixUid)?,
+        gid: number(Field::UnixGid)?,
+    })
 }

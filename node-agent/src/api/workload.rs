@@ -21,6 +21,7 @@ use signet_proto::issuer_protocol::{MAX_AUDIENCE_LEN, MAX_AUDIENCES};
 use signet_proto::workload as pb;
 use signet_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use signet_proto::{WORKLOAD_API_HEADER, WORKLOAD_API_HEADER_VALUE};
+use signet_runtime::audit::CredentialKind;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -200,17 +201,24 @@ impl WorkloadApiService {
         request: Request<pb::X509svidRequest>,
     ) -> Result<ReceiverStream<Result<pb::X509svidResponse, Status>>, ApiError> {
         check_header(&request)?;
-        let workload = self.state.attest(&request).await?;
-        let mut subscription = self.state.cache.subscribe(workload).await?;
-        let view = first_ready_view(&self.state, &mut subscription).await?;
-        let first = match x509_step(&view) {
-            Step::Send(first) => first,
-            _ => {
-                return Err(ApiError::Unavailable(
+        let workload = self
+            .state
+            .attest(&request, CredentialKind::X509Svid)
+            .await?;
+        let started = async {
+            let mut subscription = self.state.cache.subscribe(&workload).await?;
+            let view = first_ready_view(&self.state, &mut subscription).await?;
+            match x509_step(&view) {
+                Step::Send(first) => Ok((subscription, first)),
+                _ => Err(ApiError::Unavailable(
                     "SVIDs are still being issued; retry".into(),
-                ));
+                )),
             }
-        };
+        }
+        .await;
+        let (subscription, first) =
+            self.state
+                .audited(&workload, CredentialKind::X509Svid, started)?;
         Ok(follow(subscription, first, x509_step, self.state.stopped()))
     }
 
@@ -219,26 +227,31 @@ impl WorkloadApiService {
     /// `build` makes of the bundles.
     async fn start_bundles<M: Clone + PartialEq + Send + 'static>(
         &self,
-        workload: signet_policy::Attributes,
+        request: &Request<impl Sized>,
+        credential: CredentialKind,
         build: fn(&WorkloadBundles) -> Result<M, ApiError>,
     ) -> Result<ReceiverStream<Result<M, Status>>, ApiError> {
-        let mut subscription = self.state.cache.subscribe(workload).await?;
-        let view = subscription
-            .first_matching(self.state.first_svid_timeout, |view| {
-                view.bundles.is_some() || matches!(view.status, ViewStatus::NoIdentity { .. })
-            })
-            .await;
-        let first = match (&view.bundles, &view.status) {
-            (Some(bundles), _) => build(bundles)?,
-            (None, ViewStatus::NoIdentity { reason }) => {
-                return Err(ApiError::NoIdentity(reason.clone()));
-            }
-            (None, _) => {
-                return Err(ApiError::Unavailable(
+        check_header(request)?;
+        let workload = self.state.attest(request, credential).await?;
+        let started = async {
+            let mut subscription = self.state.cache.subscribe(&workload).await?;
+            let view = subscription
+                .first_matching(self.state.first_svid_timeout, |view| {
+                    view.bundles.is_some() || matches!(view.status, ViewStatus::NoIdentity { .. })
+                })
+                .await;
+            match (&view.bundles, &view.status) {
+                (Some(bundles), _) => Ok((subscription, build(bundles)?)),
+                (None, ViewStatus::NoIdentity { reason }) => {
+                    Err(ApiError::NoIdentity(reason.clone()))
+                }
+                (None, _) => Err(ApiError::Unavailable(
                     "the agent has not received its policy from the issuer yet".into(),
-                ));
+                )),
             }
-        };
+        }
+        .await;
+        let (subscription, first) = self.state.audited(&workload, credential, started)?;
         let step = move |view: &WorkloadView| match (&view.bundles, &view.status) {
             (Some(bundles), _) => match build(bundles) {
                 Ok(message) => Step::Send(message),
@@ -267,13 +280,17 @@ impl WorkloadApiService {
             })?),
         };
         let audiences = wanted.audience.clone();
-        let workload = self.state.attest(&request).await?;
+        let workload = self.state.attest(&request, CredentialKind::JwtSvid).await?;
         self.state.wait_for_policy().await?;
-        let svids = self
+        let fetched = self
             .state
             .cache
             .fetch_jwt(&workload, &audiences, only.as_ref())
-            .await?;
+            .await
+            .map_err(ApiError::from);
+        let svids = self
+            .state
+            .audited(&workload, CredentialKind::JwtSvid, fetched)?;
         let hints = unique_hints(
             svids
                 .iter()
@@ -308,9 +325,16 @@ impl WorkloadApiService {
                 wanted.svid.len()
             )));
         }
-        let workload = self.state.attest(&request).await?;
+        let workload = self.state.attest(&request, CredentialKind::JwtSvid).await?;
         self.state.wait_for_policy().await?;
-        let bundles = self.state.cache.bundles_for(&workload)?;
+        let found = self
+            .state
+            .cache
+            .bundles_for(&workload)
+            .map_err(ApiError::from);
+        let bundles = self
+            .state
+            .audited(&workload, CredentialKind::JwtSvid, found)?;
         let validated = validate_jwt_svid(
             &wanted.svid,
             &wanted.audience,
@@ -350,14 +374,11 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         &self,
         request: Request<pb::X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let result = async {
-            check_header(&request)?;
-            let workload = self.state.attest(&request).await?;
-            self.start_bundles(workload, x509_bundles_response).await
-        }
-        .await
-        .map(Response::new)
-        .map_err(Status::from);
+        let result = self
+            .start_bundles(&request, CredentialKind::X509Svid, x509_bundles_response)
+            .await
+            .map(Response::new)
+            .map_err(Status::from);
         self.state
             .metrics
             .request("FetchX509Bundles", code_of(&result));
@@ -381,14 +402,11 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         &self,
         request: Request<pb::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let result = async {
-            check_header(&request)?;
-            let workload = self.state.attest(&request).await?;
-            self.start_bundles(workload, jwt_bundles_response).await
-        }
-        .await
-        .map(Response::new)
-        .map_err(Status::from);
+        let result = self
+            .start_bundles(&request, CredentialKind::JwtSvid, jwt_bundles_response)
+            .await
+            .map(Response::new)
+            .map_err(Status::from);
         self.state
             .metrics
             .request("FetchJWTBundles", code_of(&result));

@@ -6,13 +6,21 @@
 //! the reads fail instead of silently describing whichever process reuses
 //! the PID. [`ProcessHandle::verify_unchanged`] repeats the identity checks
 //! (start time, uid, gid) after attestation, as SPIRE's peer tracker does.
+//!
+//! The executable is pinned too ([`ProcessHandle::pinned_exe`]): opened once,
+//! when the connection is accepted, and hashed through that descriptor, so
+//! a process that connects and then execs a trusted binary is attested as
+//! what it was, and `verify_unchanged` refuses it once its executable is no
+//! longer the pinned one.
 
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use rustix::fs::{Mode, OFlags};
 
@@ -109,6 +117,7 @@ impl ProcRoot {
             dir,
             root: self.path.clone(),
             identity: ProcessIdentity::default(),
+            exe: OnceLock::new(),
         };
         handle.identity = handle.read_identity()?;
         Ok(handle)
@@ -144,6 +153,41 @@ pub struct ProcessHandle {
     /// The procfs mount it was opened from, for processes it is compared with.
     root: PathBuf,
     identity: ProcessIdentity,
+    /// The executable, opened the first time it is asked for.
+    exe: OnceLock<Result<PinnedExe, ExeUnavailable>>,
+}
+
+/// The executable a process ran when it was pinned: an open descriptor of
+/// the very file (not its path, which may have been replaced since).
+#[derive(Debug)]
+pub struct PinnedExe {
+    file: File,
+    /// The `exe` link's target, as the process's mount namespace names it
+    /// (`<path> (deleted)` for a binary removed or replaced on disk).
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl PinnedExe {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// Why a process's executable could not be pinned. Worded without the PID,
+/// since it becomes part of the workload's attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExeUnavailable {
+    /// The process ended first.
+    Gone,
+    /// The kernel refused us (a process of another user, without
+    /// `CAP_SYS_PTRACE`), or another I/O error.
+    Unreadable(String),
 }
 
 /// A namespace a process can share with another.
@@ -221,17 +265,42 @@ impl ProcessHandle {
         self.read_file("cgroup")
     }
 
-    /// The executable's path as the process's mount namespace sees it.
-    pub fn exe_path(&self) -> Result<PathBuf, ProcError> {
-        let target = rustix::fs::readlinkat(&self.dir, "exe", Vec::new())
-            .map_err(|e| ProcError::io(self.pid, "exe", e.into()))?;
-        Ok(PathBuf::from(OsString::from_vec(target.into_bytes())))
+    /// The executable, pinned on first use (the Workload API pins it when
+    /// the connection is accepted). Opening `exe` works across mount
+    /// namespaces because the kernel resolves the link to the mapped file.
+    pub fn pinned_exe(&self) -> &Result<PinnedExe, ExeUnavailable> {
+        self.exe.get_or_init(|| self.pin_exe())
     }
 
-    /// Opens the executable itself; works across mount namespaces because
-    /// the kernel resolves the link to the mapped file.
-    pub fn open_exe(&self) -> Result<File, ProcError> {
-        self.open_file("exe")
+    fn pin_exe(&self) -> Result<PinnedExe, ExeUnavailable> {
+        let unavailable = |error: ProcError| {
+            match error {
+            ProcError::Gone { .. } => ExeUnavailable::Gone,
+            ProcError::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                ExeUnavailable::Unreadable(
+                    "the agent may not inspect the executable of this process (a process of another user needs CAP_SYS_PTRACE)".to_owned(),
+                )
+            }
+            ProcError::Io { source, .. } => {
+                ExeUnavailable::Unreadable(format!("opening the executable: {source}"))
+            }
+            other => ExeUnavailable::Unreadable(other.to_string()),
+        }
+        };
+        let file = self.open_file("exe").map_err(unavailable)?;
+        let target = rustix::fs::readlinkat(&self.dir, "exe", Vec::new())
+            .map_err(|e| unavailable(ProcError::io(self.pid, "exe", e.into())))?;
+        let metadata = file
+            .metadata()
+            .map_err(|e| unavailable(ProcError::io(self.pid, "exe", e)))?;
+        Ok(PinnedExe {
+            file,
+            path: PathBuf::from(OsString::from_vec(target.into_bytes())),
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+        })
     }
 
     fn read_identity(&self) -> Result<ProcessIdentity, ProcError> {
@@ -280,6 +349,19 @@ impl ProcessHandle {
                 pid: self.pid,
                 what: "gid",
             });
+        }
+        if let Some(Ok(pinned)) = self.exe.get() {
+            // Same start time, other executable: it called exec since it
+            // was pinned, and whoever holds the connection may not be the
+            // program that was attested.
+            let now = rustix::fs::statat(&self.dir, "exe", rustix::fs::AtFlags::empty())
+                .map_err(|e| ProcError::io(self.pid, "exe", e.into()))?;
+            if now.st_dev != pinned.dev || now.st_ino != pinned.ino {
+                return Err(ProcError::Changed {
+                    pid: self.pid,
+                    what: "executable",
+                });
+            }
         }
         Ok(())
     }
@@ -339,7 +421,7 @@ mod tests {
             handle.identity().effective_uid(),
             rustix::process::geteuid().as_raw()
         );
-        assert!(handle.exe_path().unwrap().is_absolute());
+        assert!(handle.pinned_exe().as_ref().unwrap().path().is_absolute());
         handle.verify_unchanged().unwrap();
         assert!(!handle.cgroup().unwrap().is_empty());
     }

@@ -1,18 +1,18 @@
 //! The unix attestor: who the caller is according to the kernel.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Mutex;
 
 use serde::Deserialize;
 
 use signet_policy::{Attributes, Field};
 
-use super::procfs::{ProcError, ProcessHandle};
+use super::procfs::{ExeUnavailable, PinnedExe, ProcError, ProcessHandle};
 
 /// Hashing stops being worth it (and becomes a denial-of-service lever) for
-/// huge binaries; above the limit `binary_hash` is simply absent.
+/// huge binaries; above the limit `binary_hash` is unavailable (identities
+/// whose deny rules read it are withheld).
 pub const DEFAULT_BINARY_HASH_MAX_SIZE_BYTES: i64 = 1 << 30;
 /// Distinct binaries whose hash is remembered.
 const HASH_CACHE_CAPACITY: usize = 1024;
@@ -117,43 +117,58 @@ impl UnixAttestor {
         attributes.set(Field::UnixPid, peer.pid.to_string());
         attributes.set(Field::UnixUid, peer.uid.to_string());
         attributes.set(Field::UnixGid, peer.gid.to_string());
-        // Both are best effort: a process of another user may hide its exe
-        // link from us only if we lack privileges, which is a deployment
-        // error worth a log line, not a reason to refuse other attributes.
-        match process.exe_path() {
-            Ok(path) => {
-                // A deleted binary shows as "<path> (deleted)"; keep it so
-                // rules cannot match a binary that was replaced underneath.
-                attributes.set(Field::UnixBinaryPath, path.to_string_lossy().into_owned());
+        self.binary_attributes(process, attributes)
+    }
+
+    /// `binary_path` and `binary_hash` from the executable pinned when the
+    /// caller connected. One that cannot be read is marked unavailable, not
+    /// just left out: policy then withholds identities whose deny rules
+    /// read it, where silently dropping it would let them never fire.
+    fn binary_attributes(
+        &self,
+        process: &ProcessHandle,
+        attributes: &mut Attributes,
+    ) -> Result<(), UnixError> {
+        let pid = process.pid();
+        let exe = match process.pinned_exe() {
+            Ok(exe) => exe,
+            Err(ExeUnavailable::Gone) => return Err(ProcError::Gone { pid }.into()),
+            Err(ExeUnavailable::Unreadable(why)) => {
+                tracing::debug!(pid, reason = %why, "executable unavailable");
+                attributes.mark_unavailable(Field::UnixBinaryPath, why.clone());
+                attributes.mark_unavailable(Field::UnixBinaryHash, why.clone());
+                return Ok(());
             }
-            Err(ProcError::Gone { pid }) => return Err(ProcError::Gone { pid }.into()),
-            Err(error) => tracing::debug!(pid = peer.pid, %error, "executable path unavailable"),
-        }
-        if let Some(hash) = self.binary_hash(process)? {
-            attributes.set(Field::UnixBinaryHash, hash);
-        }
+        };
+        // A deleted binary shows as "<path> (deleted)"; keep it so rules
+        // cannot match a binary that was replaced underneath.
+        attributes.set(
+            Field::UnixBinaryPath,
+            exe.path().to_string_lossy().into_owned(),
+        );
+        match self.binary_hash(pid, exe)? {
+            Ok(hash) => attributes.set(Field::UnixBinaryHash, hash),
+            Err(why) => attributes.mark_unavailable(Field::UnixBinaryHash, why),
+        };
         Ok(())
     }
 
-    fn binary_hash(&self, process: &ProcessHandle) -> Result<Option<String>, UnixError> {
+    /// The executable's SHA-256, or why it is not computed.
+    fn binary_hash(&self, pid: u32, exe: &PinnedExe) -> Result<Result<String, String>, UnixError> {
         let limit = self.config.binary_hash_max_size_bytes;
         if limit == 0 {
-            return Ok(None);
+            return Ok(Err(
+                "binary hashing is disabled (binary_hash_max_size_bytes: 0)".to_owned(),
+            ));
         }
-        let pid = process.pid();
-        let file = match process.open_exe() {
-            Ok(file) => file,
-            Err(ProcError::Gone { pid }) => return Err(ProcError::Gone { pid }.into()),
-            Err(error) => {
-                tracing::debug!(pid, %error, "executable unavailable for hashing");
-                return Ok(None);
-            }
-        };
-        let metadata = file
+        let metadata = exe
+            .file()
             .metadata()
             .map_err(|source| UnixError::Hash { pid, source })?;
         if limit > 0 && metadata.len() > limit.unsigned_abs() {
-            return Ok(None);
+            return Ok(Err(format!(
+                "the executable is larger than binary_hash_max_size_bytes ({limit})"
+            )));
         }
         let key = FileKey {
             dev: metadata.dev(),
@@ -164,16 +179,16 @@ impl UnixAttestor {
             ctime: metadata.ctime(),
         };
         if let Some(hash) = self.cached_hash(&key) {
-            return Ok(Some(hash));
+            return Ok(Ok(hash));
         }
-        let hash = sha256_hex(file).map_err(|source| UnixError::Hash { pid, source })?;
+        let hash = sha256_hex(exe.file()).map_err(|source| UnixError::Hash { pid, source })?;
         if let Ok(mut hashes) = self.hashes.lock() {
             if hashes.len() >= HASH_CACHE_CAPACITY {
                 hashes.clear();
             }
             hashes.insert(key, hash.clone());
         }
-        Ok(Some(hash))
+        Ok(Ok(hash))
     }
 
     fn cached_hash(&self, key: &FileKey) -> Option<String> {
@@ -181,15 +196,23 @@ impl UnixAttestor {
     }
 }
 
-fn sha256_hex(mut file: std::fs::File) -> std::io::Result<String> {
+/// Reads by offset, so the pinned descriptor can be hashed again (after a
+/// cache eviction) without seeking it back.
+fn sha256_hex(file: &std::fs::File) -> std::io::Result<String> {
     let mut context = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buffer = vec![0u8; 64 * 1024];
+    let mut offset = 0u64;
     loop {
-        let read = file.read(&mut buffer)?;
+        let read = match file.read_at(&mut buffer, offset) {
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
         if read == 0 {
             break;
         }
         context.update(&buffer[..read]);
+        offset += read as u64;
     }
     Ok(hex::encode(context.finish()))
 }
@@ -223,7 +246,7 @@ mod tests {
         );
         let exe = std::env::current_exe().unwrap();
         assert_eq!(attributes.field(Field::UnixBinaryPath), exe.to_str());
-        let expected = sha256_hex(std::fs::File::open(&exe).unwrap()).unwrap();
+        let expected = sha256_hex(&std::fs::File::open(&exe).unwrap()).unwrap();
         assert_eq!(
             attributes.field(Field::UnixBinaryHash),
             Some(expected.as_str())
@@ -243,7 +266,30 @@ mod tests {
         let mut attributes = Attributes::default();
         attestor.attest(me(), &handle, &mut attributes).unwrap();
         assert!(attributes.field(Field::UnixBinaryHash).is_none());
+        assert!(
+            attributes
+                .unavailable_reason(Field::UnixBinaryHash)
+                .is_some_and(|why| why.contains("larger than binary_hash_max_size_bytes (16)")),
+            "{attributes:?}"
+        );
         assert!(attributes.field(Field::UnixBinaryPath).is_some());
+        assert_eq!(attributes.unavailable_reason(Field::UnixBinaryPath), None);
+    }
+
+    #[test]
+    fn disabled_hashing_marks_the_hash_unavailable() {
+        let attestor = UnixAttestor::new(UnixAttestorConfig {
+            binary_hash_max_size_bytes: 0,
+        });
+        let handle = ProcRoot::default().open(std::process::id()).unwrap();
+        let mut attributes = Attributes::default();
+        attestor.attest(me(), &handle, &mut attributes).unwrap();
+        assert!(
+            attributes
+                .unavailable_reason(Field::UnixBinaryHash)
+                .is_some_and(|why| why.contains("disabled")),
+            "{attributes:?}"
+        );
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub trait PolicyView: Send + Sync + 'static {
     /// The bundles a workload holding `identities` receives: the own trust
     /// domain's and those it federates with, where known.
     fn bundles_for(&self, identities: &[DesiredIdentity]) -> Arc<WorkloadBundles>;
+    /// Why an identity was withheld from `workload` because an attribute it
+    /// needed could not be read, if one was: said to a caller that gets no
+    /// identity, instead of "nothing applies".
+    fn withheld(&self, _workload: &Attributes) -> Option<String> {
+        None
+    }
 }
 
 pub type SharedPolicy = Option<Arc<dyn PolicyView>>;

@@ -249,7 +249,7 @@ async fn next_change(subscription: &mut Subscription) -> WorkloadView {
 #[tokio::test(start_paused = true)]
 async fn issues_in_policy_order_and_shares_between_processes() {
     let h = harness(vec![("web", "/web"), ("admin", "/admin")]);
-    let mut first = h.cache.subscribe(workload("1000", "10")).await.unwrap();
+    let mut first = h.cache.subscribe(&workload("1000", "10")).await.unwrap();
     let view = settled(&mut first).await;
     assert_eq!(view.status, ViewStatus::Ready);
     let ids: Vec<_> = view.svids.iter().map(|s| s.spiffe_id.to_string()).collect();
@@ -264,7 +264,7 @@ async fn issues_in_policy_order_and_shares_between_processes() {
 
     // Another process with the same attributes (but another PID) is served
     // from the cache.
-    let mut second = h.cache.subscribe(workload("1000", "11")).await.unwrap();
+    let mut second = h.cache.subscribe(&workload("1000", "11")).await.unwrap();
     let again = settled(&mut second).await;
     assert!(Arc::ptr_eq(&again.svids[0], &view.svids[0]));
     assert_eq!(h.signer.x509_calls().len(), 1);
@@ -273,7 +273,7 @@ async fn issues_in_policy_order_and_shares_between_processes() {
 #[tokio::test(start_paused = true)]
 async fn workload_without_identity_is_told_so() {
     let h = harness(vec![("web", "/web")]);
-    let mut subscription = h.cache.subscribe(workload("0", "1")).await.unwrap();
+    let mut subscription = h.cache.subscribe(&workload("0", "1")).await.unwrap();
     let view = settled(&mut subscription).await;
     assert!(matches!(view.status, ViewStatus::NoIdentity { .. }));
     assert!(h.signer.x509_calls().is_empty());
@@ -282,7 +282,7 @@ async fn workload_without_identity_is_told_so() {
 #[tokio::test(start_paused = true)]
 async fn renews_at_half_life_and_pushes_the_new_svid() {
     let h = harness(vec![("web", "/web")]);
-    let mut subscription = h.cache.subscribe(workload("1000", "10")).await.unwrap();
+    let mut subscription = h.cache.subscribe(&workload("1000", "10")).await.unwrap();
     let first = settled(&mut subscription).await;
     let first_not_after = first.svids[0].not_after;
     let renewed = next_change(&mut subscription).await;
@@ -302,7 +302,7 @@ async fn renews_at_half_life_and_pushes_the_new_svid() {
 #[tokio::test(start_paused = true)]
 async fn keeps_serving_while_the_issuer_is_down_then_reports_unavailable() {
     let h = harness(vec![("web", "/web")]);
-    let mut subscription = h.cache.subscribe(workload("1000", "10")).await.unwrap();
+    let mut subscription = h.cache.subscribe(&workload("1000", "10")).await.unwrap();
     let first = settled(&mut subscription).await;
     h.signer.set_mode(Mode::Unavailable);
 
@@ -331,7 +331,7 @@ async fn keeps_serving_while_the_issuer_is_down_then_reports_unavailable() {
 #[tokio::test(start_paused = true)]
 async fn policy_change_revokes_and_grants() {
     let h = harness(vec![("web", "/web"), ("admin", "/admin")]);
-    let mut subscription = h.cache.subscribe(workload("1000", "10")).await.unwrap();
+    let mut subscription = h.cache.subscribe(&workload("1000", "10")).await.unwrap();
     assert_eq!(settled(&mut subscription).await.svids.len(), 2);
 
     h.policy
@@ -364,7 +364,7 @@ async fn policy_change_revokes_and_grants() {
 async fn final_denial_means_no_identity_and_retryable_denial_is_retried() {
     let h = harness(vec![("web", "/web")]);
     h.signer.set_mode(Mode::Deny { retryable: false });
-    let mut subscription = h.cache.subscribe(workload("1000", "10")).await.unwrap();
+    let mut subscription = h.cache.subscribe(&workload("1000", "10")).await.unwrap();
     let view = settled(&mut subscription).await;
     assert!(
         matches!(view.status, ViewStatus::NoIdentity { ref reason } if reason.contains("role_denied"))
@@ -378,7 +378,7 @@ async fn final_denial_means_no_identity_and_retryable_denial_is_retried() {
 
     let h = harness(vec![("web", "/web")]);
     h.signer.set_mode(Mode::Deny { retryable: true });
-    let mut subscription = h.cache.subscribe(workload("1000", "10")).await.unwrap();
+    let mut subscription = h.cache.subscribe(&workload("1000", "10")).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     h.signer.set_mode(Mode::Issue);
     let view = settled(&mut subscription).await;
@@ -393,8 +393,8 @@ async fn concurrent_workloads_are_signed_in_one_batch() {
     a.set(Field::UnixBinaryPath, "/bin/a");
     let mut b = workload("1000", "2");
     b.set(Field::UnixBinaryPath, "/bin/b");
-    let mut sub_a = h.cache.subscribe(a).await.unwrap();
-    let mut sub_b = h.cache.subscribe(b).await.unwrap();
+    let mut sub_a = h.cache.subscribe(&a).await.unwrap();
+    let mut sub_b = h.cache.subscribe(&b).await.unwrap();
     let (view_a, view_b) = tokio::join!(settled(&mut sub_a), settled(&mut sub_b));
     assert_eq!(view_a.status, ViewStatus::Ready);
     assert_eq!(view_b.status, ViewStatus::Ready);
@@ -409,18 +409,18 @@ async fn concurrent_workloads_are_signed_in_one_batch() {
 #[tokio::test(start_paused = true)]
 async fn idle_workloads_are_evicted() {
     let h = harness(vec![("web", "/web")]);
-    let mut subscription = h.cache.subscribe(workload("1000", "10")).await.unwrap();
+    let mut subscription = h.cache.subscribe(&workload("1000", "10")).await.unwrap();
     settled(&mut subscription).await;
     drop(subscription);
     // Within the idle period the cache answers without the issuer.
     tokio::time::sleep(Duration::from_secs(60)).await;
-    let mut back = h.cache.subscribe(workload("1000", "10")).await.unwrap();
+    let mut back = h.cache.subscribe(&workload("1000", "10")).await.unwrap();
     settled(&mut back).await;
     assert_eq!(h.signer.x509_calls().len(), 1);
     drop(back);
     // After it, the workload is forgotten and re-issued on its next call.
     tokio::time::sleep(Duration::from_secs(301)).await;
-    let mut later = h.cache.subscribe(workload("1000", "10")).await.unwrap();
+    let mut later = h.cache.subscribe(&workload("1000", "10")).await.unwrap();
     settled(&mut later).await;
     assert_eq!(h.signer.x509_calls().len(), 2);
 }

@@ -73,7 +73,7 @@ impl Default for CacheConfig {
 
 enum Command {
     Subscribe {
-        workload: Attributes,
+        key: WorkloadKey,
         reply: oneshot::Sender<watch::Receiver<WorkloadView>>,
     },
     Unsubscribe {
@@ -175,11 +175,14 @@ impl SvidCache {
     }
 
     /// Registers interest in `workload`'s X.509-SVIDs.
-    pub async fn subscribe(&self, workload: Attributes) -> Result<Subscription, CacheError> {
-        let key = WorkloadKey::of(&workload);
+    pub async fn subscribe(&self, workload: &Attributes) -> Result<Subscription, CacheError> {
+        let key = WorkloadKey::of(workload);
         let (reply, receive) = oneshot::channel();
         self.commands
-            .send(Command::Subscribe { workload, reply })
+            .send(Command::Subscribe {
+                key: key.clone(),
+                reply,
+            })
             .map_err(|_| CacheError::Stopped)?;
         let view = receive.await.map_err(|_| CacheError::Stopped)?;
         Ok(Subscription {
@@ -198,6 +201,19 @@ impl SvidCache {
         Ok(policy.desired_identities(workload))
     }
 
+    /// Why `workload` has no identity: the policy's reason when it withheld
+    /// one, else that nothing applies.
+    fn no_identity(&self, workload: &Attributes) -> CacheError {
+        let withheld = self
+            .policy
+            .borrow()
+            .as_ref()
+            .and_then(|policy| policy.withheld(workload));
+        CacheError::NoIdentity(
+            withheld.unwrap_or_else(|| "no WorkloadIdentity applies to the workload".into()),
+        )
+    }
+
     /// JWT-SVIDs for `audiences`, one per identity (or only `only`).
     ///
     /// Tokens are reused until half their lifetime has passed; when the
@@ -214,10 +230,10 @@ impl SvidCache {
             desired.retain(|identity| &identity.spiffe_id == only);
         }
         if desired.is_empty() {
-            return Err(CacheError::NoIdentity(match only {
-                Some(id) => format!("the workload is not entitled to {id}"),
-                None => "no WorkloadIdentity applies to the workload".into(),
-            }));
+            return Err(match only {
+                Some(id) => CacheError::NoIdentity(format!("the workload is not entitled to {id}")),
+                None => self.no_identity(workload),
+            });
         }
         self.jwts
             .fetch(
@@ -236,9 +252,7 @@ impl SvidCache {
         let policy = self.policy.borrow().clone().ok_or(CacheError::NoPolicy)?;
         let desired = policy.desired_identities(workload);
         if desired.is_empty() {
-            return Err(CacheError::NoIdentity(
-                "no WorkloadIdentity applies to the workload".into(),
-            ));
+            return Err(self.no_identity(workload));
         }
         Ok(policy.bundles_for(&desired))
     }
@@ -286,6 +300,9 @@ struct Workload {
     policy_version: Option<u64>,
     /// The bundles for the current identities; `None` without any.
     bundles: Option<Arc<WorkloadBundles>>,
+    /// Why the policy withheld identities for want of an attribute, when
+    /// none are desired.
+    withheld: Option<String>,
 }
 
 struct InFlightRequest {
@@ -344,8 +361,7 @@ impl Worker {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Subscribe { workload, reply } => {
-                let key = WorkloadKey::of(&workload);
+            Command::Subscribe { key, reply } => {
                 if !self.workloads.contains_key(&key) {
                     let (view, _) = watch::channel(WorkloadView::pending());
                     let mut fresh = Workload {
@@ -357,6 +373,7 @@ impl Worker {
                         view,
                         policy_version: None,
                         bundles: None,
+                        withheld: None,
                     };
                     let policy = self.policy.borrow().clone();
                     evaluate(&mut fresh, policy.as_deref(), &self.config);
@@ -643,6 +660,11 @@ fn evaluate(
         return;
     };
     let desired = policy.desired_identities(&workload.attributes);
+    workload.withheld = if desired.is_empty() {
+        policy.withheld(&workload.attributes)
+    } else {
+        None
+    };
     workload.policy_version = Some(policy.version());
     workload.bundles = (!desired.is_empty()).then(|| policy.bundles_for(&desired));
     let now = Instant::now();
@@ -705,7 +727,10 @@ fn build_view(workload: &Workload, last_error: Option<&str>) -> WorkloadView {
         ViewStatus::Ready
     } else if entries.is_empty() {
         ViewStatus::NoIdentity {
-            reason: "no WorkloadIdentity applies to the workload".into(),
+            reason: workload
+                .withheld
+                .clone()
+                .unwrap_or_else(|| "no WorkloadIdentity applies to the workload".into()),
         }
     } else if entries
         .iter()

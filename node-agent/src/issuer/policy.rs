@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use signet_identity::{BundleSet, TrustBundle, TrustDomain};
 use signet_policy::{
-    AgentContext, Attributes, IdentitySelector, IssuableIdentity, NodeFacts, PolicyDocument,
-    PolicySnapshot,
+    AgentContext, Attributes, DenialReason, IdentitySelector, IssuableIdentity, NodeFacts,
+    PolicyDocument, PolicySnapshot,
 };
 use signet_proto::issuer::v1::PolicyUpdate;
 use tokio::sync::watch;
@@ -218,6 +218,20 @@ impl PolicyView for AgentPolicy {
             .filter_map(|td| self.bundles.get(td).cloned())
             .collect();
         Arc::new(WorkloadBundles { own, federated })
+    }
+
+    fn withheld(&self, workload: &Attributes) -> Option<String> {
+        workload.unavailable().next()?;
+        let attributes = workload.clone().with_context(&self.agent);
+        self.snapshot
+            .explain(&attributes)
+            .into_iter()
+            .find_map(|(name, outcome)| match outcome {
+                Err(denial) if denial.reason == DenialReason::AttributeUnavailable => Some(
+                    format!("WorkloadIdentity {name:?} withheld: {}", denial.message),
+                ),
+                _ => None,
+            })
     }
 }
 

@@ -1,6 +1,7 @@
 //! The audit trail: one JSON object per line for every issuance and every
 //! denial, so "who got which identity, and who was refused why" can be
-//! answered after the fact.
+//! answered after the fact. The operator records what it signs and refuses;
+//! the agent, in the same schema, what it refuses without asking the issuer.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -85,6 +86,11 @@ pub struct AuditEvent {
     /// Policy version the decision was made under.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_version: Option<u64>,
+    /// On a summary: how many more events with this `reason` (for this
+    /// `workload.unix.uid`) were counted but not written since the first
+    /// one; the rest of the summary is the last of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<u64>,
 }
 
 impl AuditEvent {
@@ -116,6 +122,7 @@ impl AuditEvent {
             reason: None,
             message: None,
             policy_version: None,
+            suppressed: None,
         }
     }
 }
