@@ -53,6 +53,11 @@ pub mod issuer_protocol {
     pub const MAX_AUDIENCES: usize = 16;
     /// Bytes per JWT-SVID audience.
     pub const MAX_AUDIENCE_LEN: usize = 1024;
+    /// Bytes of a join token or projected service-account token (the API
+    /// server's are about 1 KiB).
+    pub const MAX_JOIN_TOKEN_LEN: usize = 16 * 1024;
+    /// Bytes of a CSR (an RSA-4096 request is under 2 KiB).
+    pub const MAX_CSR_LEN: usize = 16 * 1024;
 }
 
 macro_rules! generated {

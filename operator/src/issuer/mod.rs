@@ -3,6 +3,7 @@
 //! deciding and signing, the policy stream, and the seam where each mode
 //! verifies workloads.
 
+pub mod join_throttle;
 pub mod policy_stream;
 pub mod request;
 pub mod service;

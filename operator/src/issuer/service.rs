@@ -14,7 +14,7 @@ use std::time::Duration;
 use signet_identity::TrustDomain;
 use signet_proto::issuer::v1 as pb;
 use signet_proto::issuer::v1::issuer_server::Issuer;
-use signet_proto::issuer_protocol::MAX_BATCH;
+use signet_proto::issuer_protocol::{MAX_BATCH, MAX_CSR_LEN, MAX_JOIN_TOKEN_LEN};
 use signet_runtime::clock::Clock;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 use crate::agents::{AgentRecord, JoinVerifier, NodeDirectory};
 use crate::audit::{AuditLog, CredentialKind, Outcome};
 use crate::ca::{Authority, PublishedBundle};
+use crate::issuer::join_throttle::JoinThrottle;
 use crate::issuer::policy_stream::{Federation, PolicyFeed};
 use crate::issuer::request::{JwtRequest, X509Request, subject_key};
 use crate::issuer::signing::{AgentSvidError, Asked, RENEWAL, Signer, unix_seconds};
@@ -45,6 +46,8 @@ pub enum IssuerError {
     Signing(String),
     #[error("{0}")]
     NotInStanding(StandingRefusal),
+    #[error("too many join attempts from this address; retry in {}s", .0.as_secs().max(1))]
+    JoinThrottled(Duration),
 }
 
 impl From<AgentSvidError> for IssuerError {
@@ -66,6 +69,7 @@ impl From<IssuerError> for Status {
             IssuerError::BatchTooLarge(_) => Status::resource_exhausted(message),
             IssuerError::Signing(_) => Status::internal(message),
             IssuerError::NotInStanding(_) => Status::permission_denied(message),
+            IssuerError::JoinThrottled(_) => Status::resource_exhausted(message),
         }
     }
 }
@@ -95,6 +99,7 @@ struct Inner {
     federation: Federation,
     join: Arc<dyn JoinVerifier>,
     standing: Arc<dyn AgentStanding>,
+    join_throttle: JoinThrottle,
     signer: Signer,
 }
 
@@ -124,6 +129,7 @@ impl IssuerService {
                 federation: parts.federation,
                 join: parts.join,
                 standing: parts.standing,
+                join_throttle: JoinThrottle::new(parts.clock),
                 signer: Signer {
                     trust_domain,
                     authority: parts.authority,
@@ -188,7 +194,33 @@ impl Issuer for IssuerService {
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::AgentSvid>, Status> {
         let signer = &self.inner.signer;
+        let peer = request.remote_addr().map(|address| address.ip());
+        if let Err(throttled) = self.inner.join_throttle.admit(peer) {
+            signer.metrics.denied("agent", "", "join_throttled");
+            if throttled.first {
+                tracing::warn!(peer = ?peer, "join attempts throttled (logged once until one is admitted)");
+            }
+            return Err(IssuerError::JoinThrottled(throttled.retry_after).into());
+        }
         let join = request.into_inner();
+        let token_len = match &join.credential {
+            Some(pb::join_request::Credential::JoinToken(token)) => token.len(),
+            Some(pb::join_request::Credential::ServiceAccountToken(token)) => token.len(),
+            None => 0,
+        };
+        if token_len > MAX_JOIN_TOKEN_LEN {
+            return Err(IssuerError::InvalidRequest(format!(
+                "token of {token_len} bytes exceeds the limit of {MAX_JOIN_TOKEN_LEN}"
+            ))
+            .into());
+        }
+        if join.csr.len() > MAX_CSR_LEN {
+            return Err(IssuerError::InvalidRequest(format!(
+                "CSR of {} bytes exceeds the limit of {MAX_CSR_LEN}",
+                join.csr.len()
+            ))
+            .into());
+        }
         // The CSR is checked before a single-use token is spent on it.
         let key = subject_key(&join.csr).map_err(IssuerError::InvalidRequest)?;
         let admitted = match self.inner.join.verify(&join).await {
