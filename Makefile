@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: e2e-kind all build test test-setup lint fmt crds bench demo standalone images e2e cluster-up cluster-down clean
+.PHONY: e2e-kind all build test test-setup lint fmt crds bench fuzz demo standalone images e2e cluster-up cluster-down clean
 
 all: build
 
@@ -46,6 +46,12 @@ crds:
 bench:
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench --workspace
+
+## fuzz: every fuzz target for FUZZ_CASES inputs (default 10^6; `make test`
+## runs a short pass)
+FUZZ_CASES ?= 1000000
+fuzz:
+	$(CARGO) run -q -p signet-fuzz -- --cases $(FUZZ_CASES)
 
 ## demo: operator + agent in a temp dir, SVIDs fetched, mTLS between two processes
 demo:
