@@ -399,6 +399,46 @@ impl Stack {
             .unwrap_or_else(|e| panic!("running signet-agent api: {e}"))
     }
 
+    /// `signet-agent api fetch x509 --output json` run as `uid` (and its
+    /// gid) through `setpriv`, so the agent attests another user (root).
+    pub fn fetch_x509_as(&self, uid: u32) -> Output {
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+            ])
+            .arg(binary("signet-agent"))
+            .args([
+                "api",
+                "fetch",
+                "x509",
+                "--output",
+                "json",
+                "--timeout",
+                "10s",
+            ])
+            .env("SPIFFE_ENDPOINT_SOCKET", self.endpoint())
+            .output()
+            .unwrap_or_else(|e| panic!("running setpriv signet-agent api: {e}"))
+    }
+
+    /// Generates a reusable join token `name` (in the file `<name>-token`)
+    /// and returns the operator configuration that accepts it, for
+    /// [`Stack::operator_only_with_config`].
+    pub fn reusable_token_config(&self, name: &str) -> String {
+        let file = self.path(&format!("{name}-token"));
+        let token = self.operator_cli(
+            &["token", "generate", "--name", name, "--reusable", "--out"],
+            std::slice::from_ref(&file),
+        );
+        assert!(token.status.success(), "token generate: {token:?}");
+        format!(
+            "join_tokens:\n  - {{name: {name}, token_file: {}, reusable: true}}\n",
+            file.display()
+        )
+    }
+
     /// The agent's own audit log (refusals it made without the issuer).
     pub fn agent_audit_events(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.path("agent/audit.log"))

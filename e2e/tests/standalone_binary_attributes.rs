@@ -13,7 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use signet_e2e::standalone::{Stack, binary, have_root};
 
@@ -59,28 +59,6 @@ spec:
     )
 }
 
-fn fetch_as(uid: u32, stack: &Stack) -> Output {
-    Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            "--clear-groups",
-        ])
-        .arg(binary("signet-agent"))
-        .args([
-            "api",
-            "fetch",
-            "x509",
-            "--output",
-            "json",
-            "--timeout",
-            "10s",
-        ])
-        .env("SPIFFE_ENDPOINT_SOCKET", stack.endpoint())
-        .output()
-        .unwrap()
-}
-
 fn issued_ids(output: &Output) -> Vec<String> {
     assert!(output.status.success(), "fetch failed: {output:?}");
     let response: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -117,10 +95,10 @@ fn a_deny_rule_on_an_unreadable_executable_withholds_the_identity() {
 
     // Control: an agent that can read every executable applies the deny rule.
     assert_eq!(
-        issued_ids(&fetch_as(65534, &stack)),
+        issued_ids(&stack.fetch_x509_as(65534)),
         ["spiffe://example.org/plain"]
     );
-    let refused = fetch_as(65533, &stack);
+    let refused = stack.fetch_x509_as(65533);
     assert!(!refused.status.success(), "{refused:?}");
 
     // The same agent without CAP_SYS_PTRACE.
@@ -138,10 +116,10 @@ fn a_deny_rule_on_an_unreadable_executable_withholds_the_identity() {
     // fix it was issued: the absent path never matched the deny rule);
     // `plain` does not depend on the executable and is still issued.
     assert_eq!(
-        issued_ids(&fetch_as(65534, &stack)),
+        issued_ids(&stack.fetch_x509_as(65534)),
         ["spiffe://example.org/plain"]
     );
-    let withheld = fetch_as(65533, &stack);
+    let withheld = stack.fetch_x509_as(65533);
     assert!(
         !withheld.status.success(),
         "guarded-only was issued past its deny rule: {}",

@@ -12,12 +12,11 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use std::sync::Arc;
 
-use signet_e2e::standalone::{Stack, TRUST_DOMAIN, binary, have_root, http_get, wait_until};
+use signet_e2e::standalone::{Stack, TRUST_DOMAIN, have_root, http_get, wait_until};
 use signet_identity::{BundleSet, KeyType, PrivateKey, SpiffeId, TrustBundle, TrustDomain};
 use signet_proto::issuer::v1 as pb;
 use signet_proto::issuer::v1::issuer_client::IssuerClient;
@@ -42,28 +41,6 @@ spec:
   subjects: [{kind: Agent, name: "*"}]
   allow: {workloadIdentityLabels: {suite: [e2e]}}
 "#;
-
-fn fetch_as(uid: u32, stack: &Stack) -> Output {
-    Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            "--clear-groups",
-        ])
-        .arg(binary("signet-agent"))
-        .args([
-            "api",
-            "fetch",
-            "x509",
-            "--output",
-            "json",
-            "--timeout",
-            "10s",
-        ])
-        .env("SPIFFE_ENDPOINT_SOCKET", stack.endpoint())
-        .output()
-        .unwrap()
-}
 
 fn counter(metrics_port: u16, series: &str) -> u64 {
     let metrics = http_get(metrics_port, "/metrics");
@@ -124,7 +101,7 @@ fn a_connection_flood_from_one_user_leaves_the_others_served() {
     ));
     stack.start_agent();
     let agent = stack.agent.as_ref().unwrap().pid();
-    let served = fetch_as(0, &stack);
+    let served = stack.fetch_x509_as(0);
     assert!(served.status.success(), "{served:?}");
     let rss_before = rss_kib(agent);
 
@@ -144,10 +121,10 @@ fn a_connection_flood_from_one_user_leaves_the_others_served() {
         "only connections beyond the per-uid bound are closed"
     );
     // Another user is served while root's share is taken.
-    let other = fetch_as(65534, &stack);
+    let other = stack.fetch_x509_as(65534);
     assert!(other.status.success(), "uid 65534 was starved: {other:?}");
     // Root itself is refused at its bound.
-    let starved = fetch_as(0, &stack);
+    let starved = stack.fetch_x509_as(0);
     assert!(!starved.status.success(), "{starved:?}");
 
     // The silent ones within the bound are closed at the handshake timeout.
@@ -186,10 +163,10 @@ fn a_connection_flood_from_one_user_leaves_the_others_served() {
         || counter(metrics_port, "signet_agent_connections") >= PER_UID as u64,
     );
     let before = counter(metrics_port, refused);
-    let starved = fetch_as(0, &stack);
+    let starved = stack.fetch_x509_as(0);
     assert!(!starved.status.success(), "{starved:?}");
     assert!(counter(metrics_port, refused) > before);
-    let other = fetch_as(65534, &stack);
+    let other = stack.fetch_x509_as(65534);
     assert!(other.status.success(), "uid 65534 was starved: {other:?}");
     let rss_flooded = rss_kib(agent);
     assert!(
@@ -204,7 +181,7 @@ fn a_connection_flood_from_one_user_leaves_the_others_served() {
         Duration::from_secs(30),
         || counter(metrics_port, "signet_agent_connections") == 0,
     );
-    let served = fetch_as(0, &stack);
+    let served = stack.fetch_x509_as(0);
     assert!(served.status.success(), "{served:?}");
     let rss_after = rss_kib(agent);
     #[allow(clippy::print_stderr)]
@@ -257,27 +234,9 @@ fn join_request(token: String) -> pb::JoinRequest {
 async fn a_join_flood_is_throttled_and_leaves_joined_agents_served() {
     const GUESSES: usize = 2000;
     let uid = signet_e2e::standalone::current_uid();
-    let fleet_config = |stack: &Stack| {
-        let token = stack.operator_cli(
-            &[
-                "token",
-                "generate",
-                "--name",
-                "fleet",
-                "--reusable",
-                "--out",
-            ],
-            &[stack.path("fleet-token")],
-        );
-        assert!(token.status.success(), "token generate: {token:?}");
-        format!(
-            "join_tokens:\n  - {{name: fleet, token_file: {}, reusable: true}}\n",
-            stack.path("fleet-token").display()
-        )
-    };
     let mut stack = Stack::operator_only_with_config(
         &signet_e2e::standalone::uid_policy("web", uid),
-        fleet_config,
+        |stack| stack.reusable_token_config("fleet"),
     );
     stack.start_agent();
     let operator = stack.operator.as_ref().unwrap().pid();

@@ -74,24 +74,7 @@ fn operator_agent_cli(stack: &Stack, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_agent_is_refused_everything_and_its_stream_is_closed() {
-    let fleet_config = |stack: &Stack| {
-        let token = stack.operator_cli(
-            &[
-                "token",
-                "generate",
-                "--name",
-                "fleet",
-                "--reusable",
-                "--out",
-            ],
-            &[stack.path("fleet-token")],
-        );
-        assert!(token.status.success(), "token generate: {token:?}");
-        format!(
-            "join_tokens:\n  - {{name: fleet, token_file: {}, reusable: true}}\n",
-            stack.path("fleet-token").display()
-        )
-    };
+    let fleet_config = |stack: &Stack| stack.reusable_token_config("fleet");
     let mut stack =
         Stack::operator_only_with_config(&uid_policy("web", current_uid()), fleet_config);
     stack.start_agent();
