@@ -802,6 +802,41 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
         assert_eq!(denial.reason, "pod_not_on_node", "{denial:?}");
     });
 
+    // `kubectl describe pod` shows the identity's state: the first issuance
+    // and the refusal of a token that was not the pod's, as Events on the
+    // pod (found by its UID in the operator's pod watch).
+    let events_of_web = || {
+        kubectl(&[
+            "-n",
+            WORK_NS,
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.uid={web_uid}"),
+            "-o",
+            "json",
+        ])
+    };
+    signet_e2e::standalone::wait_until(
+        "the web pod's identity Events",
+        Duration::from_secs(30),
+        || {
+            let events = events_of_web();
+            events.contains("IdentityIssued") && events.contains("IdentityRefused")
+        },
+    );
+    let described = kubectl(&["-n", WORK_NS, "describe", "pod", "web"]);
+    assert!(
+        described.contains("IdentityIssued")
+            && described.contains(&format!("spiffe://{TRUST_DOMAIN}/ns/{WORK_NS}/sa/web"))
+            && described.contains("IdentityRefused")
+            && described.contains("invalid_pod_token"),
+        "kubectl describe pod web:\n{described}"
+    );
+    // Issued once, whatever the number of signings since.
+    let issued_events = events_of_web().matches("\"IdentityIssued\"").count();
+    assert_eq!(issued_events, 1, "{}", events_of_web());
+
     // Node labels, from the API server, decide Role Node subjects.
     kubectl(&["label", "node", OTHER_NODE, "pool=dmz", "--overwrite"]);
     kubectl_apply(&node_policy());

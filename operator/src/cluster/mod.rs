@@ -6,6 +6,7 @@ pub mod config;
 pub mod keyset_secret;
 pub mod leader;
 pub mod nodes;
+pub mod pod_events;
 pub mod pods;
 pub mod reconciler;
 pub mod run;

@@ -17,7 +17,8 @@ use crate::audit::AuditLog;
 use crate::ca::Authority;
 use crate::cluster::config::ClusterConfig;
 use crate::cluster::{
-    agent_standing, bundle_config_map, keyset_secret, leader, nodes, pods, reconciler, token_review,
+    agent_standing, bundle_config_map, keyset_secret, leader, nodes, pod_events, pods, reconciler,
+    token_review,
 };
 use crate::issuer::policy_stream::Federation;
 use crate::issuer::service::{IssuerParts, IssuerService, IssuerSettings};
@@ -151,6 +152,12 @@ pub async fn run(
             agent_svid_ttl: config.base.agent_svid_ttl,
         },
         clock,
+        observer: pod_events::PodEvents::start(
+            client.clone(),
+            pods.clone(),
+            kube_config.election.identity.clone(),
+            clock,
+        ),
     });
 
     let metrics = server.metrics();

@@ -23,11 +23,19 @@ pub fn denial(reason: &str, message: impl Into<String>, retryable: bool) -> pb::
 /// The attributes as the agent reported them, unverified: for the audit
 /// of a refusal only.
 pub fn reported(workload: &pb::Workload) -> BTreeMap<String, String> {
-    workload
+    let mut reported: BTreeMap<String, String> = workload
         .attributes
         .iter()
         .map(|(name, value)| (name.clone(), value.clone()))
-        .collect()
+        .collect();
+    // The pod a cluster request is about travels beside the attributes;
+    // a refusal names it too (audit, and the pod's Events).
+    if !workload.pod_uid.is_empty() {
+        reported
+            .entry(signet_policy::Field::KubernetesPodUid.as_str().to_owned())
+            .or_insert_with(|| workload.pod_uid.clone());
+    }
+    reported
 }
 
 /// What every workload request names.

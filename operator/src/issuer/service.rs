@@ -26,7 +26,9 @@ use crate::ca::{Authority, PublishedBundle};
 use crate::issuer::join_throttle::JoinThrottle;
 use crate::issuer::policy_stream::{Federation, PolicyFeed};
 use crate::issuer::request::{JwtRequest, X509Request, subject_key};
-use crate::issuer::signing::{AgentSvidError, Asked, RENEWAL, Signer, unix_seconds};
+use crate::issuer::signing::{
+    AgentSvidError, Asked, IssuanceObserver, RENEWAL, Signer, unix_seconds,
+};
 use crate::issuer::workload::WorkloadVerifier;
 use crate::metrics::Metrics;
 use crate::policy_state::PolicyState;
@@ -117,6 +119,8 @@ pub struct IssuerParts {
     pub metrics: Arc<Metrics>,
     pub settings: IssuerSettings,
     pub clock: Clock,
+    /// Feedback on decisions beyond the audit log (pod Events in a cluster).
+    pub observer: Arc<dyn IssuanceObserver>,
 }
 
 impl IssuerService {
@@ -139,6 +143,7 @@ impl IssuerService {
                     metrics: parts.metrics,
                     agent_svid_ttl: parts.settings.agent_svid_ttl,
                     clock: parts.clock,
+                    observer: parts.observer,
                 },
             }),
         }

@@ -46,6 +46,24 @@ pub fn unix_seconds(time: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
+/// Told of every workload decision after it is audited, for feedback
+/// where users look (Events on the pod, in a cluster). Must not block.
+pub trait IssuanceObserver: Send + Sync + 'static {
+    /// `workload` are the attributes decided on; `spiffe_id` what was issued.
+    fn issued(&self, workload: &BTreeMap<String, String>, identity: &str, spiffe_id: &SpiffeId);
+    /// A refusal, with the denial's reason and message.
+    fn refused(&self, workload: &BTreeMap<String, String>, identity: &str, denial: &pb::Denial);
+}
+
+/// Tells no one (standalone mode: the audit log is the feedback).
+#[derive(Debug, Default)]
+pub struct NoObserver;
+
+impl IssuanceObserver for NoObserver {
+    fn issued(&self, _: &BTreeMap<String, String>, _: &str, _: &SpiffeId) {}
+    fn refused(&self, _: &BTreeMap<String, String>, _: &str, _: &pb::Denial) {}
+}
+
 /// Everything a signing decision needs.
 pub struct Signer {
     pub trust_domain: TrustDomain,
@@ -56,6 +74,7 @@ pub struct Signer {
     pub metrics: Arc<Metrics>,
     pub agent_svid_ttl: Duration,
     pub clock: Clock,
+    pub observer: Arc<dyn IssuanceObserver>,
 }
 
 impl Signer {
@@ -180,6 +199,7 @@ impl Signer {
         event.expires_at = Some(rfc3339(svid.not_after));
         self.audit.record(event);
         self.metrics.issued("x509", name);
+        self.observer.issued(&attributes, name, &svid.spiffe_id);
         Ok(pb::X509Svid {
             workload_identity: name.to_owned(),
             spiffe_id: svid.spiffe_id.to_string(),
@@ -236,6 +256,7 @@ impl Signer {
         event.expires_at = Some(rfc3339(jwt.expiry));
         self.audit.record(event);
         self.metrics.issued("jwt", name);
+        self.observer.issued(&attributes, name, &jwt.spiffe_id);
         Ok(pb::JwtSvid {
             workload_identity: name.to_owned(),
             spiffe_id: jwt.spiffe_id.to_string(),
@@ -286,6 +307,7 @@ impl Signer {
             .any(|known| known == workload_identity);
         let label = if known { workload_identity } else { "" };
         self.metrics.denied(metric_kind, label, &denial.reason);
+        self.observer.refused(&attributes, label, &denial);
         denial
     }
 

@@ -125,6 +125,7 @@ pub async fn serve(
             agent_svid_ttl: config.agent_svid_ttl,
         },
         clock,
+        observer: Arc::new(crate::issuer::signing::NoObserver),
     });
     if let Some(oidc) = &config.oidc {
         server.spawn_oidc(oidc, authority.bundle()).await?;
