@@ -491,6 +491,18 @@ spec:
     )
 }
 
+/// The value of one field (`VmRSS`, `CapEff`, ...) of `/proc/<pid>/status`.
+pub fn proc_status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .trim()
+        .to_owned()
+}
+
 /// The current process's uid.
 pub fn current_uid() -> u32 {
     rustix::process::getuid().as_raw()

@@ -15,7 +15,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use signet_e2e::standalone::{Stack, binary, have_root};
+use signet_e2e::standalone::{Stack, binary, have_root, proc_status_field};
 
 /// Every process of uid 65534 gets `plain`; `guarded` and `guarded-only`
 /// are for every binary except the client used here (the deny rule names
@@ -74,13 +74,7 @@ fn issued_ids(output: &Output) -> Vec<String> {
 
 /// The effective capabilities of a running process.
 fn effective_caps(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let hex = status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .unwrap()
-        .trim();
-    u64::from_str_radix(hex, 16).unwrap()
+    u64::from_str_radix(&proc_status_field(pid, "CapEff"), 16).unwrap()
 }
 
 const CAP_SYS_PTRACE: u32 = 19;

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use signet_e2e::standalone::{Stack, TRUST_DOMAIN, have_root, http_get, wait_until};
+use signet_e2e::standalone::{
+    Stack, TRUST_DOMAIN, have_root, http_get, proc_status_field, wait_until,
+};
 use signet_identity::{BundleSet, KeyType, PrivateKey, SpiffeId, TrustBundle, TrustDomain};
 use signet_proto::issuer::v1 as pb;
 use signet_proto::issuer::v1::issuer_client::IssuerClient;
@@ -51,12 +53,8 @@ fn counter(metrics_port: u16, series: &str) -> u64 {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    let rss = proc_status_field(pid, "VmRSS");
+    rss.trim_end_matches("kB").trim().parse().unwrap()
 }
 
 /// Room for the flood's descriptors in this process.
