@@ -5,6 +5,7 @@
 use std::io::Write;
 
 use serde::Serialize;
+use signet_policy::snapshot::ObjectReport;
 use signet_policy::{Explanation, IdentityExplanation, IssuableIdentity, RoleVerdict};
 
 /// The explanation as JSON (`--output json`), for scripts.
@@ -101,6 +102,22 @@ impl<'a> JsonExplanation<'a> {
                 .collect(),
         }
     }
+}
+
+/// Objects that do not compile, so a reader knows why an identity is
+/// missing from the list.
+pub fn write_not_in_force(out: &mut dyn Write, reports: &[ObjectReport]) -> std::io::Result<()> {
+    for report in reports {
+        if let Err(error) = &report.result {
+            writeln!(
+                out,
+                "not in force: {} {}: {error}",
+                report.kind.as_str(),
+                report.name
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// The explanation for a person.

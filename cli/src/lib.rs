@@ -5,7 +5,10 @@
 //! (`PolicySnapshot::explain_workload`, `evaluate`, `decide`), never from a
 //! re-implementation of it.
 
+pub mod args;
 pub mod attributes;
+pub mod cluster;
+pub mod command;
 pub mod explain;
 pub mod load;
 pub mod policy_test;

@@ -67,6 +67,30 @@ pub fn kubectl(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// `kubectl signet ARGS`: kubectl itself, finding the `kubectl-signet`
+/// plugin this build made on `PATH`, as a user's kubectl would.
+pub fn kubectl_signet(args: &[&str]) -> String {
+    let plugin = crate::standalone::binary("kubectl-signet");
+    let plugin_dir = plugin.parent().map(PathBuf::from).unwrap_or_default();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![plugin_dir];
+    dirs.extend(std::env::split_paths(&path));
+    let output = Command::new(kubectl_path())
+        .arg("signet")
+        .args(args)
+        .env("PATH", std::env::join_paths(dirs).unwrap_or(path))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running kubectl signet {args:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "kubectl signet {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 pub fn kubectl_apply(yaml: &str) {
     let output = kubectl_output(&["apply", "-f", "-"], Some(yaml));
     assert!(

@@ -50,7 +50,8 @@ use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 use signet_e2e::cluster::{
-    FreezableProxy, free_port, kubectl, kubectl_apply, kubectl_output, note, pod_field, skip_reason,
+    FreezableProxy, free_port, kubectl, kubectl_apply, kubectl_output, kubectl_signet, note,
+    pod_field, skip_reason,
 };
 use signet_e2e::standalone::{Process, TRUST_DOMAIN, binary, http_get, wait_until_every};
 use signet_identity::{BundleSet, KeyType, PrivateKey, SpiffeId, TrustBundle, TrustDomain};
@@ -375,6 +376,92 @@ spec:
     workloadIdentityLabels: {{signet-e2e: [operator-nodes]}}
 "#
     )
+}
+
+/// `kubectl signet explain pod` gives the decisions the issuer gave above:
+/// for the allowed pod, a pod no rule matches, and the pod a Node Role
+/// denies, with the Role that decided and the object not in force.
+fn explain_pods_as_the_issuer_decided(node: &str) {
+    let explain = |pod: &str| -> serde_json::Value {
+        let json = kubectl_signet(&[
+            "explain",
+            "pod",
+            pod,
+            "--trust-domain",
+            TRUST_DOMAIN,
+            "-o",
+            "json",
+        ]);
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
+    };
+    let identity = |explained: &serde_json::Value, name: &str| -> serde_json::Value {
+        explained["explanation"]["identities"]
+            .as_array()
+            .and_then(|all| all.iter().find(|i| i["workload_identity"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {explained:#}"))
+    };
+    let role_applies = |explained: &serde_json::Value, name: &str| -> bool {
+        explained["explanation"]["roles"]
+            .as_array()
+            .and_then(|all| all.iter().find(|r| r["role"] == name))
+            .map(|r| r["applies"] == true)
+            .unwrap_or_else(|| panic!("Role {name} in {explained:#}"))
+    };
+
+    let allowed = explain(&format!("{WORK_NS}/web"));
+    assert_eq!(
+        allowed["agent"],
+        format!("spiffe://{TRUST_DOMAIN}/signet/agent/k8s/{node}")
+    );
+    let web = identity(&allowed, "e2e-web");
+    assert_eq!(web["issued"], true, "{allowed:#}");
+    assert_eq!(
+        web["spiffe_id"],
+        format!("spiffe://{TRUST_DOMAIN}/ns/{WORK_NS}/sa/web")
+    );
+    let by_node = identity(&allowed, "e2e-node-web");
+    assert_eq!(
+        by_node["spiffe_id"],
+        format!("spiffe://{TRUST_DOMAIN}/nodes/{node}/pod/web"),
+        "{allowed:#}"
+    );
+    assert!(
+        allowed["not_in_force"].to_string().contains("e2e-broken"),
+        "{allowed:#}"
+    );
+
+    let unmatched = explain(&format!("{NS}/agent-here"));
+    let web = identity(&unmatched, "e2e-web");
+    assert_eq!(web["issued"], false);
+    assert_eq!(web["reason"], "no_matching_rule", "{unmatched:#}");
+
+    let denied = explain(&format!("{WORK_NS}/web-dmz"));
+    assert_eq!(denied["node_labels"]["pool"], "dmz", "{denied:#}");
+    assert!(role_applies(&denied, "e2e-dmz-deny"), "{denied:#}");
+    assert!(!role_applies(&denied, "e2e-not-dmz"), "{denied:#}");
+    assert_eq!(identity(&denied, "e2e-web")["reason"], "role_denied");
+    assert_eq!(
+        identity(&denied, "e2e-node-web")["reason"],
+        "no_role_allows"
+    );
+
+    // The same answer for a person.
+    let text = kubectl_signet(&[
+        "explain",
+        "pod",
+        &format!("{WORK_NS}/web-dmz"),
+        "--trust-domain",
+        TRUST_DOMAIN,
+    ]);
+    assert!(
+        text.contains("REFUSED  e2e-web") && text.contains("(role_denied)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("e2e-dmz-deny") && text.contains("pool=dmz"),
+        "{text}"
+    );
 }
 
 // --- the issuer API, as an agent speaks it ---
@@ -871,6 +958,8 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
             denial.reason, "no_role_allows",
             "NotIn [dmz] does not reach a dmz node: {denial:?}"
         );
+
+        explain_pods_as_the_issuer_decided(&node);
 
         // This node's agent follows its own Node only.
         let (mut here, _) = issuer.join(first, &here_token, &node).await.unwrap();

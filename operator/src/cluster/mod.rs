@@ -3,6 +3,7 @@
 pub mod agent_standing;
 pub mod bundle_config_map;
 pub mod config;
+pub mod explain;
 pub mod keyset_secret;
 pub mod leader;
 pub mod nodes;

@@ -327,56 +327,72 @@ impl PodVerifier {
         agent: &AgentRecord,
         workload: &pb::Workload,
     ) -> Result<Attributes, WorkloadRejection> {
-        if workload.pod_uid.is_empty() {
-            // A host process on the node: the agent's testimony, but it may
-            // not claim anything about Kubernetes.
-            let attributes = testimony(workload)?;
-            if let Some((name, _)) = attributes.iter().find(|(name, _)| set_by_kubernetes(name)) {
-                return Err(rejection(
-                    "invalid_attributes",
-                    format!("{name} needs pod_uid: Kubernetes attributes come from the API server"),
-                    false,
-                ));
-            }
-            return Ok(attributes);
-        }
-        let Some(node) = agent.node_name.as_deref() else {
-            return Err(rejection(
-                "pod_not_on_node",
-                format!(
-                    "agent {} is not bound to a node and cannot vouch for pods",
-                    agent.name
-                ),
-                false,
-            ));
+        let pod = if workload.pod_uid.is_empty() {
+            None
+        } else {
+            self.pods.get(&workload.pod_uid)
         };
-        let Some(pod) = self.pods.get(&workload.pod_uid) else {
-            // The agent may have seen the pod before our watch did.
-            return Err(rejection(
-                "pod_not_found",
-                format!("no pod with UID {} (yet)", workload.pod_uid),
-                true,
-            ));
-        };
-        if &*pod.node_name != node {
-            return Err(rejection(
-                "pod_not_on_node",
-                format!(
-                    "pod {}/{} runs on node {:?}, not on the agent's node {node:?}",
-                    pod.namespace, pod.name, pod.node_name
-                ),
-                false,
-            ));
-        }
-        if pod.terminating {
-            return Err(rejection(
-                "pod_terminating",
-                format!("pod {}/{} is being deleted", pod.namespace, pod.name),
-                false,
-            ));
-        }
-        pod_attributes(workload, &pod)
+        check_workload(agent, workload, pod.as_deref())
     }
+}
+
+/// The pod checks and attributes of [`PodVerifier`], given the pod the
+/// cache holds for `workload.pod_uid` (`None` when it holds none); also
+/// what `signet explain pod` runs, so it answers as the issuer would.
+pub fn check_workload(
+    agent: &AgentRecord,
+    workload: &pb::Workload,
+    pod: Option<&PodFacts>,
+) -> Result<Attributes, WorkloadRejection> {
+    if workload.pod_uid.is_empty() {
+        // A host process on the node: the agent's testimony, but it may
+        // not claim anything about Kubernetes.
+        let attributes = testimony(workload)?;
+        if let Some((name, _)) = attributes.iter().find(|(name, _)| set_by_kubernetes(name)) {
+            return Err(rejection(
+                "invalid_attributes",
+                format!("{name} needs pod_uid: Kubernetes attributes come from the API server"),
+                false,
+            ));
+        }
+        return Ok(attributes);
+    }
+    let Some(node) = agent.node_name.as_deref() else {
+        return Err(rejection(
+            "pod_not_on_node",
+            format!(
+                "agent {} is not bound to a node and cannot vouch for pods",
+                agent.name
+            ),
+            false,
+        ));
+    };
+    let Some(pod) = pod else {
+        // The agent may have seen the pod before our watch did.
+        return Err(rejection(
+            "pod_not_found",
+            format!("no pod with UID {} (yet)", workload.pod_uid),
+            true,
+        ));
+    };
+    if &*pod.node_name != node {
+        return Err(rejection(
+            "pod_not_on_node",
+            format!(
+                "pod {}/{} runs on node {:?}, not on the agent's node {node:?}",
+                pod.namespace, pod.name, pod.node_name
+            ),
+            false,
+        ));
+    }
+    if pod.terminating {
+        return Err(rejection(
+            "pod_terminating",
+            format!("pod {}/{} is being deleted", pod.namespace, pod.name),
+            false,
+        ));
+    }
+    pod_attributes(workload, pod)
 }
 
 impl WorkloadVerifier for PodVerifier {

@@ -150,20 +150,10 @@ impl PolicyReconciler {
     }
 
     async fn reconcile(&mut self, identities: &Store<WorkloadIdentity>, roles: &Store<Role>) {
-        let mut document = PolicyDocument {
-            workload_identities: identities
-                .state()
-                .iter()
-                .map(|o| as_policy(o.as_ref()))
-                .collect(),
-            roles: roles
-                .state()
-                .iter()
-                .map(|o| as_policy(o.as_ref()))
-                .collect(),
-        };
-        document.workload_identities.sort_by_key(|o| o.name_any());
-        document.roles.sort_by_key(|o| o.name_any());
+        let document = policy_document(
+            identities.state().iter().map(AsRef::as_ref),
+            roles.state().iter().map(AsRef::as_ref),
+        );
 
         let previous = self.sender.borrow().clone();
         let state = PolicyState::compile(
@@ -267,6 +257,20 @@ impl PolicyReconciler {
             tracing::warn!(%error, name = %report.name, "recording an event failed");
         }
     }
+}
+
+/// The objects as the policy to compile, in name order.
+pub fn policy_document<'a>(
+    identities: impl Iterator<Item = &'a WorkloadIdentity>,
+    roles: impl Iterator<Item = &'a Role>,
+) -> PolicyDocument {
+    let mut document = PolicyDocument {
+        workload_identities: identities.map(as_policy).collect(),
+        roles: roles.map(as_policy).collect(),
+    };
+    document.workload_identities.sort_by_key(|o| o.name_any());
+    document.roles.sort_by_key(|o| o.name_any());
+    document
 }
 
 /// The object as policy: without the status we write and the bookkeeping
