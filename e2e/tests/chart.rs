@@ -146,6 +146,9 @@ fn chart_lints_and_renders_what_the_binaries_accept() {
     .unwrap();
     assert_eq!(config.kubernetes.ca_secret, "signet-ca");
     assert_eq!(config.kubernetes.agent_service_account, "signet-agent");
+    let webhook = config.kubernetes.webhook.as_ref().unwrap();
+    assert_eq!(webhook.listen.port(), 9443);
+    assert_eq!(webhook.configuration.as_deref(), Some("signet-operator"));
     let agent_yaml = get(&objects, "ConfigMap", "-agent")["data"]["agent.yaml"]
         .as_str()
         .unwrap();
@@ -204,7 +207,11 @@ fn chart_lints_and_renders_what_the_binaries_accept() {
         "operator"
     );
     let ingress = policy["ingress"].as_sequence().unwrap();
-    assert_eq!(ingress.len(), 2, "issuer and metrics, no OIDC: {ingress:?}");
+    assert_eq!(
+        ingress.len(),
+        3,
+        "issuer, metrics and the webhook, no OIDC: {ingress:?}"
+    );
     assert_eq!(ingress[0]["ports"][0]["port"], "issuer");
     assert_eq!(
         ingress[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
@@ -215,6 +222,34 @@ fn chart_lints_and_renders_what_the_binaries_accept() {
         ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]["name"],
         "monitoring"
     );
+    // The API server is no pod: the webhook port is open to all.
+    assert_eq!(ingress[2]["ports"][0]["port"], "webhook");
+    assert!(ingress[2]["from"].is_null());
+
+    // The admission webhook: Signet's objects only, never blocking while no
+    // operator answers, served by the operator Service, caBundle left to
+    // the operator.
+    let webhook = &get(&objects, "ValidatingWebhookConfiguration", "-operator")["webhooks"][0];
+    assert_eq!(webhook["failurePolicy"], "Ignore");
+    assert_eq!(webhook["sideEffects"], "None");
+    assert_eq!(webhook["rules"][0]["apiGroups"][0], "signet.dev");
+    assert_eq!(webhook["clientConfig"]["service"]["port"], 9443);
+    assert!(webhook["clientConfig"]["caBundle"].is_null());
+    let service = get(&objects, "Service", "-operator");
+    assert!(
+        service["spec"]["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|p| p["port"] == 9443 && p["targetPort"] == "webhook"),
+        "{service:?}"
+    );
+    let off = template(&helm, &["operator.webhook.enabled=false"]).unwrap();
+    assert!(find(&off, "ValidatingWebhookConfiguration", "-operator").is_none());
+    let off_config = get(&off, "ConfigMap", "-operator")["data"]["operator.yaml"]
+        .as_str()
+        .unwrap();
+    assert!(!off_config.contains("webhook"), "{off_config}");
 
     let csi = container(daemonset, "csi").unwrap();
     assert_eq!(csi["securityContext"]["privileged"], true);

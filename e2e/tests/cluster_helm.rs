@@ -20,6 +20,9 @@
 //! - the operator leader's pod is deleted: the Lease moves, the bundle is
 //!   unchanged and new pods still get identities; the same after the agent
 //!   pod is restarted;
+//! - the chart's admission webhook refuses a WorkloadIdentity that does not
+//!   compile (its caBundle set by the operator), and `kubectl signet
+//!   explain pod` agrees with the issuer about a pod;
 //! - helm uninstall leaves no Signet object behind (CRDs stay, as Helm
 //!   never deletes CRDs).
 //!
@@ -35,8 +38,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use signet_e2e::cluster::{
-    NodeFiles, kubectl, kubectl_apply, kubectl_output, note, pod_field, run_to_completion,
-    skip_reason, wait_for_daemonset,
+    NodeFiles, kubectl, kubectl_apply, kubectl_output, kubectl_signet, note, pod_field,
+    run_to_completion, skip_reason, wait_for_daemonset,
 };
 use signet_e2e::standalone::wait_until_every;
 use signet_identity::x509::{certs_from_pem, spiffe_id_from_cert};
@@ -306,6 +309,56 @@ fn fetch_x509_pem(name: &str, sa: &str, out: &Path) -> (String, String) {
     (id, leaf_pem)
 }
 
+/// The chart's admission webhook, through the operator Service: the
+/// leader has set the `caBundle` to the trust bundle, and a
+/// WorkloadIdentity that does not compile is refused with the compiler's
+/// message. (`failurePolicy: Ignore`, so until the API server reaches the
+/// webhook a dry run is admitted; only dry runs are tried until then.)
+fn chart_webhook_refuses_what_does_not_compile() {
+    use base64::Engine;
+    let webhook = format!("{RELEASE}-operator");
+    let bundle = bundle_pem();
+    wait_until_every(
+        "the webhook caBundle to be the trust bundle",
+        Duration::from_secs(60),
+        POLL,
+        || {
+            let set = kubectl(&[
+                "get",
+                "validatingwebhookconfiguration",
+                &webhook,
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ]);
+            base64::engine::general_purpose::STANDARD
+                .decode(set.trim())
+                .is_ok_and(|pem| pem == bundle.as_bytes())
+        },
+    );
+    let bad = "apiVersion: signet.dev/v1alpha1\nkind: WorkloadIdentity\nmetadata: {name: e2e-bad}\nspec:\n  spiffe: {id: \"/{{ workload.kubernetes.nope }}\"}\n";
+    let mut refusal = String::new();
+    wait_until_every(
+        "the API server to call the webhook",
+        Duration::from_secs(60),
+        POLL,
+        || {
+            let output = kubectl_output(&["apply", "--dry-run=server", "-f", "-"], Some(bad));
+            refusal = String::from_utf8_lossy(&output.stderr).into_owned();
+            !output.status.success()
+        },
+    );
+    assert!(
+        refusal.contains("denied the request")
+            && refusal.contains("WorkloadIdentity e2e-bad: UnknownAttribute"),
+        "{refusal}"
+    );
+    let output = kubectl_output(&["apply", "-f", "-"], Some(bad));
+    assert!(
+        !output.status.success(),
+        "a bad WorkloadIdentity was stored"
+    );
+}
+
 fn lease_holder() -> String {
     let lease = format!("{RELEASE}-operator");
     kubectl(&[
@@ -468,6 +521,7 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
             "jsonpath={.status.conditions[0].status}",
         ]) == "True"
     });
+    chart_webhook_refuses_what_does_not_compile();
     kubectl(&["create", "namespace", APPS]);
     for sa in ["client", "server", "intruder"] {
         kubectl(&["-n", APPS, "create", "serviceaccount", sa]);
@@ -501,6 +555,15 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
     assert!(
         log.contains(&format!("spiffe://{TD}/ns/{APPS}/sa/client")),
         "{log}"
+    );
+    // kubectl signet finds the trust domain in the chart's operator
+    // ConfigMap and agrees with the issuer.
+    let explained = kubectl_signet(&["explain", "pod", &format!("{APPS}/jwt-client")]);
+    assert!(
+        explained.contains(&format!(
+            "ISSUED   e2e-apps -> spiffe://{TD}/ns/{APPS}/sa/client"
+        )),
+        "{explained}"
     );
 
     // mTLS between two pods; the intruder gets no identity at all.
@@ -717,6 +780,7 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
         "clusterrolebinding/signet-operator",
         "clusterrolebinding/signet-agent",
         "csidriver/csi.signet.dev",
+        "validatingwebhookconfiguration/signet-operator",
     ] {
         let found = kubectl(&["get", object, "--ignore-not-found", "-o", "name"]);
         assert!(found.trim().is_empty(), "left behind: {object}");

@@ -71,6 +71,9 @@ const CRDS: [&str; 2] = [
     "../crds/signet.dev_roles.yaml",
 ];
 const POLL: Duration = Duration::from_millis(300);
+/// The ValidatingWebhookConfiguration the replicas keep the caBundle of
+/// (the chart's name, as the tested RBAC names it).
+const WEBHOOK: &str = "signet-operator";
 
 fn cleanup(wait: bool) {
     let wait = if wait { "--wait=true" } else { "--wait=false" };
@@ -85,6 +88,12 @@ fn cleanup(wait: bool) {
             "--timeout=120s",
         ],
         vec!["delete", "node", OTHER_NODE, "--ignore-not-found"],
+        vec![
+            "delete",
+            "validatingwebhookconfiguration",
+            WEBHOOK,
+            "--ignore-not-found",
+        ],
         vec![
             "delete",
             "clusterrolebinding,clusterrole",
@@ -170,6 +179,7 @@ struct Replica {
     process: Process,
     issuer_port: u16,
     admin_port: u16,
+    webhook_port: u16,
 }
 
 fn audit_log(name: &str, dir: &Path) -> PathBuf {
@@ -179,15 +189,20 @@ fn audit_log(name: &str, dir: &Path) -> PathBuf {
 fn start_replica(name: &'static str, kubeconfig: &Path, dir: &Path) -> Replica {
     let issuer_port = free_port();
     let admin_port = free_port();
+    let webhook_port = free_port();
+    let config = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "trust_domain: {TRUST_DOMAIN}\nkubernetes:\n  webhook: {{listen: \"127.0.0.1:{webhook_port}\", configuration: {WEBHOOK}}}\n"
+        ),
+    )
+    .unwrap();
     let mut command = Command::new(binary("signet-operator"));
     command
-        .args([
-            "kubernetes",
-            "--trust-domain",
-            TRUST_DOMAIN,
-            "--namespace",
-            NS,
-        ])
+        .args(["kubernetes", "--config"])
+        .arg(&config)
+        .args(["--trust-domain", TRUST_DOMAIN, "--namespace", NS])
         .args(["--identity", name, "--lease-duration", "4s"])
         .args(["--listen", &format!("127.0.0.1:{issuer_port}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{admin_port}")])
@@ -201,6 +216,7 @@ fn start_replica(name: &'static str, kubeconfig: &Path, dir: &Path) -> Replica {
         process,
         issuer_port,
         admin_port,
+        webhook_port,
     }
 }
 
@@ -376,6 +392,118 @@ spec:
     workloadIdentityLabels: {{signet-e2e: [operator-nodes]}}
 "#
     )
+}
+
+/// The admission webhook, registered as the chart registers it but by URL
+/// (the replicas run on the host): the leader fills in the `caBundle` with
+/// the trust bundle, and then the API server refuses a WorkloadIdentity
+/// that does not compile with the compiler's message (`--dry-run=server`
+/// and a real apply), and admits a change that would take `e2e-web` from
+/// the running `web` pod with a warning naming it. `failurePolicy: Fail`
+/// here, so an unreachable webhook cannot pass for one that admits.
+fn admission_refuses_what_does_not_compile(port: u16, bundle_pem: &str) {
+    use base64::Engine;
+    kubectl_apply(&format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {{name: {WEBHOOK}}}
+webhooks:
+  - name: validate.signet.dev
+    admissionReviewVersions: [v1]
+    sideEffects: None
+    failurePolicy: Fail
+    timeoutSeconds: 5
+    rules:
+      - apiGroups: [signet.dev]
+        apiVersions: ["*"]
+        resources: [workloadidentities, roles]
+        operations: [CREATE, UPDATE, DELETE]
+        scope: Cluster
+    clientConfig: {{url: "https://127.0.0.1:{port}/validate"}}
+"#
+    ));
+    let ca_bundle = || {
+        jsonpath(
+            &["get", "validatingwebhookconfiguration", WEBHOOK],
+            "{.webhooks[0].clientConfig.caBundle}",
+        )
+    };
+    signet_e2e::standalone::wait_until_every(
+        "the leader to set the webhook caBundle",
+        Duration::from_secs(30),
+        POLL,
+        || !ca_bundle().trim().is_empty(),
+    );
+    let set = base64::engine::general_purpose::STANDARD
+        .decode(ca_bundle().trim())
+        .unwrap();
+    assert_eq!(String::from_utf8(set).unwrap(), bundle_pem);
+
+    let bad = r#"apiVersion: signet.dev/v1alpha1
+kind: WorkloadIdentity
+metadata:
+  name: e2e-rejected
+  labels: {signet-e2e: operator}
+spec:
+  spiffe:
+    id: /x/{{ workload.nope }}
+"#;
+    let apply = |yaml: &str, dry_run: bool| {
+        let mut args = vec!["apply", "-f", "-"];
+        if dry_run {
+            args.push("--dry-run=server");
+        }
+        let output = kubectl_output(&args, Some(yaml));
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // The API server picks up the new configuration within a moment.
+    let mut refusal = String::new();
+    signet_e2e::standalone::wait_until_every(
+        "the webhook to answer",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            let (ok, stderr) = apply(bad, true);
+            assert!(!ok, "a WorkloadIdentity that does not compile was admitted");
+            refusal = stderr;
+            refusal.contains("denied the request")
+        },
+    );
+    assert!(
+        refusal.contains("WorkloadIdentity e2e-rejected: UnknownAttribute")
+            && refusal.contains("workload.nope"),
+        "{refusal}"
+    );
+    let (ok, stderr) = apply(bad, false);
+    assert!(!ok && stderr.contains("UnknownAttribute"), "{stderr}");
+    let missing = kubectl_output(&["get", "workloadidentity", "e2e-rejected"], None);
+    assert!(!missing.status.success(), "refused, so never stored");
+
+    let narrowed = r#"apiVersion: signet.dev/v1alpha1
+kind: WorkloadIdentity
+metadata:
+  name: e2e-web
+  labels: {signet-e2e: operator}
+spec:
+  rules:
+    allow:
+      - conditions: [{attribute: workload.kubernetes.namespace, eq: somewhere-else}]
+  spiffe:
+    id: /ns/{{ workload.kubernetes.namespace }}/sa/{{ workload.kubernetes.service_account }}
+"#;
+    let (ok, stderr) = apply(narrowed, true);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("Warning: this change stops issuing identities to 1 running pod(s)")
+            && stderr.contains(&format!("Warning: pod {WORK_NS}/web loses e2e-web")),
+        "{stderr}"
+    );
+
+    // Later steps kill the replica the URL names.
+    kubectl(&["delete", "validatingwebhookconfiguration", WEBHOOK]);
 }
 
 /// `kubectl signet explain pod` gives the decisions the issuer gave above:
@@ -924,6 +1052,8 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
     let issued_events = events_of_web().matches("\"IdentityIssued\"").count();
     assert_eq!(issued_events, 1, "{}", events_of_web());
 
+    admission_refuses_what_does_not_compile(replicas[0].webhook_port, &bundle_pem);
+
     // Node labels, from the API server, decide Role Node subjects.
     kubectl(&["label", "node", OTHER_NODE, "pool=dmz", "--overwrite"]);
     kubectl_apply(&node_policy());
@@ -935,7 +1065,10 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
     runtime.block_on(async {
         let (mut other, _) = issuer.join(first, &other_token, OTHER_NODE).await.unwrap();
         let mut other_updates = other
-            .watch_policy(pb::WatchPolicyRequest { known_version: 0 })
+            .watch_policy(pb::WatchPolicyRequest {
+                known_version: 0,
+                agent_version: "e2e".into(),
+            })
             .await
             .unwrap()
             .into_inner();
@@ -964,7 +1097,10 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
         // This node's agent follows its own Node only.
         let (mut here, _) = issuer.join(first, &here_token, &node).await.unwrap();
         let mut here_updates = here
-            .watch_policy(pb::WatchPolicyRequest { known_version: 0 })
+            .watch_policy(pb::WatchPolicyRequest {
+                known_version: 0,
+                agent_version: "e2e".into(),
+            })
             .await
             .unwrap()
             .into_inner();
@@ -1011,7 +1147,10 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
         let (mut other, _) = issuer.join(first, &other_token, OTHER_NODE).await.unwrap();
         let (mut other_on_second, _) = issuer.join(second, &other_token, OTHER_NODE).await.unwrap();
         let mut updates = other
-            .watch_policy(pb::WatchPolicyRequest { known_version: 0 })
+            .watch_policy(pb::WatchPolicyRequest {
+                known_version: 0,
+                agent_version: "e2e".into(),
+            })
             .await
             .unwrap()
             .into_inner();

@@ -48,6 +48,14 @@ impl AgentRecord {
         None
     }
 
+    /// The in-cluster agent of Node `node`, as its SVID would name it;
+    /// `None` for a name no SPIFFE ID path can carry.
+    pub fn for_node(trust_domain: &TrustDomain, node: &str) -> Option<Self> {
+        let id =
+            SpiffeId::from_path(trust_domain, &format!("{NODE_AGENT_PATH_PREFIX}{node}")).ok()?;
+        Self::from_spiffe_id(&id, trust_domain)
+    }
+
     /// What policy may know about this agent: `agent.*` from its SVID, and
     /// `node.*` when the operator knows the agent's Node.
     pub fn context(&self, node: Option<NodeFacts>) -> AgentContext {

@@ -125,6 +125,21 @@ pub struct KubernetesSection {
     pub agent_audience: Option<String>,
     #[serde(default)]
     pub pod_token_audience: Option<String>,
+    #[serde(default)]
+    pub webhook: Option<WebhookSection>,
+}
+
+/// The validating admission webhook (`kubernetes.webhook`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSection {
+    /// Where the webhook listens (HTTPS, the issuer's certificate).
+    pub listen: SocketAddr,
+    /// The ValidatingWebhookConfiguration whose `caBundle` the leader keeps
+    /// equal to the trust bundle; none when unset (then `caBundle` is
+    /// someone else's to manage).
+    #[serde(default)]
+    pub configuration: Option<String>,
 }
 
 /// OIDC discovery (`/.well-known/openid-configuration`) and the JWKS.

@@ -21,28 +21,22 @@
 //! front strips that prefix.
 
 use std::collections::BTreeSet;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
 use crate::ca::PublishedBundle;
@@ -56,14 +50,6 @@ pub const KEYS_PATH: &str = "/keys";
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
 /// Upper bound on `max-age` whatever the hint says, as Kubernetes uses.
 const MAX_MAX_AGE: Duration = Duration::from_secs(3600);
-/// A client that opens a connection and sends nothing must not hold a task
-/// forever: bounds the TLS handshake and (through hyper) each request head,
-/// idle keep-alive time included.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long shutdown waits for in-flight responses before dropping them.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
     #[error("issuer URL {url:?} {reason}")]
@@ -181,13 +167,8 @@ pub fn tls_from_pem_files(cert: &Path, key: &Path) -> Result<rustls::ServerConfi
     Ok(config)
 }
 
-/// Serves until `shutdown` resolves. `tls`: `Some` => HTTPS with that
-/// config (its ALPN is replaced by `http/1.1`, the only protocol served),
-/// `None` => plain HTTP, for running behind an Ingress that terminates TLS.
-///
-/// A failing connection (TLS handshake, timeout, bad request) only ends that
-/// connection. On shutdown, idle keep-alive connections are closed and
-/// in-flight responses get a few seconds (`DRAIN_TIMEOUT`) to finish.
+/// Serves discovery on `listener` until `shutdown` resolves: HTTPS with
+/// `tls`, or plain HTTP (`None`) behind an Ingress that terminates TLS.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -195,97 +176,21 @@ pub async fn serve(
     bundle: watch::Receiver<Arc<PublishedBundle>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), OidcError> {
-    let acceptor = tls.map(|config| {
-        // hyper is driven as HTTP/1 only: a client offered h2 would speak
-        // it and fail.
-        let mut config = (*config).clone();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        TlsAcceptor::from(Arc::new(config))
-    });
     tracing::info!(
         address = ?listener.local_addr().ok(),
         issuer = %settings.issuer_url,
-        tls = acceptor.is_some(),
+        tls = tls.is_some(),
         "OIDC discovery listening"
     );
     let site = Arc::new(Site { settings, bundle });
-    let (stop, stopping) = watch::channel(());
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // Out of file descriptors, typically: pause rather than spin.
-                    tracing::warn!(%error, "OIDC discovery accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            // Reap finished connections so the set does not grow forever.
-            Some(_) = connections.join_next() => continue,
-            () = &mut shutdown => break,
-        };
-        connections.spawn(connection(
-            stream,
-            acceptor.clone(),
-            site.clone(),
-            stopping.clone(),
-        ));
-    }
-    drop(listener);
-    stop.send_replace(());
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::debug!("OIDC discovery dropped connections still open at shutdown");
-    }
-    // Dropping the set aborts whatever is left.
+    crate::http_server::serve("OIDC discovery", listener, tls, site, shutdown).await;
     Ok(())
 }
 
-async fn connection(
-    stream: TcpStream,
-    acceptor: Option<TlsAcceptor>,
-    site: Arc<Site>,
-    stopping: watch::Receiver<()>,
-) {
-    let Some(acceptor) = acceptor else {
-        return http(stream, site, stopping).await;
-    };
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => http(stream, site, stopping).await,
-        Ok(Err(error)) => tracing::debug!(%error, "OIDC discovery TLS handshake failed"),
-        Err(_) => tracing::debug!("OIDC discovery TLS handshake timed out"),
-    }
-}
-
-async fn http<I>(io: I, site: Arc<Site>, mut stopping: watch::Receiver<()>)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service = service_fn(move |request: Request<Incoming>| {
-        let response = site.respond(request.method(), request.uri().path());
-        async move { Ok::<_, Infallible>(response) }
-    });
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        // Also taken when the server is dropped: then finish politely too.
-        _ = stopping.changed() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%error, "OIDC discovery connection ended with an error");
+impl crate::http_server::Handler for Site {
+    fn handle(&self, request: Request<Incoming>) -> BoxFuture<'static, Response<Full<Bytes>>> {
+        let response = self.respond(request.method(), request.uri().path());
+        Box::pin(async move { response })
     }
 }
 
@@ -392,12 +297,14 @@ mod tests {
     use crate::standalone::keyset_file::FileKeysetStore;
     use http_body_util::{BodyExt, Empty};
     use hyper::HeaderMap;
+    use hyper_util::rt::TokioIo;
     use rustls::pki_types::ServerName;
     use signet_identity::{CaConfig, TrustDomain};
     use signet_runtime::clock::Clock;
     use std::net::SocketAddr;
     use std::time::SystemTime;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use tokio::net::TcpStream;
     use tokio::task::JoinHandle;
     use tokio_rustls::TlsConnector;
 

@@ -83,7 +83,8 @@ impl IssuerServer {
         self.readiness.clone()
     }
 
-    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    /// Resolves once the issuer has stopped serving.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut stopped = self.stop.subscribe();
         async move {
             let _ = stopped.wait_for(|s| *s).await;

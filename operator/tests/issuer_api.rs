@@ -395,7 +395,10 @@ async fn watch_policy_sends_the_current_state_then_each_change() {
     let operator = start_operator(POLICY).await;
     let (mut client, _) = operator.join().await;
     let mut updates = client
-        .watch_policy(pb::WatchPolicyRequest { known_version: 0 })
+        .watch_policy(pb::WatchPolicyRequest {
+            known_version: 0,
+            agent_version: "e2e".into(),
+        })
         .await
         .unwrap()
         .into_inner();

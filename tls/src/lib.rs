@@ -72,6 +72,17 @@ pub fn server_config(
     Ok(config)
 }
 
+/// A server config presenting `resolver`'s certificate to any client (no
+/// client certificate asked for), e.g. to the API server calling a webhook.
+pub fn server_config_without_client_auth(
+    resolver: Arc<SvidResolver>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    Ok(rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver))
+}
+
 /// A client config checking the server's SVID with `verifier` and, when
 /// `resolver` is given, presenting its SVID (mTLS).
 pub fn client_config(

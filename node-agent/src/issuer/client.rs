@@ -557,7 +557,10 @@ impl IssuerClient {
     ) -> Result<tonic::Streaming<pb::PolicyUpdate>, IssuerError> {
         let mut client = GrpcIssuer::new(self.inner.mtls());
         client
-            .watch_policy(pb::WatchPolicyRequest { known_version })
+            .watch_policy(pb::WatchPolicyRequest {
+                known_version,
+                agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| IssuerError::call("WatchPolicy", status))

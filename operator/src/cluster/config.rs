@@ -12,13 +12,18 @@
 //!   agent_service_account: signet-agent  # agents' service account (same namespace)
 //!   agent_audience: signet-issuer     # audience of the agents' projected tokens
 //!   pod_token_audience: signet-csi    # audience of pod tokens signet-csi passes on
+//!   webhook:                          # validating admission webhook (off without it)
+//!     listen: 0.0.0.0:9443
+//!     configuration: signet-operator  # ValidatingWebhookConfiguration whose caBundle the leader keeps current
 //! ```
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cluster::leader::ElectionSettings;
-use crate::config::{ConfigError, FileConfig, OidcConfig, Overrides, StandaloneConfig};
+use crate::config::{
+    ConfigError, FileConfig, OidcConfig, Overrides, StandaloneConfig, WebhookSection,
+};
 
 /// Command-line values of the kubernetes subcommand.
 #[derive(Clone, Debug, Default)]
@@ -38,6 +43,7 @@ pub struct KubernetesConfig {
     pub agent_service_account: String,
     pub agent_audience: String,
     pub pod_token_audience: String,
+    pub webhook: Option<WebhookSection>,
 }
 
 #[derive(Clone, Debug)]
@@ -152,6 +158,13 @@ impl ClusterConfig {
                 "kubernetes.agent_audience and pod_token_audience must differ",
             ));
         }
+        if let Some(configuration) = section
+            .webhook
+            .as_ref()
+            .and_then(|w| w.configuration.as_ref())
+        {
+            check_name("kubernetes.webhook.configuration", configuration)?;
+        }
         let oidc = base.oidc.clone();
         Ok(Self {
             base,
@@ -164,6 +177,7 @@ impl ClusterConfig {
                 agent_service_account,
                 agent_audience,
                 pod_token_audience,
+                webhook: section.webhook,
             },
             oidc,
         })

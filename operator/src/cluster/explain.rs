@@ -15,11 +15,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
-use signet_identity::{SpiffeId, TrustDomain};
+use signet_identity::TrustDomain;
 use signet_policy::snapshot::ObjectReport;
 use signet_policy::{Explanation, Field, NodeFacts, Role, WorkloadIdentity};
 use signet_proto::issuer::v1 as pb;
-use signet_proto::issuer_protocol::NODE_AGENT_PATH_PREFIX;
 
 use crate::agents::AgentRecord;
 use crate::cluster::pods::{PodFacts, check_workload};
@@ -132,13 +131,7 @@ pub async fn explain_pod(
         .await
         .map_err(api(format!("node {node_name}")))?
         .map(|node| NodeFacts::new(&node_name, node.labels().clone()));
-    let agent = SpiffeId::from_path(
-        trust_domain,
-        &format!("{NODE_AGENT_PATH_PREFIX}{node_name}"),
-    )
-    .ok()
-    .and_then(|id| AgentRecord::from_spiffe_id(&id, trust_domain));
-    let Some(agent) = agent else {
+    let Some(agent) = AgentRecord::for_node(trust_domain, &node_name) else {
         return Ok(PodExplanation {
             outcome: Err(WorkloadRejection {
                 reason: "pod_not_on_node",

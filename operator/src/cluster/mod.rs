@@ -1,5 +1,6 @@
 //! `signet-operator kubernetes`: the operator inside a cluster.
 
+pub mod admission;
 pub mod agent_standing;
 pub mod bundle_config_map;
 pub mod config;

@@ -131,6 +131,14 @@ impl PodCache {
             .unwrap_or(false)
     }
 
+    /// Every cached pod, at this moment.
+    pub fn all(&self) -> Vec<Arc<PodFacts>> {
+        self.pods
+            .read()
+            .map(|pods| pods.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn len(&self) -> usize {
         self.pods.read().map(|pods| pods.len()).unwrap_or(0)
     }

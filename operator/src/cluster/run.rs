@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use kube::api::{Api, PartialObjectMeta};
@@ -17,8 +18,8 @@ use crate::audit::AuditLog;
 use crate::ca::Authority;
 use crate::cluster::config::ClusterConfig;
 use crate::cluster::{
-    agent_standing, bundle_config_map, keyset_secret, leader, nodes, pod_events, pods, reconciler,
-    token_review,
+    admission, agent_standing, bundle_config_map, keyset_secret, leader, nodes, pod_events, pods,
+    reconciler, token_review,
 };
 use crate::issuer::policy_stream::Federation;
 use crate::issuer::service::{IssuerParts, IssuerService, IssuerSettings};
@@ -186,6 +187,34 @@ pub async fn run(
         readiness.set(true);
         tracing::info!("policy, pods, nodes and agent revocations synced; ready");
     });
+
+    if let Some(webhook) = &kube_config.webhook {
+        let tls = signet_tls::server_config_without_client_auth(authority.issuer_resolver())
+            .map_err(ServeError::from)?;
+        let listener = crate::server::bind(webhook.listen).await?;
+        tracing::info!(address = %webhook.listen, "admission webhook listening");
+        let validator = Arc::new(admission::Validator {
+            trust_domain: config.base.trust_domain.clone(),
+            policy: channels.policy.clone(),
+            pods: pods.clone(),
+            nodes: nodes.clone(),
+        });
+        tokio::spawn(crate::http_server::serve(
+            "admission webhook",
+            listener,
+            Some(Arc::new(tls)),
+            validator,
+            server.stopped(),
+        ));
+        if let Some(name) = &webhook.configuration {
+            tokio::spawn(admission::keep_ca_bundle(
+                Api::<ValidatingWebhookConfiguration>::all(client.clone()),
+                name.clone(),
+                authority.bundle(),
+                leading.clone(),
+            ));
+        }
+    }
 
     if let Some(oidc) = &config.oidc {
         server.spawn_oidc(oidc, authority.bundle()).await?;
