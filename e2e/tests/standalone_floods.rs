@@ -5,7 +5,9 @@
 //! the HTTP/2 handshake and sit idle. Before, each held a descriptor and
 //! memory in the agent for as long as the attacker liked. Now connections
 //! beyond the per-uid bound are closed at accept, silent ones at the
-//! handshake timeout, and another user's call is served throughout. The
+//! handshake timeout, handshaken ones that make no call at the idle timeout
+//! (while a client's open stream outlives it), and another user's call is
+//! served throughout. The
 //! real operator and agent binaries; the second user is run with `setpriv`,
 //! so this needs root (fails without it when `SIGNET_REQUIRE_ROOT=1`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -27,6 +29,7 @@ use tonic::transport::Channel;
 
 const PER_UID: usize = 200;
 const SILENT: usize = 2000;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 const POLICY: &str = r#"apiVersion: signet.dev/v1alpha1
 kind: WorkloadIdentity
@@ -95,7 +98,8 @@ fn a_connection_flood_from_one_user_leaves_the_others_served() {
     let mut stack = Stack::operator_only(POLICY);
     stack.set_agent_extra(&format!(
         "metrics_listen: 127.0.0.1:{metrics_port}\n\
-         limits: {{connections_per_uid: {PER_UID}, handshake_timeout: 10s}}\n"
+         limits: {{connections_per_uid: {PER_UID}, handshake_timeout: 10s, idle_timeout: {}s}}\n",
+        IDLE_TIMEOUT.as_secs()
     ));
     stack.start_agent();
     let agent = stack.agent.as_ref().unwrap().pid();
@@ -145,7 +149,7 @@ fn a_connection_flood_from_one_user_leaves_the_others_served() {
     drop(silent);
 
     // Connections that complete the HTTP/2 handshake and sit idle hold
-    // their slots; one more is closed at once.
+    // their slots until the idle timeout; one more is closed at once.
     let mut idle: Vec<UnixStream> = (0..PER_UID)
         .map(|_| {
             let mut stream = UnixStream::connect(stack.socket_path()).unwrap();
@@ -172,10 +176,50 @@ fn a_connection_flood_from_one_user_leaves_the_others_served() {
         "a handshaken connection was closed"
     );
 
-    // Once the flood ends, root is served again.
-    drop(idle);
+    // Idle for the idle timeout, they are closed by the agent and their
+    // slots released: root is served again.
     wait_until(
-        "root's connections to be released",
+        "the idle connections to be closed at the idle timeout",
+        IDLE_TIMEOUT * 4,
+        || counter(metrics_port, "signet_agent_connections") == 0,
+    );
+    assert_eq!(
+        counter(
+            metrics_port,
+            r#"signet_agent_connections_refused_total{reason="idle_timeout"}"#
+        ),
+        PER_UID as u64,
+        "each idle connection was closed for being idle"
+    );
+    assert!(
+        idle.iter_mut().all(closed_by_agent),
+        "an idle connection is still open"
+    );
+    drop(idle);
+    // A client's open stream is a call in progress: its connection outlives
+    // the idle timeout.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use futures::StreamExt;
+        let client = spiffe::WorkloadApiClient::connect_to(stack.endpoint())
+            .await
+            .unwrap();
+        let mut stream = client.stream_x509_contexts().await.unwrap();
+        assert!(stream.next().await.unwrap().is_ok());
+        let held = tokio::time::timeout(IDLE_TIMEOUT * 2, stream.next()).await;
+        assert!(
+            held.is_err(),
+            "the stream ended while open: {:?}",
+            held.map(|next| next.map(|item| item.map(|_| ())))
+        );
+        assert_eq!(counter(metrics_port, "signet_agent_connections"), 1);
+    });
+    drop(runtime);
+    wait_until(
+        "the stream's connection to be released",
         Duration::from_secs(30),
         || counter(metrics_port, "signet_agent_connections") == 0,
     );
@@ -185,7 +229,7 @@ fn a_connection_flood_from_one_user_leaves_the_others_served() {
     #[allow(clippy::print_stderr)]
     {
         eprintln!(
-            "agent RSS: {rss_before} KiB before, {rss_flooded} KiB with {PER_UID} idle connections held, {rss_after} KiB after ({SILENT} silent connections refused or timed out)"
+            "agent RSS: {rss_before} KiB before, {rss_flooded} KiB with {PER_UID} idle connections held, {rss_after} KiB after ({SILENT} silent connections refused or timed out, {PER_UID} closed when idle)"
         );
     }
     // Bounded: the flood's connections are gone, not accumulated.

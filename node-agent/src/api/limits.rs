@@ -5,7 +5,8 @@
 //! idle connections and starve everyone else. Connections are counted per
 //! caller uid and in total when they are accepted, before any byte is read;
 //! one over a bound is closed at once. A connection that has not sent
-//! anything by the handshake timeout is closed too, and the HTTP/2 server
+//! anything by the handshake timeout is closed too, so is one that holds
+//! no call for the idle timeout ([`super::idle`]), and the HTTP/2 server
 //! caps streams per connection.
 //!
 //! The per-uid bound is generous by default: containers on a node often
@@ -33,6 +34,9 @@ pub struct ConnectionLimits {
     /// A connection that has sent nothing by then is closed (default 10s).
     #[serde(with = "signet_runtime::duration")]
     pub handshake_timeout: Duration,
+    /// A connection with no call open for this long is closed (default 5m).
+    #[serde(with = "signet_runtime::duration")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -42,6 +46,7 @@ impl Default for ConnectionLimits {
             connections: 4096,
             streams_per_connection: 128,
             handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -64,6 +69,9 @@ impl ConnectionLimits {
         if self.handshake_timeout.is_zero() {
             return Err("limits: handshake_timeout must be more than 0".into());
         }
+        if self.idle_timeout.is_zero() {
+            return Err("limits: idle_timeout must be more than 0".into());
+        }
         Ok(())
     }
 }
@@ -74,6 +82,8 @@ pub enum ConnectionRefusal {
     PerUid,
     Total,
     HandshakeTimeout,
+    /// Closed after holding no call for the idle timeout.
+    IdleTimeout,
 }
 
 impl ConnectionRefusal {
@@ -82,6 +92,7 @@ impl ConnectionRefusal {
             Self::PerUid => "per_uid_limit",
             Self::Total => "total_limit",
             Self::HandshakeTimeout => "handshake_timeout",
+            Self::IdleTimeout => "idle_timeout",
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod delegated;
 pub mod error;
 pub mod follow;
+pub mod idle;
 pub mod limits;
 pub mod peer;
 pub mod sds;

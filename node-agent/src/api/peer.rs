@@ -27,6 +27,7 @@ use futures::{Stream, StreamExt};
 use signet_runtime::h2_authority::FixedAuthority;
 use tokio::net::{UnixListener, UnixStream};
 
+use super::idle::{CallCounter, ConnectionCalls, IdleClose};
 use super::limits::{ConnectionRefusal, ConnectionSlot, ConnectionTracker};
 use crate::attest::procfs::{ProcError, ProcRoot, ProcessHandle};
 use crate::attest::unix::PeerCredentials;
@@ -40,10 +41,19 @@ pub struct PeerInfo {
     /// The connection's place in the per-uid count, given back when the
     /// connection and its last request are gone.
     pub slot: Option<Arc<ConnectionSlot>>,
+    /// The calls open on the connection (it is closed once idle).
+    pub calls: Arc<CallCounter>,
 }
 
-/// An accepted unix connection carrying its [`PeerInfo`] into every request.
-pub type PeerStream = FixedAuthority<PeerInfo>;
+impl ConnectionCalls for PeerInfo {
+    fn calls(&self) -> &Arc<CallCounter> {
+        &self.calls
+    }
+}
+
+/// An accepted unix connection carrying its [`PeerInfo`] into every
+/// request, closed once it holds no call for the idle timeout.
+pub type PeerStream = IdleClose<FixedAuthority<PeerInfo>>;
 
 fn peer_credentials(stream: &UnixStream) -> Option<PeerCredentials> {
     stream.peer_cred().ok().and_then(|cred| {
@@ -67,6 +77,7 @@ fn peer_info(stream: &UnixStream, proc_root: &ProcRoot) -> PeerInfo {
         credentials,
         process,
         slot: None,
+        calls: CallCounter::new(),
     }
 }
 
@@ -114,12 +125,15 @@ fn admit(
     let mut info = peer_info(&stream, proc_root);
     info.slot = Some(Arc::new(slot));
     let timeout = tracker.limits().handshake_timeout;
+    let idle_timeout = tracker.limits().idle_timeout;
     let tracker = tracker.clone();
     let ready = ready.clone();
     tokio::spawn(async move {
         match tokio::time::timeout(timeout, first_bytes(&stream)).await {
             Ok(Ok(())) => {
-                let _ = ready.send(FixedAuthority::with_info(stream, info));
+                let calls = info.calls.clone();
+                let stream = FixedAuthority::with_info(stream, info);
+                let _ = ready.send(IdleClose::new(stream, calls, idle_timeout, tracker));
             }
             Ok(Err(_)) => {}
             Err(_) => tracker.refused(ConnectionRefusal::HandshakeTimeout),

@@ -7,8 +7,9 @@ use signet_proto::envoy::service::secret::v3::secret_discovery_service_server::S
 use signet_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tokio::net::UnixListener;
 
+use super::idle::CallTrackingLayer;
 use super::limits::ConnectionTracker;
-use super::peer::incoming;
+use super::peer::{PeerInfo, incoming};
 use super::sds::SdsService;
 use super::state::ServerState;
 use super::workload::WorkloadApiService;
@@ -37,6 +38,7 @@ pub async fn serve(
     };
     tonic::transport::Server::builder()
         .max_concurrent_streams(streams_per_connection)
+        .layer(CallTrackingLayer::<PeerInfo>::new())
         .add_service(health)
         .add_service(SpiffeWorkloadApiServer::new(WorkloadApiService::new(
             state.clone(),
