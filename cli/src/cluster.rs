@@ -35,7 +35,7 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    async fn config(&self) -> Result<Config, String> {
+    pub(crate) async fn config(&self) -> Result<Config, String> {
         signet_tls::install_default_provider();
         match &self.context {
             Some(context) => Config::from_kubeconfig(&KubeConfigOptions {
@@ -77,7 +77,7 @@ impl ClusterArgs {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

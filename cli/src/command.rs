@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use signet_identity::TrustDomain;
 
+use crate::agents::AgentsCommand;
 use crate::args::{Output, trust_domain, write_json};
 use crate::cluster::{PodArgs, explain_pod};
 use crate::explain::{JsonExplanation, write_text};
@@ -17,7 +18,7 @@ use crate::policy_test::run;
 #[command(
     name = "signet",
     version,
-    about = "Signet: explain identities, test policy"
+    about = "Signet: explain identities, test policy, list agents"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,6 +32,10 @@ enum Command {
     /// Policy tooling for CI and GitOps.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The agent inventory: every agent, its node, join, renewal, last
+    /// sighting, SVID expiry, version and workloads.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
 }
 
 #[derive(Args)]
@@ -90,6 +95,7 @@ pub fn main(name: &'static str) -> ExitCode {
             paths,
             trust_domain,
         }) => policy_test(&paths, &trust_domain, &mut out),
+        Command::Agents(command) => crate::agents::run(&command, &mut out),
     };
     match result {
         Ok(code) => code,

@@ -5,6 +5,7 @@
 //! (`PolicySnapshot::explain_workload`, `evaluate`, `decide`), never from a
 //! re-implementation of it.
 
+pub mod agents;
 pub mod args;
 pub mod attributes;
 pub mod cluster;

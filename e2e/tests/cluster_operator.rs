@@ -30,6 +30,11 @@
 //!   and both replicas refuse its signing, renewal and join, while this
 //!   node's agent goes on; `unrevoke` lets it join again; once its agent
 //!   pod is gone its SVID no longer renews.
+//! - the agent inventory: `kubectl signet agents list` (and `kubectl get
+//!   agents.signet.dev`) shows this node's agent with its join method,
+//!   the version its policy stream reported, a last-seen within the
+//!   minute, its SVID expiry and the pod it was signed for; `agents show`
+//!   shows a revocation; an Agent record is deleted with its Node.
 //!
 //! Both replicas run as processes on the host with a kubeconfig holding
 //! the `signet-operator` service account's token, bound to the RBAC of
@@ -66,9 +71,10 @@ const OTHER_NODE: &str = "signet-e2e-other";
 const AUDIENCE: &str = "signet-issuer";
 const RBAC: &str = include_str!("../cluster/manifests/operator-rbac.yaml");
 const PAUSE_IMAGE: &str = "localhost/signet/pause:dev";
-const CRDS: [&str; 2] = [
+const CRDS: [&str; 3] = [
     "../crds/signet.dev_workloadidentities.yaml",
     "../crds/signet.dev_roles.yaml",
+    "../crds/signet.dev_agents.yaml",
 ];
 const POLL: Duration = Duration::from_millis(300);
 /// The ValidatingWebhookConfiguration the replicas keep the caBundle of
@@ -88,6 +94,7 @@ fn cleanup(wait: bool) {
             "--timeout=120s",
         ],
         vec!["delete", "node", OTHER_NODE, "--ignore-not-found"],
+        vec!["delete", "agents.signet.dev", "--all", "--ignore-not-found"],
         vec![
             "delete",
             "validatingwebhookconfiguration",
@@ -592,6 +599,76 @@ fn explain_pods_as_the_issuer_decided(node: &str) {
     );
 }
 
+/// `kubectl signet agents list` (and `kubectl get agents.signet.dev`)
+/// show this node's agent as the replicas saw it: joined with a
+/// Kubernetes token, seen on its open policy stream within the minute,
+/// the version it reported, the web pod it was signed for, its SVID's
+/// expiry, and owned by its Node.
+fn agents_list_shows_the_node_agent(node: &str) {
+    let mut listed = serde_json::Value::Null;
+    wait_until_every(
+        "the node's Agent record with its stream and workload",
+        Duration::from_secs(60),
+        POLL,
+        || {
+            let json = kubectl_signet(&["agents", "list", "--signet-namespace", NS, "-o", "json"]);
+            listed = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+            listed.as_array().is_some_and(|all| {
+                all.iter().any(|a| {
+                    a["name"] == node
+                        && a["status"]["version"] == "e2e"
+                        && a["status"]["workloads"].as_u64() >= Some(1)
+                })
+            })
+        },
+    );
+    let agent = listed
+        .as_array()
+        .and_then(|all| all.iter().find(|a| a["name"] == node))
+        .unwrap();
+    assert_eq!(agent["spec"]["nodeName"], node, "{agent:#}");
+    assert_eq!(agent["spec"]["joinMethod"], "kubernetes", "{agent:#}");
+    assert_eq!(
+        agent["spec"]["spiffeId"],
+        format!("spiffe://{TRUST_DOMAIN}/signet/agent/k8s/{node}")
+    );
+    let now = signet_runtime::clock::Clock::new().now();
+    let time = |field: &str| {
+        humantime::parse_rfc3339(agent["status"][field].as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{field}: {e}: {agent:#}"))
+    };
+    assert!(
+        now.duration_since(time("lastSeen")).unwrap_or_default() < Duration::from_secs(60),
+        "{agent:#}"
+    );
+    assert!(time("svidExpiry") > now, "{agent:#}");
+    assert!(time("firstJoin") <= time("lastJoin"), "{agent:#}");
+
+    let table = kubectl_signet(&["agents", "list", "--signet-namespace", NS]);
+    note(&format!("kubectl signet agents list:\n{table}"));
+    note(&format!(
+        "kubectl signet agents show:\n{}",
+        kubectl_signet(&["agents", "show", node, "--signet-namespace", NS])
+    ));
+    let row = table
+        .lines()
+        .find(|line| line.starts_with(&format!("{node} ")))
+        .unwrap_or_else(|| panic!("{node} in\n{table}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[..4], [node, node, "kubernetes", "e2e"], "{table}");
+    assert_eq!(cells.last(), Some(&"active"), "{table}");
+    let owner = jsonpath(
+        &["get", "agents.signet.dev", node],
+        "{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}",
+    );
+    assert_eq!(owner, format!("Node/{node}"));
+    let columns = kubectl(&["get", "agents.signet.dev", node]);
+    assert!(
+        columns.contains("LAST SEEN") && columns.contains("e2e"),
+        "{columns}"
+    );
+}
+
 // --- the issuer API, as an agent speaks it ---
 
 struct IssuerConnection {
@@ -826,6 +903,7 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
         "--timeout=60s",
         "crd/workloadidentities.signet.dev",
         "crd/roles.signet.dev",
+        "crd/agents.signet.dev",
     ]);
 
     // Namespaces, service accounts, and the operator's RBAC.
@@ -846,6 +924,8 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
         ("watch", "configmaps/signet-agent-revocations", "yes"),
         ("patch", "configmaps/signet-agent-revocations", "no"),
         ("list", "configmaps", "no"),
+        ("create", "agents.signet.dev", "yes"),
+        ("patch", "agents.signet.dev", "no"),
     ] {
         let output = kubectl_output(
             &[
@@ -1139,6 +1219,9 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
             pushed.is_err(),
             "another Node's labels are not pushed here: {pushed:?}"
         );
+
+        // With this node's policy stream open, the inventory has its agent.
+        agents_list_shows_the_node_agent(&node);
     });
 
     // Revocation: `signet-operator agent revoke` writes the ConfigMap; both
@@ -1161,6 +1244,11 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
         );
         let listed = revocation_cli(&["revoked"]);
         assert!(listed.contains("node compromised"), "{listed}");
+        let shown = kubectl_signet(&["agents", "show", OTHER_NODE, "--signet-namespace", NS]);
+        assert!(
+            shown.contains("Revoked:       yes: node compromised"),
+            "{shown}"
+        );
 
         let closed = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
@@ -1248,6 +1336,30 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
     assert!(
         audit.contains("agent_pod_gone"),
         "the renewal refusal is audited"
+    );
+
+    // An Agent record goes with its Node (the API server's garbage
+    // collector follows the owner reference).
+    wait_until_every(
+        "the other node's Agent record",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            kubectl_output(&["get", "agents.signet.dev", OTHER_NODE], None)
+                .status
+                .success()
+        },
+    );
+    kubectl(&["delete", "node", OTHER_NODE, "--wait=true"]);
+    wait_until_every(
+        "the Agent record to go with its Node",
+        Duration::from_secs(60),
+        POLL,
+        || {
+            !kubectl_output(&["get", "agents.signet.dev", OTHER_NODE], None)
+                .status
+                .success()
+        },
     );
 
     // Failover: the leader crashes; the other takes the Lease, keeps the CA.

@@ -10,6 +10,7 @@ pub mod ca;
 pub mod cluster;
 pub mod config;
 pub mod http_server;
+pub mod inventory;
 pub mod issuer;
 pub mod metrics;
 pub mod oidc;

@@ -335,6 +335,65 @@ pub enum CrdError {
     },
 }
 
+/// One node agent, as the operator sees it: written by the operator (never
+/// by users or agents), one object per agent, deleted with its Node or
+/// once the agent has not been seen for a while.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "signet.dev",
+    version = "v1alpha1",
+    kind = "Agent",
+    status = "AgentStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    shortname = "signetagent",
+    category = "signet",
+    doc = "Agent is the operator's inventory record of one signet-agent: its node, how it joined, when it was last seen and what it serves. Written by the operator; read it with kubectl get agents.signet.dev or kubectl signet agents list.",
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.nodeName"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.version"}"#,
+    printcolumn = r#"{"name":"Workloads","type":"integer","jsonPath":".status.workloads","description":"Workloads the issuer signed for through this agent in the last hour"}"#,
+    printcolumn = r#"{"name":"Last Seen","type":"date","jsonPath":".status.lastSeen"}"#,
+    printcolumn = r#"{"name":"SVID Expiry","type":"string","jsonPath":".status.svidExpiry","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSpec {
+    /// The agent's SPIFFE ID.
+    pub spiffe_id: String,
+    /// The Node it runs on (in-cluster agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// How it joined: `kubernetes` (a projected service-account token) or `join_token`.
+    pub join_method: String,
+}
+
+/// What the operator last saw of an agent. Times are RFC 3339.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    /// Its first join since the record was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_join: Option<String>,
+    /// Its last join (agents join again after a restart that lost their SVID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_join: Option<String>,
+    /// Its last renewal of its own SVID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_renewal: Option<String>,
+    /// When a replica last saw its policy stream open (refreshed every two minutes while open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    /// When its current SVID expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub svid_expiry: Option<String>,
+    /// The agent's version, as it reports it on its policy stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Workloads the issuer signed for through this agent in the last hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<u32>,
+}
+
 /// One generated CRD manifest file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrdFile {
@@ -344,9 +403,9 @@ pub struct CrdFile {
     pub contents: String,
 }
 
-/// The CustomResourceDefinitions for both kinds.
+/// The CustomResourceDefinitions: the two policy kinds and the agent inventory.
 pub fn definitions() -> Vec<CustomResourceDefinition> {
-    vec![WorkloadIdentity::crd(), Role::crd()]
+    vec![WorkloadIdentity::crd(), Role::crd(), Agent::crd()]
 }
 
 /// The manifests checked in under `crds/`, one file per CRD named
@@ -381,7 +440,7 @@ mod tests {
     }
 
     #[test]
-    fn both_kinds_are_cluster_scoped_with_status_and_names() {
+    fn every_kind_is_cluster_scoped_with_status_and_names() {
         for crd in definitions() {
             assert_eq!(crd.spec.group, GROUP);
             assert_eq!(crd.spec.scope, "Cluster");
@@ -511,7 +570,8 @@ mod tests {
             names,
             [
                 "signet.dev_workloadidentities.yaml",
-                "signet.dev_roles.yaml"
+                "signet.dev_roles.yaml",
+                "signet.dev_agents.yaml"
             ]
         );
         assert_eq!(

@@ -9,7 +9,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams};
 use tokio::sync::watch;
 
-use crate::ca::PublishedBundle;
+use signet_runtime::clock::Clock;
+
+use crate::ca::{Authority, PublishedBundle};
 use crate::cluster::reconciler::FIELD_MANAGER;
 
 pub const BUNDLE_PEM_KEY: &str = "bundle.pem";
@@ -45,37 +47,58 @@ fn manifest(
 
 /// Applies the ConfigMap whenever the bundle changes or this replica
 /// becomes the leader, until the task is dropped.
+///
+/// A replica that has just become the leader re-reads the keyset before its
+/// first write: as a follower it last read the Secret up to one schedule
+/// step ago, and publishing that copy would take a successor CA its
+/// predecessor had already published (and agents already trust) back out of
+/// the bundle.
 pub async fn publish(
     api: Api<ConfigMap>,
     name: String,
     owner: Option<OwnerReference>,
-    mut bundles: watch::Receiver<Arc<PublishedBundle>>,
+    authority: Arc<Authority>,
+    clock: Clock,
     mut leading: watch::Receiver<bool>,
 ) {
     let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut bundles = authority.bundle();
     let mut written: Option<String> = None;
+    let mut reloaded_as_leader = false;
     loop {
-        let published = bundles.borrow_and_update().clone();
         let is_leader = *leading.borrow_and_update();
         if !is_leader {
             written = None;
-        } else if written.as_deref() != Some(published.spiffe_json.as_str()) {
-            match api
-                .patch(
-                    &name,
-                    &params,
-                    &Patch::Apply(manifest(&name, owner.as_ref(), &published)),
-                )
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(configmap = %name, sequence = published.bundle.sequence, "published the trust bundle");
-                    written = Some(published.spiffe_json.clone());
-                }
-                Err(error) => {
-                    tracing::warn!(%error, configmap = %name, "publishing the trust bundle failed; retrying");
+            reloaded_as_leader = false;
+            bundles.borrow_and_update();
+        } else {
+            if !reloaded_as_leader {
+                if let Err(error) = authority.reload(clock.now()).await {
+                    tracing::warn!(%error, configmap = %name, "re-reading the CA keyset before publishing failed; retrying");
                     tokio::time::sleep(RETRY).await;
                     continue;
+                }
+                reloaded_as_leader = true;
+            }
+            let published = bundles.borrow_and_update().clone();
+            if written.as_deref() != Some(published.spiffe_json.as_str()) {
+                match api
+                    .patch(
+                        &name,
+                        &params,
+                        &Patch::Apply(manifest(&name, owner.as_ref(), &published)),
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(configmap = %name, sequence = published.bundle.sequence, "published the trust bundle");
+                        written = Some(published.spiffe_json.clone());
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, configmap = %name, "publishing the trust bundle failed; retrying");
+                        tokio::time::sleep(RETRY).await;
+                        continue;
+                    }
                 }
             }
         }

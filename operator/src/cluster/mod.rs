@@ -1,6 +1,7 @@
 //! `signet-operator kubernetes`: the operator inside a cluster.
 
 pub mod admission;
+pub mod agent_records;
 pub mod agent_standing;
 pub mod bundle_config_map;
 pub mod config;

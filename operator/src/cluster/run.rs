@@ -11,6 +11,7 @@ use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use kube::api::{Api, PartialObjectMeta};
+use signet_policy::crd::Agent;
 use signet_runtime::clock::Clock;
 use tokio::sync::watch;
 
@@ -18,9 +19,10 @@ use crate::audit::AuditLog;
 use crate::ca::Authority;
 use crate::cluster::config::ClusterConfig;
 use crate::cluster::{
-    admission, agent_standing, bundle_config_map, keyset_secret, leader, nodes, pod_events, pods,
-    reconciler, token_review,
+    admission, agent_records, agent_standing, bundle_config_map, keyset_secret, leader, nodes,
+    pod_events, pods, reconciler, token_review,
 };
+use crate::inventory::AgentInventory;
 use crate::issuer::policy_stream::Federation;
 use crate::issuer::service::{IssuerParts, IssuerService, IssuerSettings};
 use crate::server::{IssuerServer, ServeError};
@@ -88,7 +90,8 @@ pub async fn run(
         Api::<ConfigMap>::namespaced(client.clone(), &namespace),
         kube_config.bundle_config_map.clone(),
         owner,
-        authority.bundle(),
+        authority.clone(),
+        clock,
         leading.clone(),
     ));
 
@@ -131,6 +134,14 @@ pub async fn run(
         namespace.clone(),
         kube_config.agent_service_account.clone(),
     ));
+    let inventory = AgentInventory::new(clock);
+    tokio::spawn(agent_records::keep(
+        Api::<Agent>::all(client.clone()),
+        Api::<Node>::all(client.clone()),
+        inventory.clone(),
+        leading.clone(),
+        clock,
+    ));
     let issuer = IssuerService::new(IssuerParts {
         authority: authority.clone(),
         policy: channels.policy.clone(),
@@ -159,6 +170,7 @@ pub async fn run(
             kube_config.election.identity.clone(),
             clock,
         ),
+        inventory,
     });
 
     let metrics = server.metrics();

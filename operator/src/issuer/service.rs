@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 use crate::agents::{AgentRecord, JoinVerifier, NodeDirectory};
 use crate::audit::{AuditLog, CredentialKind, Outcome};
 use crate::ca::{Authority, PublishedBundle};
+use crate::inventory::{AgentInventory, JoinMethod};
 use crate::issuer::join_throttle::JoinThrottle;
 use crate::issuer::policy_stream::{Federation, PolicyFeed};
 use crate::issuer::request::{JwtRequest, X509Request, subject_key};
@@ -121,6 +122,8 @@ pub struct IssuerParts {
     pub clock: Clock,
     /// Feedback on decisions beyond the audit log (pod Events in a cluster).
     pub observer: Arc<dyn IssuanceObserver>,
+    /// What this replica has seen of each agent.
+    pub inventory: AgentInventory,
 }
 
 impl IssuerService {
@@ -144,6 +147,7 @@ impl IssuerService {
                     agent_svid_ttl: parts.settings.agent_svid_ttl,
                     clock: parts.clock,
                     observer: parts.observer,
+                    inventory: parts.inventory,
                 },
             }),
         }
@@ -208,10 +212,14 @@ impl Issuer for IssuerService {
             return Err(IssuerError::JoinThrottled(throttled.retry_after).into());
         }
         let join = request.into_inner();
-        let token_len = match &join.credential {
-            Some(pb::join_request::Credential::JoinToken(token)) => token.len(),
-            Some(pb::join_request::Credential::ServiceAccountToken(token)) => token.len(),
-            None => 0,
+        let (token_len, method) = match &join.credential {
+            Some(pb::join_request::Credential::JoinToken(token)) => {
+                (token.len(), JoinMethod::JoinToken)
+            }
+            Some(pb::join_request::Credential::ServiceAccountToken(token)) => {
+                (token.len(), JoinMethod::Kubernetes)
+            }
+            None => (0, JoinMethod::JoinToken),
         };
         if token_len > MAX_JOIN_TOKEN_LEN {
             return Err(IssuerError::InvalidRequest(format!(
@@ -249,6 +257,13 @@ impl Issuer for IssuerService {
             .mint_agent_svid(&admitted.path, &key)
             .map_err(IssuerError::from)?;
         tracing::info!(agent = %admitted.name, spiffe_id = %svid.spiffe_id, "agent joined");
+        signer.inventory.joined(
+            &svid.spiffe_id,
+            &admitted.name,
+            admitted.node_name.as_deref(),
+            method,
+            svid.not_after,
+        );
         signer.audit_agent(
             Outcome::Issued,
             Some(&admitted.name),
@@ -279,6 +294,7 @@ impl Issuer for IssuerService {
             Some(&svid.spiffe_id),
             Some(RENEWAL.into()),
         );
+        signer.inventory.renewed(&agent, svid.not_after);
         signer.metrics.issued("agent", "");
         Ok(Response::new(
             self.agent_svid_response(svid, &bundle, agent.name),
@@ -307,7 +323,15 @@ impl Issuer for IssuerService {
             revocations: self.inner.standing.revocations(),
             metrics: self.inner.signer.metrics.clone(),
         };
-        tokio::spawn(feed.run(agent, sender));
+        let seen = self
+            .inner
+            .signer
+            .inventory
+            .stream_opened(&agent, &request.get_ref().agent_version);
+        tokio::spawn(async move {
+            feed.run(agent, sender).await;
+            drop(seen);
+        });
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 

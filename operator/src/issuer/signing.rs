@@ -74,6 +74,7 @@ pub struct Signer {
     pub metrics: Arc<Metrics>,
     pub agent_svid_ttl: Duration,
     pub clock: Clock,
+    pub inventory: crate::inventory::AgentInventory,
     pub observer: Arc<dyn IssuanceObserver>,
 }
 
@@ -200,6 +201,7 @@ impl Signer {
         self.audit.record(event);
         self.metrics.issued("x509", name);
         self.observer.issued(&attributes, name, &svid.spiffe_id);
+        self.inventory.served(agent, &attributes);
         Ok(pb::X509Svid {
             workload_identity: name.to_owned(),
             spiffe_id: svid.spiffe_id.to_string(),
@@ -257,6 +259,7 @@ impl Signer {
         self.audit.record(event);
         self.metrics.issued("jwt", name);
         self.observer.issued(&attributes, name, &jwt.spiffe_id);
+        self.inventory.served(agent, &attributes);
         Ok(pb::JwtSvid {
             workload_identity: name.to_owned(),
             spiffe_id: jwt.spiffe_id.to_string(),

@@ -2,6 +2,7 @@
 //! a directory, the CA keyset in a state directory and agents joining with
 //! join tokens.
 
+pub mod agent_file;
 pub mod agent_standing;
 pub mod join_tokens;
 pub mod keyset_file;

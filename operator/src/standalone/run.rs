@@ -7,6 +7,7 @@
 //! - `join-tokens-spent.json` (0600): single-use tokens already redeemed;
 //! - `agents-revoked.json` (0600): agents revoked with `signet-operator
 //!   agent revoke`, followed while running;
+//! - `agents.json` (0600): the agent inventory (`signet agents list`);
 //! - `bundle.pem`, `bundle.spiffe.json`, `jwks.json` (0644): the trust bundle
 //!   for agents to bootstrap from and for tools, rewritten on every change.
 
@@ -21,11 +22,13 @@ use crate::agents::NoNodes;
 use crate::audit::AuditLog;
 use crate::ca::{Authority, PublishedBundle};
 use crate::config::StandaloneConfig;
+use crate::inventory::AgentInventory;
 use crate::issuer::policy_stream::Federation;
 use crate::issuer::service::{IssuerParts, IssuerService, IssuerSettings};
 use crate::issuer::workload::AgentTestimony;
 use crate::policy_state::{PolicyState, next_version};
 use crate::server::{IssuerServer, ServeError};
+use crate::standalone::agent_file;
 use crate::standalone::agent_standing::{
     JoinedAgents, REVOKED_FILE, follow_revocations, read_revocations,
 };
@@ -109,6 +112,12 @@ pub async fn serve(
     tokio::spawn(source.run());
     tokio::spawn(warn_about_node_subjects(policy.clone()));
 
+    let inventory = AgentInventory::new(clock);
+    tokio::spawn(agent_file::keep(
+        inventory.clone(),
+        config.state_dir.clone(),
+    ));
+
     let issuer = IssuerService::new(IssuerParts {
         authority: authority.clone(),
         policy: policy.clone(),
@@ -126,6 +135,7 @@ pub async fn serve(
         },
         clock,
         observer: Arc::new(crate::issuer::signing::NoObserver),
+        inventory,
     });
     if let Some(oidc) = &config.oidc {
         server.spawn_oidc(oidc, authority.bundle()).await?;
