@@ -18,6 +18,7 @@ use signet_policy::crd::{Agent, AgentStatus};
 use signet_runtime::clock::Clock;
 use tokio::sync::watch;
 
+use crate::cluster::config::is_dns_subdomain;
 use crate::inventory::{AgentEntry, AgentInventory};
 
 /// How long a change may wait before it reaches the API server: bounds the
@@ -115,7 +116,7 @@ async fn write(
     known: &mut HashMap<String, Known>,
     entry: &AgentEntry,
 ) -> Result<(), RecordError> {
-    if !is_object_name(&entry.name) {
+    if !is_dns_subdomain(&entry.name) {
         return Err(RecordError::BadName(entry.name.clone()));
     }
     if !known.contains_key(&entry.name) {
@@ -256,20 +257,6 @@ fn is_stale(status: Option<&AgentStatus>, created: Option<SystemTime>, now: Syst
     latest.is_some_and(|latest| now.duration_since(latest).unwrap_or_default() >= FORGET_AFTER)
 }
 
-/// A DNS subdomain, as object names must be.
-fn is_object_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,15 +288,5 @@ mod tests {
         // A record just created with no status yet is not collected.
         assert!(!is_stale(None, Some(now - Duration::from_secs(5)), now));
         assert!(is_stale(None, Some(old), now));
-    }
-
-    #[test]
-    fn only_dns_subdomains_name_records() {
-        assert!(is_object_name("node-a"));
-        assert!(is_object_name("ip-10-0-0-1.ec2.internal"));
-        assert!(!is_object_name("Node_A"));
-        assert!(!is_object_name(""));
-        assert!(!is_object_name("-a"));
-        assert!(!is_object_name(&"a".repeat(254)));
     }
 }

@@ -55,16 +55,24 @@ pub struct ClusterConfig {
     pub oidc: Option<OidcConfig>,
 }
 
+/// Whether `name` can name a Kubernetes object: an RFC 1123 subdomain
+/// (dot-separated labels of lowercase letters, digits and inner hyphens).
+pub(crate) fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 /// A Kubernetes object name (RFC 1123 subdomain).
 fn check_name(field: &str, value: &str) -> Result<(), ConfigError> {
-    let ok = !value.is_empty()
-        && value.len() <= 253
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && !value.starts_with(['-', '.'])
-        && !value.ends_with(['-', '.']);
-    if ok {
+    if is_dns_subdomain(value) {
         Ok(())
     } else {
         Err(ConfigError::Invalid(format!(
@@ -219,6 +227,18 @@ mod tests {
             custom.kubernetes.election.lease_duration,
             Duration::from_secs(6)
         );
+    }
+
+    #[test]
+    fn object_names_are_dns_subdomains() {
+        assert!(is_dns_subdomain("node-a"));
+        assert!(is_dns_subdomain("ip-10-0-0-1.ec2.internal"));
+        assert!(!is_dns_subdomain("Node_A"));
+        assert!(!is_dns_subdomain(""));
+        assert!(!is_dns_subdomain("-a"));
+        assert!(!is_dns_subdomain(&"a".repeat(254)));
+        assert!(!is_dns_subdomain("a..b"));
+        assert!(!is_dns_subdomain("a.-b"));
     }
 
     #[test]
