@@ -36,18 +36,7 @@ pub struct ClusterArgs {
 
 impl ClusterArgs {
     pub(crate) async fn config(&self) -> Result<Config, String> {
-        signet_tls::install_default_provider();
-        match &self.context {
-            Some(context) => Config::from_kubeconfig(&KubeConfigOptions {
-                context: Some(context.clone()),
-                ..KubeConfigOptions::default()
-            })
-            .await
-            .map_err(|e| format!("kubeconfig context {context:?}: {e}")),
-            None => Config::infer().await.map_err(|e| {
-                format!("no cluster to talk to (KUBECONFIG, ~/.kube/config or in-cluster): {e}")
-            }),
-        }
+        kube_config(self.context.as_deref()).await
     }
 
     /// `--trust-domain`, or the `trust_domain` of the operator's own
@@ -74,6 +63,23 @@ impl ClusterArgs {
         let parsed: TrustDomainOnly = serde_yaml::from_str(yaml)
             .map_err(|e| format!("ConfigMap {namespace}/{name} operator.yaml: {e}"))?;
         trust_domain(&parsed.trust_domain)
+    }
+}
+
+/// The kubeconfig's `context` (default: the current one), or the pod's
+/// service account in a pod.
+pub(crate) async fn kube_config(context: Option<&str>) -> Result<Config, String> {
+    signet_tls::install_default_provider();
+    match context {
+        Some(context) => Config::from_kubeconfig(&KubeConfigOptions {
+            context: Some(context.to_owned()),
+            ..KubeConfigOptions::default()
+        })
+        .await
+        .map_err(|e| format!("kubeconfig context {context:?}: {e}")),
+        None => Config::infer().await.map_err(|e| {
+            format!("no cluster to talk to (KUBECONFIG, ~/.kube/config or in-cluster): {e}")
+        }),
     }
 }
 

@@ -11,6 +11,7 @@ use crate::agents::AgentsCommand;
 use crate::args::{Output, trust_domain, write_json};
 use crate::cluster::{PodArgs, explain_pod};
 use crate::explain::{JsonExplanation, write_text};
+use crate::issue::IssueCommand;
 use crate::load::load;
 use crate::policy_test::run;
 
@@ -18,7 +19,7 @@ use crate::policy_test::run;
 #[command(
     name = "signet",
     version,
-    about = "Signet: explain identities, test policy, list agents"
+    about = "Signet: explain identities, test policy, list agents, issue SVIDs for people"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,6 +37,11 @@ enum Command {
     /// sighting, SVID expiry, version and workloads.
     #[command(subcommand)]
     Agents(AgentsCommand),
+    /// An SVID for you or your pipeline, through the API server with your
+    /// kubeconfig's credentials; Roles with User or Group subjects decide
+    /// which identities you may hold.
+    #[command(subcommand)]
+    Issue(IssueCommand),
 }
 
 #[derive(Args)]
@@ -96,6 +102,7 @@ pub fn main(name: &'static str) -> ExitCode {
             trust_domain,
         }) => policy_test(&paths, &trust_domain, &mut out),
         Command::Agents(command) => crate::agents::run(&command, &mut out),
+        Command::Issue(command) => crate::issue::run(&command, &mut out),
     };
     match result {
         Ok(code) => code,

@@ -11,5 +11,6 @@ pub mod attributes;
 pub mod cluster;
 pub mod command;
 pub mod explain;
+pub mod issue;
 pub mod load;
 pub mod policy_test;

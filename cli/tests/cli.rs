@@ -36,6 +36,10 @@ fn the_examples_pass_their_policy_tests() {
             "examples/kubernetes/policy.yaml",
             "examples/tests/kubernetes.yaml",
         ),
+        (
+            "examples/kubernetes/people.yaml",
+            "examples/tests/people.yaml",
+        ),
     ] {
         let (code, out) = signet(&["policy", "test", policy, tests]);
         assert_eq!(code, 0, "{out}");

@@ -171,6 +171,9 @@ pub struct Stack {
     /// A command (and its arguments) the agent is started through, e.g.
     /// `setpriv --bounding-set=-sys_ptrace`; none when empty.
     agent_wrapper: Vec<String>,
+    /// The trust domain of the operator and agent ([`TRUST_DOMAIN`] unless
+    /// made with [`Stack::operator_only_in`]).
+    pub trust_domain: String,
 }
 
 impl Stack {
@@ -196,6 +199,15 @@ impl Stack {
     /// keys they do not set, like `server_names` or reusable
     /// `join_tokens`, come from it. Restarts keep using it.
     pub fn operator_only_with_config(policy: &str, config: impl FnOnce(&Self) -> String) -> Self {
+        Self::operator_only_in(TRUST_DOMAIN, policy, config)
+    }
+
+    /// Like [`Stack::operator_only_with_config`], in `trust_domain`.
+    pub fn operator_only_in(
+        trust_domain: &str,
+        policy: &str,
+        config: impl FnOnce(&Self) -> String,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("signet-e2e-")
             .tempdir()
@@ -213,6 +225,7 @@ impl Stack {
             attestors: "{unix: {}}".to_owned(),
             operator_config: String::new(),
             agent_wrapper: Vec::new(),
+            trust_domain: trust_domain.to_owned(),
         };
         stack.write_policy("policy.yaml", policy);
         let token = stack.operator_cli(
@@ -254,7 +267,7 @@ impl Stack {
         let mut command = Command::new(binary("signet-operator"));
         command
             .arg("standalone")
-            .args(["--trust-domain", TRUST_DOMAIN])
+            .args(["--trust-domain", &self.trust_domain])
             .arg("--policy-dir")
             .arg(self.path("policy"))
             .arg("--state-dir")
@@ -327,7 +340,7 @@ impl Stack {
             )
         };
         format!(
-            "trust_domain: {TRUST_DOMAIN}\n\
+            "trust_domain: {trust_domain}\n\
              issuer:\n  address: 127.0.0.1:{port}\n  trust_bundle_path: {bundle}\n  join_token_path: {token}\n\
              state_dir: {state}\n\
              listen: unix://{socket}\n\
@@ -335,6 +348,7 @@ impl Stack {
              attestors: {attestors}\n\
              first_svid_timeout: 20s\n\
              {admin}{extra}",
+            trust_domain = self.trust_domain,
             port = self.port,
             bundle = self.bundle_pem_path().display(),
             token = self.path("join-token").display(),

@@ -86,6 +86,29 @@ fn get<'a>(objects: &'a [Value], kind: &str, name_suffix: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} named *{name_suffix} in the rendered chart"))
 }
 
+/// The operator's configuration file as the chart renders it.
+fn rendered_operator_yaml(objects: &[Value]) -> &str {
+    get(objects, "ConfigMap", "-operator")["data"]["operator.yaml"]
+        .as_str()
+        .unwrap()
+}
+
+/// The operator's configuration as the chart renders it, resolved by the
+/// operator's own code.
+fn operator_config(operator_yaml: &str) -> signet_operator::cluster::ClusterConfig {
+    let file: signet_operator::config::FileConfig = serde_yaml::from_str(operator_yaml).unwrap();
+    signet_operator::cluster::ClusterConfig::resolve(
+        file,
+        signet_operator::config::Overrides::default(),
+        signet_operator::cluster::config::KubernetesOverrides {
+            namespace: Some("signet-system".into()),
+            identity: Some("operator-0".into()),
+            lease_duration: None,
+        },
+    )
+    .unwrap()
+}
+
 fn container<'a>(workload: &'a Value, name: &str) -> Option<&'a Value> {
     workload["spec"]["template"]["spec"]["containers"]
         .as_sequence()
@@ -130,20 +153,8 @@ fn chart_lints_and_renders_what_the_binaries_accept() {
     let objects = template(&helm, &[]).unwrap();
 
     // The operator's and the agent's configuration parse with their own code.
-    let operator_yaml = get(&objects, "ConfigMap", "-operator")["data"]["operator.yaml"]
-        .as_str()
-        .unwrap();
-    let file: signet_operator::config::FileConfig = serde_yaml::from_str(operator_yaml).unwrap();
-    let config = signet_operator::cluster::ClusterConfig::resolve(
-        file,
-        signet_operator::config::Overrides::default(),
-        signet_operator::cluster::config::KubernetesOverrides {
-            namespace: Some("signet-system".into()),
-            identity: Some("operator-0".into()),
-            lease_duration: None,
-        },
-    )
-    .unwrap();
+    let operator_yaml = rendered_operator_yaml(&objects);
+    let config = operator_config(operator_yaml);
     assert_eq!(config.kubernetes.ca_secret, "signet-ca");
     assert_eq!(config.kubernetes.agent_service_account, "signet-agent");
     let webhook = config.kubernetes.webhook.as_ref().unwrap();
@@ -246,9 +257,7 @@ fn chart_lints_and_renders_what_the_binaries_accept() {
     );
     let off = template(&helm, &["operator.webhook.enabled=false"]).unwrap();
     assert!(find(&off, "ValidatingWebhookConfiguration", "-operator").is_none());
-    let off_config = get(&off, "ConfigMap", "-operator")["data"]["operator.yaml"]
-        .as_str()
-        .unwrap();
+    let off_config = rendered_operator_yaml(&off);
     assert!(!off_config.contains("webhook"), "{off_config}");
 
     let csi = container(daemonset, "csi").unwrap();
@@ -298,9 +307,7 @@ fn chart_lints_and_renders_what_the_binaries_accept() {
         ],
     )
     .unwrap();
-    let config = get(&oidc, "ConfigMap", "-operator")["data"]["operator.yaml"]
-        .as_str()
-        .unwrap();
+    let config = rendered_operator_yaml(&oidc);
     assert!(
         config.contains("issuer_url: \"https://oidc.example.org\""),
         "{config}"
@@ -320,6 +327,147 @@ fn chart_lints_and_renders_what_the_binaries_accept() {
             "{bad}: {error}"
         );
     }
+}
+
+/// `operator.userIssuance.enabled`: the APIService routes the group to the
+/// operator Service's port, the operator's configuration parses, and the
+/// extra RBAC is exactly what it needs (its own APIService by name, the
+/// front-proxy settings through Kubernetes' reader Role) plus `create`
+/// on the two request resources for the requester groups.
+#[test]
+fn chart_user_issuance_is_off_by_default_and_complete_when_on() {
+    let Some(helm) = helm() else { return };
+    let off = template(&helm, &[]).unwrap();
+    assert!(find(&off, "APIService", "issuance.signet.dev").is_none());
+    let on = template(
+        &helm,
+        &[
+            "operator.userIssuance.enabled=true",
+            "operator.userIssuance.maxTtl=30m",
+        ],
+    )
+    .unwrap();
+    let api_service = get(&on, "APIService", "v1alpha1.issuance.signet.dev");
+    assert_eq!(api_service["spec"]["group"], "issuance.signet.dev");
+    assert_eq!(api_service["spec"]["service"]["name"], "signet-operator");
+    assert_eq!(api_service["spec"]["service"]["port"], 9444);
+    assert!(
+        api_service["spec"]["caBundle"].is_null(),
+        "the operator sets it"
+    );
+    assert!(api_service["spec"]["insecureSkipTLSVerify"].is_null());
+    let service = get(&on, "Service", "-operator");
+    assert!(
+        service["spec"]["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|p| p["port"] == 9444 && p["targetPort"] == "user-issuance")
+    );
+
+    let operator_yaml = rendered_operator_yaml(&on);
+    let config = operator_config(operator_yaml);
+    let users = config.kubernetes.user_issuance.unwrap();
+    assert_eq!(users.listen.port(), 9444);
+    assert_eq!(
+        users.api_service.as_deref(),
+        Some("v1alpha1.issuance.signet.dev")
+    );
+    assert_eq!(users.ttls.max, std::time::Duration::from_secs(30 * 60));
+    assert_eq!(users.ttls.default, std::time::Duration::from_secs(15 * 60));
+
+    let rules = get(&on, "ClusterRole", "signet-operator")["rules"]
+        .as_sequence()
+        .unwrap();
+    let api_services = rules
+        .iter()
+        .find(|r| r["apiGroups"][0] == "apiregistration.k8s.io")
+        .unwrap();
+    assert_eq!(
+        api_services["resourceNames"][0],
+        "v1alpha1.issuance.signet.dev"
+    );
+    assert_eq!(api_services["verbs"].as_sequence().unwrap().len(), 2);
+    let reader = get(&on, "RoleBinding", "-authentication-reader");
+    assert_eq!(reader["metadata"]["namespace"], "kube-system");
+    assert_eq!(
+        reader["roleRef"]["name"],
+        "extension-apiserver-authentication-reader"
+    );
+    let requester = get(&on, "ClusterRole", "-svid-requester");
+    assert_eq!(
+        serde_yaml::to_string(&requester["rules"]).unwrap(),
+        "- apiGroups:\n  - issuance.signet.dev\n  resources:\n  - x509svidrequests\n  - jwtsvidrequests\n  verbs:\n  - create\n"
+    );
+    let binding = get(&on, "ClusterRoleBinding", "-svid-requester");
+    assert_eq!(binding["subjects"][0]["name"], "system:authenticated");
+    let nobody = template(
+        &helm,
+        &[
+            "operator.userIssuance.enabled=true",
+            "operator.userIssuance.requesterGroups=null",
+        ],
+    )
+    .unwrap();
+    assert!(find(&nobody, "ClusterRoleBinding", "-svid-requester").is_none());
+}
+
+/// Federation values: the bundle endpoint (Service port, https_web with
+/// its Secret mounted) and `federation` entries reach operator.yaml in a
+/// shape the operator accepts.
+#[test]
+fn chart_federation_values_render_what_the_operator_accepts() {
+    let Some(helm) = helm() else { return };
+    let missing = template(
+        &helm,
+        &[
+            "operator.bundleEndpoint.enabled=true",
+            "operator.bundleEndpoint.profile=https_web",
+        ],
+    )
+    .unwrap_err();
+    assert!(missing.contains("tlsSecret is required"), "{missing}");
+    let on = template(
+        &helm,
+        &[
+            "operator.bundleEndpoint.enabled=true",
+            "operator.bundleEndpoint.profile=https_web",
+            "operator.bundleEndpoint.tlsSecret=bundle-tls",
+            "operator.federation.partner\\.org.bundle_endpoint_url=https://bundles.partner.org/",
+            "operator.federation.partner\\.org.profile=https_web",
+            "operator.federationConfigMap=foreign-bundles",
+        ],
+    )
+    .unwrap();
+    let operator_yaml = rendered_operator_yaml(&on);
+    let config = operator_config(operator_yaml);
+    let endpoint = config.base.bundle_endpoint.as_ref().unwrap();
+    assert_eq!(endpoint.listen.port(), 8445);
+    assert_eq!(
+        endpoint.tls_cert.as_deref(),
+        Some(Path::new("/etc/signet/bundle-endpoint-tls/tls.crt"))
+    );
+    let partner = signet_identity::TrustDomain::new("partner.org").unwrap();
+    assert!(
+        config.base.federation.contains_key(&partner),
+        "{operator_yaml}"
+    );
+    let deployment = get(&on, "Deployment", "-operator");
+    let volumes =
+        serde_yaml::to_string(&deployment["spec"]["template"]["spec"]["volumes"]).unwrap();
+    assert!(volumes.contains("secretName: bundle-tls"), "{volumes}");
+    assert!(volumes.contains("name: foreign-bundles"), "{volumes}");
+    let service = get(&on, "Service", "-operator");
+    assert!(
+        service["spec"]["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|p| p["port"] == 8445)
+    );
+    let off = template(&helm, &[]).unwrap();
+    let off_yaml = rendered_operator_yaml(&off);
+    assert!(!off_yaml.contains("bundle_endpoint") && !off_yaml.contains("federation"));
 }
 
 /// The Kubernetes examples users copy are valid policy.

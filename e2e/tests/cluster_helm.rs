@@ -365,6 +365,450 @@ fn chart_webhook_refuses_what_does_not_compile() {
     );
 }
 
+/// WorkloadIdentities for people and pipelines, and the Role that lets
+/// the cluster's administrators (group system:masters, the test's
+/// client-certificate kubeconfig) and one CI service account (by its user
+/// name, with a token kubeconfig) hold them.
+const PEOPLE_POLICY: &str = r#"apiVersion: signet.dev/v1alpha1
+kind: WorkloadIdentity
+metadata:
+  name: e2e-admins
+  labels: {signet-e2e: helm, audience: people}
+spec:
+  rules:
+    allow:
+      - conditions: [{attribute: user.groups.system:masters, eq: "true"}]
+  spiffe:
+    id: /people/{{ user.name }}
+    x509: {ttl: 2h}
+    jwt: {ttl: 5m}
+---
+apiVersion: signet.dev/v1alpha1
+kind: WorkloadIdentity
+metadata:
+  name: e2e-deployer
+  labels: {signet-e2e: helm, audience: people}
+spec:
+  rules:
+    allow:
+      - conditions: [{attribute: user.name, eq: "system:serviceaccount:signet-e2e-apps:deployer"}]
+  spiffe:
+    id: /ci/deployer
+    x509: {ttl: 1h}
+---
+apiVersion: signet.dev/v1alpha1
+kind: Role
+metadata:
+  name: e2e-people
+  labels: {signet-e2e: helm}
+spec:
+  subjects:
+    - {kind: Group, name: "system:masters"}
+    - {kind: User, name: "system:serviceaccount:signet-e2e-apps:deployer"}
+  allow:
+    workloadIdentityLabels: {audience: [people]}
+"#;
+
+/// `kubectl signet ARGS` with the credentials of `kubeconfig` (the
+/// environment's when `None`), as the user runs it.
+fn kubectl_signet_as(kubeconfig: Option<&Path>, args: &[&str]) -> std::process::Output {
+    let plugin = signet_e2e::standalone::binary("kubectl-signet");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![plugin.parent().unwrap().to_path_buf()];
+    dirs.extend(std::env::split_paths(&path));
+    let mut command = Command::new(signet_e2e::cluster::kubectl_path());
+    command
+        .arg("signet")
+        .args(args)
+        .env("PATH", std::env::join_paths(dirs).unwrap());
+    if let Some(kubeconfig) = kubeconfig {
+        command.env("KUBECONFIG", kubeconfig);
+    }
+    command.output().unwrap()
+}
+
+/// A field of the test's own kubeconfig (current context).
+fn kubeconfig_field(jsonpath: &str) -> String {
+    kubectl(&[
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "-o",
+        &format!("jsonpath={jsonpath}"),
+    ])
+}
+
+/// A kubeconfig authenticating with a token of `service_account` in APPS.
+fn token_kubeconfig(dir: &Path, service_account: &str) -> PathBuf {
+    let server = kubeconfig_field("{.clusters[0].cluster.server}");
+    let ca = kubeconfig_field("{.clusters[0].cluster.certificate-authority-data}");
+    let token = kubectl(&[
+        "-n",
+        APPS,
+        "create",
+        "token",
+        service_account,
+        "--duration=10m",
+    ]);
+    let file = dir.join(format!("{service_account}.kubeconfig"));
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: {server}, certificate-authority-data: {ca}}}}}]\nusers: [{{name: u, user: {{token: {}}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n",
+            token.trim()
+        ),
+    )
+    .unwrap();
+    file
+}
+
+fn stdout_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// `kubectl signet issue` end to end: the API server authenticates the
+/// caller (a client certificate, then service-account tokens), RBAC lets
+/// them ask, the aggregated API on the operator decides with Roles of kind
+/// Group and User, and the SVIDs verify with openssl and Signet's own
+/// verifier against the published bundle. Callers without a Role are
+/// refused with the policy's reason, every outcome is audited, and the
+/// operator's port refuses anyone but the API server's front proxy, even
+/// with a client certificate of the cluster's own CA and forged headers.
+fn people_issue_svids_through_the_api_server(dir: &Path) {
+    use base64::Engine;
+    let api_service = "v1alpha1.issuance.signet.dev";
+    wait_until_every(
+        "the APIService to be Available (caBundle set, operator reachable)",
+        Duration::from_secs(90),
+        POLL,
+        || {
+            kubectl(&[
+                "get",
+                "apiservice",
+                api_service,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Available\")].status}",
+            ]) == "True"
+        },
+    );
+    let ca_bundle = kubectl(&[
+        "get",
+        "apiservice",
+        api_service,
+        "-o",
+        "jsonpath={.spec.caBundle}",
+    ]);
+    let bundle = bundle_pem();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(ca_bundle.trim())
+            .unwrap(),
+        bundle.as_bytes(),
+        "the leader keeps the APIService caBundle at the trust bundle"
+    );
+    kubectl_apply(PEOPLE_POLICY);
+    for name in ["e2e-admins", "e2e-deployer"] {
+        wait_until_every(
+            &format!("{name} Ready"),
+            Duration::from_secs(30),
+            POLL,
+            || {
+                kubectl(&[
+                    "get",
+                    "workloadidentities.signet.dev",
+                    name,
+                    "-o",
+                    "jsonpath={.status.conditions[0].status}",
+                ]) == "True"
+            },
+        );
+    }
+
+    // The administrator, with the client certificate of the test's kubeconfig.
+    let admin_out = dir.join("admin-svid");
+    let issued = kubectl_signet_as(
+        None,
+        &[
+            "issue",
+            "x509",
+            "--identity",
+            "e2e-admins",
+            "--ttl",
+            "3h",
+            "--out",
+            admin_out.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    );
+    assert!(issued.status.success(), "{}", stderr_of(&issued));
+    let status: serde_json::Value = serde_json::from_slice(&issued.stdout).unwrap();
+    assert_eq!(
+        status["spiffeId"],
+        format!("spiffe://{TD}/people/signet-e2e-admin")
+    );
+    let chain_pem = std::fs::read_to_string(admin_out.join("svid.pem")).unwrap();
+    let verified = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(admin_out.join("svid_bundle.pem"))
+        .arg(admin_out.join("svid.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "openssl verify: {}",
+        stderr_of(&verified)
+    );
+    let spiffe_json = kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "configmap",
+        "signet-bundle",
+        "-o",
+        "jsonpath={.data.bundle\\.spiffe\\.json}",
+    ]);
+    let mut bundles = signet_identity::BundleSet::new();
+    bundles.insert(
+        signet_identity::TrustBundle::from_spiffe_json(
+            signet_identity::TrustDomain::new(TD).unwrap(),
+            spiffe_json.as_bytes(),
+        )
+        .unwrap(),
+    );
+    let chain = certs_from_pem(&chain_pem).unwrap();
+    let svid = signet_identity::x509::verify_x509_svid(
+        &chain,
+        &bundles,
+        signet_runtime::clock::Clock::new().now(),
+    )
+    .unwrap();
+    assert_eq!(
+        svid.spiffe_id.to_string(),
+        format!("spiffe://{TD}/people/signet-e2e-admin")
+    );
+    // 3h asked, the chart's 10m maximum given (the identity allows 2h).
+    let not_after = openssl_x509(&chain_pem, &["-noout", "-checkend", "660"]);
+    assert!(
+        !not_after.status.success(),
+        "the SVID outlives the 10m maximum"
+    );
+    assert!(
+        openssl_x509(&chain_pem, &["-noout", "-checkend", "0"])
+            .status
+            .success()
+    );
+    let key_mode = std::fs::metadata(admin_out.join("svid_key.pem"))
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .unwrap();
+    assert_eq!(key_mode, 0o600);
+
+    let jwt = kubectl_signet_as(
+        None,
+        &[
+            "issue",
+            "jwt",
+            "--identity",
+            "e2e-admins",
+            "--audience",
+            "vault",
+        ],
+    );
+    assert!(jwt.status.success(), "{}", stderr_of(&jwt));
+    note(&format!(
+        "kubectl signet issue jwt (admin), stderr: {}",
+        stderr_of(&jwt)
+    ));
+    let token = stdout_of(&jwt).trim().to_owned();
+    let validated = signet_identity::jwt::validate_jwt_svid(
+        &token,
+        "vault",
+        &bundles,
+        signet_runtime::clock::Clock::new().now(),
+    )
+    .unwrap();
+    assert_eq!(
+        validated.spiffe_id.to_string(),
+        format!("spiffe://{TD}/people/signet-e2e-admin")
+    );
+
+    // A pipeline's service account, by its user name, with a token kubeconfig.
+    for sa in ["deployer", "visitor"] {
+        kubectl(&["-n", APPS, "create", "serviceaccount", sa]);
+    }
+    let deployer = token_kubeconfig(dir, "deployer");
+    let deployer_out = dir.join("deployer-svid");
+    let issued = kubectl_signet_as(
+        Some(&deployer),
+        &[
+            "issue",
+            "x509",
+            "--identity",
+            "e2e-deployer",
+            "--out",
+            deployer_out.to_str().unwrap(),
+        ],
+    );
+    assert!(issued.status.success(), "{}", stderr_of(&issued));
+    note(&format!(
+        "kubectl signet issue x509 (deployer):\n{}",
+        stdout_of(&issued)
+    ));
+    assert!(
+        stdout_of(&issued).starts_with(&format!("spiffe://{TD}/ci/deployer\n")),
+        "{}",
+        stdout_of(&issued)
+    );
+    // Its Role does not let it hold the administrators' identity...
+    let refused = kubectl_signet_as(
+        Some(&deployer),
+        &[
+            "issue",
+            "x509",
+            "--identity",
+            "e2e-admins",
+            "--out",
+            deployer_out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr_of(&refused));
+    assert!(
+        stderr_of(&refused).contains("refused:")
+            && stderr_of(&refused).contains("(no_matching_rule)"),
+        "{}",
+        stderr_of(&refused)
+    );
+    // ...and a service account no Role names holds nothing, whatever it asks.
+    let visitor = token_kubeconfig(dir, "visitor");
+    let refused = kubectl_signet_as(
+        Some(&visitor),
+        &[
+            "issue",
+            "jwt",
+            "--identity",
+            "e2e-deployer",
+            "--audience",
+            "vault",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr_of(&refused));
+    assert!(
+        stdout_of(&refused).is_empty(),
+        "no token for a refused caller"
+    );
+    let reason = stderr_of(&refused);
+    assert!(reason.contains("refused:"), "{reason}");
+    note(&format!("a caller without a Role: {}", reason.trim()));
+
+    // The audit log (the operators' stdout) has every outcome with who asked.
+    let mut logs = String::new();
+    wait_until_every(
+        "the audit events of users",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            logs = stdout_of(&kubectl_output(
+                &[
+                    "-n",
+                    NS,
+                    "logs",
+                    "-l",
+                    "app.kubernetes.io/component=operator",
+                    "--tail=-1",
+                ],
+                None,
+            ));
+            logs.contains("\"user.name\":\"system:serviceaccount:signet-e2e-apps:visitor\"")
+        },
+    );
+    let events: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["workload"]["user.name"].is_string())
+        .collect();
+    let of = |user: &str, outcome: &str| {
+        events.iter().any(|e| {
+            e["workload"]["user.name"] == user && e["outcome"] == outcome && e["agent"].is_null()
+        })
+    };
+    assert!(of("signet-e2e-admin", "issued"), "{events:#?}");
+    assert!(
+        of("system:serviceaccount:signet-e2e-apps:deployer", "issued"),
+        "{events:#?}"
+    );
+    assert!(
+        of("system:serviceaccount:signet-e2e-apps:deployer", "denied"),
+        "{events:#?}"
+    );
+    assert!(
+        of("system:serviceaccount:signet-e2e-apps:visitor", "denied"),
+        "{events:#?}"
+    );
+
+    // Straight to the operator's port, past the API server: a client
+    // certificate from the cluster's CA (the admin's) and forged headers
+    // do not pass the TLS handshake; no certificate does not either.
+    let pod_ip = kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/component=operator",
+        "-o",
+        "jsonpath={.items[0].status.podIP}",
+    ]);
+    let decode = |b64: String| {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .unwrap()
+    };
+    let (cert, key) = (dir.join("admin.crt"), dir.join("admin.key"));
+    std::fs::write(
+        &cert,
+        decode(kubeconfig_field("{.users[0].user.client-certificate-data}")),
+    )
+    .unwrap();
+    std::fs::write(
+        &key,
+        decode(kubeconfig_field("{.users[0].user.client-key-data}")),
+    )
+    .unwrap();
+    let url = format!("https://{pod_ip}:9444/apis/issuance.signet.dev/v1alpha1/jwtsvidrequests");
+    let body = r#"{"spec":{"workloadIdentity":"e2e-admins","audiences":["vault"]}}"#;
+    for with_cert in [true, false] {
+        let mut curl = Command::new("curl");
+        curl.args([
+            "-sS",
+            "-k",
+            "-X",
+            "POST",
+            "-H",
+            "X-Remote-User: signet-e2e-admin",
+            "-H",
+            "X-Remote-Group: system:masters",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+        ]);
+        if with_cert {
+            curl.arg("--cert").arg(&cert).arg("--key").arg(&key);
+        }
+        let forged = curl.arg(&url).output().unwrap();
+        assert!(
+            !forged.status.success() && !stdout_of(&forged).contains("token"),
+            "forged request (client certificate: {with_cert}) answered: {}",
+            stdout_of(&forged)
+        );
+    }
+}
+
 fn lease_holder() -> String {
     let lease = format!("{RELEASE}-operator");
     kubectl(&[
@@ -458,6 +902,10 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
         "operator.ca.ttl=4m",
         "--set",
         "operator.agentSvidTtl=1m",
+        "--set",
+        "operator.userIssuance.enabled=true",
+        "--set",
+        "operator.userIssuance.maxTtl=10m",
         // More values for other clusters (kind: agent.kubelet.skipVerify=true).
         "--set",
         &std::env::var("SIGNET_E2E_HELM_SET").unwrap_or_else(|_| "agent.logFormat=json".into()),
@@ -540,6 +988,9 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
     for sa in ["client", "server", "intruder"] {
         kubectl(&["-n", APPS, "create", "serviceaccount", sa]);
     }
+    let people_dir = std::env::temp_dir().join(format!("signet-e2e-people-{}", std::process::id()));
+    std::fs::create_dir_all(&people_dir).unwrap();
+    people_issue_svids_through_the_api_server(&people_dir);
     let first_bundle = bundle_pem();
     let (id, sans) = fetch_x509("fetch-client", "client", &out);
     assert_eq!(id, format!("spiffe://{TD}/ns/{APPS}/sa/client"));

@@ -525,6 +525,19 @@ pub fn create_csr(key: &PrivateKey) -> Result<Vec<u8>, X509Error> {
     ]))
 }
 
+/// PEM-encodes a DER CSR (`CERTIFICATE REQUEST`, as `openssl req` writes).
+pub fn csr_to_pem(der: &[u8]) -> String {
+    keys::pem_encode("CERTIFICATE REQUEST", der)
+}
+
+/// The DER of the first `CERTIFICATE REQUEST` block in PEM text.
+pub fn csr_from_pem(pem: &str) -> Result<Vec<u8>, X509Error> {
+    use rustls_pki_types::CertificateSigningRequestDer;
+    CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+        .map(|csr| csr.as_ref().to_vec())
+        .map_err(|e| X509Error::InvalidPem(e.to_string()))
+}
+
 /// Where [`verify_x509_svid`] finds a trust domain's X.509 authorities;
 /// every `bundle::BundleSource` is one.
 pub trait X509BundleSource {

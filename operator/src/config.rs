@@ -19,7 +19,15 @@
 //!   - {name: vm-1, sha256: 3f5a...}      # from `signet-operator token generate`
 //!   - {name: builders, token_file: /etc/signet/builders.token, reusable: true}
 //! federation:                           # bundles of other trust domains
-//!   partner.org: /etc/signet/partner.bundle.json   # SPIFFE bundle JSON or PEM
+//!   partner.org: /etc/signet/partner.bundle.json   # SPIFFE bundle JSON or PEM, re-read when it changes
+//!   spire.example:                      # from a SPIFFE bundle endpoint, refreshed at its hint
+//!     bundle_endpoint_url: https://spire.example:8443/
+//!     profile: https_spiffe             # or https_web (a Web PKI certificate; ca_file or system roots)
+//!     endpoint_spiffe_id: spiffe://spire.example/spire/server
+//!     bundle: /etc/signet/spire.bundle.json  # the first bundle (required for https_spiffe)
+//! bundle_endpoint:                      # this trust domain's bundle endpoint (default off)
+//!   listen: 0.0.0.0:8445
+//!   profile: https_spiffe               # the issuer's SVID (spiffe://<td>/signet/issuer); or https_web with tls_cert/tls_key
 //! audit_log: /var/log/signet/audit.log  # or "-" for stdout
 //! metrics_listen: 127.0.0.1:9465        # /healthz /readyz /metrics (default off)
 //! oidc:                                 # OIDC discovery + JWKS for JWT-SVID consumers (default off)
@@ -36,7 +44,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use signet_identity::{CaConfig, KeyType, TrustBundle, TrustDomain};
+use signet_identity::{CaConfig, KeyType, SpiffeId, TrustDomain};
+
+use crate::federation::{BundleSource, EndpointProfile, FederatedDomain, read_bundle_file};
 use signet_runtime::logging::LogConfig;
 
 use crate::ca::IssuerNames;
@@ -91,7 +101,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub join_tokens: Vec<JoinTokenConfig>,
     #[serde(default)]
-    pub federation: BTreeMap<String, PathBuf>,
+    pub federation: BTreeMap<String, FederationEntry>,
+    #[serde(default)]
+    pub bundle_endpoint: Option<BundleEndpointConfig>,
     #[serde(default)]
     pub audit_log: Option<PathBuf>,
     #[serde(default)]
@@ -103,6 +115,52 @@ pub struct FileConfig {
     pub kubernetes: Option<KubernetesSection>,
     #[serde(default)]
     pub log: LogConfig,
+}
+
+/// A federated trust domain, as written: a bundle file, or an endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FederationEntry {
+    File(PathBuf),
+    Endpoint(EndpointSection),
+}
+
+/// How a SPIFFE bundle endpoint authenticates itself.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfileName {
+    HttpsWeb,
+    HttpsSpiffe,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSection {
+    pub bundle_endpoint_url: String,
+    pub profile: ProfileName,
+    /// `https_spiffe`: the endpoint's SPIFFE ID.
+    #[serde(default)]
+    pub endpoint_spiffe_id: Option<String>,
+    /// The first bundle (required for `https_spiffe`).
+    #[serde(default)]
+    pub bundle: Option<PathBuf>,
+    /// `https_web`: CA certificates (PEM) for the endpoint's certificate;
+    /// the system's roots when unset.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// This trust domain's SPIFFE bundle endpoint (`bundle_endpoint`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleEndpointConfig {
+    pub listen: SocketAddr,
+    pub profile: ProfileName,
+    /// `https_web`: the serving certificate chain and key (PEM).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The `kubernetes` section, as written (resolved by `cluster::config`).
@@ -127,6 +185,28 @@ pub struct KubernetesSection {
     pub pod_token_audience: Option<String>,
     #[serde(default)]
     pub webhook: Option<WebhookSection>,
+    #[serde(default)]
+    pub user_issuance: Option<UserIssuanceSection>,
+}
+
+/// SVIDs for people and pipelines through the API server
+/// (`kubernetes.user_issuance`; off without it).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserIssuanceSection {
+    /// Where the aggregated API listens (HTTPS, the issuer's certificate;
+    /// clients must present the API server's front-proxy certificate).
+    pub listen: SocketAddr,
+    /// The APIService whose `caBundle` the leader keeps equal to the trust
+    /// bundle; none when unset.
+    #[serde(default)]
+    pub api_service: Option<String>,
+    /// Lifetime when the request names none (default 15m).
+    #[serde(default, with = "signet_runtime::duration::option")]
+    pub default_ttl: Option<Duration>,
+    /// Longest lifetime ever issued to a user (default 1h).
+    #[serde(default, with = "signet_runtime::duration::option")]
+    pub max_ttl: Option<Duration>,
 }
 
 /// The validating admission webhook (`kubernetes.webhook`).
@@ -195,7 +275,8 @@ pub struct StandaloneConfig {
     pub ca: CaConfig,
     pub agent_svid_ttl: Duration,
     pub join_tokens: Vec<JoinTokenConfig>,
-    pub federation: BTreeMap<TrustDomain, TrustBundle>,
+    pub federation: BTreeMap<TrustDomain, FederatedDomain>,
+    pub bundle_endpoint: Option<BundleEndpointConfig>,
     /// Default: `<state_dir>/audit.log`.
     pub audit_log: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
@@ -329,7 +410,7 @@ impl StandaloneConfig {
         }
 
         let mut federation = BTreeMap::new();
-        for (domain, path) in &file.federation {
+        for (domain, entry) in &file.federation {
             let foreign = TrustDomain::new(domain)
                 .map_err(|e| invalid(format!("federation: {domain:?}: {e}")))?;
             if foreign == trust_domain {
@@ -337,8 +418,25 @@ impl StandaloneConfig {
                     "federation: {domain} is this operator's own trust domain"
                 )));
             }
-            let bundle = read_foreign_bundle(&foreign, path)?;
-            federation.insert(foreign, bundle);
+            federation.insert(foreign.clone(), federated_domain(&foreign, entry)?);
+        }
+        if let Some(endpoint) = &file.bundle_endpoint {
+            let has_files = endpoint.tls_cert.is_some() && endpoint.tls_key.is_some();
+            match endpoint.profile {
+                ProfileName::HttpsWeb if !has_files => {
+                    return Err(invalid(
+                        "bundle_endpoint: https_web needs tls_cert and tls_key".into(),
+                    ));
+                }
+                ProfileName::HttpsSpiffe
+                    if endpoint.tls_cert.is_some() || endpoint.tls_key.is_some() =>
+                {
+                    return Err(invalid(
+                        "bundle_endpoint: https_spiffe is served with the issuer's SVID; tls_cert and tls_key are for https_web".into(),
+                    ));
+                }
+                _ => {}
+            }
         }
 
         let audit_log = overrides
@@ -356,6 +454,7 @@ impl StandaloneConfig {
             agent_svid_ttl,
             join_tokens,
             federation,
+            bundle_endpoint: file.bundle_endpoint,
             audit_log,
             metrics_listen: overrides.metrics_listen.or(file.metrics_listen),
             oidc: file.oidc,
@@ -364,27 +463,72 @@ impl StandaloneConfig {
     }
 }
 
-/// A federated bundle file: SPIFFE bundle JSON, or PEM X.509 authorities.
-fn read_foreign_bundle(
+/// A federated trust domain's configuration, checked; bundle files are
+/// read now, so a missing one stops the start.
+fn federated_domain(
     trust_domain: &TrustDomain,
-    path: &Path,
-) -> Result<TrustBundle, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let looks_like_pem = bytes.windows(11).any(|w| w == b"-----BEGIN ");
-    let parsed = if looks_like_pem {
-        TrustBundle::from_x509_pem(trust_domain.clone(), &String::from_utf8_lossy(&bytes))
-    } else {
-        TrustBundle::from_spiffe_json(trust_domain.clone(), &bytes)
-    };
-    parsed.map_err(|e| {
-        ConfigError::Invalid(format!(
-            "federation: bundle of {trust_domain} in {}: {e}",
-            path.display()
-        ))
-    })
+    entry: &FederationEntry,
+) -> Result<FederatedDomain, ConfigError> {
+    let context =
+        |reason: String| ConfigError::Invalid(format!("federation: {trust_domain}: {reason}"));
+    let read =
+        |path: &Path| read_bundle_file(trust_domain, path).map_err(|e| context(e.to_string()));
+    match entry {
+        FederationEntry::File(path) => Ok(FederatedDomain {
+            initial: Some(read(path)?),
+            source: BundleSource::File(path.clone()),
+        }),
+        FederationEntry::Endpoint(endpoint) => {
+            let url: hyper::Uri = endpoint
+                .bundle_endpoint_url
+                .parse()
+                .map_err(|e| context(format!("bundle_endpoint_url: {e}")))?;
+            if url.scheme_str() != Some("https") || url.host().is_none() {
+                return Err(context(
+                    "bundle_endpoint_url must be an https:// URL with a host".into(),
+                ));
+            }
+            let initial = endpoint.bundle.as_deref().map(read).transpose()?;
+            let profile = match endpoint.profile {
+                ProfileName::HttpsWeb => {
+                    if endpoint.endpoint_spiffe_id.is_some() {
+                        return Err(context("endpoint_spiffe_id is for https_spiffe".into()));
+                    }
+                    EndpointProfile::HttpsWeb {
+                        ca_file: endpoint.ca_file.clone(),
+                    }
+                }
+                ProfileName::HttpsSpiffe => {
+                    let id = endpoint
+                        .endpoint_spiffe_id
+                        .as_deref()
+                        .ok_or_else(|| context("https_spiffe needs endpoint_spiffe_id".into()))?;
+                    let endpoint_id = SpiffeId::parse(id)
+                        .map_err(|e| context(format!("endpoint_spiffe_id: {e}")))?;
+                    // The endpoint is authenticated with this trust
+                    // domain's own bundle, which only vouches for its IDs.
+                    if endpoint_id.trust_domain() != trust_domain {
+                        return Err(context(format!(
+                            "endpoint_spiffe_id {endpoint_id} is not in {trust_domain}"
+                        )));
+                    }
+                    if initial.is_none() {
+                        return Err(context(
+                            "https_spiffe needs `bundle`, the first bundle to authenticate the endpoint with".into(),
+                        ));
+                    }
+                    if endpoint.ca_file.is_some() {
+                        return Err(context("ca_file is for https_web".into()));
+                    }
+                    EndpointProfile::HttpsSpiffe { endpoint_id }
+                }
+            };
+            Ok(FederatedDomain {
+                initial,
+                source: BundleSource::Endpoint { url, profile },
+            })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -496,6 +640,26 @@ log: {format: json, level: debug}
                 "/nonexistent",
             ),
             ("trust_domain: a.org\nca: {ttl: soon}\n", "ca"),
+            (
+                "trust_domain: a.org\nfederation: {b.org: {bundle_endpoint_url: \"http://b.org/\", profile: https_web}}\n",
+                "https:// URL",
+            ),
+            (
+                "trust_domain: a.org\nfederation: {b.org: {bundle_endpoint_url: \"https://b.org/\", profile: https_spiffe, endpoint_spiffe_id: \"spiffe://b.org/x\"}}\n",
+                "needs `bundle`",
+            ),
+            (
+                "trust_domain: a.org\nfederation: {b.org: {bundle_endpoint_url: \"https://b.org/\", profile: https_spiffe}}\n",
+                "needs endpoint_spiffe_id",
+            ),
+            (
+                "trust_domain: a.org\nfederation: {b.org: {bundle_endpoint_url: \"https://b.org/\", profile: https_web, endpoint_spiffe_id: \"spiffe://b.org/x\"}}\n",
+                "for https_spiffe",
+            ),
+            (
+                "trust_domain: a.org\nbundle_endpoint: {listen: \"127.0.0.1:8445\", profile: https_web}\n",
+                "tls_cert and tls_key",
+            ),
         ];
         for (yaml, expected) in cases {
             let error = parse(yaml)

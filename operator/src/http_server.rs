@@ -32,6 +32,12 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight responses before dropping them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The client certificates a TLS connection presented and the handshake
+/// verified (leaf first), in every request's extensions on that connection
+/// when the server's TLS asks for them.
+#[derive(Clone, Debug)]
+pub struct PeerCertificates(pub Arc<Vec<rustls::pki_types::CertificateDer<'static>>>);
+
 /// Answers one request.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, request: Request<Incoming>) -> BoxFuture<'static, Response<Full<Bytes>>>;
@@ -100,10 +106,17 @@ async fn connection(
     stopping: watch::Receiver<()>,
 ) {
     let Some(acceptor) = acceptor else {
-        return http(name, stream, handler, stopping).await;
+        return http(name, stream, None, handler, stopping).await;
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => http(name, stream, handler, stopping).await,
+        Ok(Ok(stream)) => {
+            let peer = stream.get_ref().1.peer_certificates().map(|certs| {
+                PeerCertificates(Arc::new(
+                    certs.iter().map(|c| c.clone().into_owned()).collect(),
+                ))
+            });
+            http(name, stream, peer, handler, stopping).await
+        }
         Ok(Err(error)) => tracing::debug!(%error, server = name, "TLS handshake failed"),
         Err(_) => tracing::debug!(server = name, "TLS handshake timed out"),
     }
@@ -112,12 +125,16 @@ async fn connection(
 async fn http<I>(
     name: &'static str,
     io: I,
+    peer: Option<PeerCertificates>,
     handler: Arc<dyn Handler>,
     mut stopping: watch::Receiver<()>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request: Request<Incoming>| {
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        if let Some(peer) = &peer {
+            request.extensions_mut().insert(peer.clone());
+        }
         let response = handler.handle(request);
         async move { Ok::<_, Infallible>(response.await) }
     });

@@ -9,6 +9,7 @@ pub use signet_runtime::audit;
 pub mod ca;
 pub mod cluster;
 pub mod config;
+pub mod federation;
 pub mod http_server;
 pub mod inventory;
 pub mod issuer;

@@ -20,6 +20,11 @@ pub struct DeniedLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrustDomainLabels {
+    pub trust_domain: String,
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub issued: Family<IssuedLabels, Counter>,
@@ -31,6 +36,13 @@ pub struct Metrics {
     pub pods_cached: Gauge,
     /// Nodes in the operator's metadata watch (Kubernetes mode).
     pub nodes_cached: Gauge,
+    /// Per federated trust domain: when its bundle was last fetched or read
+    /// successfully, its `spiffe_sequence`, its earliest X.509 authority
+    /// expiry (Unix seconds), and failed refreshes.
+    pub federation_last_refresh: Family<TrustDomainLabels, Gauge>,
+    pub federation_sequence: Family<TrustDomainLabels, Gauge>,
+    pub federation_earliest_expiry: Family<TrustDomainLabels, Gauge>,
+    pub federation_failures: Family<TrustDomainLabels, Counter>,
 }
 
 impl Metrics {
@@ -73,7 +85,68 @@ impl Metrics {
             "Nodes (metadata only) in the operator's own watch of the API server (Kubernetes mode)",
             metrics.nodes_cached.clone(),
         );
+        sub.register(
+            "federation_last_refresh_timestamp_seconds",
+            "When each federated trust domain's bundle was last fetched or read successfully",
+            metrics.federation_last_refresh.clone(),
+        );
+        sub.register(
+            "federation_bundle_sequence",
+            "spiffe_sequence of each federated trust domain's bundle in force",
+            metrics.federation_sequence.clone(),
+        );
+        sub.register(
+            "federation_earliest_expiry_timestamp_seconds",
+            "Earliest notAfter of each federated trust domain's X.509 authorities",
+            metrics.federation_earliest_expiry.clone(),
+        );
+        sub.register(
+            "federation_refresh_failures",
+            "Failed fetches or reads of each federated trust domain's bundle",
+            metrics.federation_failures.clone(),
+        );
         std::sync::Arc::new(metrics)
+    }
+
+    /// Records the bundle in force for `trust_domain` (its sequence and
+    /// earliest expiry); `refreshed` when it was just fetched or read (not
+    /// when loaded from saved state).
+    pub fn federation_bundle(
+        &self,
+        trust_domain: &signet_identity::TrustDomain,
+        sequence: u64,
+        earliest_expiry: Option<std::time::SystemTime>,
+        refreshed: Option<std::time::SystemTime>,
+    ) {
+        let labels = TrustDomainLabels {
+            trust_domain: trust_domain.to_string(),
+        };
+        let seconds = |time: std::time::SystemTime| {
+            time.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                .unwrap_or(0)
+        };
+        if let Some(time) = refreshed {
+            self.federation_last_refresh
+                .get_or_create(&labels)
+                .set(seconds(time));
+        }
+        self.federation_sequence
+            .get_or_create(&labels)
+            .set(i64::try_from(sequence).unwrap_or(i64::MAX));
+        if let Some(expiry) = earliest_expiry {
+            self.federation_earliest_expiry
+                .get_or_create(&labels)
+                .set(seconds(expiry));
+        }
+    }
+
+    pub fn federation_failed(&self, trust_domain: &signet_identity::TrustDomain) {
+        self.federation_failures
+            .get_or_create(&TrustDomainLabels {
+                trust_domain: trust_domain.to_string(),
+            })
+            .inc();
     }
 
     pub fn issued(&self, kind: &'static str, workload_identity: &str) {

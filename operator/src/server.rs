@@ -13,7 +13,7 @@ use signet_tls::{PeerPolicy, SharedBundles, SpiffeClientVerifier, TlsIncoming};
 use tokio::sync::watch;
 
 use crate::ca::{Authority, PublishedBundle};
-use crate::config::{OidcConfig, StandaloneConfig};
+use crate::config::{BundleEndpointConfig, OidcConfig, ProfileName, StandaloneConfig};
 use crate::issuer::service::IssuerService;
 use crate::metrics::Metrics;
 use crate::policy_state::PolicyState;
@@ -110,6 +110,34 @@ impl IssuerServer {
                 tracing::error!(%error, "OIDC discovery server failed");
             }
         });
+        Ok(())
+    }
+
+    /// Serves this trust domain's SPIFFE bundle endpoint until the issuer
+    /// stops: `https_spiffe` with the issuer's SVID, `https_web` with the
+    /// configured certificate.
+    pub async fn spawn_bundle_endpoint(
+        &self,
+        config: &BundleEndpointConfig,
+        authority: &Authority,
+    ) -> Result<(), ServeError> {
+        let tls = match (config.profile, &config.tls_cert, &config.tls_key) {
+            (ProfileName::HttpsWeb, Some(cert), Some(key)) => {
+                crate::oidc::tls_from_pem_files(cert, key)?
+            }
+            _ => signet_tls::server_config_without_client_auth(authority.issuer_resolver())?,
+        };
+        let listener = bind(config.listen).await?;
+        tracing::info!(address = %config.listen, profile = ?config.profile, "SPIFFE bundle endpoint listening");
+        tokio::spawn(crate::http_server::serve(
+            "bundle endpoint",
+            listener,
+            Some(Arc::new(tls)),
+            Arc::new(crate::federation::BundleEndpoint {
+                bundle: authority.bundle(),
+            }),
+            self.stopped(),
+        ));
         Ok(())
     }
 

@@ -52,6 +52,9 @@ pub enum Origin {
     AgentCredential,
     /// `node.*`: the operator's view of the agent's Node in the API server.
     Cluster,
+    /// `user.*`: the Kubernetes API server's authentication of a person or
+    /// pipeline asking for an SVID with `signet issue`; never an agent's.
+    Authentication,
 }
 
 /// The component that produces an attribute.
@@ -70,6 +73,9 @@ pub enum Producer {
     AgentSvid,
     /// The operator, from the Node object in the API server.
     ApiServer,
+    /// The API server's authentication of whoever calls `signet issue`,
+    /// passed to the operator by the API server's front proxy.
+    UserAuthentication,
 }
 
 impl Producer {
@@ -81,6 +87,7 @@ impl Producer {
             }
             Producer::AgentSvid => Origin::AgentCredential,
             Producer::ApiServer => Origin::Cluster,
+            Producer::UserAuthentication => Origin::Authentication,
         }
     }
 
@@ -95,6 +102,9 @@ impl Producer {
             Producer::Podman => "Podman attestor (Podman API)",
             Producer::AgentSvid => "the issuer, from the calling agent's SVID",
             Producer::ApiServer => "the operator, from the agent's Node in the API server",
+            Producer::UserAuthentication => {
+                "the API server's authentication of the `signet issue` caller (front proxy)"
+            }
         }
     }
 }
@@ -192,6 +202,10 @@ fields! {
         "the node the agent runs on, when it has one";
     NodeName => "node.name", ApiServer,
         "the agent's Kubernetes Node, present only when the operator knows the Node; Role `Node` subjects apply only then";
+    UserName => "user.name", UserAuthentication,
+        "the Kubernetes user name of a person or pipeline asking with `signet issue` (a service account is `system:serviceaccount:<namespace>:<name>`); never set for workloads";
+    UserUid => "user.uid", UserAuthentication,
+        "the user's UID, when the API server's authenticator gives one";
 }
 
 impl Field {
@@ -225,16 +239,20 @@ pub enum LabelMap {
     /// `node.labels.<k>`: labels of the Kubernetes node the agent runs on,
     /// as the operator knows them (used by Role `Node` subjects).
     NodeLabels,
+    /// `user.groups.<group>`: `"true"` for each Kubernetes group of a
+    /// `signet issue` caller (used by Role `Group` subjects).
+    UserGroups,
 }
 
 impl LabelMap {
     /// Every label map.
-    pub const ALL: [LabelMap; 5] = [
+    pub const ALL: [LabelMap; 6] = [
         LabelMap::KubernetesLabels,
         LabelMap::DockerLabels,
         LabelMap::PodmanLabels,
         LabelMap::PodmanPodLabels,
         LabelMap::NodeLabels,
+        LabelMap::UserGroups,
     ];
 
     /// The prefix including the trailing dot, e.g. `"workload.kubernetes.labels."`.
@@ -245,6 +263,7 @@ impl LabelMap {
             LabelMap::PodmanLabels => "workload.podman.labels.",
             LabelMap::PodmanPodLabels => "workload.podman.pod_labels.",
             LabelMap::NodeLabels => "node.labels.",
+            LabelMap::UserGroups => "user.groups.",
         }
     }
 
@@ -255,6 +274,7 @@ impl LabelMap {
             LabelMap::DockerLabels => Producer::Docker,
             LabelMap::PodmanLabels | LabelMap::PodmanPodLabels => Producer::Podman,
             LabelMap::NodeLabels => Producer::ApiServer,
+            LabelMap::UserGroups => Producer::UserAuthentication,
         }
     }
 
@@ -266,6 +286,9 @@ impl LabelMap {
             LabelMap::PodmanLabels => "the container's labels",
             LabelMap::PodmanPodLabels => "the Podman pod's labels",
             LabelMap::NodeLabels => "the labels of the agent's Node, from the API server",
+            LabelMap::UserGroups => {
+                "`\"true\"` for each of the `signet issue` caller's Kubernetes groups (groups containing whitespace or braces are left out)"
+            }
         }
     }
 
@@ -556,6 +579,22 @@ impl Attributes {
         self
     }
 
+    /// The attributes of a person or pipeline the API server authenticated
+    /// (`user.*` only). Groups no attribute name can hold are left out.
+    pub fn of_user(user: &UserFacts) -> Attributes {
+        let mut attributes = Attributes::new();
+        attributes.set(Field::UserName, user.name.clone());
+        if let Some(uid) = user.uid.as_deref().filter(|uid| !uid.is_empty()) {
+            attributes.set(Field::UserUid, uid);
+        }
+        for group in &user.groups {
+            if let Ok(name) = AttributeName::label(LabelMap::UserGroups, group) {
+                attributes.values.insert(name.0, "true".to_owned());
+            }
+        }
+        attributes
+    }
+
     /// The value of an attribute, or `None` when the workload lacks it.
     pub fn get(&self, name: &AttributeName) -> Option<&str> {
         self.values.get(name.as_str()).map(String::as_str)
@@ -614,6 +653,15 @@ pub struct AgentContext {
     /// The agent's Node as the API server has it; `None` in standalone mode
     /// or before the operator has seen the Node.
     pub node: Option<NodeFacts>,
+}
+
+/// Who the API server authenticated for a `signet issue` request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserFacts {
+    /// The user name; never empty.
+    pub name: String,
+    pub uid: Option<String>,
+    pub groups: Vec<String>,
 }
 
 /// The facts policy may use about a Kubernetes Node.
@@ -741,6 +789,7 @@ fn map_follows(map: LabelMap) -> Option<Field> {
         LabelMap::PodmanLabels => Field::PodmanImageId,
         LabelMap::PodmanPodLabels => Field::PodmanPodName,
         LabelMap::NodeLabels => Field::NodeName,
+        LabelMap::UserGroups => Field::UserUid,
     })
 }
 
@@ -767,6 +816,8 @@ mod tests {
                 Origin::Attestation
             } else if field.as_str().starts_with("agent.") {
                 Origin::AgentCredential
+            } else if field.as_str().starts_with("user.") {
+                Origin::Authentication
             } else {
                 assert!(field.as_str().starts_with("node."));
                 Origin::Cluster
@@ -776,6 +827,8 @@ mod tests {
         for map in LabelMap::ALL {
             let expected = if map.prefix().starts_with("workload.") {
                 Origin::Attestation
+            } else if map.prefix().starts_with("user.") {
+                Origin::Authentication
             } else {
                 Origin::Cluster
             };
@@ -784,11 +837,50 @@ mod tests {
     }
 
     #[test]
+    fn a_users_attributes_are_user_only_and_never_survive_an_agent_context() {
+        let user = UserFacts {
+            name: "system:serviceaccount:ci:deployer".into(),
+            uid: Some("42".into()),
+            groups: vec![
+                "system:serviceaccounts".into(),
+                "Domain Admins".into(),
+                "{evil}".into(),
+            ],
+        };
+        let attributes = Attributes::of_user(&user);
+        assert_eq!(
+            attributes.iter().collect::<Vec<_>>(),
+            vec![
+                ("user.groups.system:serviceaccounts", "true"),
+                ("user.name", "system:serviceaccount:ci:deployer"),
+                ("user.uid", "42"),
+            ]
+        );
+        // A workload's attributes can never carry user.*, whatever came in.
+        let mut forged = Attributes::new();
+        forged
+            .set(Field::UnixUid, "0")
+            .set(Field::UserName, "admin");
+        let decided = forged.with_context(&AgentContext {
+            name: "vm".into(),
+            ..AgentContext::default()
+        });
+        assert_eq!(decided.field(Field::UserName), None);
+        assert_eq!(decided.testimony().field(Field::UserName), None);
+    }
+
+    #[test]
     fn testimony_cannot_carry_agent_or_node_attributes() {
         let mut m = BTreeMap::new();
         m.insert("workload.unix.uid".to_owned(), "1000".to_owned());
         assert!(Attributes::from_testimony(m.clone()).is_ok());
-        for forged in ["agent.name", "node.name", "node.labels.pool"] {
+        for forged in [
+            "agent.name",
+            "node.name",
+            "node.labels.pool",
+            "user.name",
+            "user.groups.system:masters",
+        ] {
             let mut bad = m.clone();
             bad.insert(forged.to_owned(), "x".to_owned());
             assert_eq!(

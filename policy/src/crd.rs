@@ -272,12 +272,12 @@ pub struct RoleSpec {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Subject {
-    /// ServiceAccount: pods running as a Kubernetes service account (namespace and name, "*" globs allowed). Node: workloads on nodes whose labels match selector. Agent: workloads attested by agents whose name matches name ("*" globs allowed), e.g. standalone agents by join name.
+    /// ServiceAccount: pods running as a Kubernetes service account (namespace and name, "*" globs allowed). Node: workloads on nodes whose labels match selector. Agent: workloads attested by agents whose name matches name ("*" globs allowed), e.g. standalone agents by join name. User and Group: people and pipelines asking with `signet issue`, by the Kubernetes user name or a group the API server authenticated them with (name, "*" globs allowed); these never apply to attested workloads, and the workload kinds never apply to them.
     pub kind: SubjectKind,
     /// Service account namespace (ServiceAccount only); "*" globs allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    /// Service account name (ServiceAccount) or agent name (Agent); "*" globs allowed.
+    /// Service account name (ServiceAccount), agent name (Agent), user name (User, e.g. "jane@example.com" or "system:serviceaccount:ci:deployer") or group name (Group); "*" globs allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Node label selector (Node only). An empty selector matches every node.
@@ -294,6 +294,11 @@ pub enum SubjectKind {
     Node,
     /// Signet agents selected by name.
     Agent,
+    /// A Kubernetes user (or service account, by its user name) asking
+    /// with `signet issue`.
+    User,
+    /// Members of a Kubernetes group asking with `signet issue`.
+    Group,
 }
 
 /// Grants (under allow) or refusals (under deny).

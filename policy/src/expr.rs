@@ -1255,7 +1255,7 @@ mod tests {
             ),
             (
                 r#"workload.unix["x"] == "0""#,
-                r#"column 1: "workload.unix" is not a label map; ["key"] may only follow workload.kubernetes.labels, workload.docker.labels, workload.podman.labels, workload.podman.pod_labels, node.labels"#,
+                r#"column 1: "workload.unix" is not a label map; ["key"] may only follow workload.kubernetes.labels, workload.docker.labels, workload.podman.labels, workload.podman.pod_labels, node.labels, user.groups"#,
             ),
             (
                 r#"has(workload.docker.labels["a b"])"#,

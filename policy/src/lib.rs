@@ -27,7 +27,7 @@ pub mod ttl;
 
 pub use attributes::{
     AgentContext, AttributeError, AttributeName, Attributes, Field, LabelMap, NodeFacts, Origin,
-    Producer,
+    Producer, UserFacts,
 };
 pub use crd::{PolicyStatus, Role, RoleSpec, WorkloadIdentity, WorkloadIdentitySpec};
 pub use document::{LoadError, PolicyDocument, PolicyObject, parse_yaml_documents};

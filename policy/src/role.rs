@@ -183,6 +183,8 @@ enum SubjectMatcher {
     ServiceAccount { namespace: Glob, name: Glob },
     Node(NodeSelector),
     Agent(Glob),
+    User(Glob),
+    Group(Glob),
 }
 
 impl SubjectMatcher {
@@ -216,6 +218,8 @@ impl SubjectMatcher {
                     .map(|(namespace, name)| SubjectMatcher::ServiceAccount { namespace, name })
             }
             SubjectKind::Agent => need(&s.name, "name").map(SubjectMatcher::Agent),
+            SubjectKind::User => need(&s.name, "name").map(SubjectMatcher::User),
+            SubjectKind::Group => need(&s.name, "name").map(SubjectMatcher::Group),
             SubjectKind::Node => match &s.selector {
                 Some(sel) => Some(SubjectMatcher::Node(NodeSelector::compile(
                     sel,
@@ -236,7 +240,7 @@ impl SubjectMatcher {
         };
         let unexpected: &[(&'static str, bool)] = match s.kind {
             SubjectKind::ServiceAccount => &[("selector", s.selector.is_some())],
-            SubjectKind::Agent => &[
+            SubjectKind::Agent | SubjectKind::User | SubjectKind::Group => &[
                 ("namespace", s.namespace.is_some()),
                 ("selector", s.selector.is_some()),
             ],
@@ -267,6 +271,8 @@ impl SubjectMatcher {
             }
             SubjectMatcher::Node(selector) => format!("Node {selector}"),
             SubjectMatcher::Agent(name) => format!("Agent {}", name.as_str()),
+            SubjectMatcher::User(name) => format!("User {}", name.as_str()),
+            SubjectMatcher::Group(name) => format!("Group {}", name.as_str()),
         }
     }
 
@@ -280,6 +286,11 @@ impl SubjectMatcher {
             }
             SubjectMatcher::Node(sel) => w.on_node && sel.matches(w.attrs),
             SubjectMatcher::Agent(name) => w.agent_name.is_some_and(|a| name.matches(a)),
+            SubjectMatcher::User(name) => w.user_name.is_some_and(|u| name.matches(u)),
+            SubjectMatcher::Group(name) => w
+                .attrs
+                .labels(LabelMap::UserGroups)
+                .any(|(group, _)| name.matches(group)),
         }
     }
 }
@@ -293,6 +304,8 @@ pub struct SubjectView<'a> {
     service_account: Option<&'a str>,
     on_node: bool,
     agent_name: Option<&'a str>,
+    /// Only requests from `signet issue` have one.
+    user_name: Option<&'a str>,
 }
 
 impl<'a> SubjectView<'a> {
@@ -307,6 +320,7 @@ impl<'a> SubjectView<'a> {
             // must not match by the absence of labels.
             on_node: attrs.field(Field::NodeName).is_some(),
             agent_name: attrs.field(Field::AgentName),
+            user_name: attrs.field(Field::UserName),
         }
     }
 }
@@ -632,6 +646,44 @@ subjects:
         assert_eq!(
             r.namespace_pins(),
             Some(["a".to_owned(), "b".to_owned()].into())
+        );
+    }
+
+    #[test]
+    fn user_and_group_subjects_apply_to_people_only() {
+        use crate::attributes::UserFacts;
+        let r = role(
+            r#"
+subjects:
+  - {kind: User, name: "jane@example.com"}
+  - {kind: User, name: "system:serviceaccount:ci:*"}
+  - {kind: Group, name: sre}
+"#,
+        );
+        let user = |name: &str, groups: &[&str]| {
+            Attributes::of_user(&UserFacts {
+                name: name.into(),
+                uid: None,
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+            })
+        };
+        assert!(r.applies_to(&user("jane@example.com", &[])));
+        assert!(r.applies_to(&user("system:serviceaccount:ci:deployer", &[])));
+        assert!(r.applies_to(&user("bob", &["dev", "sre"])));
+        assert!(!r.applies_to(&user("bob", &["dev", "sre-interns"])));
+        assert!(!r.applies_to(&user("system:serviceaccount:prod:deployer", &[])));
+        // A pod running as the ci/deployer service account is a workload,
+        // not the user: User subjects never apply to it.
+        assert!(!r.applies_to(&pod("ci", "deployer")));
+        // And a ServiceAccount subject never applies to that user.
+        let workloads = role("subjects: [{kind: ServiceAccount, namespace: ci, name: '*'}]");
+        assert!(!workloads.applies_to(&user("system:serviceaccount:ci:deployer", &[])));
+        assert_eq!(
+            role_errors("subjects: [{kind: Group, namespace: x, name: sre}, {kind: User}]"),
+            vec![
+                "spec.subjects[0].namespace: namespace does not apply to Group subjects".to_owned(),
+                "spec.subjects[1].name: User subjects need name".to_owned(),
+            ]
         );
     }
 

@@ -58,11 +58,12 @@ impl SharedBundles {
     }
 }
 
-/// A server config presenting `resolver`'s SVID and checking client SVIDs
-/// with `verifier`. ALPN offers HTTP/2 for gRPC.
+/// A server config presenting `resolver`'s SVID and checking client
+/// certificates with `verifier` (client SVIDs with a
+/// [`SpiffeClientVerifier`]). ALPN offers HTTP/2 for gRPC.
 pub fn server_config(
     resolver: Arc<SvidResolver>,
-    verifier: Arc<SpiffeClientVerifier>,
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?

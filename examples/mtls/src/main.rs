@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use signet_identity::{BundleSet, SpiffeId, TrustBundle, TrustDomain};
+use signet_identity::{BundleSet, SpiffeId, TrustBundle};
 use signet_tls::{
     PeerPolicy, SharedBundles, SpiffeClientVerifier, SpiffeServerVerifier, SvidResolver,
 };
@@ -99,9 +99,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// The current SVID and bundles, in the shapes rustls wants. Read again for
-/// every connection so rotated SVIDs and CAs are picked up.
-fn credentials(source: &X509Source) -> Result<Credentials, Error> {
+/// The current SVID and bundles, in the shapes rustls wants: the own trust
+/// domain's bundle and, for a peer in another trust domain, that domain's
+/// federated bundle from the Workload API. Read again for every connection
+/// so rotated SVIDs and CAs are picked up.
+fn credentials(source: &X509Source, peer: &SpiffeId) -> Result<Credentials, Error> {
     let svid = source.svid()?;
     let leaf_der = svid.leaf().as_bytes().to_vec();
     let resolver = Arc::new(SvidResolver::new());
@@ -114,21 +116,23 @@ fn credentials(source: &X509Source) -> Result<Credentials, Error> {
     let own_id = SpiffeId::parse(&svid.spiffe_id().to_string())?;
 
     let mut bundles = BundleSet::new();
-    let own_domain = own_id.trust_domain().clone();
-    let spiffe_domain = spiffe::TrustDomain::new(own_domain.as_str())?;
     let set = source.bundle_set()?;
-    let bundle = set
-        .get(&spiffe_domain)
-        .ok_or_else(|| format!("no bundle for {own_domain}"))?;
-    let der: Vec<u8> = bundle
-        .authorities()
-        .iter()
-        .flat_map(|c| c.as_bytes().to_vec())
-        .collect();
-    bundles.insert(TrustBundle::from_x509_der(
-        TrustDomain::new(own_domain.as_str())?,
-        &der,
-    )?);
+    let mut domains = vec![own_id.trust_domain().clone()];
+    if peer.trust_domain() != own_id.trust_domain() {
+        domains.push(peer.trust_domain().clone());
+    }
+    for domain in domains {
+        let spiffe_domain = spiffe::TrustDomain::new(domain.as_str())?;
+        let bundle = set
+            .get(&spiffe_domain)
+            .ok_or_else(|| format!("no bundle for {domain}"))?;
+        let der: Vec<u8> = bundle
+            .authorities()
+            .iter()
+            .flat_map(|c| c.as_bytes().to_vec())
+            .collect();
+        bundles.insert(TrustBundle::from_x509_der(domain, &der)?);
+    }
     Ok(Credentials {
         resolver,
         bundles: SharedBundles::new(bundles),
@@ -162,7 +166,7 @@ async fn server(
             bundles,
             own_id,
             ..
-        } = credentials(source)?;
+        } = credentials(source, &allowed)?;
         let verifier =
             SpiffeClientVerifier::required(bundles, PeerPolicy::OneOf(vec![allowed.clone()]));
         let config = signet_tls::server_config(resolver, Arc::new(verifier))?;
@@ -192,7 +196,7 @@ async fn client(source: &X509Source, connect: SocketAddr, server_id: &str) -> Re
         bundles,
         own_id,
         leaf_der,
-    } = credentials(source)?;
+    } = credentials(source, &expected)?;
     let verifier = SpiffeServerVerifier::new(bundles, PeerPolicy::OneOf(vec![expected]));
     let mut config = signet_tls::client_config(Some(resolver), Arc::new(verifier))?;
     config.alpn_protocols.clear();

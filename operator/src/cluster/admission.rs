@@ -23,10 +23,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use kube::ResourceExt;
-use kube::api::{Api, PostParams};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use signet_identity::TrustDomain;
@@ -36,7 +33,6 @@ use signet_proto::issuer::v1 as pb;
 use tokio::sync::watch;
 
 use crate::agents::{AgentRecord, NodeDirectory};
-use crate::ca::PublishedBundle;
 use crate::cluster::nodes::NodeCache;
 use crate::cluster::pods::{PodCache, check_workload};
 use crate::cluster::reconciler::policy_document;
@@ -53,8 +49,6 @@ const MAX_PODS_CHECKED: usize = 20_000;
 const WARNING_BUDGET: Duration = Duration::from_secs(2);
 /// Pods named in warnings; the rest are counted.
 const PODS_NAMED: usize = 5;
-/// Retry interval after a failed `caBundle` write.
-const RETRY: Duration = Duration::from_secs(5);
 
 /// Decides admission reviews against the policy in force. Cheap to clone.
 #[derive(Clone)]
@@ -292,58 +286,6 @@ fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-/// Keeps every webhook's `caBundle` in the ValidatingWebhookConfiguration
-/// `name` equal to the trust bundle's X.509 authorities, while this replica
-/// leads, until the task is dropped. A missing configuration is waited for
-/// (the chart may install it after the operator starts).
-pub async fn keep_ca_bundle(
-    api: Api<ValidatingWebhookConfiguration>,
-    name: String,
-    mut bundles: watch::Receiver<Arc<PublishedBundle>>,
-    mut leading: watch::Receiver<bool>,
-) {
-    loop {
-        let published = bundles.borrow_and_update().clone();
-        let is_leader = *leading.borrow_and_update();
-        if is_leader && let Err(error) = write_ca_bundle(&api, &name, &published).await {
-            tracing::warn!(%error, configuration = %name, "setting the webhook caBundle failed; retrying");
-            tokio::time::sleep(RETRY).await;
-            continue;
-        }
-        tokio::select! {
-            changed = bundles.changed() => if changed.is_err() { return },
-            changed = leading.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
-async fn write_ca_bundle(
-    api: &Api<ValidatingWebhookConfiguration>,
-    name: &str,
-    published: &PublishedBundle,
-) -> Result<(), String> {
-    let Some(mut configuration) = api.get_opt(name).await.map_err(|e| e.to_string())? else {
-        return Err("the ValidatingWebhookConfiguration does not exist (yet)".into());
-    };
-    let wanted = ByteString(published.pem.as_bytes().to_vec());
-    let mut changed = false;
-    for webhook in configuration.webhooks.iter_mut().flatten() {
-        if webhook.client_config.ca_bundle.as_ref() != Some(&wanted) {
-            webhook.client_config.ca_bundle = Some(wanted.clone());
-            changed = true;
-        }
-    }
-    if changed {
-        // The resourceVersion from the get makes a concurrent edit a
-        // conflict, retried with a fresh read.
-        api.replace(name, &PostParams::default(), &configuration)
-            .await
-            .map_err(|e| e.to_string())?;
-        tracing::info!(configuration = %name, sequence = published.bundle.sequence, "webhook caBundle set to the trust bundle");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

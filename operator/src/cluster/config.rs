@@ -15,6 +15,11 @@
 //!   webhook:                          # validating admission webhook (off without it)
 //!     listen: 0.0.0.0:9443
 //!     configuration: signet-operator  # ValidatingWebhookConfiguration whose caBundle the leader keeps current
+//!   user_issuance:                    # `signet issue` for people and pipelines (off without it)
+//!     listen: 0.0.0.0:9444            # the aggregated API issuance.signet.dev
+//!     api_service: v1alpha1.issuance.signet.dev  # APIService whose caBundle the leader keeps current
+//!     default_ttl: 15m
+//!     max_ttl: 1h                     # also capped by each WorkloadIdentity's own TTL
 //! ```
 
 use std::path::PathBuf;
@@ -44,6 +49,15 @@ pub struct KubernetesConfig {
     pub agent_audience: String,
     pub pod_token_audience: String,
     pub webhook: Option<WebhookSection>,
+    pub user_issuance: Option<UserIssuanceConfig>,
+}
+
+/// `kubernetes.user_issuance`, resolved.
+#[derive(Clone, Debug)]
+pub struct UserIssuanceConfig {
+    pub listen: std::net::SocketAddr,
+    pub api_service: Option<String>,
+    pub ttls: crate::cluster::user_issuance::UserTtls,
 }
 
 #[derive(Clone, Debug)]
@@ -173,6 +187,31 @@ impl ClusterConfig {
         {
             check_name("kubernetes.webhook.configuration", configuration)?;
         }
+        let user_issuance = match section.user_issuance {
+            None => None,
+            Some(users) => {
+                if let Some(name) = &users.api_service {
+                    check_name("kubernetes.user_issuance.api_service", name)?;
+                }
+                let max = users.max_ttl.unwrap_or(Duration::from_secs(3600));
+                // A default above the maximum could never be given: it is
+                // the maximum (so lowering max_ttl alone is enough).
+                let default = users
+                    .default_ttl
+                    .unwrap_or(Duration::from_secs(15 * 60))
+                    .min(max);
+                if default.is_zero() || max.is_zero() {
+                    return Err(invalid(
+                        "kubernetes.user_issuance: default_ttl and max_ttl must be positive",
+                    ));
+                }
+                Some(UserIssuanceConfig {
+                    listen: users.listen,
+                    api_service: users.api_service,
+                    ttls: crate::cluster::user_issuance::UserTtls { default, max },
+                })
+            }
+        };
         let oidc = base.oidc.clone();
         Ok(Self {
             base,
@@ -186,6 +225,7 @@ impl ClusterConfig {
                 agent_audience,
                 pod_token_audience,
                 webhook: section.webhook,
+                user_issuance,
             },
             oidc,
         })
@@ -227,6 +267,38 @@ mod tests {
             custom.kubernetes.election.lease_duration,
             Duration::from_secs(6)
         );
+    }
+
+    #[test]
+    fn user_issuance_lifetimes() {
+        let config = resolve("trust_domain: example.org\nkubernetes: {namespace: ns}\n").unwrap();
+        assert!(config.kubernetes.user_issuance.is_none(), "off by default");
+        let users = |section: &str| {
+            resolve(&format!(
+                "trust_domain: example.org\nkubernetes: {{namespace: ns, user_issuance: {section}}}\n"
+            ))
+        };
+        let on = users("{listen: \"0.0.0.0:9444\"}").unwrap();
+        let ttls = on.kubernetes.user_issuance.unwrap().ttls;
+        assert_eq!(
+            (ttls.default, ttls.max),
+            (Duration::from_secs(900), Duration::from_secs(3600))
+        );
+        // Lowering the maximum alone lowers the default with it.
+        let short = users("{listen: \"0.0.0.0:9444\", max_ttl: 10m}").unwrap();
+        let ttls = short.kubernetes.user_issuance.unwrap().ttls;
+        assert_eq!(
+            (ttls.default, ttls.max),
+            (Duration::from_secs(600), Duration::from_secs(600))
+        );
+        let err = users("{listen: \"0.0.0.0:9444\", max_ttl: 0s}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must be positive"), "{err}");
+        let err = users("{listen: \"0.0.0.0:9444\", api_service: Not_A_Name}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api_service"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, PartialObjectMeta};
 use signet_policy::crd::Agent;
 use signet_runtime::clock::Clock;
@@ -19,11 +20,10 @@ use crate::audit::AuditLog;
 use crate::ca::Authority;
 use crate::cluster::config::ClusterConfig;
 use crate::cluster::{
-    admission, agent_records, agent_standing, bundle_config_map, keyset_secret, leader, nodes,
-    pod_events, pods, reconciler, token_review,
+    admission, agent_records, agent_standing, bundle_config_map, ca_bundle, front_proxy,
+    keyset_secret, leader, nodes, pod_events, pods, reconciler, token_review, user_issuance,
 };
 use crate::inventory::AgentInventory;
-use crate::issuer::policy_stream::Federation;
 use crate::issuer::service::{IssuerParts, IssuerService, IssuerSettings};
 use crate::server::{IssuerServer, ServeError};
 
@@ -145,9 +145,14 @@ pub async fn run(
     let issuer = IssuerService::new(IssuerParts {
         authority: authority.clone(),
         policy: channels.policy.clone(),
-        federation: Federation {
-            bundles: config.base.federation.clone(),
-        },
+        // No state directory in a cluster: a restarted replica starts from
+        // the configured bundles and refetches.
+        federation: crate::federation::start(
+            &config.base.federation,
+            None,
+            server.metrics(),
+            clock,
+        ),
         join,
         standing,
         workloads: Arc::new(pods::PodVerifier::new(
@@ -219,9 +224,44 @@ pub async fn run(
             server.stopped(),
         ));
         if let Some(name) = &webhook.configuration {
-            tokio::spawn(admission::keep_ca_bundle(
-                Api::<ValidatingWebhookConfiguration>::all(client.clone()),
-                name.clone(),
+            tokio::spawn(ca_bundle::keep(
+                ca_bundle::WebhookConfiguration {
+                    api: Api::<ValidatingWebhookConfiguration>::all(client.clone()),
+                    name: name.clone(),
+                },
+                authority.bundle(),
+                leading.clone(),
+            ));
+        }
+    }
+
+    if let Some(users) = &kube_config.user_issuance {
+        let front_proxy = Arc::new(front_proxy::FrontProxy::default());
+        tokio::spawn(front_proxy.clone().follow(Api::<ConfigMap>::namespaced(
+            client.clone(),
+            front_proxy::AUTHENTICATION_NAMESPACE,
+        )));
+        let tls = signet_tls::server_config(authority.issuer_resolver(), front_proxy.verifier())
+            .map_err(ServeError::from)?;
+        let listener = crate::server::bind(users.listen).await?;
+        tracing::info!(address = %users.listen, "user issuance API ({}) listening", user_issuance::API_VERSION);
+        tokio::spawn(crate::http_server::serve(
+            "user issuance",
+            listener,
+            Some(Arc::new(tls)),
+            Arc::new(user_issuance::UserIssuance {
+                front_proxy,
+                issuer: issuer.clone(),
+                ttls: users.ttls,
+            }),
+            server.stopped(),
+        ));
+        if let Some(name) = &users.api_service {
+            tokio::spawn(ca_bundle::keep(
+                ca_bundle::ApiServiceRegistration {
+                    api: Api::<APIService>::all(client.clone()),
+                    name: name.clone(),
+                },
                 authority.bundle(),
                 leading.clone(),
             ));
@@ -230,6 +270,9 @@ pub async fn run(
 
     if let Some(oidc) = &config.oidc {
         server.spawn_oidc(oidc, authority.bundle()).await?;
+    }
+    if let Some(endpoint) = &config.base.bundle_endpoint {
+        server.spawn_bundle_endpoint(endpoint, &authority).await?;
     }
 
     let result = server

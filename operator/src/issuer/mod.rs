@@ -10,6 +10,6 @@ pub mod service;
 pub mod signing;
 pub mod workload;
 
-pub use policy_stream::Federation;
+pub use crate::federation::Federation;
 pub use service::{IssuerError, IssuerParts, IssuerService, IssuerSettings};
 pub use workload::{AgentTestimony, WorkloadRejection, WorkloadVerifier};

@@ -12,15 +12,10 @@ use tonic::Status;
 
 use crate::agents::AgentRecord;
 use crate::ca::PublishedBundle;
+use crate::federation::Federation;
 use crate::metrics::Metrics;
 use crate::policy_state::PolicyState;
 use crate::revocation::{RevocationList, StandingRefusal, not_revoked};
-
-/// Bundles of other trust domains, for identities that federate with them.
-#[derive(Clone, Debug, Default)]
-pub struct Federation {
-    pub bundles: BTreeMap<TrustDomain, TrustBundle>,
-}
 
 /// What one agent's stream follows.
 pub struct PolicyFeed {
@@ -39,11 +34,10 @@ fn policy_update(
     trust_domain: &TrustDomain,
     policy: &PolicyState,
     bundle: &PublishedBundle,
-    federation: &Federation,
+    federation: &BTreeMap<TrustDomain, TrustBundle>,
     node: Option<&NodeFacts>,
 ) -> pb::PolicyUpdate {
     let federated_bundles: HashMap<String, Vec<u8>> = federation
-        .bundles
         .iter()
         .filter_map(|(td, b)| Some((td.to_string(), b.to_spiffe_json().ok()?.into_bytes())))
         .collect();
@@ -95,6 +89,13 @@ async fn revoked(
     }
 }
 
+/// Resolves when the federated bundles change; never once they cannot.
+async fn federation_changed(federation: &mut Federation) {
+    if federation.bundles.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 impl PolicyFeed {
     /// Sends `agent` the current state, then again on every change, until
     /// the agent hangs up.
@@ -108,6 +109,7 @@ impl PolicyFeed {
         loop {
             let update = {
                 let current_policy = self.policy.borrow_and_update().clone();
+                let current_federation = self.federation.bundles.borrow_and_update().clone();
                 let current_bundle = self.bundle.borrow_and_update().clone();
                 let current_node = self
                     .node
@@ -117,7 +119,7 @@ impl PolicyFeed {
                     &self.trust_domain,
                     &current_policy,
                     &current_bundle,
-                    &self.federation,
+                    &current_federation,
                     current_node.as_ref(),
                 )
             };
@@ -127,6 +129,8 @@ impl PolicyFeed {
             tokio::select! {
                 changed = self.policy.changed() => if changed.is_err() { break },
                 changed = self.bundle.changed() => if changed.is_err() { break },
+                // A fixed federation's sender is gone at once: then never.
+                () = federation_changed(&mut self.federation) => {}
                 () = node_changed(&mut self.node) => {}
                 () = sender.closed() => break,
                 refusal = revoked(&mut self.revocations, &agent.name) => {

@@ -11,7 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use signet_identity::TrustDomain;
+use signet_identity::{PublicKey, TrustDomain};
+use signet_policy::UserFacts;
 use signet_proto::issuer::v1 as pb;
 use signet_proto::issuer::v1::issuer_server::Issuer;
 use signet_proto::issuer_protocol::{MAX_BATCH, MAX_CSR_LEN, MAX_JOIN_TOKEN_LEN};
@@ -23,12 +24,13 @@ use tonic::{Request, Response, Status};
 use crate::agents::{AgentRecord, JoinVerifier, NodeDirectory};
 use crate::audit::{AuditLog, CredentialKind, Outcome};
 use crate::ca::{Authority, PublishedBundle};
+use crate::federation::Federation;
 use crate::inventory::{AgentInventory, JoinMethod};
 use crate::issuer::join_throttle::JoinThrottle;
-use crate::issuer::policy_stream::{Federation, PolicyFeed};
+use crate::issuer::policy_stream::PolicyFeed;
 use crate::issuer::request::{JwtRequest, X509Request, subject_key};
 use crate::issuer::signing::{
-    AgentSvidError, Asked, IssuanceObserver, RENEWAL, Signer, unix_seconds,
+    AgentSvidError, Asked, Caller, IssuanceObserver, RENEWAL, Signer, unix_seconds,
 };
 use crate::issuer::workload::WorkloadVerifier;
 use crate::metrics::Metrics;
@@ -151,6 +153,53 @@ impl IssuerService {
                 },
             }),
         }
+    }
+
+    /// Decides and signs an X.509-SVID for a person or pipeline the API
+    /// server authenticated (`signet issue x509`); every outcome is audited.
+    pub fn issue_user_x509(
+        &self,
+        user: &UserFacts,
+        workload_identity: &str,
+        key: &PublicKey,
+        ttl: Duration,
+    ) -> Result<(pb::X509Svid, Arc<PublishedBundle>), pb::Denial> {
+        let signer = &self.inner.signer;
+        let policy = self.inner.policy.borrow().clone();
+        signer
+            .sign_user_x509(user, workload_identity, key, ttl, &policy)
+            .map(|svid| (svid, signer.authority.current_bundle()))
+            .map_err(|refusal| {
+                let asked = Asked {
+                    kind: CredentialKind::X509Svid,
+                    workload_identity,
+                    audiences: &[],
+                };
+                signer.deny(Caller::User, asked, &policy, refusal)
+            })
+    }
+
+    /// Decides and signs a JWT-SVID for a person or pipeline (see
+    /// [`Self::issue_user_x509`]); `audiences` must already be checked.
+    pub fn issue_user_jwt(
+        &self,
+        user: &UserFacts,
+        workload_identity: &str,
+        audiences: &[String],
+        ttl: Duration,
+    ) -> Result<pb::JwtSvid, pb::Denial> {
+        let signer = &self.inner.signer;
+        let policy = self.inner.policy.borrow().clone();
+        signer
+            .sign_user_jwt(user, workload_identity, audiences, ttl, &policy)
+            .map_err(|refusal| {
+                let asked = Asked {
+                    kind: CredentialKind::JwtSvid,
+                    workload_identity,
+                    audiences,
+                };
+                signer.deny(Caller::User, asked, &policy, refusal)
+            })
     }
 
     pub fn into_server(self) -> pb::issuer_server::IssuerServer<Self> {
@@ -356,7 +405,7 @@ impl Issuer for IssuerService {
             let result = match signed {
                 Ok(svid) => Outcome_::Svid(svid),
                 Err(refusal) => Outcome_::Denial(signer.deny(
-                    &agent,
+                    Caller::Agent(&agent),
                     Asked {
                         kind: CredentialKind::X509Svid,
                         workload_identity: &item.workload_identity,
@@ -394,7 +443,7 @@ impl Issuer for IssuerService {
             let result = match signed {
                 Ok(svid) => Outcome_::Svid(svid),
                 Err(refusal) => Outcome_::Denial(signer.deny(
-                    &agent,
+                    Caller::Agent(&agent),
                     Asked {
                         kind: CredentialKind::JwtSvid,
                         workload_identity: &item.workload_identity,

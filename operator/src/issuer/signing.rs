@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use signet_identity::x509::{SubjectTemplate, X509SvidParams};
 use signet_identity::{AuthorityError, PublicKey, SpiffeId, TrustDomain, X509Svid};
-use signet_policy::{AgentContext, IssuableIdentity};
+use signet_policy::{AgentContext, Attributes, IssuableIdentity, UserFacts};
 use signet_proto::issuer::v1 as pb;
 use signet_runtime::clock::Clock;
 
@@ -22,6 +22,14 @@ use crate::policy_state::PolicyState;
 
 /// Audit message of an agent SVID renewal (event `agent.renewed`).
 pub const RENEWAL: &str = "renewal";
+
+/// Who asked for a workload SVID: an agent for one of its workloads, or a
+/// person or pipeline through the API server (no agent, no pod feedback).
+#[derive(Clone, Copy, Debug)]
+pub enum Caller<'a> {
+    Agent(&'a AgentRecord),
+    User,
+}
 
 /// What a refused request asked for, as its denial is audited.
 #[derive(Clone, Copy, Debug)]
@@ -143,14 +151,16 @@ impl Signer {
         &self,
         kind: CredentialKind,
         outcome: Outcome,
-        agent: &AgentRecord,
+        caller: Caller<'_>,
         attributes: &BTreeMap<String, String>,
         workload_identity: &str,
         policy_version: u64,
     ) -> AuditEvent {
         let mut event = AuditEvent::new(kind, outcome, self.clock.now());
-        event.agent = Some(agent.name.clone());
-        event.agent_spiffe_id = Some(agent.spiffe_id.to_string());
+        if let Caller::Agent(agent) = caller {
+            event.agent = Some(agent.name.clone());
+            event.agent_spiffe_id = Some(agent.spiffe_id.to_string());
+        }
         event.workload = attributes.clone();
         event.workload_identity = Some(workload_identity.to_owned());
         event.policy_version = Some(policy_version);
@@ -167,18 +177,65 @@ impl Signer {
     ) -> Result<pb::X509Svid, Refusal> {
         let name = request.workload.workload_identity;
         let (issuable, attributes) = self.decide(agent, request.workload, policy).await?;
+        self.issue_x509(
+            Caller::Agent(agent),
+            name,
+            &issuable,
+            attributes,
+            &request.subject_key,
+            None,
+            policy,
+        )
+    }
+
+    /// Decides and signs an X.509-SVID for a person or pipeline the API
+    /// server authenticated (`signet issue x509`), for at most `ttl`.
+    pub fn sign_user_x509(
+        &self,
+        user: &UserFacts,
+        workload_identity: &str,
+        key: &PublicKey,
+        ttl: Duration,
+        policy: &PolicyState,
+    ) -> Result<pb::X509Svid, Refusal> {
+        let (issuable, attributes) = decide_for_user(user, workload_identity, policy)?;
+        self.issue_x509(
+            Caller::User,
+            workload_identity,
+            &issuable,
+            attributes,
+            key,
+            Some(ttl),
+            policy,
+        )
+    }
+
+    /// Signs, audits and reports an X.509-SVID the policy allowed; its TTL
+    /// is the identity's, shortened to `ttl_cap` when given.
+    #[allow(clippy::too_many_arguments)]
+    fn issue_x509(
+        &self,
+        caller: Caller<'_>,
+        name: &str,
+        issuable: &IssuableIdentity,
+        attributes: BTreeMap<String, String>,
+        key: &PublicKey,
+        ttl_cap: Option<Duration>,
+        policy: &PolicyState,
+    ) -> Result<pb::X509Svid, Refusal> {
         if let Err(denial) = refuse_reserved(&issuable.spiffe_id) {
             return Err((denial, attributes));
         }
+        let ttl = ttl_cap.map_or(issuable.x509.ttl, |cap| cap.min(issuable.x509.ttl));
         let params = X509SvidParams {
             spiffe_id: issuable.spiffe_id.clone(),
             dns_sans: issuable.x509.dns_sans.clone(),
             ip_sans: issuable.x509.ip_sans.clone(),
-            subject: subject_of(&issuable),
-            ttl: issuable.x509.ttl,
+            subject: subject_of(issuable),
+            ttl,
         };
         let now = self.clock.now();
-        let svid = match self.authority.mint_x509(&params, &request.subject_key, now) {
+        let svid = match self.authority.mint_x509(&params, key, now) {
             Ok(svid) => svid,
             Err(error) => {
                 return Err((signing_failed(&error), attributes));
@@ -187,7 +244,7 @@ impl Signer {
         let mut event = self.base_event(
             CredentialKind::X509Svid,
             Outcome::Issued,
-            agent,
+            caller,
             &attributes,
             name,
             policy.version,
@@ -200,8 +257,10 @@ impl Signer {
         event.expires_at = Some(rfc3339(svid.not_after));
         self.audit.record(event);
         self.metrics.issued("x509", name);
-        self.observer.issued(&attributes, name, &svid.spiffe_id);
-        self.inventory.served(agent, &attributes);
+        if let Caller::Agent(agent) = caller {
+            self.observer.issued(&attributes, name, &svid.spiffe_id);
+            self.inventory.served(agent, &attributes);
+        }
         Ok(pb::X509Svid {
             workload_identity: name.to_owned(),
             spiffe_id: svid.spiffe_id.to_string(),
@@ -226,14 +285,59 @@ impl Signer {
     ) -> Result<pb::JwtSvid, Refusal> {
         let name = request.workload.workload_identity;
         let (issuable, attributes) = self.decide(agent, request.workload, policy).await?;
+        self.issue_jwt(
+            Caller::Agent(agent),
+            name,
+            &issuable,
+            attributes,
+            request.audiences,
+            None,
+            policy,
+        )
+    }
+
+    /// Decides and signs a JWT-SVID for a person or pipeline (see
+    /// [`Self::sign_user_x509`]).
+    pub fn sign_user_jwt(
+        &self,
+        user: &UserFacts,
+        workload_identity: &str,
+        audiences: &[String],
+        ttl: Duration,
+        policy: &PolicyState,
+    ) -> Result<pb::JwtSvid, Refusal> {
+        let (issuable, attributes) = decide_for_user(user, workload_identity, policy)?;
+        self.issue_jwt(
+            Caller::User,
+            workload_identity,
+            &issuable,
+            attributes,
+            audiences,
+            Some(ttl),
+            policy,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn issue_jwt(
+        &self,
+        caller: Caller<'_>,
+        name: &str,
+        issuable: &IssuableIdentity,
+        attributes: BTreeMap<String, String>,
+        audiences: &[String],
+        ttl_cap: Option<Duration>,
+        policy: &PolicyState,
+    ) -> Result<pb::JwtSvid, Refusal> {
         if let Err(denial) = refuse_reserved(&issuable.spiffe_id) {
             return Err((denial, attributes));
         }
+        let ttl = ttl_cap.map_or(issuable.jwt.ttl, |cap| cap.min(issuable.jwt.ttl));
         let now = self.clock.now();
         let minted = self.authority.mint_jwt(
             &issuable.spiffe_id,
-            request.audiences,
-            issuable.jwt.ttl,
+            audiences,
+            ttl,
             &issuable.jwt.extra_claims,
             now,
         );
@@ -246,20 +350,22 @@ impl Signer {
         let mut event = self.base_event(
             CredentialKind::JwtSvid,
             Outcome::Issued,
-            agent,
+            caller,
             &attributes,
             name,
             policy.version,
         );
         event.spiffe_id = Some(jwt.spiffe_id.to_string());
         event.jwt_id = Some(jwt.jti.clone());
-        event.audiences = request.audiences.to_vec();
+        event.audiences = audiences.to_vec();
         event.ttl_seconds = Some(seconds_between(jwt.issued_at, jwt.expiry));
         event.expires_at = Some(rfc3339(jwt.expiry));
         self.audit.record(event);
         self.metrics.issued("jwt", name);
-        self.observer.issued(&attributes, name, &jwt.spiffe_id);
-        self.inventory.served(agent, &attributes);
+        if let Caller::Agent(agent) = caller {
+            self.observer.issued(&attributes, name, &jwt.spiffe_id);
+            self.inventory.served(agent, &attributes);
+        }
         Ok(pb::JwtSvid {
             workload_identity: name.to_owned(),
             spiffe_id: jwt.spiffe_id.to_string(),
@@ -270,11 +376,11 @@ impl Signer {
         })
     }
 
-    /// Audits and counts a refusal; returns the denial for the agent. What
-    /// the agent sent is recorded bounded: a refused request may be huge.
+    /// Audits and counts a refusal; returns the denial for the caller. What
+    /// the caller sent is recorded bounded: a refused request may be huge.
     pub fn deny(
         &self,
-        agent: &AgentRecord,
+        caller: Caller<'_>,
         asked: Asked<'_>,
         policy: &PolicyState,
         (denial, attributes): Refusal,
@@ -287,7 +393,7 @@ impl Signer {
         let mut event = self.base_event(
             kind,
             Outcome::Denied,
-            agent,
+            caller,
             &attributes,
             workload_identity,
             policy.version,
@@ -302,7 +408,7 @@ impl Signer {
         } else {
             "x509"
         };
-        // Only names the policy knows become label values: an agent must
+        // Only names the policy knows become label values: a caller must
         // not be able to mint metric series.
         let known = policy
             .snapshot
@@ -310,7 +416,9 @@ impl Signer {
             .any(|known| known == workload_identity);
         let label = if known { workload_identity } else { "" };
         self.metrics.denied(metric_kind, label, &denial.reason);
-        self.observer.refused(&attributes, label, &denial);
+        if matches!(caller, Caller::Agent(_)) {
+            self.observer.refused(&attributes, label, &denial);
+        }
         denial
     }
 
@@ -354,6 +462,25 @@ impl Signer {
     }
 }
 
+/// Decides one identity for a person or pipeline: the same decision as for
+/// workloads, on `user.*` attributes only, so only Roles with `User` or
+/// `Group` subjects can allow it.
+fn decide_for_user(
+    user: &UserFacts,
+    workload_identity: &str,
+    policy: &PolicyState,
+) -> Result<(IssuableIdentity, BTreeMap<String, String>), Refusal> {
+    let attributes = Attributes::of_user(user);
+    let evaluated: BTreeMap<String, String> = attributes.clone().into();
+    match policy.snapshot.decide(&attributes, workload_identity) {
+        Ok(issuable) => Ok((issuable, evaluated)),
+        Err(refusal) => Err((
+            denial(refusal.reason.as_str(), refusal.message, false),
+            evaluated,
+        )),
+    }
+}
+
 /// IDs under `/signet` are the agents' and the issuer's: a workload never
 /// gets one, whatever a policy renders (an attribute value like `signet`
 /// in the first segment of a template would otherwise make an agent ID).
@@ -380,5 +507,85 @@ fn subject_of(issuable: &IssuableIdentity) -> SubjectTemplate {
         common_name: issuable.x509.subject.common_name.clone(),
         organization: issuable.x509.subject.organization.clone(),
         organizational_unit: issuable.x509.subject.organizational_unit.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use signet_policy::{PolicyDocument, parse_yaml_documents};
+
+    fn policy(yaml: &str) -> PolicyState {
+        let objects: Vec<_> = parse_yaml_documents(yaml)
+            .into_iter()
+            .map(|o| o.unwrap())
+            .collect();
+        let td = TrustDomain::new("example.org").unwrap();
+        PolicyState::compile(1, &td, &PolicyDocument::from_objects(objects))
+    }
+
+    const PEOPLE: &str = r#"
+apiVersion: signet.dev/v1alpha1
+kind: WorkloadIdentity
+metadata: {name: sre, labels: {audience: people}}
+spec:
+  spiffe: {id: "/people/{{ user.name }}"}
+---
+apiVersion: signet.dev/v1alpha1
+kind: WorkloadIdentity
+metadata: {name: anything, labels: {audience: people}}
+spec:
+  spiffe: {id: /shared}
+---
+apiVersion: signet.dev/v1alpha1
+kind: Role
+metadata: {name: sre}
+spec:
+  subjects: [{kind: Group, name: sre}]
+  allow: {workloadIdentityLabels: {audience: [people]}}
+---
+apiVersion: signet.dev/v1alpha1
+kind: Role
+metadata: {name: ci-pods}
+spec:
+  subjects: [{kind: ServiceAccount, namespace: ci, name: "*"}]
+  allow: {workloadIdentityLabels: {audience: [people]}}
+"#;
+
+    fn user(name: &str, groups: &[&str]) -> UserFacts {
+        UserFacts {
+            name: name.into(),
+            uid: None,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn people_get_identities_only_through_user_and_group_subjects() {
+        let policy = policy(PEOPLE);
+        let (issuable, attributes) =
+            decide_for_user(&user("jane", &["sre"]), "sre", &policy).unwrap();
+        assert_eq!(
+            issuable.spiffe_id.to_string(),
+            "spiffe://example.org/people/jane"
+        );
+        assert_eq!(
+            attributes.get("user.groups.sre").map(String::as_str),
+            Some("true")
+        );
+        // The ci service account's user name is not its pods: the
+        // ServiceAccount subject does not apply to it.
+        let (refusal, _) = decide_for_user(
+            &user("system:serviceaccount:ci:deployer", &[]),
+            "anything",
+            &policy,
+        )
+        .unwrap_err();
+        assert_eq!(refusal.reason, "no_role_allows");
+        // A user name that is not a valid path segment renders nothing.
+        let (refusal, _) =
+            decide_for_user(&user("jane doe", &["sre"]), "sre", &policy).unwrap_err();
+        assert_ne!(refusal.reason, "");
+        assert!(decide_for_user(&user("jane", &["sre"]), "anything", &policy).is_ok());
     }
 }

@@ -23,7 +23,6 @@ use crate::audit::AuditLog;
 use crate::ca::{Authority, PublishedBundle};
 use crate::config::StandaloneConfig;
 use crate::inventory::AgentInventory;
-use crate::issuer::policy_stream::Federation;
 use crate::issuer::service::{IssuerParts, IssuerService, IssuerSettings};
 use crate::issuer::workload::AgentTestimony;
 use crate::policy_state::{PolicyState, next_version};
@@ -121,9 +120,12 @@ pub async fn serve(
     let issuer = IssuerService::new(IssuerParts {
         authority: authority.clone(),
         policy: policy.clone(),
-        federation: Federation {
-            bundles: config.federation.clone(),
-        },
+        federation: crate::federation::start(
+            &config.federation,
+            Some(config.state_dir.clone()),
+            server.metrics(),
+            clock,
+        ),
         join,
         standing,
         workloads: Arc::new(AgentTestimony),
@@ -139,6 +141,9 @@ pub async fn serve(
     });
     if let Some(oidc) = &config.oidc {
         server.spawn_oidc(oidc, authority.bundle()).await?;
+    }
+    if let Some(endpoint) = &config.bundle_endpoint {
+        server.spawn_bundle_endpoint(endpoint, &authority).await?;
     }
 
     tracing::info!(
