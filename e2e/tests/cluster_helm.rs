@@ -111,7 +111,7 @@ fn uninstall_and_clean() {
     let _ = kubectl_output(
         &[
             "delete",
-            "workloadidentities.signet.dev,roles.signet.dev",
+            "workloadidentities.signet.dev,roles.signet.dev,federatedtrustdomains.signet.dev",
             "-l",
             "signet-e2e=helm",
             "--ignore-not-found",
@@ -190,6 +190,7 @@ spec:
       # Short, so SVIDs rotate (at half-life) while the test watches.
       ttl: 1m
       dnsSans: ["{{ workload.kubernetes.pod_name }}.apps.internal"]
+  federatesWith: [partner.e2e]
 ---
 apiVersion: signet.dev/v1alpha1
 kind: Role
@@ -809,6 +810,46 @@ fn people_issue_svids_through_the_api_server(dir: &Path) {
     }
 }
 
+/// A FederatedTrustDomain for `partner.e2e` whose bundle is given in the
+/// object (offline federation); returns the CA certificate as PEM. An
+/// object the operator could not follow is refused by the webhook with
+/// the operator's own message.
+fn federate_with_a_partner() -> String {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.subject_alt_names.push(rcgen::SanType::URI(
+        "spiffe://partner.e2e".try_into().unwrap(),
+    ));
+    let ca = params.self_signed(&key).unwrap().pem();
+    let indented: String = ca.lines().map(|l| format!("    {l}\n")).collect();
+    kubectl_apply(&format!(
+        "apiVersion: signet.dev/v1alpha1\nkind: FederatedTrustDomain\nmetadata: {{name: e2e-partner, labels: {{signet-e2e: helm}}}}\nspec:\n  trustDomain: partner.e2e\n  trustDomainBundle: |\n{indented}"
+    ));
+    wait_until_every("e2e-partner Ready", Duration::from_secs(30), POLL, || {
+        kubectl(&[
+            "get",
+            "federatedtrustdomains.signet.dev",
+            "e2e-partner",
+            "-o",
+            "jsonpath={.status.conditions[0].status}/{.status.bundleSequence}",
+        ]) == "True/0"
+    });
+    let bad = "apiVersion: signet.dev/v1alpha1\nkind: FederatedTrustDomain\nmetadata: {name: e2e-bad-partner}\nspec:\n  trustDomain: spire.e2e\n  bundleEndpointURL: https://spire.e2e:8443/\n  bundleEndpointProfile: {type: https_spiffe}\n";
+    let refused = kubectl_output(&["apply", "-f", "-"], Some(bad));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "an unusable FederatedTrustDomain was stored"
+    );
+    assert!(
+        stderr.contains("FederatedTrustDomain e2e-bad-partner: spec: https_spiffe needs the endpoint's SPIFFE ID"),
+        "{stderr}"
+    );
+    ca
+}
+
 fn lease_holder() -> String {
     let lease = format!("{RELEASE}-operator");
     kubectl(&[
@@ -974,6 +1015,7 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
 
     // Policy, then pods.
     kubectl_apply(POLICY);
+    let partner_ca = federate_with_a_partner();
     wait_until_every("e2e-apps Ready", Duration::from_secs(30), POLL, || {
         kubectl(&[
             "get",
@@ -994,6 +1036,13 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
     let first_bundle = bundle_pem();
     let (id, sans) = fetch_x509("fetch-client", "client", &out);
     assert_eq!(id, format!("spiffe://{TD}/ns/{APPS}/sa/client"));
+    // The pod's Workload API stream carried the partner's bundle.
+    let federated =
+        NodeFiles::from_env().read(&out.join("fetch-client/federated_bundle.partner.e2e.pem"));
+    assert_eq!(
+        certs_from_pem(&federated).unwrap(),
+        certs_from_pem(&partner_ca).unwrap()
+    );
     assert!(sans.contains("DNS:fetch-client.apps.internal"), "{sans}");
 
     let jwt_args = [

@@ -71,10 +71,11 @@ const OTHER_NODE: &str = "signet-e2e-other";
 const AUDIENCE: &str = "signet-issuer";
 const RBAC: &str = include_str!("../cluster/manifests/operator-rbac.yaml");
 const PAUSE_IMAGE: &str = "localhost/signet/pause:dev";
-const CRDS: [&str; 3] = [
+const CRDS: [&str; 4] = [
     "../crds/signet.dev_workloadidentities.yaml",
     "../crds/signet.dev_roles.yaml",
     "../crds/signet.dev_agents.yaml",
+    "../crds/signet.dev_federatedtrustdomains.yaml",
 ];
 const POLL: Duration = Duration::from_millis(300);
 /// The ValidatingWebhookConfiguration the replicas keep the caBundle of

@@ -44,9 +44,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use signet_identity::{CaConfig, KeyType, SpiffeId, TrustDomain};
+use signet_identity::{CaConfig, KeyType, TrustDomain};
 
-use crate::federation::{BundleSource, EndpointProfile, FederatedDomain, read_bundle_file};
+use crate::federation::{BundleSource, EndpointKind, FederatedDomain, read_bundle_file};
 use signet_runtime::logging::LogConfig;
 
 use crate::ca::IssuerNames;
@@ -479,54 +479,25 @@ fn federated_domain(
             source: BundleSource::File(path.clone()),
         }),
         FederationEntry::Endpoint(endpoint) => {
-            let url: hyper::Uri = endpoint
-                .bundle_endpoint_url
-                .parse()
-                .map_err(|e| context(format!("bundle_endpoint_url: {e}")))?;
-            if url.scheme_str() != Some("https") || url.host().is_none() {
-                return Err(context(
-                    "bundle_endpoint_url must be an https:// URL with a host".into(),
-                ));
+            if endpoint.profile == ProfileName::HttpsWeb && endpoint.endpoint_spiffe_id.is_some() {
+                return Err(context("endpoint_spiffe_id is for https_spiffe".into()));
             }
             let initial = endpoint.bundle.as_deref().map(read).transpose()?;
-            let profile = match endpoint.profile {
-                ProfileName::HttpsWeb => {
-                    if endpoint.endpoint_spiffe_id.is_some() {
-                        return Err(context("endpoint_spiffe_id is for https_spiffe".into()));
-                    }
-                    EndpointProfile::HttpsWeb {
+            crate::federation::endpoint_domain(
+                trust_domain,
+                &endpoint.bundle_endpoint_url,
+                match endpoint.profile {
+                    ProfileName::HttpsWeb => EndpointKind::Web {
                         ca_file: endpoint.ca_file.clone(),
-                    }
-                }
-                ProfileName::HttpsSpiffe => {
-                    let id = endpoint
-                        .endpoint_spiffe_id
-                        .as_deref()
-                        .ok_or_else(|| context("https_spiffe needs endpoint_spiffe_id".into()))?;
-                    let endpoint_id = SpiffeId::parse(id)
-                        .map_err(|e| context(format!("endpoint_spiffe_id: {e}")))?;
-                    // The endpoint is authenticated with this trust
-                    // domain's own bundle, which only vouches for its IDs.
-                    if endpoint_id.trust_domain() != trust_domain {
-                        return Err(context(format!(
-                            "endpoint_spiffe_id {endpoint_id} is not in {trust_domain}"
-                        )));
-                    }
-                    if initial.is_none() {
-                        return Err(context(
-                            "https_spiffe needs `bundle`, the first bundle to authenticate the endpoint with".into(),
-                        ));
-                    }
-                    if endpoint.ca_file.is_some() {
-                        return Err(context("ca_file is for https_web".into()));
-                    }
-                    EndpointProfile::HttpsSpiffe { endpoint_id }
-                }
-            };
-            Ok(FederatedDomain {
+                    },
+                    ProfileName::HttpsSpiffe => EndpointKind::Spiffe {
+                        endpoint_id: endpoint.endpoint_spiffe_id.as_deref(),
+                        ca_file_set: endpoint.ca_file.is_some(),
+                    },
+                },
                 initial,
-                source: BundleSource::Endpoint { url, profile },
-            })
+            )
+            .map_err(context)
         }
     }
 }
@@ -646,11 +617,11 @@ log: {format: json, level: debug}
             ),
             (
                 "trust_domain: a.org\nfederation: {b.org: {bundle_endpoint_url: \"https://b.org/\", profile: https_spiffe, endpoint_spiffe_id: \"spiffe://b.org/x\"}}\n",
-                "needs `bundle`",
+                "needs a first bundle",
             ),
             (
                 "trust_domain: a.org\nfederation: {b.org: {bundle_endpoint_url: \"https://b.org/\", profile: https_spiffe}}\n",
-                "needs endpoint_spiffe_id",
+                "needs the endpoint's SPIFFE ID",
             ),
             (
                 "trust_domain: a.org\nfederation: {b.org: {bundle_endpoint_url: \"https://b.org/\", profile: https_web, endpoint_spiffe_id: \"spiffe://b.org/x\"}}\n",

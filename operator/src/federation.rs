@@ -100,6 +100,8 @@ pub enum EndpointProfile {
 /// Where a federated trust domain's bundle comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BundleSource {
+    /// Only the initial bundle, until the configuration changes.
+    Fixed,
     /// A file (SPIFFE bundle JSON or PEM), re-read when it changes.
     File(PathBuf),
     /// A SPIFFE bundle endpoint.
@@ -114,6 +116,116 @@ pub struct FederatedDomain {
     /// endpoint's `bundle`, required for `https_spiffe` to trust the
     /// endpoint the first time).
     pub initial: Option<TrustBundle>,
+}
+
+/// An endpoint's profile as configured, before it is checked.
+#[derive(Clone, Debug)]
+pub enum EndpointKind<'a> {
+    Web {
+        ca_file: Option<PathBuf>,
+    },
+    Spiffe {
+        endpoint_id: Option<&'a str>,
+        ca_file_set: bool,
+    },
+}
+
+/// A bundle endpoint source for `trust_domain`, checked: an https URL with
+/// a host; for `https_spiffe` an endpoint ID in that trust domain (its
+/// bundle is all that vouches for the endpoint) and a first bundle.
+pub fn endpoint_domain(
+    trust_domain: &TrustDomain,
+    url: &str,
+    kind: EndpointKind<'_>,
+    initial: Option<TrustBundle>,
+) -> Result<FederatedDomain, String> {
+    let url: Uri = url
+        .parse()
+        .map_err(|e| format!("bundle endpoint URL: {e}"))?;
+    if url.scheme_str() != Some("https") || url.host().is_none() {
+        return Err("the bundle endpoint URL must be an https:// URL with a host".into());
+    }
+    let profile = match kind {
+        EndpointKind::Web { ca_file } => EndpointProfile::HttpsWeb { ca_file },
+        EndpointKind::Spiffe {
+            endpoint_id,
+            ca_file_set,
+        } => {
+            let id = endpoint_id.ok_or("https_spiffe needs the endpoint's SPIFFE ID")?;
+            let endpoint_id =
+                SpiffeId::parse(id).map_err(|e| format!("endpoint SPIFFE ID: {e}"))?;
+            if endpoint_id.trust_domain() != trust_domain {
+                return Err(format!(
+                    "the endpoint SPIFFE ID {endpoint_id} is not in {trust_domain}"
+                ));
+            }
+            if initial.is_none() {
+                return Err(
+                    "https_spiffe needs a first bundle to authenticate the endpoint with".into(),
+                );
+            }
+            if ca_file_set {
+                return Err("ca_file is for https_web".into());
+            }
+            EndpointProfile::HttpsSpiffe { endpoint_id }
+        }
+    };
+    Ok(FederatedDomain {
+        initial,
+        source: BundleSource::Endpoint { url, profile },
+    })
+}
+
+/// A FederatedTrustDomain object's spec, checked, for `own` trust domain's
+/// operator (the admission webhook and the reconciler use this one check).
+pub fn from_object(
+    spec: &signet_policy::crd::FederatedTrustDomainSpec,
+    own: &TrustDomain,
+) -> Result<(TrustDomain, FederatedDomain), String> {
+    use signet_policy::crd::EndpointProfileType;
+    let trust_domain =
+        TrustDomain::new(&spec.trust_domain).map_err(|e| format!("spec.trustDomain: {e}"))?;
+    if trust_domain == *own {
+        return Err(format!(
+            "spec.trustDomain: {trust_domain} is this operator's own trust domain"
+        ));
+    }
+    let initial = spec
+        .trust_domain_bundle
+        .as_deref()
+        .map(|text| parse_bundle(&trust_domain, text.as_bytes()))
+        .transpose()
+        .map_err(|e| format!("spec.trustDomainBundle: {e}"))?;
+    let domain = match (&spec.bundle_endpoint_url, &spec.bundle_endpoint_profile) {
+        (None, None) => FederatedDomain {
+            initial: Some(initial.ok_or(
+                "spec: give bundleEndpointURL and bundleEndpointProfile, or trustDomainBundle",
+            )?),
+            source: BundleSource::Fixed,
+        },
+        (Some(url), Some(profile)) => {
+            let kind = match profile.profile {
+                EndpointProfileType::HttpsWeb => {
+                    if profile.endpoint_spiffe_id.is_some() {
+                        return Err(
+                            "spec.bundleEndpointProfile.endpointSPIFFEID is for https_spiffe"
+                                .into(),
+                        );
+                    }
+                    EndpointKind::Web { ca_file: None }
+                }
+                EndpointProfileType::HttpsSpiffe => EndpointKind::Spiffe {
+                    endpoint_id: profile.endpoint_spiffe_id.as_deref(),
+                    ca_file_set: false,
+                },
+            };
+            endpoint_domain(&trust_domain, url, kind, initial).map_err(|e| format!("spec: {e}"))?
+        }
+        _ => {
+            return Err("spec: bundleEndpointURL and bundleEndpointProfile go together".into());
+        }
+    };
+    Ok((trust_domain, domain))
 }
 
 /// A bundle file: SPIFFE bundle JSON, or PEM X.509 authorities.
@@ -149,13 +261,70 @@ pub fn start(
     metrics: Arc<Metrics>,
     clock: Clock,
 ) -> Federation {
-    let saved_dir = state_dir.map(|dir| dir.join("federation"));
-    let mut initial = BTreeMap::new();
-    for (trust_domain, domain) in domains {
-        let saved = saved_dir
+    FederationSet::start(domains, state_dir, metrics, clock).1
+}
+
+/// What is known of one federated trust domain's bundle, for status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DomainState {
+    pub sequence: Option<u64>,
+    pub last_refresh: Option<SystemTime>,
+    pub earliest_expiry: Option<SystemTime>,
+    /// The last failure, cleared by the next success.
+    pub last_error: Option<String>,
+}
+
+type States = Arc<std::sync::Mutex<BTreeMap<TrustDomain, DomainState>>>;
+
+/// The federated trust domains: the configured ones, fixed, plus those
+/// that come and go (FederatedTrustDomain objects in a cluster), each
+/// followed by its own task.
+pub struct FederationSet {
+    sender: Arc<watch::Sender<ForeignBundles>>,
+    saved_dir: Option<PathBuf>,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    states: States,
+    fixed: BTreeMap<TrustDomain, FederatedDomain>,
+    dynamic: std::sync::Mutex<BTreeMap<TrustDomain, (FederatedDomain, tokio::task::AbortHandle)>>,
+}
+
+impl FederationSet {
+    /// Starts following `domains` (fixed for the life of the set).
+    pub fn start(
+        domains: &BTreeMap<TrustDomain, FederatedDomain>,
+        state_dir: Option<PathBuf>,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> (Arc<Self>, Federation) {
+        let saved_dir = state_dir.map(|dir| dir.join("federation"));
+        let (sender, bundles) = watch::channel(Arc::new(BTreeMap::new()));
+        let set = Arc::new(Self {
+            sender: Arc::new(sender),
+            saved_dir,
+            metrics,
+            clock,
+            states: States::default(),
+            fixed: domains.clone(),
+            dynamic: std::sync::Mutex::new(BTreeMap::new()),
+        });
+        for (trust_domain, domain) in domains {
+            set.follow(trust_domain, domain);
+        }
+        (set, Federation { bundles })
+    }
+
+    /// Starts following one domain: its first bundle (the newer of the
+    /// saved and the configured one) in force at once.
+    fn follow(
+        &self,
+        trust_domain: &TrustDomain,
+        domain: &FederatedDomain,
+    ) -> Option<tokio::task::AbortHandle> {
+        let saved = self
+            .saved_dir
             .as_deref()
             .and_then(|dir| read_bundle_file(trust_domain, &saved_path(dir, trust_domain)).ok());
-        // The newer of what was saved and what is configured.
         let start = match (saved, domain.initial.clone()) {
             (Some(saved), Some(configured)) if configured.sequence > saved.sequence => {
                 Some(configured)
@@ -163,36 +332,81 @@ pub fn start(
             (Some(saved), _) => Some(saved),
             (None, configured) => configured,
         };
-        if let Some(bundle) = start {
-            metrics.federation_bundle(
-                trust_domain,
-                bundle.sequence,
-                earliest_expiry(&bundle),
-                None,
-            );
-            initial.insert(trust_domain.clone(), bundle);
-        }
-    }
-    let (sender, bundles) = watch::channel(Arc::new(initial));
-    let sender = Arc::new(sender);
-    for (trust_domain, domain) in domains {
         let follower = Follower {
             trust_domain: trust_domain.clone(),
-            sender: sender.clone(),
-            saved_dir: saved_dir.clone(),
-            metrics: metrics.clone(),
-            clock,
+            sender: self.sender.clone(),
+            saved_dir: self.saved_dir.clone(),
+            metrics: self.metrics.clone(),
+            clock: self.clock,
+            states: self.states.clone(),
         };
+        if let Some(bundle) = start {
+            follower.put_in_force(bundle, false);
+        }
         match &domain.source {
+            BundleSource::Fixed => None,
             BundleSource::File(path) => {
-                tokio::spawn(follower.follow_file(path.clone()));
+                Some(tokio::spawn(follower.follow_file(path.clone())).abort_handle())
             }
-            BundleSource::Endpoint { url, profile } => {
-                tokio::spawn(follower.follow_endpoint(url.clone(), profile.clone()));
-            }
+            BundleSource::Endpoint { url, profile } => Some(
+                tokio::spawn(follower.follow_endpoint(url.clone(), profile.clone())).abort_handle(),
+            ),
         }
     }
-    Federation { bundles }
+
+    /// Makes `domains` the changing set (configured domains are never
+    /// touched): removed ones leave the bundles, changed ones start over
+    /// from their new configuration.
+    pub fn replace_dynamic(&self, domains: &BTreeMap<TrustDomain, FederatedDomain>) {
+        let mut dynamic = self
+            .dynamic
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let gone: Vec<TrustDomain> = dynamic
+            .iter()
+            .filter(|(td, (domain, _))| domains.get(*td) != Some(domain))
+            .map(|(td, _)| td.clone())
+            .collect();
+        for trust_domain in gone {
+            if let Some((_, task)) = dynamic.remove(&trust_domain) {
+                task.abort();
+            }
+            if !domains.contains_key(&trust_domain) {
+                self.sender.send_modify(|bundles| {
+                    let mut next = (**bundles).clone();
+                    next.remove(&trust_domain);
+                    *bundles = Arc::new(next);
+                });
+                self.states
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&trust_domain);
+                tracing::info!(%trust_domain, "no longer federated");
+            }
+        }
+        for (trust_domain, domain) in domains {
+            if self.fixed.contains_key(trust_domain) || dynamic.contains_key(trust_domain) {
+                continue;
+            }
+            let task = self.follow(trust_domain, domain);
+            let handle = task.unwrap_or_else(|| tokio::spawn(async {}).abort_handle());
+            dynamic.insert(trust_domain.clone(), (domain.clone(), handle));
+        }
+    }
+
+    /// Whether `trust_domain` is configured in the operator's file (an
+    /// object naming it is then not used).
+    pub fn is_fixed(&self, trust_domain: &TrustDomain) -> bool {
+        self.fixed.contains_key(trust_domain)
+    }
+
+    pub fn state(&self, trust_domain: &TrustDomain) -> Option<DomainState> {
+        self.states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(trust_domain)
+            .cloned()
+    }
 }
 
 fn saved_path(dir: &Path, trust_domain: &TrustDomain) -> PathBuf {
@@ -207,6 +421,7 @@ struct Follower {
     saved_dir: Option<PathBuf>,
     metrics: Arc<Metrics>,
     clock: Clock,
+    states: States,
 }
 
 impl Follower {
@@ -224,31 +439,51 @@ impl Follower {
                 });
             }
             if current == bundle {
-                self.record(&bundle);
+                self.record(&bundle, true);
                 return Ok(false);
             }
         }
-        self.record(&bundle);
         if let Some(dir) = &self.saved_dir {
             self.save(dir, &bundle);
         }
-        tracing::info!(trust_domain = %self.trust_domain, sequence = bundle.sequence, x509_authorities = bundle.x509_authorities.len(), jwt_authorities = bundle.jwt_authorities.len(), "federated bundle updated");
+        self.put_in_force(bundle, true);
+        Ok(true)
+    }
+
+    /// Makes `bundle` the one in force; `refreshed` when it was just
+    /// fetched or read (not a saved or configured starting point).
+    fn put_in_force(&self, bundle: TrustBundle, refreshed: bool) {
+        self.record(&bundle, refreshed);
+        tracing::info!(trust_domain = %self.trust_domain, sequence = bundle.sequence, x509_authorities = bundle.x509_authorities.len(), jwt_authorities = bundle.jwt_authorities.len(), "federated bundle in force");
         let trust_domain = self.trust_domain.clone();
         self.sender.send_modify(|bundles| {
             let mut next = (**bundles).clone();
             next.insert(trust_domain, bundle);
             *bundles = Arc::new(next);
         });
-        Ok(true)
     }
 
-    fn record(&self, bundle: &TrustBundle) {
-        self.metrics.federation_bundle(
-            &self.trust_domain,
-            bundle.sequence,
-            earliest_expiry(bundle),
-            Some(self.clock.now()),
-        );
+    fn update_state(&self, change: impl FnOnce(&mut DomainState)) {
+        let mut states = self
+            .states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        change(states.entry(self.trust_domain.clone()).or_default());
+    }
+
+    fn record(&self, bundle: &TrustBundle, refreshed: bool) {
+        let now = refreshed.then(|| self.clock.now());
+        let expiry = earliest_expiry(bundle);
+        self.metrics
+            .federation_bundle(&self.trust_domain, bundle.sequence, expiry, now);
+        self.update_state(|state| {
+            state.sequence = Some(bundle.sequence);
+            state.earliest_expiry = expiry;
+            if now.is_some() {
+                state.last_refresh = now;
+                state.last_error = None;
+            }
+        });
     }
 
     fn save(&self, dir: &Path, bundle: &TrustBundle) {
@@ -271,6 +506,7 @@ impl Follower {
 
     fn failed(&self, error: &FederationError, first: bool) {
         self.metrics.federation_failed(&self.trust_domain);
+        self.update_state(|state| state.last_error = Some(error.to_string()));
         if first {
             tracing::warn!(trust_domain = %self.trust_domain, %error, "federated bundle not refreshed; the last good one stays in force");
         } else {

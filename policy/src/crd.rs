@@ -340,6 +340,90 @@ pub enum CrdError {
     },
 }
 
+/// Another trust domain whose bundle workloads may receive (those whose
+/// WorkloadIdentity lists it in `federatesWith`).
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "signet.dev",
+    version = "v1alpha1",
+    kind = "FederatedTrustDomain",
+    status = "FederationStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    shortname = "signetftd",
+    category = "signet",
+    doc = "FederatedTrustDomain names another SPIFFE trust domain and where its bundle comes from: its SPIFFE bundle endpoint (https_web or https_spiffe), refreshed at the bundle's refresh hint, or the bundle itself (offline federation: update it through Git). Workloads receive it when their WorkloadIdentity lists the trust domain in federatesWith.",
+    printcolumn = r#"{"name":"Trust Domain","type":"string","jsonPath":".spec.trustDomain"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".spec.bundleEndpointURL","priority":1}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Sequence","type":"integer","jsonPath":".status.bundleSequence"}"#,
+    printcolumn = r#"{"name":"Last Refresh","type":"date","jsonPath":".status.lastRefresh"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FederatedTrustDomainSpec {
+    /// The trust domain, e.g. partner.org (not this one's own).
+    pub trust_domain: String,
+    /// The trust domain's SPIFFE bundle endpoint (https://). Without one, trustDomainBundle is the bundle, used as it is until the object changes.
+    #[serde(
+        default,
+        rename = "bundleEndpointURL",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bundle_endpoint_url: Option<String>,
+    /// How the endpoint authenticates itself (required with bundleEndpointURL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_endpoint_profile: Option<BundleEndpointProfile>,
+    /// The trust domain's bundle (SPIFFE bundle JSON or PEM CA certificates): the first bundle for an endpoint (required for https_spiffe, whose endpoint it authenticates), or the bundle itself without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_domain_bundle: Option<String>,
+}
+
+/// How a SPIFFE bundle endpoint authenticates itself.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct BundleEndpointProfile {
+    /// https_web: a Web PKI certificate for the URL's host (the operator's system roots). https_spiffe: an X.509-SVID of endpointSPIFFEID, checked with the trust domain's own bundle.
+    #[serde(rename = "type")]
+    pub profile: EndpointProfileType,
+    /// The endpoint's SPIFFE ID (https_spiffe only), in the federated trust domain.
+    #[serde(
+        default,
+        rename = "endpointSPIFFEID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub endpoint_spiffe_id: Option<String>,
+}
+
+/// A SPIFFE bundle endpoint profile.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointProfileType {
+    #[default]
+    HttpsSpiffe,
+    HttpsWeb,
+}
+
+/// What the operator knows of a federated trust domain's bundle.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FederationStatus {
+    /// "Ready" is True while a bundle of the trust domain is in force; its message carries the last refresh error, if any. False with reason InvalidSpec when the spec cannot be used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// spiffe_sequence of the bundle in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_sequence: Option<u64>,
+    /// When the bundle was last fetched successfully (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh: Option<String>,
+    /// The earliest expiry of the bundle's X.509 authorities (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earliest_expiry: Option<String>,
+}
+
 /// One node agent, as the operator sees it: written by the operator (never
 /// by users or agents), one object per agent, deleted with its Node or
 /// once the agent has not been seen for a while.
@@ -410,7 +494,12 @@ pub struct CrdFile {
 
 /// The CustomResourceDefinitions: the two policy kinds and the agent inventory.
 pub fn definitions() -> Vec<CustomResourceDefinition> {
-    vec![WorkloadIdentity::crd(), Role::crd(), Agent::crd()]
+    vec![
+        WorkloadIdentity::crd(),
+        Role::crd(),
+        Agent::crd(),
+        FederatedTrustDomain::crd(),
+    ]
 }
 
 /// The manifests checked in under `crds/`, one file per CRD named
@@ -576,7 +665,8 @@ mod tests {
             [
                 "signet.dev_workloadidentities.yaml",
                 "signet.dev_roles.yaml",
-                "signet.dev_agents.yaml"
+                "signet.dev_agents.yaml",
+                "signet.dev_federatedtrustdomains.yaml"
             ]
         );
         assert_eq!(

@@ -66,6 +66,7 @@ impl Validator {
         let kind = match request.kind.kind.as_str() {
             "WorkloadIdentity" => ObjectKind::WorkloadIdentity,
             "Role" => ObjectKind::Role,
+            "FederatedTrustDomain" => return self.review_federation(request, response),
             // Not ours: the configuration should not send it.
             _ => return response,
         };
@@ -105,6 +106,32 @@ impl Validator {
             response.warnings = Some(warnings);
         }
         response
+    }
+
+    /// A FederatedTrustDomain is refused with the same check the operator
+    /// applies when it follows the object.
+    fn review_federation(
+        &self,
+        request: &AdmissionRequest<DynamicObject>,
+        response: AdmissionResponse,
+    ) -> AdmissionResponse {
+        if !matches!(request.operation, Operation::Create | Operation::Update) {
+            return response;
+        }
+        let Some(object) = &request.object else {
+            return response.deny("the review carries no object");
+        };
+        let parsed: Result<signet_policy::crd::FederatedTrustDomain, _> =
+            serde_json::to_value(object).and_then(serde_json::from_value);
+        let checked = parsed
+            .map_err(|e| e.to_string())
+            .and_then(|o| crate::federation::from_object(&o.spec, &self.trust_domain));
+        match checked {
+            Ok(_) => response,
+            Err(message) => {
+                response.deny(format!("FederatedTrustDomain {}: {message}", request.name))
+            }
+        }
     }
 
     /// Warnings naming running pods that would lose an identity.
@@ -391,6 +418,49 @@ roles:
                 "spiffe": {"id": id},
             }
         })
+    }
+
+    #[test]
+    fn a_federated_trust_domain_the_operator_could_not_follow_is_refused() {
+        let v = validator(&[]);
+        let object = |spec: serde_json::Value| {
+            serde_json::json!({
+                "apiVersion": "signet.dev/v1alpha1",
+                "kind": "FederatedTrustDomain",
+                "metadata": {"name": "partner"},
+                "spec": spec,
+            })
+        };
+        let review = |spec| v.review(&request("CREATE", "FederatedTrustDomain", object(spec)));
+        let no_id = review(serde_json::json!({
+            "trustDomain": "partner.org",
+            "bundleEndpointURL": "https://bundles.partner.org/",
+            "bundleEndpointProfile": {"type": "https_spiffe"},
+        }));
+        assert!(!no_id.allowed);
+        assert!(
+            no_id
+                .result
+                .message
+                .starts_with("FederatedTrustDomain partner: spec: https_spiffe needs"),
+            "{}",
+            no_id.result.message
+        );
+        let own =
+            review(serde_json::json!({"trustDomain": "example.org", "trustDomainBundle": "{}"}));
+        assert!(
+            own.result.message.contains("own trust domain"),
+            "{}",
+            own.result.message
+        );
+        let nothing = review(serde_json::json!({"trustDomain": "partner.org"}));
+        assert!(!nothing.allowed);
+        let web = review(serde_json::json!({
+            "trustDomain": "partner.org",
+            "bundleEndpointURL": "https://bundles.partner.org/",
+            "bundleEndpointProfile": {"type": "https_web"},
+        }));
+        assert!(web.allowed, "{}", web.result.message);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod bundle_config_map;
 pub mod ca_bundle;
 pub mod config;
 pub mod explain;
+pub mod federated_trust_domains;
 pub mod front_proxy;
 pub mod keyset_secret;
 pub mod leader;

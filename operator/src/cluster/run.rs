@@ -12,7 +12,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, PartialObjectMeta};
-use signet_policy::crd::Agent;
+use signet_policy::crd::{Agent, FederatedTrustDomain};
 use signet_runtime::clock::Clock;
 use tokio::sync::watch;
 
@@ -20,8 +20,9 @@ use crate::audit::AuditLog;
 use crate::ca::Authority;
 use crate::cluster::config::ClusterConfig;
 use crate::cluster::{
-    admission, agent_records, agent_standing, bundle_config_map, ca_bundle, front_proxy,
-    keyset_secret, leader, nodes, pod_events, pods, reconciler, token_review, user_issuance,
+    admission, agent_records, agent_standing, bundle_config_map, ca_bundle,
+    federated_trust_domains, front_proxy, keyset_secret, leader, nodes, pod_events, pods,
+    reconciler, token_review, user_issuance,
 };
 use crate::inventory::AgentInventory;
 use crate::issuer::service::{IssuerParts, IssuerService, IssuerSettings};
@@ -128,6 +129,21 @@ pub async fn run(
     ));
 
     let audit = Arc::new(AuditLog::open(&config.base.audit_log)?);
+    // No state directory in a cluster: a restarted replica starts from the
+    // configured bundles (and FederatedTrustDomain objects) and refetches.
+    let (federation_set, federation) = crate::federation::FederationSet::start(
+        &config.base.federation,
+        None,
+        server.metrics(),
+        clock,
+    );
+    tokio::spawn(federated_trust_domains::follow(
+        Api::<FederatedTrustDomain>::all(client.clone()),
+        config.base.trust_domain.clone(),
+        federation_set,
+        leading.clone(),
+        clock,
+    ));
     let join = Arc::new(token_review::ServiceAccountJoin::new(
         client.clone(),
         kube_config.agent_audience.clone(),
@@ -145,14 +161,7 @@ pub async fn run(
     let issuer = IssuerService::new(IssuerParts {
         authority: authority.clone(),
         policy: channels.policy.clone(),
-        // No state directory in a cluster: a restarted replica starts from
-        // the configured bundles and refetches.
-        federation: crate::federation::start(
-            &config.base.federation,
-            None,
-            server.metrics(),
-            clock,
-        ),
+        federation,
         join,
         standing,
         workloads: Arc::new(pods::PodVerifier::new(
