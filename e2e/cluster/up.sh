@@ -463,6 +463,18 @@ if [ -z "${SIGNET_SKIP_DNS:-}" ]; then
   wait_for "CoreDNS available" "$WAIT" kubelet -- kc -n kube-system wait --for=condition=Available deployment/coredns --timeout=5s
 fi
 
+# Service IPs are only ever DNAT'ed by kube-proxy. A connection to one that
+# kube-proxy has not programmed yet (a Service created a moment ago) must
+# fail as it would in any cluster, not follow the default route off the
+# machine: this sandbox's egress proxy answers any address there with TLS
+# and 404, and the API server's aggregator once kept such a connection
+# open for minutes. Routing the Service CIDR to the bridge keeps it local.
+if ip link show "$CNI_BRIDGE" >/dev/null 2>&1; then
+  ip route replace "$SERVICE_CIDR" dev "$CNI_BRIDGE"
+else
+  log "no $CNI_BRIDGE bridge yet; Service CIDR $SERVICE_CIDR left on the default route"
+fi
+
 write_env
 log "cluster up in $(( $(date +%s) - started_at ))s: node $NODE ($NODE_IP), state in $S"
 echo "export KUBECONFIG=$S/admin.kubeconfig"

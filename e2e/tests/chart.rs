@@ -349,24 +349,30 @@ fn chart_user_issuance_is_off_by_default_and_complete_when_on() {
     .unwrap();
     let api_service = get(&on, "APIService", "v1alpha1.issuance.signet.dev");
     assert_eq!(api_service["spec"]["group"], "issuance.signet.dev");
-    assert_eq!(api_service["spec"]["service"]["name"], "signet-operator");
-    assert_eq!(api_service["spec"]["service"]["port"], 9444);
+    assert_eq!(
+        api_service["spec"]["service"]["name"],
+        "signet-operator-issuance"
+    );
+    assert_eq!(api_service["spec"]["service"]["port"], 443);
     assert!(
         api_service["spec"]["caBundle"].is_null(),
         "the operator sets it"
     );
     assert!(api_service["spec"]["insecureSkipTLSVerify"].is_null());
-    let service = get(&on, "Service", "-operator");
-    assert!(
-        service["spec"]["ports"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .any(|p| p["port"] == 9444 && p["targetPort"] == "user-issuance")
-    );
+    let service = get(&on, "Service", "-operator-issuance");
+    assert_eq!(service["spec"]["ports"][0]["port"], 443);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "user-issuance");
 
     let operator_yaml = rendered_operator_yaml(&on);
     let config = operator_config(operator_yaml);
+    assert!(
+        config
+            .base
+            .issuer_names
+            .dns
+            .contains(&"signet-operator-issuance.signet-system.svc".to_owned()),
+        "the APIService's Service name is on the serving certificate"
+    );
     let users = config.kubernetes.user_issuance.unwrap();
     assert_eq!(users.listen.port(), 9444);
     assert_eq!(

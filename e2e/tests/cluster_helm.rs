@@ -483,20 +483,49 @@ fn stderr_of(output: &std::process::Output) -> String {
 fn people_issue_svids_through_the_api_server(dir: &Path) {
     use base64::Engine;
     let api_service = "v1alpha1.issuance.signet.dev";
-    wait_until_every(
-        "the APIService to be Available (caBundle set, operator reachable)",
-        Duration::from_secs(90),
-        POLL,
-        || {
-            kubectl(&[
+    let available = || {
+        kubectl(&[
+            "get",
+            "apiservice",
+            api_service,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Available\")].status}",
+        ]) == "True"
+    };
+    let deadline = signet_e2e::deadline::Deadline::after(Duration::from_secs(90));
+    while !available() {
+        if deadline.passed() {
+            // What the API server saw, and what the Service answers now.
+            let status = kubectl(&["get", "apiservice", api_service, "-o", "yaml"]);
+            let slices = kubectl(&["-n", NS, "get", "endpointslices", "-o", "yaml"]);
+            let ip = kubectl(&[
+                "-n",
+                NS,
                 "get",
-                "apiservice",
-                api_service,
+                "service",
+                "signet-operator-issuance",
                 "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Available\")].status}",
-            ]) == "True"
-        },
-    );
+                "jsonpath={.spec.clusterIP}",
+            ]);
+            let pki = Path::new("/var/lib/signet-e2e/pki");
+            let probe = Command::new("curl")
+                .args(["-sk", "-w", " HTTP %{http_code}", "--cert"])
+                .arg(pki.join("front-proxy-client.crt"))
+                .arg("--key")
+                .arg(pki.join("front-proxy-client.key"))
+                .arg(format!(
+                    "https://{ip}:443/apis/issuance.signet.dev/v1alpha1"
+                ))
+                .output()
+                .unwrap();
+            panic!(
+                "the APIService is not Available:\n{status}\n--- endpoint slices ---\n{slices}\n--- GET through the Service as the front proxy ---\n{}{}",
+                stdout_of(&probe),
+                stderr_of(&probe)
+            );
+        }
+        std::thread::sleep(POLL);
+    }
     let ca_bundle = kubectl(&[
         "get",
         "apiservice",

@@ -278,6 +278,9 @@ impl UserIssuance {
         let x509 = path == resource_path(X509_RESOURCE);
         let jwt = path == resource_path(JWT_RESOURCE);
         if !x509 && !jwt {
+            // The API server only asks for discovery and the two
+            // resources; anything else is worth seeing in the log.
+            tracing::warn!(%method, %path, version = ?request.version(), "unknown path on the user issuance API");
             return Err(ApiError::NotFound(path));
         }
         if method != Method::POST {
