@@ -21,6 +21,7 @@ use signet_policy::crd::{FederatedTrustDomain, FederationStatus, READY_CONDITION
 use signet_runtime::clock::Clock;
 use tokio::sync::watch;
 
+use crate::cluster::reconciler::is_complete;
 use crate::federation::{FederatedDomain, FederationSet, from_object};
 
 /// How often the leader compares each object's status with what it knows.
@@ -90,7 +91,7 @@ pub async fn follow(
             _ = tick.tick() => {}
         }
         // Only a complete list: a partial one would drop domains.
-        if !store.wait_until_ready().now_or_never_ready() {
+        if !is_complete(&store) {
             continue;
         }
         let objects = store.state();
@@ -99,17 +100,6 @@ pub async fn follow(
         if *leading.borrow() {
             write_statuses(&api, &store, &verdicts, &set, clock).await;
         }
-    }
-}
-
-/// `wait_until_ready` without waiting.
-trait NowOrNever {
-    fn now_or_never_ready(self) -> bool;
-}
-
-impl<F: std::future::Future<Output = Result<(), E>>, E> NowOrNever for F {
-    fn now_or_never_ready(self) -> bool {
-        futures::FutureExt::now_or_never(self).is_some_and(|r| r.is_ok())
     }
 }
 

@@ -137,12 +137,7 @@ impl PolicyReconciler {
                 }
             }
             // Compile only complete lists: a partial one would revoke.
-            let ready =
-                |store: futures::future::BoxFuture<'_, bool>| store.now_or_never().unwrap_or(false);
-            if !ready(Box::pin(async {
-                identities.wait_until_ready().await.is_ok()
-            })) || !ready(Box::pin(async { roles.wait_until_ready().await.is_ok() }))
-            {
+            if !is_complete(&identities) || !is_complete(&roles) {
                 continue;
             }
             self.reconcile(&identities, &roles).await;
@@ -257,6 +252,18 @@ impl PolicyReconciler {
             tracing::warn!(%error, name = %report.name, "recording an event failed");
         }
     }
+}
+
+/// Whether a reflector store holds the complete list now (never waits).
+pub fn is_complete<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|ready| ready.is_ok())
 }
 
 /// The objects as the policy to compile, in name order.
