@@ -17,8 +17,9 @@ test:
 	$(CARGO) test --workspace
 
 ## test-setup: what the tests use from outside Rust (as root): Docker and
-## Podman for the attestor tests, py-spiffe and spire-agent (go-spiffe) for
-## interop, csi-sanity for signet-csi.
+## Podman for the attestor tests, py-spiffe, spire-agent (go-spiffe),
+## spire-server and a go-spiffe mTLS workload for interop and federation,
+## csi-sanity for signet-csi.
 test-setup:
 	bash node-agent/tests/setup-docker.sh
 	bash node-agent/tests/setup-podman.sh

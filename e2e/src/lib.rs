@@ -3,4 +3,5 @@
 
 pub mod cluster;
 pub mod deadline;
+pub mod interop;
 pub mod standalone;

@@ -4,13 +4,16 @@
 //! certificate (`https_web`, from a test CA here). Each operator fetches
 //! the other's bundle, its agent hands it to workloads whose identity
 //! federates with the other domain, go-spiffe (spire-agent's `api fetch`)
-//! writes it out, workloads in the two domains complete mTLS, and a CA
-//! rotation in `a.org` reaches `b.org`'s workloads through the endpoint.
+//! writes it out, go-spiffe workloads in the two domains complete mTLS,
+//! and a CA rotation in `a.org` reaches `b.org`'s workloads through the
+//! endpoint while go-spiffe workloads keep connecting both ways, without
+//! a failed connection.
 //! A bundle file (offline federation) is re-read when a pipeline replaces
 //! it.
 //!
-//! spire-agent comes from `e2e/tools/install-interop.sh` (`make
-//! test-setup`); without it those checks are skipped unless
+//! spire-agent and the go-spiffe workload (`e2e/tools/go-spiffe-mtls`)
+//! come from `e2e/tools/install-interop.sh` (`make test-setup`); without
+//! them those checks are skipped unless
 //! `SIGNET_REQUIRE_INTEROP=1` (as in CI).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,6 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use signet_e2e::cluster::free_port;
+use signet_e2e::interop::{GoMtlsServer, go_mtls_once, go_mtls_traffic, traffic_summary};
 use signet_e2e::standalone::{Stack, binary, http_get, wait_until_every};
 use signet_identity::x509::certs_from_pem;
 
@@ -138,25 +142,6 @@ fn mtls(
     }
 }
 
-fn spire_agent() -> Option<PathBuf> {
-    let dir = match std::env::var_os("SIGNET_TOOLS_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-            .join(".cache/signet-tools"),
-    };
-    let path = dir.join("bin/spire-agent");
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("SIGNET_REQUIRE_INTEROP").as_deref() != Ok("1"),
-        "SIGNET_REQUIRE_INTEROP=1 and {} is missing (make test-setup)",
-        path.display()
-    );
-    signet_e2e::cluster::note("SKIPPED go-spiffe checks: spire-agent not installed");
-    None
-}
-
 #[test]
 fn two_trust_domains_federate_over_both_endpoint_profiles_and_follow_rotation() {
     let work = tempfile::tempdir().unwrap();
@@ -224,7 +209,7 @@ fn two_trust_domains_federate_over_both_endpoint_profiles_and_follow_rotation() 
     );
 
     // go-spiffe sees it too.
-    if let Some(spire_agent) = spire_agent() {
+    if let Some(spire_agent) = signet_e2e::interop::tool("bin/spire-agent") {
         let out = work.path().join("go-spiffe");
         std::fs::create_dir_all(&out).unwrap();
         let fetched = Command::new(spire_agent)
@@ -244,7 +229,8 @@ fn two_trust_domains_federate_over_both_endpoint_profiles_and_follow_rotation() 
         assert_eq!(ders(&out.join("federated_bundle.0.0.pem")), a_cas);
     }
 
-    // mTLS across the two trust domains, both ways round.
+    // mTLS across the two trust domains, both ways round: go-spiffe
+    // workloads, and the Rust `spiffe` crate (the mTLS example).
     let uid = signet_e2e::standalone::current_uid();
     let (a_id, b_id) = (
         format!("spiffe://a.org/svc/uid/{uid}"),
@@ -255,10 +241,37 @@ fn two_trust_domains_federate_over_both_endpoint_profiles_and_follow_rotation() 
         greeting.contains(&format!("hello {b_id}, this is {a_id}")),
         "{greeting}"
     );
-    mtls(&b, &a, &b_id, &a_id).unwrap();
+    let go_servers = GoMtlsServer::start(&a.endpoint(), &[&b_id])
+        .zip(GoMtlsServer::start(&b.endpoint(), &[&a_id]));
+    if let Some((server_a, server_b)) = &go_servers {
+        let greeting = go_mtls_once(&b.endpoint(), server_a, &a_id).unwrap();
+        assert_eq!(greeting.trim(), format!("hello {b_id}, this is {a_id}"));
+        let greeting = go_mtls_once(&a.endpoint(), server_b, &b_id).unwrap();
+        assert_eq!(greeting.trim(), format!("hello {a_id}, this is {b_id}"));
+    }
 
-    // a.org announces its next CA; b.org's workloads get it through the
-    // endpoint before it signs anything, and mTLS keeps working.
+    // a.org rotates its CA (successor announced at half its 4 m life,
+    // active at a sixth left) while go-spiffe workloads keep connecting
+    // across the domains both ways; not one connection may fail, and each
+    // loop runs until a.org's side has shown SVIDs from both CAs.
+    let traffic = go_servers.as_ref().map(|(server_a, server_b)| {
+        (
+            go_mtls_traffic(
+                &b.endpoint(),
+                server_a.port,
+                &a_id,
+                2,
+                Duration::from_secs(330),
+            ),
+            go_mtls_traffic(
+                &a.endpoint(),
+                server_b.port,
+                &b_id,
+                2,
+                Duration::from_secs(330),
+            ),
+        )
+    });
     let mut rotated = BTreeSet::new();
     wait_until_every(
         "a.org's successor CA in b.org's federated bundle",
@@ -278,6 +291,22 @@ fn two_trust_domains_federate_over_both_endpoint_profiles_and_follow_rotation() 
         )
         .is_some_and(|s| s >= 2.0)
     );
+    if let Some((to_a, from_a)) = traffic {
+        let (to_a, from_a) = (traffic_summary(to_a), traffic_summary(from_a));
+        assert_eq!((to_a.failed, from_a.failed), (0, 0), "{to_a:?}\n{from_a:?}");
+        assert_eq!(
+            to_a.server_issuers, 2,
+            "b.org's client saw a.org's rotation: {to_a:?}"
+        );
+        assert_eq!(
+            from_a.client_issuers, 2,
+            "a.org's client rotated: {from_a:?}"
+        );
+        signet_e2e::cluster::note(&format!(
+            "go-spiffe traffic across a.org's rotation: {} + {} connections, none failed",
+            to_a.connections, from_a.connections
+        ));
+    }
     mtls(&a, &b, &a_id, &b_id).unwrap();
 
     // b.org's endpoint going away keeps the last good bundle in force, and

@@ -18,43 +18,15 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use signet_e2e::interop::tool;
 use signet_e2e::standalone::{Stack, current_uid, uid_policy, wait_until};
 use signet_identity::x509::{certs_from_pem, spiffe_id_from_cert};
 
 const AUDIENCE: &str = "interop-audience";
-
-fn tools_dir() -> PathBuf {
-    match std::env::var_os("SIGNET_TOOLS_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-            .join(".cache/signet-tools"),
-    }
-}
-
-/// The tool at `relative` under the tools directory, or `None` (skip) when
-/// it is missing and interop is not required; fails when it is required.
-#[allow(clippy::print_stderr)] // the only way to say why a test skipped
-fn tool(relative: &str) -> Option<PathBuf> {
-    let path = tools_dir().join(relative);
-    if path.is_file() {
-        return Some(path);
-    }
-    let why = format!(
-        "{} is missing: run e2e/tools/install-interop.sh (SIGNET_TOOLS_DIR={})",
-        path.display(),
-        tools_dir().display()
-    );
-    assert!(
-        std::env::var("SIGNET_REQUIRE_INTEROP").as_deref() != Ok("1"),
-        "SIGNET_REQUIRE_INTEROP=1 and {why}"
-    );
-    eprintln!("skipping: {why}");
-    None
-}
 
 /// `Stack::start`, except that the agent starts only once the operator has
 /// published its bundle: the operator accepts TCP connections (which is what

@@ -6,8 +6,12 @@
 #     venv/            Python venv with py-spiffe (PyPI package `spiffe`)
 #     bin/spire-agent  SPIRE's agent binary, for its `api` client commands
 #                      (fetch x509 -write, fetch/validate jwt, watch), which
-#                      are built on go-spiffe
-#     src/             the Go module the binary is built from (kept for go.sum)
+#                      are built on go-spiffe, and as a SPIRE agent for the
+#                      federation test
+#     bin/spire-server SPIRE's server, the other trust domain of
+#                      e2e/tests/standalone_spire_federation.rs
+#     bin/go-spiffe-mtls  a go-spiffe mTLS workload (e2e/tools/go-spiffe-mtls)
+#     src/             the Go modules the binaries are built from (kept for go.sum)
 #
 # Everything comes from PyPI and the Go module proxy through pip and go.
 #
@@ -91,8 +95,24 @@ if ! command -v go >/dev/null; then
     exit 1
 fi
 go_tool spire-agent github.com/spiffe/spire/cmd/spire-agent "$SPIRE_VERSION"
+go_tool spire-server github.com/spiffe/spire/cmd/spire-server "$SPIRE_VERSION"
+
+# go-spiffe-mtls: this repository's go-spiffe test workload (see its
+# main.go), rebuilt when its sources or the Go version change.
+mtls_src=$(cd "$(dirname "${BASH_SOURCE[0]}")/go-spiffe-mtls" && pwd)
+mtls_want="$(cat "$mtls_src"/go.mod "$mtls_src"/go.sum "$mtls_src"/main.go | sha256sum | cut -d' ' -f1) $(go env GOVERSION)"
+mtls_stamp=$TOOLS_DIR/bin/.go-spiffe-mtls.version
+if [[ -x $TOOLS_DIR/bin/go-spiffe-mtls && -f $mtls_stamp && $(cat "$mtls_stamp") == "$mtls_want" ]]; then
+    say "go-spiffe-mtls already at $TOOLS_DIR/bin/go-spiffe-mtls"
+else
+    say "building go-spiffe-mtls"
+    (cd "$mtls_src" && go build -o "$TOOLS_DIR/bin/go-spiffe-mtls" .)
+    printf '%s\n' "$mtls_want" >"$mtls_stamp"
+fi
 
 say "done:"
 say "  py-spiffe $PY_SPIFFE_VERSION      $venv/bin/python"
 say "  spire-agent $SPIRE_VERSION  $TOOLS_DIR/bin/spire-agent"
+say "  spire-server $SPIRE_VERSION $TOOLS_DIR/bin/spire-server"
+say "  go-spiffe-mtls         $TOOLS_DIR/bin/go-spiffe-mtls"
 say "run: SIGNET_REQUIRE_INTEROP=1 cargo test -p signet-e2e --test standalone_interop"

@@ -1,0 +1,212 @@
+// go-spiffe-mtls is a test workload built on go-spiffe, the SPIFFE
+// project's Go library, so that Signet's end-to-end tests can show a Go
+// workload completing mTLS with SVIDs from Signet or SPIRE, unchanged.
+// It is test tooling, not part of Signet (the product is Rust only); it
+// is built by e2e/tools/install-interop.sh.
+//
+//	go-spiffe-mtls server -socket unix:///path -listen 127.0.0.1:0 -allow spiffe://td/id
+//	    prints "listening HOST:PORT", then answers each connection's line
+//	    with "hello <client ID>, this is <own ID>".
+//	go-spiffe-mtls client -socket unix:///path -connect HOST:PORT -server-id spiffe://td/id
+//	    one connection; prints the server's greeting.
+//	go-spiffe-mtls client ... -until-issuers N -timeout D -every D
+//	    a new connection every D until the server's or this client's
+//	    SVIDs have been signed by N different CAs (or the timeout), then
+//	    prints a JSON summary; exit 1 if any connection failed.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fail("usage: go-spiffe-mtls server|client [flags]")
+	}
+	switch os.Args[1] {
+	case "server":
+		server(os.Args[2:])
+	case "client":
+		client(os.Args[2:])
+	default:
+		fail("unknown command " + os.Args[1])
+	}
+}
+
+func fail(msg string) {
+	fmt.Fprintln(os.Stderr, msg)
+	os.Exit(2)
+}
+
+func source(ctx context.Context, socket string) *workloadapi.X509Source {
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(socket)))
+	if err != nil {
+		fail("X509 source: " + err.Error())
+	}
+	return src
+}
+
+func authorizer(ids string) tlsconfig.Authorizer {
+	var allowed []spiffeid.ID
+	for _, raw := range strings.Split(ids, ",") {
+		id, err := spiffeid.FromString(raw)
+		if err != nil {
+			fail("bad SPIFFE ID " + raw + ": " + err.Error())
+		}
+		allowed = append(allowed, id)
+	}
+	return tlsconfig.AuthorizeOneOf(allowed...)
+}
+
+func server(args []string) {
+	flags := flag.NewFlagSet("server", flag.ExitOnError)
+	socket := flags.String("socket", os.Getenv("SPIFFE_ENDPOINT_SOCKET"), "Workload API address")
+	listen := flags.String("listen", "127.0.0.1:0", "address to listen on")
+	allow := flags.String("allow", "", "client SPIFFE IDs allowed, comma-separated")
+	_ = flags.Parse(args)
+	ctx := context.Background()
+	src := source(ctx, *socket)
+	listener, err := tls.Listen("tcp", *listen, tlsconfig.MTLSServerConfig(src, src, authorizer(*allow)))
+	if err != nil {
+		fail("listen: " + err.Error())
+	}
+	fmt.Printf("listening %s\n", listener.Addr())
+	for {
+		conn, err := listener.Accept()
+		if err != nil {
+			fail("accept: " + err.Error())
+		}
+		go answer(conn.(*tls.Conn), src)
+	}
+}
+
+func answer(conn *tls.Conn, src *workloadapi.X509Source) {
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := conn.Handshake(); err != nil {
+		fmt.Fprintf(os.Stderr, "handshake: %v\n", err)
+		return
+	}
+	if _, err := bufio.NewReader(conn).ReadString('\n'); err != nil {
+		return
+	}
+	peer := leafID(conn.ConnectionState().PeerCertificates)
+	own, err := src.GetX509SVID()
+	if err != nil {
+		return
+	}
+	fmt.Fprintf(conn, "hello %s, this is %s\n", peer, own.ID)
+}
+
+func leafID(chain []*x509.Certificate) string {
+	if len(chain) == 0 || len(chain[0].URIs) == 0 {
+		return "?"
+	}
+	return chain[0].URIs[0].String()
+}
+
+type summary struct {
+	Connections   int      `json:"connections"`
+	Failed        int      `json:"failed"`
+	Errors        []string `json:"errors"`
+	ServerIssuers []string `json:"server_issuers"`
+	ClientIssuers []string `json:"client_issuers"`
+	Greeting      string   `json:"greeting"`
+}
+
+func client(args []string) {
+	flags := flag.NewFlagSet("client", flag.ExitOnError)
+	socket := flags.String("socket", os.Getenv("SPIFFE_ENDPOINT_SOCKET"), "Workload API address")
+	connect := flags.String("connect", "", "server address")
+	serverID := flags.String("server-id", "", "server SPIFFE IDs accepted, comma-separated")
+	untilIssuers := flags.Int("until-issuers", 0, "keep connecting until one side's SVIDs were signed by this many CAs")
+	timeout := flags.Duration("timeout", 5*time.Minute, "give up looping after this long")
+	every := flags.Duration("every", 100*time.Millisecond, "pause between connections when looping")
+	_ = flags.Parse(args)
+	ctx := context.Background()
+	src := source(ctx, *socket)
+	config := tlsconfig.MTLSClientConfig(src, src, authorizer(*serverID))
+
+	if *untilIssuers == 0 {
+		greeting, _, err := exchange(*connect, config)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Print(greeting)
+		return
+	}
+
+	result := summary{Errors: []string{}}
+	serverIssuers, clientIssuers := map[string]bool{}, map[string]bool{}
+	deadline := time.Now().Add(*timeout)
+	for time.Now().Before(deadline) && len(serverIssuers) < *untilIssuers && len(clientIssuers) < *untilIssuers {
+		result.Connections++
+		greeting, state, err := exchange(*connect, config)
+		if err != nil {
+			result.Failed++
+			if len(result.Errors) < 10 {
+				result.Errors = append(result.Errors, err.Error())
+			}
+		} else {
+			result.Greeting = strings.TrimSpace(greeting)
+			serverIssuers[issuer(state.PeerCertificates)] = true
+			if own, err := src.GetX509SVID(); err == nil {
+				clientIssuers[issuer(own.Certificates)] = true
+			}
+		}
+		time.Sleep(*every)
+	}
+	for k := range serverIssuers {
+		result.ServerIssuers = append(result.ServerIssuers, k)
+	}
+	for k := range clientIssuers {
+		result.ClientIssuers = append(result.ClientIssuers, k)
+	}
+	out, _ := json.Marshal(result)
+	fmt.Println(string(out))
+	if result.Failed > 0 {
+		os.Exit(1)
+	}
+}
+
+// issuer names the CA that signed a chain's leaf by its authority key ID.
+func issuer(chain []*x509.Certificate) string {
+	if len(chain) == 0 {
+		return "?"
+	}
+	return hex.EncodeToString(chain[0].AuthorityKeyId)
+}
+
+func exchange(addr string, config *tls.Config) (string, tls.ConnectionState, error) {
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	conn, err := tls.DialWithDialer(dialer, "tcp", addr, config)
+	if err != nil {
+		return "", tls.ConnectionState{}, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintln(conn, "hello"); err != nil {
+		return "", tls.ConnectionState{}, fmt.Errorf("write: %w", err)
+	}
+	greeting, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return "", tls.ConnectionState{}, fmt.Errorf("read greeting: %w", err)
+	}
+	return greeting, conn.ConnectionState(), nil
+}
