@@ -41,6 +41,13 @@ for b in "${bins[@]}"; do
   image="localhost/signet/${b#signet-}:$tag"
   out="$cache/images/${b#signet-}_$tag.tar"
   flags=(--name "$image" --binary "$bin" --output "$out")
+  # The operator fetches https_web bundle endpoints (federation) checked
+  # against the system roots: it carries Debian's CA certificates.
+  roots=/etc/ssl/certs/ca-certificates.crt
+  if [ "$b" = signet-operator ]; then
+    [ -f "$roots" ] || { echo "build-all.sh: $roots is missing (apt-get install ca-certificates)" >&2; exit 1; }
+    flags+=(--file "$roots:$roots")
+  fi
   [ "$import" = 1 ] && flags+=(--import)
   SIGNET_CONTAINERD_SOCK="$sock" "$here/build-image.sh" "${flags[@]}"
   echo "$b $image $out"
