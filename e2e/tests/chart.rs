@@ -476,6 +476,61 @@ fn chart_federation_values_render_what_the_operator_accepts() {
     assert!(!off_yaml.contains("bundle_endpoint") && !off_yaml.contains("federation"));
 }
 
+#[test]
+fn chart_upstream_ca_mounts_the_secret_the_config_names() {
+    let Some(helm) = helm() else { return };
+    let on = template(&helm, &["operator.ca.upstream.secretName=corp-issuing-ca"]).unwrap();
+    let operator_yaml = rendered_operator_yaml(&on);
+    // The files exist only in the pod, so this checks the parsed file
+    // configuration rather than resolving it.
+    let file: signet_operator::config::FileConfig = serde_yaml::from_str(operator_yaml).unwrap();
+    let upstream = file.ca.upstream.expect("ca.upstream rendered");
+    assert_eq!(
+        upstream.cert_file,
+        Path::new("/etc/signet/upstream/tls.crt")
+    );
+    assert_eq!(upstream.key_file, Path::new("/etc/signet/upstream/tls.key"));
+    assert_eq!(
+        upstream.bundle_file.as_deref(),
+        Some(Path::new("/etc/signet/upstream/ca.crt"))
+    );
+    let deployment = get(&on, "Deployment", "-operator");
+    let spec = &deployment["spec"]["template"]["spec"];
+    let volumes = serde_yaml::to_string(&spec["volumes"]).unwrap();
+    assert!(volumes.contains("secretName: corp-issuing-ca"), "{volumes}");
+    let mounts =
+        serde_yaml::to_string(&container(deployment, "operator").unwrap()["volumeMounts"]).unwrap();
+    assert!(
+        mounts.contains("mountPath: /etc/signet/upstream"),
+        "{mounts}"
+    );
+    assert!(
+        !mounts.contains("subPath"),
+        "a subPath mount never sees the Secret's updates"
+    );
+
+    // A chain file that ends with the root needs no bundle key.
+    let no_bundle = template(
+        &helm,
+        &[
+            "operator.ca.upstream.secretName=corp-issuing-ca",
+            "operator.ca.upstream.bundleKey=",
+        ],
+    )
+    .unwrap();
+    let file: signet_operator::config::FileConfig =
+        serde_yaml::from_str(rendered_operator_yaml(&no_bundle)).unwrap();
+    assert_eq!(file.ca.upstream.unwrap().bundle_file, None);
+    // Off by default.
+    let off = template(&helm, &[]).unwrap();
+    assert!(!rendered_operator_yaml(&off).contains("upstream"));
+    let mounts = serde_yaml::to_string(
+        &container(get(&off, "Deployment", "-operator"), "operator").unwrap()["volumeMounts"],
+    )
+    .unwrap();
+    assert!(!mounts.contains("upstream"));
+}
+
 /// The Kubernetes examples users copy are valid policy.
 #[test]
 fn kubernetes_examples_compile() {

@@ -34,7 +34,12 @@ const AUDIENCE: &str = "interop-audience";
 /// `bundle.pem`, and an agent started in between exits. Under load (four
 /// stacks on two cores) that window is real.
 fn start_stack() -> Stack {
-    let mut stack = Stack::operator_only(&uid_policy("web", current_uid()));
+    start_stack_with(|_| String::new())
+}
+
+/// [`start_stack`] with an operator configuration file.
+fn start_stack_with(config: impl FnOnce(&Stack) -> String) -> Stack {
+    let mut stack = Stack::operator_only_with_config(&uid_policy("web", current_uid()), config);
     let bundle = stack.bundle_pem_path();
     wait_until("the operator's bundle.pem", Duration::from_secs(30), || {
         bundle.is_file()
@@ -325,4 +330,206 @@ fn spire_agent_watch_stays_attached_and_sees_updates() {
         read()
     );
     assert!(alive(), "watch exited: {}", read());
+}
+
+// ---------------------------------------------------------- upstream CA
+
+/// An organisation's PKI as files: a root, an issuing CA under it (neither
+/// with a SPIFFE ID, as corporate CAs are), the issuing CA's chain file
+/// (itself, then the root), its PKCS#8 key, and the roots file.
+struct CorporatePki {
+    root: Vec<u8>,
+    chain_file: std::path::PathBuf,
+    key_file: std::path::PathBuf,
+    roots_file: std::path::PathBuf,
+}
+
+fn corporate_pki(dir: &Path) -> CorporatePki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let ca_params = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Corp");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params
+    };
+    let root_key = KeyPair::generate().unwrap();
+    let root_params = ca_params("Corp Root CA");
+    let root = root_params.self_signed(&root_key).unwrap();
+    let root_issuer = Issuer::new(root_params, root_key);
+    let issuing_key = KeyPair::generate().unwrap();
+    let issuing = ca_params("Corp Signet Issuing CA")
+        .signed_by(&issuing_key, &root_issuer)
+        .unwrap();
+    let pki = CorporatePki {
+        root: root.der().to_vec(),
+        chain_file: dir.join("upstream.crt"),
+        key_file: dir.join("upstream.key"),
+        roots_file: dir.join("roots.pem"),
+    };
+    std::fs::write(&pki.chain_file, format!("{}{}", issuing.pem(), root.pem())).unwrap();
+    std::fs::write(&pki.key_file, issuing_key.serialize_pem()).unwrap();
+    std::fs::write(&pki.roots_file, root.pem()).unwrap();
+    pki
+}
+
+/// `ca.upstream` from files: the bundle holds only the corporate root, and
+/// SVIDs (leaf, the trust domain's CA, the issuing CA) verify against it
+/// with py-spiffe, go-spiffe (mTLS between two workloads) and openssl.
+#[test]
+fn svids_under_an_upstream_ca_verify_against_its_root_alone() {
+    let work = tempfile::tempdir().unwrap();
+    let pki = corporate_pki(work.path());
+    let stack = start_stack_with(|_| {
+        format!(
+            "ca:\n  upstream:\n    cert_file: {}\n    key_file: {}\n    bundle_file: {}\n",
+            pki.chain_file.display(),
+            pki.key_file.display(),
+            pki.roots_file.display()
+        )
+    });
+    let root: BTreeSet<Vec<u8>> = [pki.root.clone()].into();
+    assert_eq!(
+        ders(&stack.bundle_pem_path()),
+        root,
+        "the bundle is the root alone"
+    );
+
+    // Signet's own client: the chain carries the trust domain's CA and the
+    // issuing CA, not the root.
+    let fetched = stack.agent_api(&[
+        "fetch",
+        "x509",
+        "--write",
+        stack.path("svid").to_str().unwrap(),
+    ]);
+    assert!(fetched.status.success(), "{fetched:?}");
+
+    if let Some(python) = tool("venv/bin/python") {
+        let report = run_py_spiffe(&python, &stack, None);
+        let x509 = &report["x509"];
+        assert_eq!(x509["spiffe_id"], expected_id().as_str(), "{report:#}");
+        assert_eq!(x509["chain_length"], 3, "{report:#}");
+        assert_eq!(x509["chain_verifies"], true, "{report:#}");
+        assert_eq!(pem_ders(x509["bundle_pems"].as_array().unwrap()), root);
+        // JWT keys stay Signet's own.
+        assert_eq!(
+            report["jwt"]["validated_locally"],
+            expected_id().as_str(),
+            "{report:#}"
+        );
+    }
+
+    if let Some(binary) = tool("bin/spire-agent") {
+        let out = stack.path("go-spiffe");
+        std::fs::create_dir_all(&out).unwrap();
+        let output = spire_agent(&stack, &binary, &["fetch", "x509"])
+            .arg("-write")
+            .arg(&out)
+            .output()
+            .unwrap();
+        check("spire-agent api fetch x509", &output);
+        assert_eq!(ders(&out.join("bundle.0.pem")), root);
+        let chain =
+            certs_from_pem(&std::fs::read_to_string(out.join("svid.0.pem")).unwrap()).unwrap();
+        assert_eq!(chain.len(), 3);
+        assert_eq!(
+            spiffe_id_from_cert(chain[0].as_ref()).unwrap().to_string(),
+            expected_id()
+        );
+        // openssl: the leaf, with the two CAs as untrusted intermediates,
+        // against the root alone.
+        let leaf = stack.path("leaf.pem");
+        let intermediates = stack.path("intermediates.pem");
+        std::fs::write(&leaf, signet_identity::x509::certs_to_pem(&chain[..1])).unwrap();
+        std::fs::write(
+            &intermediates,
+            signet_identity::x509::certs_to_pem(&chain[1..]),
+        )
+        .unwrap();
+        let verified = Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(out.join("bundle.0.pem"))
+            .arg("-untrusted")
+            .arg(&intermediates)
+            .arg(&leaf)
+            .output()
+            .unwrap();
+        let said = check("openssl verify", &verified);
+        assert!(said.contains(": OK"), "{said}");
+        // Without the issuing CA, the path to the root is broken.
+        std::fs::write(
+            &intermediates,
+            signet_identity::x509::certs_to_pem(&chain[1..2]),
+        )
+        .unwrap();
+        let broken = Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(out.join("bundle.0.pem"))
+            .arg("-untrusted")
+            .arg(&intermediates)
+            .arg(&leaf)
+            .output()
+            .unwrap();
+        assert!(!broken.status.success(), "verified without the issuing CA");
+    }
+
+    // go-spiffe mTLS between two workloads, each checking the other's
+    // three-certificate chain against the root.
+    if let Some(server) =
+        signet_e2e::interop::GoMtlsServer::start(&stack.endpoint(), &[&expected_id()])
+    {
+        let greeting =
+            signet_e2e::interop::go_mtls_once(&stack.endpoint(), &server, &expected_id()).unwrap();
+        assert_eq!(
+            greeting.trim(),
+            format!("hello {0}, this is {0}", expected_id())
+        );
+    }
+}
+
+/// A broken upstream refuses to start, saying why (and writes no CA).
+#[test]
+fn an_upstream_that_does_not_chain_to_its_roots_is_refused_at_start() {
+    let work = tempfile::tempdir().unwrap();
+    let pki = corporate_pki(work.path());
+    let other_dir = work.path().join("other");
+    std::fs::create_dir(&other_dir).unwrap();
+    let other = corporate_pki(&other_dir);
+    let config = work.path().join("operator.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "trust_domain: example.org\nca:\n  upstream:\n    cert_file: {}\n    key_file: {}\n    bundle_file: {}\n",
+            pki.chain_file.display(),
+            pki.key_file.display(),
+            other.roots_file.display()
+        ),
+    )
+    .unwrap();
+    let state = work.path().join("state");
+    let output = Command::new(signet_e2e::standalone::binary("signet-operator"))
+        .args(["standalone", "--config"])
+        .arg(&config)
+        .arg("--policy-dir")
+        .arg(work.path())
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("ca.upstream") && said.contains("does not verify against the roots"),
+        "{said}"
+    );
+    assert!(
+        !state.join("ca-keyset.json").exists(),
+        "a CA was created anyway"
+    );
 }

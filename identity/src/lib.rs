@@ -53,7 +53,8 @@ pub mod keys;
 pub mod x509;
 
 pub use authority::{
-    AuthorityError, AuthorityKind, AuthorityState, CaConfig, CaKeyset, JwtKey, RotationEvent,
+    AuthorityError, AuthorityKind, AuthorityState, AuthorityStatus, CaConfig, CaKeyset, JwtKey,
+    RotationEvent,
 };
 pub use bundle::{BundleError, BundleSet, BundleSource, JwtAuthority, TrustBundle};
 pub use id::{

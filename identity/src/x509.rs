@@ -49,6 +49,15 @@ pub enum X509Error {
     /// The CA material is not a usable CA (not a CA certificate, key mismatch, ...).
     #[error("invalid CA: {0}")]
     InvalidCa(String),
+    /// The upstream CA material cannot sign this trust domain's CAs.
+    #[error("invalid upstream CA: {0}")]
+    InvalidUpstream(String),
+    /// The upstream signing certificate has expired.
+    #[error("the upstream CA certificate expired at {not_after:?}")]
+    UpstreamExpired {
+        /// Its notAfter.
+        not_after: SystemTime,
+    },
     /// The SVID's SPIFFE ID is not in the CA's trust domain.
     #[error("SPIFFE ID {id} is not in the CA's trust domain {trust_domain}")]
     ForeignTrustDomain {
@@ -196,9 +205,188 @@ impl X509Svid {
     }
 }
 
-/// An X.509 signing authority: a self-signed CA certificate and its key.
+/// An upstream signing CA (the organisation's PKI: an offline root, or an
+/// intermediate under it) that signs the trust domain's own CAs, so SVIDs
+/// chain to the upstream roots and the bundle holds only those roots.
+pub struct UpstreamCa {
+    cert: CertificateDer<'static>,
+    key: PrivateKey,
+    /// What SVIDs carry above the trust domain's CA: `cert` unless it is a
+    /// root, then the intermediates of the chain file that are not roots.
+    chain: Vec<CertificateDer<'static>>,
+    roots: Vec<CertificateDer<'static>>,
+    subject_der: Vec<u8>,
+    key_id: Vec<u8>,
+    not_after: SystemTime,
+}
+
+impl std::fmt::Debug for UpstreamCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamCa")
+            .field("key_id", &keys::hex(&self.key_id))
+            .field("chain", &self.chain.len())
+            .field("roots", &self.roots.len())
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for UpstreamCa {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert == other.cert && self.chain == other.chain && self.roots == other.roots
+    }
+}
+
+impl UpstreamCa {
+    /// The upstream CA from PEM: `cert_chain` is its certificate first, then
+    /// any intermediates up to the root; `key` its private key (PKCS#8, SEC1
+    /// PEM, `PRIVATE KEY`); `roots` the trust anchors (default: the
+    /// self-signed certificates of `cert_chain`). Refused unless a CA minted
+    /// under it at `now` verifies against `roots`.
+    pub fn from_pem(
+        cert_chain: &str,
+        key: &str,
+        roots: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Self, X509Error> {
+        let invalid = |m: String| X509Error::InvalidUpstream(m);
+        let certs = certs_from_pem(cert_chain)?;
+        let Some(cert) = certs.first().cloned() else {
+            return Err(invalid("the certificate file holds no certificate".into()));
+        };
+        let key = PrivateKey::from_pkcs8_pem(key).map_err(|e| {
+            invalid(format!(
+                "the key must be PKCS#8 PEM (`openssl pkcs8 -topk8 -nocrypt` converts): {e}"
+            ))
+        })?;
+        let parsed = parse_cert(&cert)?;
+        if !is_ca(&parsed) || !key_usage(&parsed).is_some_and(|ku| ku.key_cert_sign()) {
+            return Err(invalid(
+                "the upstream certificate is not a CA with keyCertSign".into(),
+            ));
+        }
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key().raw() {
+            return Err(invalid(
+                "the private key does not match the upstream certificate".into(),
+            ));
+        }
+        let self_issued = |der: &CertificateDer<'_>| {
+            parse_cert(der)
+                .map(|c| c.tbs_certificate.issuer.as_raw() == c.tbs_certificate.subject.as_raw())
+        };
+        let mut chain = Vec::new();
+        let mut found_roots = Vec::new();
+        for (index, der) in certs.iter().enumerate() {
+            if !is_ca(&parse_cert(der)?) {
+                return Err(invalid(format!(
+                    "certificate {index} of the chain is not a CA"
+                )));
+            }
+            if self_issued(der)? {
+                found_roots.push(der.clone());
+            } else {
+                chain.push(der.clone());
+            }
+        }
+        let roots = match roots {
+            Some(pem) => certs_from_pem(pem)?,
+            None => found_roots,
+        };
+        if roots.is_empty() {
+            return Err(invalid(
+                "no root: the certificate is not self-signed, so give the roots (bundle file)"
+                    .into(),
+            ));
+        }
+        let key_id = parsed
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(ki) => Some(ki.0.to_vec()),
+                _ => None,
+            })
+            .unwrap_or_else(|| key.public_key().key_id());
+        let (_, not_after) = validity(&parsed);
+        let upstream = Self {
+            subject_der: parsed.tbs_certificate.subject.as_raw().to_vec(),
+            cert,
+            key,
+            chain,
+            roots,
+            key_id,
+            not_after,
+        };
+        upstream.check_path(now)?;
+        Ok(upstream)
+    }
+
+    /// Mints a throwaway CA and SVID under this upstream and verifies the
+    /// SVID against the roots, so a wrong chain or bundle is refused at
+    /// start-up rather than at the first handshake.
+    fn check_path(&self, now: SystemTime) -> Result<(), X509Error> {
+        struct Roots<'a>(&'a TrustDomain, &'a [CertificateDer<'static>]);
+        impl X509BundleSource for Roots<'_> {
+            fn x509_authorities(&self, td: &TrustDomain) -> Option<&[CertificateDer<'static>]> {
+                (td == self.0).then_some(self.1)
+            }
+        }
+        let td = TrustDomain::new("upstream-check.invalid")
+            .map_err(|e| X509Error::InvalidUpstream(e.to_string()))?;
+        let ca = X509Ca::signed_by(
+            self,
+            &td,
+            PrivateKey::generate(crate::keys::KeyType::EcP256)?,
+            Duration::from_secs(600),
+            now,
+        )?;
+        let id = SpiffeId::from_path(&td, "/check")
+            .map_err(|e| X509Error::InvalidUpstream(e.to_string()))?;
+        let leaf_key = PrivateKey::generate(crate::keys::KeyType::EcP256)?;
+        let svid = ca.mint_svid(
+            &X509SvidParams::new(id, Duration::from_secs(60)),
+            leaf_key.public_key(),
+            now,
+        )?;
+        verify_x509_svid(&svid.cert_chain, &Roots(&td, &self.roots), now)
+            .map(|_| ())
+            .map_err(|e| {
+                X509Error::InvalidUpstream(format!(
+                    "a CA signed by it does not verify against the roots: {e}"
+                ))
+            })
+    }
+
+    /// The trust anchors: what the trust domain's bundle publishes.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+
+    /// The upstream certificates SVIDs carry above the trust domain's CA.
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.chain.clone()
+    }
+
+    /// The upstream signing certificate's notAfter: no CA under it outlives it.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+}
+
+/// An X.509 signing authority: a CA certificate for the trust domain and
+/// its key. Self-signed (the certificate is the trust anchor), or signed by
+/// an [`UpstreamCa`] (an intermediate under the organisation's root).
 pub struct X509Ca {
     cert: CertificateDer<'static>,
+    /// The certificates above `cert` that SVIDs carry, up to and not
+    /// including a root: empty when `cert` is self-signed.
+    chain: Vec<CertificateDer<'static>>,
+    /// Whether `cert` is self-signed: its own trust anchor, and the only
+    /// certificate SVIDs need (the SVID profile's leaf-only chain).
+    self_signed: bool,
+    /// The roots its SVIDs verify against: itself when self-signed, else
+    /// the upstream's roots when it was signed (kept so the bundle still
+    /// publishes them after the upstream changes, while this CA lives).
+    anchors: Vec<CertificateDer<'static>>,
     key: PrivateKey,
     trust_domain: TrustDomain,
     /// Exact subject Name bytes, copied into issued certificates' issuer field
@@ -235,12 +423,44 @@ impl X509Ca {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<Self, X509Error> {
+        Self::issue(trust_domain, key, ttl, now, None)
+    }
+
+    /// Creates an intermediate CA for `trust_domain` signed by `upstream`,
+    /// with the same profile as [`X509Ca::self_signed`]; its notAfter is
+    /// capped at the upstream certificate's. SVIDs it mints carry it and the
+    /// upstream chain (not the root).
+    pub fn signed_by(
+        upstream: &UpstreamCa,
+        trust_domain: &TrustDomain,
+        key: PrivateKey,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Self, X509Error> {
+        Self::issue(trust_domain, key, ttl, now, Some(upstream))
+    }
+
+    fn issue(
+        trust_domain: &TrustDomain,
+        key: PrivateKey,
+        ttl: Duration,
+        now: SystemTime,
+        upstream: Option<&UpstreamCa>,
+    ) -> Result<Self, X509Error> {
         if ttl.is_zero() {
             return Err(X509Error::ZeroTtl);
         }
         let now = truncate_to_secs(now);
         let not_before = now.checked_sub(NOT_BEFORE_BACKDATE).unwrap_or(now);
-        let not_after = now + ttl;
+        let mut not_after = now + ttl;
+        if let Some(upstream) = upstream {
+            if now >= upstream.not_after {
+                return Err(X509Error::UpstreamExpired {
+                    not_after: upstream.not_after,
+                });
+            }
+            not_after = not_after.min(upstream.not_after);
+        }
         let key_id = key.public_key().key_id();
         let mut subject = SubjectTemplate {
             common_name: Some(format!("Signet CA {}", keys::hex(&key_id[..8]))),
@@ -255,6 +475,7 @@ impl X509Ca {
             6,
             trust_domain.id().as_str().as_bytes(),
         )]);
+        let authority_key_id = upstream.map_or(key_id.as_slice(), |u| u.key_id.as_slice());
         let extensions = [
             extension(
                 oid::BASIC_CONSTRAINTS,
@@ -270,22 +491,30 @@ impl X509Ca {
             extension(
                 oid::AUTHORITY_KEY_ID,
                 false,
-                &der::sequence(&[&der::implicit_primitive(0, &key_id)]),
+                &der::sequence(&[&der::implicit_primitive(0, authority_key_id)]),
             ),
             extension(oid::SUBJECT_ALT_NAME, false, &san),
         ];
+        let (issuer_key, issuer_name) = match upstream {
+            Some(upstream) => (&upstream.key, upstream.subject_der.as_slice()),
+            None => (&key, subject_der.as_slice()),
+        };
         let cert = sign_certificate(
-            &key,
+            issuer_key,
             &random_serial()?,
-            &subject_der,
+            issuer_name,
             not_before,
             not_after,
             &subject_der,
             key.public_key().spki_der(),
             &extensions,
         )?;
+        let cert = CertificateDer::from(cert);
         Ok(Self {
-            cert: CertificateDer::from(cert),
+            anchors: upstream.map_or_else(|| vec![cert.clone()], |u| u.roots.clone()),
+            cert,
+            chain: upstream.map(UpstreamCa::chain).unwrap_or_default(),
+            self_signed: upstream.is_none(),
             key,
             trust_domain: trust_domain.clone(),
             subject_der,
@@ -299,6 +528,26 @@ impl X509Ca {
     /// Checks that the certificate is a CA with keyCertSign, carries a
     /// trust-domain SPIFFE ID, and matches the key.
     pub fn from_parts(cert: CertificateDer<'static>, key: PrivateKey) -> Result<Self, X509Error> {
+        Self::from_parts_with_chain(cert, Vec::new(), Vec::new(), key)
+    }
+
+    /// [`X509Ca::from_parts`] for an intermediate: `chain` is what SVIDs
+    /// carry above it (see [`X509Ca::chain`]), each a CA; `roots` what they
+    /// verify against (see [`X509Ca::anchors`]; ignored when self-signed).
+    pub fn from_parts_with_chain(
+        cert: CertificateDer<'static>,
+        chain: Vec<CertificateDer<'static>>,
+        roots: Vec<CertificateDer<'static>>,
+        key: PrivateKey,
+    ) -> Result<Self, X509Error> {
+        for above in &chain {
+            let parsed = parse_cert(above)?;
+            if !is_ca(&parsed) {
+                return Err(X509Error::InvalidCa(
+                    "a certificate of the upstream chain is not a CA".to_owned(),
+                ));
+            }
+        }
         let invalid = |m: &str| X509Error::InvalidCa(m.to_owned());
         let parsed = parse_cert(&cert)?;
         if !is_ca(&parsed) {
@@ -326,8 +575,18 @@ impl X509Ca {
         let (not_before, not_after) = validity(&parsed);
         let subject_der = parsed.tbs_certificate.subject.as_raw().to_vec();
         let trust_domain = id.trust_domain().clone();
+        let self_signed =
+            chain.is_empty() && parsed.tbs_certificate.issuer.as_raw() == subject_der.as_slice();
+        let anchors = if self_signed {
+            vec![cert.clone()]
+        } else {
+            roots
+        };
         Ok(Self {
+            anchors,
             cert,
+            chain,
+            self_signed,
             key,
             trust_domain,
             subject_der,
@@ -340,6 +599,37 @@ impl X509Ca {
     /// The CA certificate.
     pub fn certificate(&self) -> &CertificateDer<'static> {
         &self.cert
+    }
+
+    /// The upstream certificates above this CA that its SVIDs carry (empty
+    /// for a self-signed CA).
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    /// Whether this CA is its own trust anchor (no upstream): then it is
+    /// what the bundle publishes; otherwise the upstream's roots are.
+    pub fn is_self_signed(&self) -> bool {
+        self.self_signed
+    }
+
+    /// The trust anchors its SVIDs verify against: the CA itself when
+    /// self-signed, else the upstream roots it was signed under.
+    pub fn anchors(&self) -> &[CertificateDer<'static>] {
+        &self.anchors
+    }
+
+    /// An SVID's chain: the leaf alone under a self-signed CA, else the
+    /// leaf, this CA and the upstream chain.
+    fn svid_chain(&self, leaf: CertificateDer<'static>) -> Vec<CertificateDer<'static>> {
+        if self.self_signed {
+            return vec![leaf];
+        }
+        let mut chain = Vec::with_capacity(2 + self.chain.len());
+        chain.push(leaf);
+        chain.push(self.cert.clone());
+        chain.extend(self.chain.iter().cloned());
+        chain
     }
 
     /// The CA's private key. Secret.
@@ -479,7 +769,7 @@ impl X509Ca {
         )?;
         Ok(X509Svid {
             spiffe_id: params.spiffe_id.clone(),
-            cert_chain: vec![CertificateDer::from(cert)],
+            cert_chain: self.svid_chain(CertificateDer::from(cert)),
             not_before,
             not_after,
             serial: keys::hex(&serial),
@@ -1533,17 +1823,18 @@ mod tests {
         let mid = X509Ca::from_parts(mid_cert.clone(), mid_key).unwrap();
         let leaf_key = PrivateKey::generate(KeyType::EcP256).unwrap();
         let params = X509SvidParams::new(id("spiffe://example.org/w"), Duration::from_secs(60));
-        let mut chain = mid
+        // A CA that is not self-signed sends itself along with the leaf.
+        let chain = mid
             .mint_svid(&params, leaf_key.public_key(), now())
             .unwrap()
             .cert_chain;
+        assert_eq!(chain[1..], [mid_cert]);
+        assert!(verify_x509_svid(&chain, &bundle, now()).is_ok());
         assert_eq!(
-            verify_x509_svid(&chain, &bundle, now()),
+            verify_x509_svid(&chain[..1], &bundle, now()),
             Err(X509Error::UntrustedIssuer),
             "the intermediate is needed to reach the root"
         );
-        chain.push(mid_cert);
-        assert!(verify_x509_svid(&chain, &bundle, now()).is_ok());
 
         // A "chain" whose second certificate is a leaf is refused.
         let bogus_mid = sign_leaf(&root, &good_leaf_params("spiffe://example.org/m"));
@@ -1553,5 +1844,210 @@ mod tests {
             verify_x509_svid(&chain, &bundle, now()),
             Err(X509Error::IntermediateNotCa)
         );
+    }
+
+    /// PEM of a CA's certificate (and `above`) and of its key.
+    fn pem_of(ca: &X509Ca, above: &[&X509Ca]) -> (String, String) {
+        let mut certs = vec![ca.certificate().clone()];
+        certs.extend(above.iter().map(|c| c.certificate().clone()));
+        (certs_to_pem(&certs), ca.key().to_pkcs8_pem().to_string())
+    }
+
+    fn upstream_from(
+        ca: &X509Ca,
+        above: &[&X509Ca],
+        roots: Option<&X509Ca>,
+    ) -> Result<UpstreamCa, X509Error> {
+        let (chain, key) = pem_of(ca, above);
+        let roots = roots.map(|r| certs_to_pem(std::slice::from_ref(r.certificate())));
+        UpstreamCa::from_pem(&chain, &key, roots.as_deref(), now())
+    }
+
+    fn workload_svid(ca: &X509Ca) -> X509Svid {
+        let leaf_key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let params = X509SvidParams::new(id("spiffe://example.org/w"), Duration::from_secs(600));
+        ca.mint_svid(&params, leaf_key.public_key(), now()).unwrap()
+    }
+
+    fn anchors(td_name: &str, roots: &[&X509Ca]) -> Authorities {
+        roots.iter().fold(Authorities::default(), |a, r| {
+            a.with(td(td_name), Some(r.certificate().clone()))
+        })
+    }
+
+    #[test]
+    fn a_ca_under_an_upstream_root_chains_to_the_root_alone() {
+        let root = ca(KeyType::EcP384);
+        let upstream = upstream_from(&root, &[], None).unwrap();
+        assert_eq!(upstream.roots(), std::slice::from_ref(root.certificate()));
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let signet = X509Ca::signed_by(
+            &upstream,
+            &td("example.org"),
+            key,
+            Duration::from_secs(3600),
+            now(),
+        )
+        .unwrap();
+        assert!(!signet.is_self_signed());
+        let svid = workload_svid(&signet);
+        // Leaf and the trust domain's CA; the root is not sent.
+        assert_eq!(
+            svid.cert_chain,
+            vec![svid.cert_chain[0].clone(), signet.certificate().clone()]
+        );
+        verify_x509_svid(&svid.cert_chain, &anchors("example.org", &[&root]), now()).unwrap();
+        // The CA names the root as issuer, by name and key identifier.
+        let cert = parse_cert(signet.certificate()).unwrap();
+        let parsed_root = parse_cert(root.certificate()).unwrap();
+        assert_eq!(
+            cert.tbs_certificate.issuer.as_raw(),
+            parsed_root.tbs_certificate.subject.as_raw()
+        );
+        let aki = ext(&cert, &[2, 5, 29, 35]);
+        match aki.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                assert_eq!(
+                    aki.key_identifier.as_ref().unwrap().0,
+                    hex_decode(&root.key_id_hex())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without the root, the leaf does not verify against the CA's own
+        // trust domain bundle of another root.
+        let other_root = ca(KeyType::EcP256);
+        assert_eq!(
+            verify_x509_svid(
+                &svid.cert_chain,
+                &anchors("example.org", &[&other_root]),
+                now()
+            ),
+            Err(X509Error::UntrustedIssuer)
+        );
+    }
+
+    fn hex_decode(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn under_an_upstream_intermediate_svids_carry_it_and_not_the_root() {
+        let root = ca(KeyType::EcP256);
+        let root_upstream = upstream_from(&root, &[], None).unwrap();
+        let intermediate = X509Ca::signed_by(
+            &root_upstream,
+            &td("corp.example"),
+            PrivateKey::generate(KeyType::EcP256).unwrap(),
+            Duration::from_secs(7200),
+            now(),
+        )
+        .unwrap();
+        // The chain file ends with the root: that is where the root comes from.
+        let upstream = upstream_from(&intermediate, &[&root], None).unwrap();
+        assert_eq!(upstream.roots(), std::slice::from_ref(root.certificate()));
+        assert_eq!(upstream.chain(), vec![intermediate.certificate().clone()]);
+        let signet = X509Ca::signed_by(
+            &upstream,
+            &td("example.org"),
+            PrivateKey::generate(KeyType::EcP256).unwrap(),
+            Duration::from_secs(24 * 3600),
+            now(),
+        )
+        .unwrap();
+        // Capped at the upstream certificate's notAfter.
+        assert_eq!(signet.not_after(), intermediate.not_after());
+        let svid = workload_svid(&signet);
+        assert_eq!(svid.cert_chain.len(), 3);
+        assert_eq!(&svid.cert_chain[2], intermediate.certificate());
+        verify_x509_svid(&svid.cert_chain, &anchors("example.org", &[&root]), now()).unwrap();
+        // Rebuilt from its parts (a restart), it mints the same chain.
+        let rebuilt = X509Ca::from_parts_with_chain(
+            signet.certificate().clone(),
+            signet.chain().to_vec(),
+            signet.anchors().to_vec(),
+            PrivateKey::from_pkcs8_pem(&signet.key().to_pkcs8_pem()).unwrap(),
+        )
+        .unwrap();
+        assert!(!rebuilt.is_self_signed());
+        let again = workload_svid(&rebuilt);
+        assert_eq!(again.cert_chain[1..], svid.cert_chain[1..]);
+        // The same with the roots given apart from the chain file.
+        assert!(upstream_from(&intermediate, &[], Some(&root)).is_ok());
+    }
+
+    #[test]
+    fn bad_upstream_material_is_refused_with_the_reason() {
+        let root = ca(KeyType::EcP256);
+        let root_upstream = upstream_from(&root, &[], None).unwrap();
+        let intermediate = X509Ca::signed_by(
+            &root_upstream,
+            &td("corp.example"),
+            PrivateKey::generate(KeyType::EcP256).unwrap(),
+            Duration::from_secs(7200),
+            now(),
+        )
+        .unwrap();
+        let refused = |r: Result<UpstreamCa, X509Error>| match r {
+            Err(X509Error::InvalidUpstream(message)) => message,
+            other => panic!("accepted or wrong error: {other:?}"),
+        };
+        // An intermediate with no root anywhere.
+        assert!(refused(upstream_from(&intermediate, &[], None)).contains("no root"));
+        // Roots it does not chain to.
+        let stranger = ca(KeyType::EcP256);
+        assert!(
+            refused(upstream_from(&intermediate, &[], Some(&stranger))).contains("does not verify")
+        );
+        // A key of another certificate.
+        let (chain, _) = pem_of(&root, &[]);
+        let (_, other_key) = pem_of(&stranger, &[]);
+        assert!(
+            refused(UpstreamCa::from_pem(&chain, &other_key, None, now()))
+                .contains("does not match")
+        );
+        // A leaf is not a CA.
+        let svid = workload_svid(&root);
+        let leaf_key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let leaf_pem = certs_to_pem(&svid.cert_chain);
+        assert!(
+            refused(UpstreamCa::from_pem(
+                &leaf_pem,
+                &leaf_key.to_pkcs8_pem(),
+                None,
+                now()
+            ))
+            .contains("not a CA")
+        );
+        // A key that is not PKCS#8 is named as such.
+        assert!(
+            refused(UpstreamCa::from_pem(
+                &chain,
+                "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
+                None,
+                now()
+            ))
+            .contains("PKCS#8")
+        );
+        // Nothing in the file.
+        assert!(
+            refused(UpstreamCa::from_pem("", &other_key, None, now())).contains("no certificate")
+        );
+        // An expired upstream signs nothing.
+        let later = intermediate.not_after() + Duration::from_secs(1);
+        let upstream = upstream_from(&intermediate, &[&root], None).unwrap();
+        assert!(matches!(
+            X509Ca::signed_by(
+                &upstream,
+                &td("example.org"),
+                PrivateKey::generate(KeyType::EcP256).unwrap(),
+                Duration::from_secs(60),
+                later
+            ),
+            Err(X509Error::UpstreamExpired { .. })
+        ));
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use signet_identity::authority::AuthorityState;
-use signet_identity::x509::X509SvidParams;
+use signet_identity::x509::{UpstreamCa, X509SvidParams};
 use signet_identity::{
     AuthorityError, CaConfig, CaKeyset, JwtSvid, KeyType, PrivateKey, PublicKey, RotationEvent,
     SpiffeId, TrustBundle, X509Svid,
@@ -18,6 +18,8 @@ use signet_runtime::clock::Clock;
 use signet_tls::SvidResolver;
 use tokio::sync::watch;
 use zeroize::Zeroizing;
+
+use crate::upstream::UpstreamFollower;
 
 /// Lifetime of the issuer's serving certificate; renewed at half-life.
 const ISSUER_SVID_TTL: Duration = Duration::from_secs(3600);
@@ -323,25 +325,37 @@ impl Authority {
     }
 
     /// Runs the schedule every `interval` until the task is dropped.
-    pub async fn run(self: Arc<Self>, clock: Clock, interval: Duration) {
+    pub async fn run(
+        self: Arc<Self>,
+        clock: Clock,
+        interval: Duration,
+        upstream: Option<UpstreamFollower>,
+    ) {
         let (_always, leading) = watch::channel(true);
-        self.run_with_leader(clock, interval, leading).await
+        self.run_with_leader(clock, interval, leading, upstream)
+            .await
     }
 
     /// Runs the schedule while `leading` is true; otherwise follows the
-    /// store, where the leader saves every rotation before using it.
+    /// store, where the leader saves every rotation before using it. Every
+    /// replica follows the upstream CA's files (they all publish its roots).
     pub async fn run_with_leader(
         self: Arc<Self>,
         clock: Clock,
         interval: Duration,
         leading: watch::Receiver<bool>,
+        upstream: Option<UpstreamFollower>,
     ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
             let now = clock.now();
-            let result = if *leading.borrow() {
+            let leader = *leading.borrow();
+            if let Some(upstream) = &upstream {
+                self.follow_upstream(upstream, now, leader).await;
+            }
+            let result = if leader {
                 // A new leader first adopts what the previous one saved.
                 match self.reload(now).await {
                     Ok(_) => self.tick(now).await,
@@ -356,6 +370,55 @@ impl Authority {
                 tracing::error!(%error, "CA rotation step failed; retrying next tick");
             }
         }
+    }
+
+    /// Takes the upstream CA's files again if they changed: the next CA is
+    /// signed by the new upstream, and a change of roots is published (the
+    /// leader saves the keyset so its bundle sequence grows once for all).
+    async fn follow_upstream(&self, upstream: &UpstreamFollower, now: SystemTime, leader: bool) {
+        match upstream.changed(now) {
+            Ok(None) => {}
+            Ok(Some(next)) => match self.set_upstream(next, now, leader).await {
+                Ok(roots_changed) => {
+                    tracing::info!(
+                        roots_changed,
+                        "upstream CA files changed; the next CA is signed by the new upstream"
+                    );
+                }
+                Err(error) => tracing::error!(%error, "applying the new upstream CA failed"),
+            },
+            Err(error) => {
+                tracing::error!(%error, "the upstream CA files changed but do not load; keeping the last good upstream");
+            }
+        }
+    }
+
+    /// Replaces the upstream CA; returns whether the bundle's roots changed.
+    pub async fn set_upstream(
+        &self,
+        upstream: Arc<UpstreamCa>,
+        now: SystemTime,
+        persist: bool,
+    ) -> Result<bool, AuthorityServiceError> {
+        let mut candidate = {
+            let keyset = self.read();
+            CaKeyset::from_state_json(keyset.config().clone(), &keyset.to_state_json()?)?
+        };
+        let roots_changed = candidate.set_upstream(Some(upstream));
+        if roots_changed && persist {
+            match self.store.save(candidate.to_state_json()?).await {
+                Ok(()) => {}
+                Err(StoreError::Conflict) => {
+                    // Adopt the other writer's state, under the new upstream.
+                    let config = candidate.config().clone();
+                    let stored = self.store.load().await?.ok_or(StoreError::Conflict)?;
+                    candidate = CaKeyset::from_state_json(config, &stored)?;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        self.install(candidate, now)?;
+        Ok(roots_changed)
     }
 
     /// Mints an X.509-SVID for `subject_key` (from a CSR the issuer checked
@@ -550,6 +613,96 @@ mod tests {
         assert_eq!(
             stale.current_bundle().bundle.x509_authorities,
             a.current_bundle().bundle.x509_authorities
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_upstream_signs_the_next_ca_and_its_roots_are_published_and_saved() {
+        use signet_identity::x509::{UpstreamCa, X509Ca, certs_to_pem};
+        let shared = Arc::new(std::sync::Mutex::new((None, 0)));
+        let start = Clock::new().now();
+        let corp_root = |name: &str| {
+            let ca = X509Ca::self_signed(
+                &TrustDomain::new(name).unwrap(),
+                PrivateKey::generate(KeyType::EcP256).unwrap(),
+                Duration::from_secs(30 * 24 * 3600),
+                start,
+            )
+            .unwrap();
+            let upstream = UpstreamCa::from_pem(
+                &certs_to_pem(std::slice::from_ref(ca.certificate())),
+                &ca.key().to_pkcs8_pem(),
+                None,
+                start,
+            )
+            .unwrap();
+            (ca, Arc::new(upstream))
+        };
+        let (first_root, first) = corp_root("corp.example");
+        let mut with_upstream = config();
+        with_upstream.upstream = Some(first);
+        let authority = Authority::load_or_create(
+            with_upstream,
+            SharedStore::handle(&shared),
+            IssuerNames::default(),
+            start,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            authority.current_bundle().bundle.x509_authorities,
+            vec![first_root.certificate().clone()]
+        );
+        let sequence = authority.current_bundle().bundle.sequence;
+
+        // The upstream is replaced by one under another root.
+        let (second_root, second) = corp_root("corp2.example");
+        assert!(authority.set_upstream(second, start, true).await.unwrap());
+        let bundle = authority.current_bundle().bundle.clone();
+        // The CA in force still chains to the first root: both are published.
+        assert_eq!(
+            bundle.x509_authorities,
+            vec![
+                second_root.certificate().clone(),
+                first_root.certificate().clone()
+            ]
+        );
+        assert_eq!(bundle.sequence, sequence + 1);
+        // Saved: another replica loading the store publishes the same sequence.
+        let saved = shared.lock().unwrap().0.clone().unwrap();
+        assert!(
+            saved.contains(&format!("\"sequence\": {}", sequence + 1)),
+            "{saved}"
+        );
+        // The next CA (after the scheduled rotation) chains to the new root.
+        authority
+            .tick(start + Duration::from_secs(5 * 3600 + 60))
+            .await
+            .unwrap();
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let id = SpiffeId::parse("spiffe://example.org/w").unwrap();
+        let now = start + Duration::from_secs(5 * 3600 + 60);
+        let svid = authority
+            .mint_x509(
+                &X509SvidParams::new(id, Duration::from_secs(60)),
+                key.public_key(),
+                now,
+            )
+            .unwrap();
+        let bundle = authority.current_bundle().bundle.clone();
+        assert!(signet_identity::x509::verify_x509_svid(&svid.cert_chain, &bundle, now).is_ok());
+        let mut only_new =
+            signet_identity::TrustBundle::new(TrustDomain::new("example.org").unwrap());
+        only_new.x509_authorities = vec![second_root.certificate().clone()];
+        assert!(signet_identity::x509::verify_x509_svid(&svid.cert_chain, &only_new, now).is_ok());
+        // Once the first upstream's CA expired, its root leaves the bundle.
+        authority
+            .tick(start + Duration::from_secs(6 * 3600 + 60))
+            .await
+            .unwrap();
+        assert_eq!(
+            authority.current_bundle().bundle.x509_authorities,
+            vec![second_root.certificate().clone()]
         );
     }
 }

@@ -249,6 +249,9 @@ pub struct CaSection {
     pub jwt_issuer: Option<String>,
     #[serde(default, with = "signet_runtime::duration::option")]
     pub refresh_hint: Option<Duration>,
+    /// The organisation's CA that signs this trust domain's CAs.
+    #[serde(default)]
+    pub upstream: Option<crate::upstream::UpstreamFiles>,
 }
 
 /// Command-line values that win over the file.
@@ -273,6 +276,8 @@ pub struct StandaloneConfig {
     pub listen: SocketAddr,
     pub issuer_names: IssuerNames,
     pub ca: CaConfig,
+    /// Where `ca.upstream` came from, followed for changes.
+    pub upstream: Option<crate::upstream::UpstreamFiles>,
     pub agent_svid_ttl: Duration,
     pub join_tokens: Vec<JoinTokenConfig>,
     pub federation: BTreeMap<TrustDomain, FederatedDomain>,
@@ -352,6 +357,12 @@ impl StandaloneConfig {
             }
             crate::oidc::OidcSettings::new(&oidc.issuer_url)
                 .map_err(|e| invalid(format!("oidc.issuer_url: {e}")))?;
+        }
+        if let Some(files) = &file.ca.upstream {
+            let loaded = files
+                .load(signet_runtime::clock::Clock::new().now())
+                .map_err(|e| invalid(format!("ca.upstream: {e}")))?;
+            ca.upstream = Some(loaded.upstream);
         }
         // Tokens must name the issuer their keys are discovered from.
         let jwt_issuer = file.ca.jwt_issuer.clone().or_else(|| {
@@ -451,6 +462,7 @@ impl StandaloneConfig {
             listen,
             issuer_names,
             ca,
+            upstream: file.ca.upstream,
             agent_svid_ttl,
             join_tokens,
             federation,

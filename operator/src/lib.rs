@@ -19,3 +19,4 @@ pub mod policy_state;
 pub mod revocation;
 pub mod server;
 pub mod standalone;
+pub mod upstream;

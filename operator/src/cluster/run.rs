@@ -82,10 +82,16 @@ pub async fn run(
         let _ = stopped.wait_for(|s| *s).await;
     }));
 
+    let upstream = config
+        .base
+        .upstream
+        .clone()
+        .map(|files| crate::upstream::UpstreamFollower::new(files, Vec::new()));
     tokio::spawn(authority.clone().run_with_leader(
         clock,
         ROTATION_CHECK_INTERVAL,
         leading.clone(),
+        upstream,
     ));
     tokio::spawn(bundle_config_map::publish(
         Api::<ConfigMap>::namespaced(client.clone(), &namespace),

@@ -34,6 +34,7 @@ use crate::standalone::agent_standing::{
 use crate::standalone::join_tokens::JoinTokens;
 use crate::standalone::keyset_file::FileKeysetStore;
 use crate::standalone::policy_dir::DirectorySource;
+use crate::upstream::UpstreamFollower;
 
 /// How often the rotation schedule is checked.
 const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(10);
@@ -90,7 +91,15 @@ pub async fn serve(
     .await?;
     publish_bundle_files(&config, &authority.current_bundle())?;
     tokio::spawn(follow_bundle(config.clone(), authority.bundle()));
-    tokio::spawn(authority.clone().run(clock, ROTATION_CHECK_INTERVAL));
+    let upstream = config
+        .upstream
+        .clone()
+        .map(|files| UpstreamFollower::new(files, Vec::new()));
+    tokio::spawn(
+        authority
+            .clone()
+            .run(clock, ROTATION_CHECK_INTERVAL, upstream),
+    );
 
     let join = Arc::new(JoinTokens::load(&config.join_tokens, &config.state_dir)?);
     let revoked_path = config.state_dir.join(REVOKED_FILE);
