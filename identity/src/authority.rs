@@ -166,7 +166,7 @@ pub enum AuthorityError {
 }
 
 /// Which authority slot an event concerns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthorityKind {
     /// X.509 CA certificates.

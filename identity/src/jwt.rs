@@ -197,6 +197,8 @@ pub struct JwtSvid {
     pub issued_at: SystemTime,
     /// The `jti` claim: a random 128-bit identifier, for audit correlation.
     pub jti: String,
+    /// The `kid` of the key that signed it.
+    pub key_id: String,
 }
 
 impl fmt::Debug for JwtSvid {
@@ -307,6 +309,7 @@ pub fn mint_jwt_svid_with_issuer(
         expiry: UNIX_EPOCH + Duration::from_secs(exp),
         issued_at: UNIX_EPOCH + Duration::from_secs(iat),
         jti,
+        key_id: kid.to_owned(),
     })
 }
 

@@ -196,6 +196,9 @@ pub struct X509Svid {
     pub not_after: SystemTime,
     /// Serial number, lowercase hex.
     pub serial: String,
+    /// Subject key identifier (lowercase hex) of the CA that signed it: the
+    /// id its authority goes by (see `CaKeyset::authorities`).
+    pub issuer_key_id: String,
 }
 
 impl X509Svid {
@@ -773,6 +776,7 @@ impl X509Ca {
             not_before,
             not_after,
             serial: keys::hex(&serial),
+            issuer_key_id: self.key_id_hex(),
         })
     }
 }

@@ -129,7 +129,11 @@ pub async fn run_until(
     }
 
     let store = PolicyStore::new();
-    tokio::spawn(client.clone().run_renewal(shutdown.clone()));
+    tokio::spawn(
+        client
+            .clone()
+            .run_renewal(config.taint_reissue_window, shutdown.clone()),
+    );
     tokio::spawn(run_policy_watch(
         client.clone(),
         store.clone(),
@@ -148,7 +152,10 @@ pub async fn run_until(
     }
 
     let cache = SvidCache::spawn(
-        CacheConfig::default(),
+        CacheConfig {
+            taint_reissue_window: config.taint_reissue_window,
+            ..CacheConfig::default()
+        },
         clock,
         store.cache_receiver(),
         Arc::new(client.clone()),
@@ -160,9 +167,18 @@ pub async fn run_until(
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
+            // The cache counts re-issues since it started; the counter is
+            // shared with the agent SVID's, so it gets the increments.
+            let mut reissues_reported = 0;
             loop {
                 tokio::select! {
-                    _ = tick.tick() => metrics.set_svids_cached(cache.cached_svids()),
+                    _ = tick.tick() => {
+                        metrics.set_svids_cached(cache.cached_svids());
+                        metrics.set_svids_on_tainted_authority(cache.svids_on_tainted_authority());
+                        let reissues = cache.taint_reissues();
+                        metrics.taint_reissues(reissues.saturating_sub(reissues_reported));
+                        reissues_reported = reissues;
+                    }
                     _ = stop.wait_for(|s| *s) => return,
                 }
             }

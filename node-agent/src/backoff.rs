@@ -37,14 +37,29 @@ pub fn jitter(base: Duration, spread: f64) -> Duration {
     base.mul_f64(1.0 - spread + 2.0 * spread * unit)
 }
 
-/// A uniformly distributed value in [0, 1). Jitter needs no cryptographic
-/// quality, but ring's generator is already at hand and never blocks.
+/// A duration drawn uniformly from [0, `max`) (zero when `max` is zero),
+/// to spread work that many agents or SVIDs would otherwise do at once.
+pub fn uniform(max: Duration) -> Duration {
+    let span = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+    // Fixed-point scaling keeps the result strictly below `max`, which a
+    // float product rounded to nanoseconds would not.
+    let offset = (u128::from(random_u64()) * u128::from(span)) >> 64;
+    Duration::from_nanos(u64::try_from(offset).unwrap_or(0))
+}
+
+/// A uniformly distributed value in [0, 1).
 fn random_unit() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Jitter needs no cryptographic quality, but ring's generator is already
+/// at hand and never blocks; should it fail, the midpoint will do.
+fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
     if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
-        return 0.5;
+        return 1 << 63;
     }
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+    u64::from_le_bytes(bytes)
 }
 
 #[cfg(test)]
@@ -65,5 +80,15 @@ mod tests {
         backoff.reset();
         let delay = backoff.next_delay().as_millis() as u64;
         assert!((400..=600).contains(&delay));
+    }
+
+    #[test]
+    fn uniform_stays_below_its_bound_and_spreads() {
+        assert_eq!(uniform(Duration::ZERO), Duration::ZERO);
+        let max = Duration::from_secs(30);
+        let draws: Vec<Duration> = (0..64).map(|_| uniform(max)).collect();
+        assert!(draws.iter().all(|d| *d < max), "{draws:?}");
+        assert!(draws.iter().any(|d| *d != draws[0]), "{draws:?}");
+        assert!(uniform(Duration::from_nanos(1)).is_zero());
     }
 }

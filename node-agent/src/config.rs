@@ -22,6 +22,7 @@
 //! audit_summary_window: 60s
 //! limits: {connections_per_uid: 1024, connections: 4096,
 //!          streams_per_connection: 128, handshake_timeout: 10s}
+//! taint_reissue_window: 30s
 //! ```
 
 use std::net::SocketAddr;
@@ -131,6 +132,15 @@ pub struct AgentConfig {
     /// Bounds on Workload API and SDS connections per caller.
     #[serde(default)]
     pub limits: ConnectionLimits,
+    /// SVIDs (workload and agent) signed by an authority the operator
+    /// tainted are re-issued at a random point within this window, so the
+    /// issuer is not asked for them all at once (default 30s; `0s`: at
+    /// once).
+    #[serde(
+        default = "default_taint_reissue_window",
+        with = "signet_runtime::duration"
+    )]
+    pub taint_reissue_window: Duration,
 }
 
 impl AgentConfig {
@@ -184,6 +194,10 @@ fn default_audit_summary_window() -> Duration {
 
 fn default_first_svid_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_taint_reissue_window() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// Durations written like `10s` or `1m30s`.
@@ -347,6 +361,7 @@ svid_key_type: ec-p384
 metrics_listen: 127.0.0.1:9464
 log: {format: json, level: debug}
 first_svid_timeout: 3s
+taint_reissue_window: 2m
 "#;
 
     #[test]
@@ -361,6 +376,7 @@ first_svid_timeout: 3s
         assert!(matches!(config.selector, Some(IdentitySelector::Labels(_))));
         assert_eq!(config.log.format, LogFormat::Json);
         assert_eq!(config.first_svid_timeout, Duration::from_secs(3));
+        assert_eq!(config.taint_reissue_window, Duration::from_secs(120));
         assert_eq!(
             config.metrics_listen,
             Some("127.0.0.1:9464".parse().unwrap())
@@ -383,7 +399,14 @@ first_svid_timeout: 3s
         assert!(config.metrics_listen.is_none());
         assert_eq!(config.log.level, "info");
         assert_eq!(config.first_svid_timeout, Duration::from_secs(10));
+        assert_eq!(config.taint_reissue_window, Duration::from_secs(30));
         assert_eq!(config.join_token().unwrap(), None);
+        // Zero is allowed: re-issue at once.
+        let at_once = AgentConfig::parse(
+            "trust_domain: example.org\nissuer: {address: 'i:1', trust_bundle_path: /b}\ntaint_reissue_window: 0s\n",
+        )
+        .unwrap();
+        assert_eq!(at_once.taint_reissue_window, Duration::ZERO);
     }
 
     #[test]
@@ -414,6 +437,7 @@ first_svid_timeout: 3s
             "admin_listen: tcp://127.0.0.1:1\n",
             "admin_listen: unix:///run/signet/agent.sock\n",
             "admin_listen: unix:///run/signet/admin.sock\n",
+            "taint_reissue_window: 30\n",
         ] {
             assert!(
                 AgentConfig::parse(&format!("{base}{extra}")).is_err(),

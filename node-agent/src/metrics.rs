@@ -22,6 +22,8 @@ pub struct Metrics {
     local_denials: Family<Labels1, Counter>,
     connections: Gauge,
     connections_refused: Family<Labels1, Counter>,
+    svids_on_tainted_authority: Gauge,
+    taint_reissues: Counter,
 }
 
 impl Metrics {
@@ -68,6 +70,16 @@ impl Metrics {
             "Workload API and SDS connections closed at accept, by reason (per_uid_limit, total_limit, handshake_timeout)",
             metrics.connections_refused.clone(),
         );
+        registry.register(
+            "signet_agent_svids_on_tainted_authority",
+            "X.509-SVIDs currently held by the cache that a tainted CA signed",
+            metrics.svids_on_tainted_authority.clone(),
+        );
+        registry.register(
+            "signet_agent_taint_reissues",
+            "SVID re-issues (workload and agent SVIDs) scheduled because the authority that signed them was tainted",
+            metrics.taint_reissues.clone(),
+        );
         metrics
     }
 
@@ -103,6 +115,15 @@ impl Metrics {
     pub fn set_svids_cached(&self, count: usize) {
         self.svids_cached
             .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_svids_on_tainted_authority(&self, count: usize) {
+        self.svids_on_tainted_authority
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn taint_reissues(&self, count: u64) {
+        self.taint_reissues.inc_by(count);
     }
 
     pub fn signing_requests(&self, kind: &'static str, count: usize) {
@@ -173,6 +194,9 @@ mod tests {
         metrics.set_svids_cached(3);
         metrics.signing_requests("x509", 2);
         metrics.signing_failures("x509", "denied", 1);
+        metrics.set_svids_on_tainted_authority(4);
+        metrics.taint_reissues(4);
+        metrics.taint_reissues(1);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for expected in [
@@ -181,6 +205,8 @@ mod tests {
             "signet_agent_svids_cached 3",
             r#"signet_agent_signing_requests_total{type="x509"} 2"#,
             r#"signet_agent_signing_failures_total{type="x509",reason="denied"} 1"#,
+            "signet_agent_svids_on_tainted_authority 4",
+            "signet_agent_taint_reissues_total 5",
         ] {
             assert!(text.contains(expected), "{expected} missing from\n{text}");
         }

@@ -13,6 +13,7 @@ use signet_identity::{
     AuthorityError, CaConfig, CaKeyset, JwtSvid, KeyType, PrivateKey, PublicKey, RotationEvent,
     SpiffeId, TrustBundle, X509Svid,
 };
+use signet_identity::{AuthorityKind, AuthorityStatus};
 use signet_proto::issuer_protocol::ISSUER_PATH;
 use signet_runtime::clock::Clock;
 use signet_tls::SvidResolver;
@@ -46,6 +47,23 @@ pub enum AuthorityServiceError {
     TrustDomainMismatch { stored: String, configured: String },
     #[error("issuer certificate: {0}")]
     IssuerCertificate(String),
+    #[error("the CA state changed meanwhile (another replica or command); try again")]
+    Changed,
+}
+
+/// An administrator's action on the trust domain's authorities (SPIRE's
+/// `localauthority`): see [`Authority::act`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum AuthorityAction {
+    /// Make and publish a successor now.
+    Prepare { kind: AuthorityKind },
+    /// The prepared successor signs from now on; the active one retires.
+    Activate { kind: AuthorityKind },
+    /// Distrust a retired authority: agents re-issue what it signed.
+    Taint { kind: AuthorityKind, id: String },
+    /// Remove a tainted authority from the bundle.
+    Revoke { kind: AuthorityKind, id: String },
 }
 
 /// Where the keyset's serialized state lives. The state holds private keys.
@@ -60,6 +78,10 @@ pub trait KeysetStore: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct PublishedBundle {
     pub bundle: TrustBundle,
+    /// Tainted authorities (X.509 subject key ids, JWT kids), still in the
+    /// bundle: agents re-issue what they signed.
+    pub tainted_x509: Vec<String>,
+    pub tainted_jwt: Vec<String>,
     /// SPIFFE bundle (JWKS with `spiffe_sequence`), for agents and federation.
     pub spiffe_json: String,
     /// X.509 authorities as PEM, for tools that want a CA file.
@@ -69,7 +91,15 @@ pub struct PublishedBundle {
 }
 
 impl PublishedBundle {
-    fn new(bundle: TrustBundle) -> Result<Self, AuthorityServiceError> {
+    fn of(keyset: &CaKeyset, now: SystemTime) -> Result<Self, AuthorityServiceError> {
+        let mut published = Self::new(keyset.bundle(now))?;
+        published.tainted_x509 = keyset.tainted_ids(AuthorityKind::X509);
+        published.tainted_jwt = keyset.tainted_ids(AuthorityKind::Jwt);
+        Ok(published)
+    }
+
+    /// A bundle with no tainted authorities.
+    pub fn new(bundle: TrustBundle) -> Result<Self, AuthorityServiceError> {
         let spiffe_json = bundle
             .to_spiffe_json()
             .map_err(|e| AuthorityServiceError::IssuerCertificate(e.to_string()))?;
@@ -79,6 +109,8 @@ impl PublishedBundle {
         let pem = bundle.to_x509_pem();
         Ok(Self {
             bundle,
+            tainted_x509: Vec::new(),
+            tainted_jwt: Vec::new(),
             spiffe_json,
             pem,
             jwks_json,
@@ -149,7 +181,7 @@ impl Authority {
                 }
             }
         };
-        let published = PublishedBundle::new(keyset.bundle(now))?;
+        let published = PublishedBundle::of(&keyset, now)?;
         let (bundle, _) = watch::channel(Arc::new(published));
         let authority = Arc::new(Self {
             keyset: RwLock::new(keyset),
@@ -238,12 +270,74 @@ impl Authority {
     /// Publishes the keyset's bundle as of `now` if it changed (expired
     /// authorities leave it on schedule).
     fn publish_bundle(&self, now: SystemTime) -> Result<(), AuthorityServiceError> {
-        let bundle = self.read().bundle(now);
-        if bundle != self.bundle.borrow().bundle {
-            let published = PublishedBundle::new(bundle)?;
+        let published = PublishedBundle::of(&self.read(), now)?;
+        let current = self.bundle.borrow().clone();
+        if published.bundle != current.bundle
+            || published.tainted_x509 != current.tainted_x509
+            || published.tainted_jwt != current.tainted_jwt
+        {
             self.bundle.send_replace(Arc::new(published));
         }
         Ok(())
+    }
+
+    /// Carries out an administrator's action: saved before it is used or
+    /// published (like a scheduled rotation), so agents and other replicas
+    /// see it through the usual paths. A taint reaches agents on their
+    /// policy streams; the issuer's own SVID is re-minted at once when its
+    /// CA is tainted or replaced. Refused with the keyset's reason (e.g.
+    /// tainting the active CA), or [`AuthorityServiceError::Changed`] when
+    /// the stored state moved under it (the caller retries).
+    pub async fn act(
+        &self,
+        action: &AuthorityAction,
+        now: SystemTime,
+    ) -> Result<Vec<RotationEvent>, AuthorityServiceError> {
+        let mut candidate = {
+            let keyset = self.read();
+            CaKeyset::from_state_json(keyset.config().clone(), &keyset.to_state_json()?)?
+        };
+        let events = match action {
+            AuthorityAction::Prepare { kind } => vec![candidate.prepare_now(*kind, now)?],
+            AuthorityAction::Activate { kind } => candidate.activate_now(*kind, now)?,
+            AuthorityAction::Taint { kind, id } => vec![candidate.taint(*kind, id)?],
+            AuthorityAction::Revoke { kind, id } => vec![candidate.revoke(*kind, id)?],
+        };
+        match self.store.save(candidate.to_state_json()?).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => {
+                self.reload(now).await?;
+                return Err(AuthorityServiceError::Changed);
+            }
+            Err(error) => return Err(error.into()),
+        }
+        for event in &events {
+            tracing::warn!(?event, "authority action");
+        }
+        let issuer_ca = self
+            .issuer_svid
+            .read()
+            .ok()
+            .and_then(|svid| svid.as_ref().map(|s| s.issuer_key_id.clone()));
+        self.install(candidate, now)?;
+        let issuer_ca_distrusted =
+            issuer_ca.is_some_and(|id| self.read().tainted_ids(AuthorityKind::X509).contains(&id));
+        let activated = events.iter().any(|e| {
+            matches!(
+                e,
+                RotationEvent::Activated {
+                    kind: AuthorityKind::X509,
+                    ..
+                }
+            )
+        });
+        self.refresh_issuer_svid(now, activated || issuer_ca_distrusted)?;
+        Ok(events)
+    }
+
+    /// Each authority's state (for `authority show`, status and metrics).
+    pub fn authorities(&self) -> Vec<AuthorityStatus> {
+        self.read().authorities()
     }
 
     /// Adopts the stored state when another writer changed it (replicas

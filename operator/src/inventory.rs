@@ -329,7 +329,8 @@ fn bounded_version(version: &str) -> Option<String> {
 /// What makes two signings one workload: the pod, else the container,
 /// else the whole attribute set (the agent's own cache key: a unix
 /// process's uid, gid and binary; never its pid).
-fn workload_key(workload: &BTreeMap<String, String>) -> Option<String> {
+/// A stable name for one workload (pod, container, or the attributes' hash).
+pub fn workload_key(workload: &BTreeMap<String, String>) -> Option<String> {
     if workload.is_empty() {
         return None;
     }

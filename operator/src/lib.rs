@@ -5,6 +5,7 @@
 //! the rest is shared by all of them.
 
 pub mod agents;
+pub mod authority_admin;
 pub use signet_runtime::audit;
 pub mod ca;
 pub mod cluster;
@@ -13,6 +14,7 @@ pub mod federation;
 pub mod http_server;
 pub mod inventory;
 pub mod issuer;
+pub mod ledger;
 pub mod metrics;
 pub mod oidc;
 pub mod policy_state;

@@ -62,6 +62,66 @@ enum Command {
     /// Withdraw trust from an agent, or restore it.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Show and drive the trust domain's signing authorities (X.509 CAs
+    /// and JWT keys): rotate now, distrust a key, remove it.
+    Authority {
+        #[command(subcommand)]
+        action: AuthorityCommand,
+        #[command(flatten)]
+        target: AuthorityTarget,
+        /// Print the answer as JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuthorityCommand {
+    /// Each authority: state, tainted, notAfter, live SVIDs it signed.
+    Show,
+    /// Make a successor now and publish it in the bundle (it signs once
+    /// activated, by `activate` or by the schedule).
+    Prepare { kind: KindArg },
+    /// The prepared successor signs from now on; the active one retires.
+    /// Give peers time to fetch the bundle with the successor first.
+    Activate { kind: KindArg },
+    /// Distrust a retired authority: agents re-issue every SVID it signed
+    /// (jittered), and `show` counts down its live SVIDs.
+    Taint { kind: KindArg, id: String },
+    /// Remove a tainted authority from the bundle: SVIDs it signed stop
+    /// verifying. Refused while live SVIDs depend on it, unless --force.
+    Revoke {
+        kind: KindArg,
+        id: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KindArg {
+    X509,
+    Jwt,
+}
+
+impl From<KindArg> for signet_identity::AuthorityKind {
+    fn from(kind: KindArg) -> Self {
+        match kind {
+            KindArg::X509 => Self::X509,
+            KindArg::Jwt => Self::Jwt,
+        }
+    }
+}
+
+/// Which operator: a standalone state directory (its admin socket).
+#[derive(clap::Args)]
+struct AuthorityTarget {
+    /// The standalone operator's state directory.
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    /// The standalone operator's configuration file (for its state_dir).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -226,6 +286,107 @@ fn main() -> ExitCode {
             out,
         }) => token_generate(&name, reusable, out),
         Command::Agent(command) => agent_command(command),
+        Command::Authority {
+            action,
+            target,
+            json,
+        } => authority_command(action, target, json),
+    }
+}
+
+fn authority_command(action: AuthorityCommand, target: AuthorityTarget, json: bool) -> ExitCode {
+    use signet_operator::authority_admin::{AdminRequest, call_socket};
+    let request = match action {
+        AuthorityCommand::Show => AdminRequest::Show,
+        AuthorityCommand::Prepare { kind } => AdminRequest::Prepare { kind: kind.into() },
+        AuthorityCommand::Activate { kind } => AdminRequest::Activate { kind: kind.into() },
+        AuthorityCommand::Taint { kind, id } => AdminRequest::Taint {
+            kind: kind.into(),
+            id,
+        },
+        AuthorityCommand::Revoke { kind, id, force } => AdminRequest::Revoke {
+            kind: kind.into(),
+            id,
+            force,
+        },
+    };
+    let state_dir = match standalone_state_dir(target.state_dir, target.config) {
+        Ok(dir) => dir,
+        Err(error) => return fail(&error),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&error.to_string()),
+    };
+    let response = match runtime.block_on(call_socket(&state_dir, &request)) {
+        Ok(response) => response,
+        Err(error) => {
+            return fail(&format!(
+                "{error} (is the standalone operator of {} running, and are you its user or root?)",
+                state_dir.display()
+            ));
+        }
+    };
+    let text = if json {
+        serde_json::to_string_pretty(&response).unwrap_or_default()
+    } else {
+        authority_table(&response)
+    };
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = writeln!(stdout, "{text}") {
+        return fail(&format!("writing to stdout: {error}"));
+    }
+    match response.error {
+        Some(error) => fail(&error),
+        None => ExitCode::SUCCESS,
+    }
+}
+
+fn authority_table(response: &signet_operator::authority_admin::AdminResponse) -> String {
+    let mut out = String::new();
+    for event in &response.events {
+        out.push_str(event);
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "{:<5} {:<40} {:<9} {:<8} {:<21} {:>10}\n",
+        "KIND", "ID", "STATE", "TAINTED", "NOT AFTER", "LIVE SVIDS"
+    ));
+    for a in &response.authorities {
+        out.push_str(&format!(
+            "{:<5} {:<40} {:<9} {:<8} {:<21} {:>10}\n",
+            a.kind.to_string(),
+            a.id,
+            a.state.to_string(),
+            if a.tainted { "yes" } else { "no" },
+            a.not_after,
+            a.live_svids
+        ));
+    }
+    if response.counts_incomplete {
+        out.push_str("(live SVID counts are incomplete: the ledger was full)\n");
+    }
+    out.trim_end().to_owned()
+}
+
+/// The state directory of a standalone operator: given, from its
+/// configuration file, or the default.
+fn standalone_state_dir(
+    state_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> Result<PathBuf, String> {
+    match (state_dir, config) {
+        (Some(dir), _) => Ok(dir),
+        (None, Some(config)) => FileConfig::read(&config)
+            .map(|file| {
+                file.state_dir
+                    .unwrap_or_else(|| PathBuf::from(signet_operator::config::DEFAULT_STATE_DIR))
+            })
+            .map_err(|e| e.to_string()),
+        (None, None) => Ok(PathBuf::from(signet_operator::config::DEFAULT_STATE_DIR)),
     }
 }
 
@@ -247,20 +408,8 @@ fn agent_command(command: AgentCommand) -> ExitCode {
     };
     let result = match target.namespace {
         Some(namespace) => cluster_revocation(&namespace, change),
-        None => {
-            let state_dir = match (target.state_dir, target.config) {
-                (Some(dir), _) => Ok(dir),
-                (None, Some(config)) => FileConfig::read(&config)
-                    .map(|file| {
-                        file.state_dir.unwrap_or_else(|| {
-                            PathBuf::from(signet_operator::config::DEFAULT_STATE_DIR)
-                        })
-                    })
-                    .map_err(|e| e.to_string()),
-                (None, None) => Ok(PathBuf::from(signet_operator::config::DEFAULT_STATE_DIR)),
-            };
-            state_dir.and_then(|dir| standalone_revocation(&dir, change))
-        }
+        None => standalone_state_dir(target.state_dir, target.config)
+            .and_then(|dir| standalone_revocation(&dir, change)),
     };
     match result {
         Ok(message) => {

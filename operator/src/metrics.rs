@@ -25,8 +25,31 @@ pub struct TrustDomainLabels {
     pub trust_domain: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthorityLabels {
+    /// `x509` or `jwt`.
+    pub kind: &'static str,
+    /// Subject key id (hex) or `kid`.
+    pub id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthorityStateLabels {
+    pub kind: &'static str,
+    pub id: String,
+    /// `prepared`, `active`, `retired` or `tainted`.
+    pub state: &'static str,
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Per authority of the trust domain: its state (value 1), notAfter
+    /// (Unix seconds) and live SVIDs it signed; and the live SVIDs signed
+    /// by tainted authorities altogether.
+    pub authority_state: Family<AuthorityStateLabels, Gauge>,
+    pub authority_not_after: Family<AuthorityLabels, Gauge>,
+    pub authority_live_svids: Family<AuthorityLabels, Gauge>,
+    pub svids_on_tainted_authorities: Gauge,
     pub issued: Family<IssuedLabels, Counter>,
     pub denied: Family<DeniedLabels, Counter>,
     pub policy_version: Gauge,
@@ -59,6 +82,26 @@ impl Metrics {
             "svids_denied",
             "SVID requests denied, by kind, WorkloadIdentity and reason",
             metrics.denied.clone(),
+        );
+        sub.register(
+            "authority_state",
+            "Each authority of the trust domain (kind, id) in its state: prepared, active, retired or tainted (value 1)",
+            metrics.authority_state.clone(),
+        );
+        sub.register(
+            "authority_not_after_timestamp_seconds",
+            "Each authority's notAfter",
+            metrics.authority_not_after.clone(),
+        );
+        sub.register(
+            "authority_live_svids",
+            "SVIDs in use (latest per holder, not expired) that each authority signed, as this replica signed them",
+            metrics.authority_live_svids.clone(),
+        );
+        sub.register(
+            "svids_on_tainted_authorities",
+            "SVIDs in use that a tainted authority signed (falls to 0 as agents re-issue)",
+            metrics.svids_on_tainted_authorities.clone(),
         );
         sub.register(
             "policy_version",

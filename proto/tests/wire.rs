@@ -786,8 +786,12 @@ mod issuer {
             federated_bundles: HashMap::from([(s("f"), b"x".to_vec())]),
             bundle_sequence: 9,
             node: None,
+            tainted_x509_authorities: vec![s("ab"), s("cd")],
+            tainted_jwt_authorities: vec![s("k")],
         };
         let entry = cat(&[&ld(0x0a, b"f"), &ld(0x12, b"x")]);
+        // tainted_x509_authorities = 8 (one field per entry),
+        // tainted_jwt_authorities = 9
         let bytes = cat(&[
             &[0x08, 7],
             &ld(0x12, b"td"),
@@ -795,6 +799,9 @@ mod issuer {
             &ld(0x22, b"b"),
             &ld(0x2a, &entry),
             &[0x30, 9],
+            &ld(0x42, b"ab"),
+            &ld(0x42, b"cd"),
+            &ld(0x4a, b"k"),
         ]);
         golden(&msg, &bytes);
     }

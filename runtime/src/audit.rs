@@ -72,6 +72,11 @@ pub struct AuditEvent {
     /// `jti` of a JWT-SVID.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_id: Option<String>,
+    /// The authority that signed it: the CA's subject key id (hex) for an
+    /// X.509-SVID, the key's `kid` for a JWT-SVID (what `authority taint`
+    /// names).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority_id: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub audiences: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -116,6 +121,7 @@ impl AuditEvent {
             ip_sans: Vec::new(),
             serial: None,
             jwt_id: None,
+            authority_id: None,
             audiences: Vec::new(),
             ttl_seconds: None,
             expires_at: None,

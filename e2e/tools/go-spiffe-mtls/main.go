@@ -13,6 +13,8 @@
 //	    a new connection every D until the server's or this client's
 //	    SVIDs have been signed by N different CAs (or the timeout), then
 //	    prints a JSON summary; exit 1 if any connection failed.
+//	    -until-own-issuers N instead waits for this client's own SVIDs only;
+//	    -save-first-svid FILE writes the first SVID it used (PEM chain).
 package main
 
 import (
@@ -22,6 +24,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"net"
@@ -135,14 +138,29 @@ func client(args []string) {
 	connect := flags.String("connect", "", "server address")
 	serverID := flags.String("server-id", "", "server SPIFFE IDs accepted, comma-separated")
 	untilIssuers := flags.Int("until-issuers", 0, "keep connecting until one side's SVIDs were signed by this many CAs")
+	untilOwn := flags.Int("until-own-issuers", 0, "keep connecting until this client's SVIDs were signed by this many CAs")
+	saveFirst := flags.String("save-first-svid", "", "write the first SVID used to this file (PEM chain)")
 	timeout := flags.Duration("timeout", 5*time.Minute, "give up looping after this long")
 	every := flags.Duration("every", 100*time.Millisecond, "pause between connections when looping")
 	_ = flags.Parse(args)
 	ctx := context.Background()
 	src := source(ctx, *socket)
 	config := tlsconfig.MTLSClientConfig(src, src, authorizer(*serverID))
+	if *saveFirst != "" {
+		svid, err := src.GetX509SVID()
+		if err != nil {
+			fail("SVID: " + err.Error())
+		}
+		var chain []byte
+		for _, cert := range svid.Certificates {
+			chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})...)
+		}
+		if err := os.WriteFile(*saveFirst, chain, 0o644); err != nil {
+			fail("writing " + *saveFirst + ": " + err.Error())
+		}
+	}
 
-	if *untilIssuers == 0 {
+	if *untilIssuers == 0 && *untilOwn == 0 {
 		greeting, _, err := exchange(*connect, config)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -155,7 +173,13 @@ func client(args []string) {
 	result := summary{Errors: []string{}}
 	serverIssuers, clientIssuers := map[string]bool{}, map[string]bool{}
 	deadline := time.Now().Add(*timeout)
-	for time.Now().Before(deadline) && len(serverIssuers) < *untilIssuers && len(clientIssuers) < *untilIssuers {
+	done := func() bool {
+		if *untilOwn > 0 {
+			return len(clientIssuers) >= *untilOwn
+		}
+		return len(serverIssuers) >= *untilIssuers || len(clientIssuers) >= *untilIssuers
+	}
+	for time.Now().Before(deadline) && !done() {
 		result.Connections++
 		greeting, state, err := exchange(*connect, config)
 		if err != nil {

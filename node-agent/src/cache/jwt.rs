@@ -1,19 +1,38 @@
 //! JWT-SVIDs, fetched on demand and kept per workload, identity and
-//! audience set until half their lifetime has passed.
+//! audience set until half their lifetime has passed, or until the key that
+//! signed them is tainted.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use super::error::CacheError;
 use super::key::WorkloadKey;
 use super::seams::{DesiredIdentity, JwtSignRequest, SignOutcome, SignedJwt, Signer};
+use super::taint::jwt_key_id;
 
 type JwtKey = (WorkloadKey, String, Vec<String>);
 
+/// A cached token with the `kid` that signed it, read once on insertion.
+struct CachedJwt {
+    jwt: Arc<SignedJwt>,
+    kid: Option<String>,
+}
+
+impl CachedJwt {
+    fn new(jwt: Arc<SignedJwt>) -> Self {
+        let kid = jwt_key_id(&jwt.token);
+        Self { jwt, kid }
+    }
+
+    fn tainted(&self, tainted: &BTreeSet<String>) -> bool {
+        self.kid.as_ref().is_some_and(|kid| tainted.contains(kid))
+    }
+}
+
 /// Tokens across workloads, at most `capacity` of them.
 pub(crate) struct JwtCache {
-    entries: Mutex<HashMap<JwtKey, Arc<SignedJwt>>>,
+    entries: Mutex<HashMap<JwtKey, CachedJwt>>,
     capacity: usize,
 }
 
@@ -27,13 +46,15 @@ impl JwtCache {
 
     /// One token per `desired` identity (in their order, default first),
     /// reusing cached ones; when the issuer cannot be reached, a cached
-    /// token that has not expired is served instead of an error.
+    /// token that has not expired is served instead of an error. Tokens
+    /// signed by a key in `tainted` (`kid`s) are never served again.
     pub(crate) async fn fetch(
         &self,
         signer: &dyn Signer,
         key: &WorkloadKey,
         desired: &[DesiredIdentity],
         audiences: &[String],
+        tainted: &BTreeSet<String>,
         now: SystemTime,
     ) -> Result<Vec<Arc<SignedJwt>>, CacheError> {
         let mut audiences = audiences.to_vec();
@@ -43,11 +64,17 @@ impl JwtCache {
         let mut fresh = Vec::new();
         let mut missing = Vec::new();
         {
-            let cache = self.entries.lock().map_err(|_| CacheError::Stopped)?;
+            let mut cache = self.entries.lock().map_err(|_| CacheError::Stopped)?;
             for identity in desired {
                 let cache_key = (key.clone(), identity.name.clone(), audiences.clone());
                 match cache.get(&cache_key) {
-                    Some(jwt)
+                    Some(cached) if cached.tainted(tainted) => {
+                        // Dropped, so not even an unreachable issuer brings
+                        // it back.
+                        cache.remove(&cache_key);
+                        missing.push(identity.name.clone());
+                    }
+                    Some(CachedJwt { jwt, .. })
                         if jwt.spiffe_id == identity.spiffe_id && half_life_ahead(jwt, now) =>
                     {
                         fresh.push((identity.name.clone(), jwt.clone()));
@@ -75,7 +102,7 @@ impl JwtCache {
                         match outcome {
                             SignOutcome::Issued(jwt) => {
                                 let jwt = Arc::new(jwt);
-                                cache.insert(cache_key, jwt.clone());
+                                cache.insert(cache_key, CachedJwt::new(jwt.clone()));
                                 fresh.push((name.clone(), jwt));
                             }
                             SignOutcome::Denied(denial) => {
@@ -84,17 +111,18 @@ impl JwtCache {
                             }
                         }
                     }
-                    prune_jwts(&mut cache, now, self.capacity);
+                    prune_jwts(&mut cache, now, tainted, self.capacity);
                 }
                 Err(error) => {
                     // Serve what is still valid rather than fail the caller.
                     let cache = self.entries.lock().map_err(|_| CacheError::Stopped)?;
                     for name in &missing {
                         let cache_key = (key.clone(), name.clone(), audiences.clone());
-                        if let Some(jwt) = cache.get(&cache_key)
-                            && jwt.expires_at > now
+                        if let Some(cached) = cache.get(&cache_key)
+                            && cached.jwt.expires_at > now
+                            && !cached.tainted(tainted)
                         {
-                            fresh.push((name.clone(), jwt.clone()));
+                            fresh.push((name.clone(), cached.jwt.clone()));
                         }
                     }
                     if fresh.is_empty() {
@@ -129,12 +157,17 @@ fn half_life_ahead(jwt: &SignedJwt, now: SystemTime) -> bool {
     now < jwt.issued_at + lifetime / 2
 }
 
-fn prune_jwts(cache: &mut HashMap<JwtKey, Arc<SignedJwt>>, now: SystemTime, capacity: usize) {
-    cache.retain(|_, jwt| jwt.expires_at > now);
+fn prune_jwts(
+    cache: &mut HashMap<JwtKey, CachedJwt>,
+    now: SystemTime,
+    tainted: &BTreeSet<String>,
+    capacity: usize,
+) {
+    cache.retain(|_, cached| cached.jwt.expires_at > now && !cached.tainted(tainted));
     if cache.len() > capacity {
         let mut by_expiry: Vec<_> = cache
             .iter()
-            .map(|(key, jwt)| (jwt.expires_at, key.clone()))
+            .map(|(key, cached)| (cached.jwt.expires_at, key.clone()))
             .collect();
         by_expiry.sort_by_key(|(expiry, _)| *expiry);
         for (_, key) in by_expiry.into_iter().take(cache.len() - capacity) {

@@ -1,8 +1,10 @@
 //! What the SVID cache needs from the rest of the agent, as traits and plain
-//! data: the policy in force ([`PolicyView`]), the issuer ([`Signer`]) and
-//! key generation ([`KeyFactory`]). The issuer client and the compiled
-//! policy implement them; tests substitute their own.
+//! data: the policy in force ([`PolicyView`]) with the tainted authorities
+//! it names ([`TaintedAuthorities`]), the issuer ([`Signer`]) and key
+//! generation ([`KeyFactory`]). The issuer client and the compiled policy
+//! implement them; tests substitute their own.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -40,6 +42,73 @@ pub trait PolicyView: Send + Sync + 'static {
     /// identity, instead of "nothing applies".
     fn withheld(&self, _workload: &Attributes) -> Option<String> {
         None
+    }
+
+    /// The own trust domain's authorities whose SVIDs must be replaced.
+    fn tainted(&self) -> &TaintedAuthorities {
+        &NO_TAINT
+    }
+}
+
+static NO_TAINT: TaintedAuthorities = TaintedAuthorities::NONE;
+
+/// Authorities of the own trust domain that the operator tainted (SPIRE's
+/// tainted keys): still in the bundle, so what they signed keeps verifying,
+/// but every SVID they signed is to be replaced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaintedAuthorities {
+    /// Subject key identifiers of X.509 CAs, lowercase hex.
+    pub x509: BTreeSet<String>,
+    /// Key IDs (`kid`) of JWT signing keys, compared exactly.
+    pub jwt: BTreeSet<String>,
+}
+
+impl TaintedAuthorities {
+    pub const NONE: Self = Self {
+        x509: BTreeSet::new(),
+        jwt: BTreeSet::new(),
+    };
+
+    /// From the issuer's lists. X.509 key identifiers are lowercased (hex
+    /// compares case-insensitively); empty entries are dropped.
+    pub fn new<X, J>(x509: X, jwt: J) -> Self
+    where
+        X: IntoIterator,
+        X::Item: AsRef<str>,
+        J: IntoIterator,
+        J::Item: AsRef<str>,
+    {
+        Self {
+            x509: x509
+                .into_iter()
+                .map(|id| id.as_ref().trim().to_ascii_lowercase())
+                .filter(|id| !id.is_empty())
+                .collect(),
+            jwt: jwt
+                .into_iter()
+                .map(|kid| kid.as_ref().to_owned())
+                .filter(|kid| !kid.is_empty())
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.x509.is_empty() && self.jwt.is_empty()
+    }
+
+    /// Whether the X.509 CA with subject key identifier `key_id` (hex, any
+    /// case) is tainted.
+    pub fn x509_tainted(&self, key_id: &str) -> bool {
+        if key_id.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.x509.contains(&key_id.to_ascii_lowercase())
+        } else {
+            self.x509.contains(key_id)
+        }
+    }
+
+    /// Whether the JWT signing key `kid` is tainted.
+    pub fn jwt_tainted(&self, kid: &str) -> bool {
+        self.jwt.contains(kid)
     }
 }
 

@@ -1,11 +1,16 @@
 //! Cache behaviour under paused tokio time, with a scripted issuer.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
 use std::time::{Duration, SystemTime};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::future::BoxFuture;
-use signet_identity::{KeyType, PrivateKey, PublicKey, SpiffeId, TrustBundle, TrustDomain};
+use signet_identity::{
+    KeyType, PrivateKey, PublicKey, SpiffeId, TrustBundle, TrustDomain, X509Ca, X509SvidParams,
+};
 use signet_policy::{Attributes, Field};
 use signet_runtime::clock::Clock;
 use tokio::sync::watch;
@@ -34,6 +39,23 @@ fn workload(uid: &str, pid: &str) -> Attributes {
 struct FakePolicy {
     version: u64,
     identities: Vec<(&'static str, &'static str)>,
+    tainted: TaintedAuthorities,
+}
+
+fn fake_policy(version: u64, identities: Vec<(&'static str, &'static str)>) -> SharedPolicy {
+    tainted_policy(version, identities, TaintedAuthorities::default())
+}
+
+fn tainted_policy(
+    version: u64,
+    identities: Vec<(&'static str, &'static str)>,
+    tainted: TaintedAuthorities,
+) -> SharedPolicy {
+    Some(Arc::new(FakePolicy {
+        version,
+        identities,
+        tainted,
+    }))
 }
 
 impl PolicyView for FakePolicy {
@@ -62,6 +84,10 @@ impl PolicyView for FakePolicy {
             federated: Vec::new(),
         })
     }
+
+    fn tainted(&self) -> &TaintedAuthorities {
+        &self.tainted
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -76,8 +102,15 @@ struct FakeSigner {
     ttl: Duration,
     mode: StdMutex<Mode>,
     x509_calls: StdMutex<Vec<Vec<String>>>,
+    /// When each of `x509_calls` was made.
+    x509_call_times: StdMutex<Vec<SystemTime>>,
     jwt_calls: StdMutex<usize>,
     serial: StdMutex<u64>,
+    /// Signs real certificates with this CA when set (else placeholder
+    /// bytes, which name no authority).
+    ca: StdMutex<Option<Arc<X509Ca>>>,
+    /// The `kid` JWT-SVID headers name.
+    jwt_kid: StdMutex<String>,
 }
 
 impl FakeSigner {
@@ -87,9 +120,32 @@ impl FakeSigner {
             ttl,
             mode: StdMutex::new(Mode::Issue),
             x509_calls: StdMutex::new(Vec::new()),
+            x509_call_times: StdMutex::new(Vec::new()),
             jwt_calls: StdMutex::new(0),
             serial: StdMutex::new(0),
+            ca: StdMutex::new(None),
+            jwt_kid: StdMutex::new("k1".into()),
         })
+    }
+
+    fn sign_with(&self, ca: &Arc<X509Ca>) {
+        *self.ca.lock().unwrap() = Some(ca.clone());
+    }
+
+    fn set_jwt_kid(&self, kid: &str) {
+        *self.jwt_kid.lock().unwrap() = kid.into();
+    }
+
+    /// (when, identity) of every X.509 request from call `from` on.
+    fn x509_requests_since(&self, from: usize) -> Vec<(SystemTime, String)> {
+        let calls = self.x509_calls.lock().unwrap();
+        let times = self.x509_call_times.lock().unwrap();
+        calls
+            .iter()
+            .zip(times.iter())
+            .skip(from)
+            .flat_map(|(names, at)| names.iter().map(|name| (*at, name.clone())))
+            .collect()
     }
 
     fn set_mode(&self, mode: Mode) {
@@ -116,9 +172,11 @@ impl Signer for FakeSigner {
                 .map(|r| r.workload_identity.clone())
                 .collect(),
         );
+        self.x509_call_times.lock().unwrap().push(self.clock.now());
         let mode = *self.mode.lock().unwrap();
         let now = self.clock.now();
         let ttl = self.ttl;
+        let ca = self.ca.lock().unwrap().clone();
         let mut serial = self.serial.lock().unwrap();
         let outcomes: Result<Vec<_>, _> = match mode {
             Mode::Unavailable => Err(SignError::Unavailable("connection refused".into())),
@@ -136,9 +194,22 @@ impl Signer for FakeSigner {
                 .iter()
                 .map(|r| {
                     *serial += 1;
+                    let spiffe_id = id(&Self::path_for(&r.workload_identity));
+                    let leaf = match &ca {
+                        Some(ca) => ca
+                            .mint_svid(
+                                &X509SvidParams::new(spiffe_id.clone(), ttl),
+                                &r.public_key,
+                                now,
+                            )
+                            .unwrap()
+                            .cert_chain[0]
+                            .to_vec(),
+                        None => serial.to_be_bytes().to_vec(),
+                    };
                     SignOutcome::Issued(SignedX509 {
-                        spiffe_id: id(&Self::path_for(&r.workload_identity)),
-                        cert_chain: vec![serial.to_be_bytes().to_vec()],
+                        spiffe_id,
+                        cert_chain: vec![leaf],
                         hint: None,
                         not_before: now,
                         not_after: now + ttl,
@@ -157,6 +228,9 @@ impl Signer for FakeSigner {
         *self.jwt_calls.lock().unwrap() += 1;
         let mode = *self.mode.lock().unwrap();
         let now = self.clock.now();
+        let kid = self.jwt_kid.lock().unwrap().clone();
+        let header = URL_SAFE_NO_PAD
+            .encode(serde_json::json!({"alg": "ES256", "kid": kid, "typ": "JWT"}).to_string());
         let outcomes: Result<Vec<_>, _> = match mode {
             Mode::Issue => Ok(requests
                 .iter()
@@ -164,7 +238,10 @@ impl Signer for FakeSigner {
                     SignOutcome::Issued(SignedJwt {
                         workload_identity: r.workload_identity.clone(),
                         spiffe_id: id(&Self::path_for(&r.workload_identity)),
-                        token: format!("jwt-{}-{:?}", r.workload_identity, now),
+                        token: format!(
+                            "{header}.{}.c2ln",
+                            URL_SAFE_NO_PAD.encode(format!("{}-{now:?}", r.workload_identity))
+                        ),
                         hint: None,
                         issued_at: now,
                         expires_at: now + Duration::from_secs(300),
@@ -216,20 +293,14 @@ struct Harness {
 }
 
 fn harness(identities: Vec<(&'static str, &'static str)>) -> Harness {
+    harness_with(CacheConfig::default(), identities)
+}
+
+fn harness_with(config: CacheConfig, identities: Vec<(&'static str, &'static str)>) -> Harness {
     let clock = Clock::starting_at(start());
     let signer = FakeSigner::new(clock, Duration::from_secs(3600));
-    let policy: SharedPolicy = Some(Arc::new(FakePolicy {
-        version: 1,
-        identities,
-    }));
-    let (policy_tx, policy_rx) = watch::channel(policy);
-    let cache = SvidCache::spawn(
-        CacheConfig::default(),
-        clock,
-        policy_rx,
-        signer.clone(),
-        Arc::new(FakeKeys),
-    );
+    let (policy_tx, policy_rx) = watch::channel(fake_policy(1, identities));
+    let cache = SvidCache::spawn(config, clock, policy_rx, signer.clone(), Arc::new(FakeKeys));
     Harness {
         cache,
         signer,
@@ -335,10 +406,7 @@ async fn policy_change_revokes_and_grants() {
     assert_eq!(settled(&mut subscription).await.svids.len(), 2);
 
     h.policy
-        .send(Some(Arc::new(FakePolicy {
-            version: 2,
-            identities: vec![("admin", "/admin")],
-        })))
+        .send(fake_policy(2, vec![("admin", "/admin")]))
         .unwrap();
     let view = next_change(&mut subscription).await;
     let ids: Vec<_> = view
@@ -349,12 +417,7 @@ async fn policy_change_revokes_and_grants() {
     assert_eq!(ids, ["admin"]);
     assert_eq!(view.policy_version, Some(2));
 
-    h.policy
-        .send(Some(Arc::new(FakePolicy {
-            version: 3,
-            identities: vec![],
-        })))
-        .unwrap();
+    h.policy.send(fake_policy(3, vec![])).unwrap();
     let view = next_change(&mut subscription).await;
     assert!(view.svids.is_empty());
     assert!(matches!(view.status, ViewStatus::NoIdentity { .. }));
@@ -476,5 +539,299 @@ async fn jwt_filter_by_spiffe_id_and_entitlement() {
             .fetch_jwt(&workload("0", "1"), &audiences, None)
             .await,
         Err(CacheError::NoIdentity(_))
+    ));
+}
+
+// === tainted authorities ===
+
+fn ca() -> Arc<X509Ca> {
+    let td = TrustDomain::new(TD).unwrap();
+    let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    Arc::new(X509Ca::self_signed(&td, key, Duration::from_secs(30 * 86_400), start()).unwrap())
+}
+
+fn x509_taint(cas: &[&Arc<X509Ca>]) -> TaintedAuthorities {
+    TaintedAuthorities::new(cas.iter().map(|ca| ca.key_id_hex()), Vec::<String>::new())
+}
+
+/// The key identifier of the CA that signed each SVID of the view.
+fn authorities(view: &WorkloadView) -> Vec<Option<String>> {
+    view.svids
+        .iter()
+        .map(|svid| x509_authority(&svid.cert_chain[0]))
+        .collect()
+}
+
+fn all_signed_by(view: &WorkloadView, ca: &X509Ca, count: usize) -> bool {
+    view.svids.len() == count
+        && authorities(view)
+            .iter()
+            .all(|id| id.as_deref() == Some(ca.key_id_hex().as_str()))
+}
+
+const EIGHT: [(&str, &str); 8] = [
+    ("a", "/a"),
+    ("b", "/b"),
+    ("c", "/c"),
+    ("d", "/d"),
+    ("e", "/e"),
+    ("f", "/f"),
+    ("g", "/g"),
+    ("h", "/h"),
+];
+
+fn window_config(window: Duration) -> CacheConfig {
+    CacheConfig {
+        taint_reissue_window: window,
+        ..CacheConfig::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn svids_of_a_tainted_ca_are_reissued_spread_over_the_window() {
+    let window = Duration::from_secs(30);
+    let h = harness_with(window_config(window), EIGHT.to_vec());
+    let (old, new) = (ca(), ca());
+    h.signer.sign_with(&old);
+    let mut subscription = h.cache.subscribe(&workload("1000", "10")).await.unwrap();
+    let first = settled(&mut subscription).await;
+    assert!(all_signed_by(&first, &old, 8), "{:?}", authorities(&first));
+    assert_eq!(h.cache.svids_on_tainted_authority(), 0);
+
+    // The operator rotated to `new` and taints `old` (named in upper case:
+    // hex compares case-insensitively).
+    h.signer.sign_with(&new);
+    let before = h.signer.x509_calls().len();
+    let tainted_at = h.signer.clock.now();
+    let taint = TaintedAuthorities::new([old.key_id_hex().to_uppercase()], Vec::<String>::new());
+    h.policy
+        .send(tainted_policy(2, EIGHT.to_vec(), taint.clone()))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // Known at once, but not all re-issued at once: each waits its jitter.
+    assert!(h.cache.svids_on_tainted_authority() > 0);
+    assert!(h.signer.x509_requests_since(before).len() < 8);
+
+    // The same taint again (the stream resends its state) reschedules
+    // nothing.
+    h.policy
+        .send(tainted_policy(3, EIGHT.to_vec(), taint.clone()))
+        .unwrap();
+
+    let done = subscription
+        .first_matching(window * 2, |view| all_signed_by(view, &new, 8))
+        .await;
+    assert!(all_signed_by(&done, &new, 8), "{:?}", authorities(&done));
+    assert!(
+        h.signer.clock.now() < tainted_at + window,
+        "all re-issued within the window"
+    );
+    let reissued = h.signer.x509_requests_since(before);
+    let by_name: BTreeMap<&str, SystemTime> = reissued
+        .iter()
+        .map(|(at, name)| (name.as_str(), *at))
+        .collect();
+    assert_eq!(reissued.len(), 8, "each once: {reissued:?}");
+    assert_eq!(by_name.len(), 8, "{reissued:?}");
+    assert!(
+        by_name
+            .values()
+            .all(|at| *at >= tainted_at && *at < tainted_at + window),
+        "{reissued:?}"
+    );
+    let distinct: BTreeSet<&SystemTime> = by_name.values().collect();
+    assert!(distinct.len() >= 2, "spread out: {reissued:?}");
+    assert_eq!(h.cache.taint_reissues(), 8);
+    assert_eq!(h.cache.svids_on_tainted_authority(), 0);
+
+    // Once more, after the re-issue: nothing is due before half-life.
+    h.policy
+        .send(tainted_policy(4, EIGHT.to_vec(), taint))
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(h.signer.x509_requests_since(before).len(), 8);
+    assert_eq!(h.cache.taint_reissues(), 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_window_reissue_is_immediate_and_a_still_tainted_issuer_is_not_looped_on() {
+    let h = harness_with(
+        window_config(Duration::ZERO),
+        vec![("web", "/web"), ("db", "/db")],
+    );
+    let old = ca();
+    h.signer.sign_with(&old);
+    let mut subscription = h.cache.subscribe(&workload("1000", "10")).await.unwrap();
+    let first = settled(&mut subscription).await;
+    assert!(all_signed_by(&first, &old, 2));
+
+    // The issuer has not rotated yet: it keeps signing with `old`.
+    let before = h.signer.x509_calls().len();
+    let tainted_at = h.signer.clock.now();
+    h.policy
+        .send(tainted_policy(
+            2,
+            vec![("web", "/web"), ("db", "/db")],
+            x509_taint(&[&old]),
+        ))
+        .unwrap();
+    let next = next_change(&mut subscription).await;
+    assert!(all_signed_by(&next, &old, 2));
+    assert!(!Arc::ptr_eq(&next.svids[0], &first.svids[0]));
+    let reissued = h.signer.x509_requests_since(before);
+    assert_eq!(reissued.len(), 2);
+    assert!(
+        reissued.iter().all(|(at, _)| *at == tainted_at),
+        "{reissued:?}"
+    );
+    assert_eq!(h.signer.x509_calls().len(), before + 1, "in one batch");
+
+    // Re-issuing would only bring another SVID of the tainted CA: they wait
+    // for their normal renewal, even when another id is tainted later.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    h.policy
+        .send(tainted_policy(
+            3,
+            vec![("web", "/web"), ("db", "/db")],
+            x509_taint(&[&old, &ca()]),
+        ))
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(h.signer.x509_requests_since(before).len(), 2);
+    assert_eq!(h.cache.taint_reissues(), 2);
+    assert_eq!(h.cache.svids_on_tainted_authority(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_svids_of_a_newly_tainted_ca_are_reissued() {
+    let window = Duration::from_secs(30);
+    let h = harness_with(window_config(window), vec![("web", "/web")]);
+    let (first_ca, second_ca, third_ca) = (ca(), ca(), ca());
+    let mut a = workload("1000", "1");
+    a.set(Field::UnixBinaryPath, "/bin/a");
+    let mut b = workload("1000", "2");
+    b.set(Field::UnixBinaryPath, "/bin/b");
+    h.signer.sign_with(&first_ca);
+    let mut sub_a = h.cache.subscribe(&a).await.unwrap();
+    let view_a = settled(&mut sub_a).await;
+    h.signer.sign_with(&second_ca);
+    let mut sub_b = h.cache.subscribe(&b).await.unwrap();
+    let view_b = settled(&mut sub_b).await;
+    assert!(all_signed_by(&view_a, &first_ca, 1));
+    assert!(all_signed_by(&view_b, &second_ca, 1));
+    h.signer.sign_with(&third_ca);
+    let identities = || vec![("web", "/web")];
+
+    // Tainting the first CA re-issues a's SVID only.
+    h.policy
+        .send(tainted_policy(2, identities(), x509_taint(&[&first_ca])))
+        .unwrap();
+    tokio::time::sleep(window).await;
+    let now_a = sub_a.view().borrow().clone();
+    let now_b = sub_b.view().borrow().clone();
+    assert!(all_signed_by(&now_a, &third_ca, 1));
+    assert!(
+        Arc::ptr_eq(&now_b.svids[0], &view_b.svids[0]),
+        "b untouched"
+    );
+    assert_eq!(h.cache.taint_reissues(), 1);
+
+    // The second CA is tainted too: b's SVID follows; a's (now from the
+    // third CA) stays.
+    h.policy
+        .send(tainted_policy(
+            3,
+            identities(),
+            x509_taint(&[&first_ca, &second_ca]),
+        ))
+        .unwrap();
+    tokio::time::sleep(window).await;
+    let later_a = sub_a.view().borrow().clone();
+    let later_b = sub_b.view().borrow().clone();
+    assert!(all_signed_by(&later_b, &third_ca, 1));
+    assert!(
+        Arc::ptr_eq(&later_a.svids[0], &now_a.svids[0]),
+        "a untouched"
+    );
+    assert_eq!(h.cache.taint_reissues(), 2);
+
+    // A taint lifted (the authority revoked) needs nothing.
+    h.policy
+        .send(tainted_policy(4, identities(), x509_taint(&[&second_ca])))
+        .unwrap();
+    tokio::time::sleep(window).await;
+    assert_eq!(h.signer.x509_calls().len(), 4);
+    assert_eq!(h.cache.svids_on_tainted_authority(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_window_never_delays_the_normal_renewal() {
+    // One-hour SVIDs renew at most 36 minutes in; a two-hour window must
+    // not push any re-issue past that.
+    let h = harness_with(
+        window_config(Duration::from_secs(7200)),
+        EIGHT[..4].to_vec(),
+    );
+    let (old, new) = (ca(), ca());
+    h.signer.sign_with(&old);
+    let mut subscription = h.cache.subscribe(&workload("1000", "10")).await.unwrap();
+    let first = settled(&mut subscription).await;
+    let issued = first.svids[0].not_before;
+    h.signer.sign_with(&new);
+    h.policy
+        .send(tainted_policy(2, EIGHT[..4].to_vec(), x509_taint(&[&old])))
+        .unwrap();
+    let done = subscription
+        .first_matching(Duration::from_secs(7200), |view| {
+            all_signed_by(view, &new, 4)
+        })
+        .await;
+    assert!(all_signed_by(&done, &new, 4));
+    let elapsed = h.signer.clock.now().duration_since(issued).unwrap();
+    assert!(elapsed <= Duration::from_secs(2160), "after {elapsed:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_jwt_svid_of_a_tainted_key_is_not_served_from_the_cache() {
+    let h = harness(vec![("web", "/web")]);
+    let attrs = workload("1000", "10");
+    let audiences = vec!["vault".to_string()];
+    let kid = |jwt: &SignedJwt| super::taint::jwt_key_id(&jwt.token);
+    let first = h.cache.fetch_jwt(&attrs, &audiences, None).await.unwrap();
+    assert_eq!(kid(&first[0]).as_deref(), Some("k1"));
+    let again = h.cache.fetch_jwt(&attrs, &audiences, None).await.unwrap();
+    assert_eq!(again[0].token, first[0].token);
+    assert_eq!(*h.signer.jwt_calls.lock().unwrap(), 1);
+
+    // k1 is tainted; the issuer signs with k2 now.
+    h.signer.set_jwt_kid("k2");
+    let jwt_taint =
+        |kids: &[&str]| TaintedAuthorities::new(Vec::<String>::new(), kids.iter().copied());
+    h.policy
+        .send(tainted_policy(2, vec![("web", "/web")], jwt_taint(&["k1"])))
+        .unwrap();
+    tokio::task::yield_now().await;
+    let fresh = h.cache.fetch_jwt(&attrs, &audiences, None).await.unwrap();
+    assert_ne!(fresh[0].token, first[0].token);
+    assert_eq!(kid(&fresh[0]).as_deref(), Some("k2"));
+    assert_eq!(*h.signer.jwt_calls.lock().unwrap(), 2);
+    // A token of an untainted key is still reused.
+    let reused = h.cache.fetch_jwt(&attrs, &audiences, None).await.unwrap();
+    assert_eq!(reused[0].token, fresh[0].token);
+    assert_eq!(*h.signer.jwt_calls.lock().unwrap(), 2);
+
+    // With the issuer down, a token of a tainted key is not served in its
+    // stead either.
+    h.policy
+        .send(tainted_policy(
+            3,
+            vec![("web", "/web")],
+            jwt_taint(&["k1", "k2"]),
+        ))
+        .unwrap();
+    h.signer.set_mode(Mode::Unavailable);
+    assert!(matches!(
+        h.cache.fetch_jwt(&attrs, &audiences, None).await,
+        Err(CacheError::Sign(SignError::Unavailable(_)))
     ));
 }

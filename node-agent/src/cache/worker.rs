@@ -11,10 +11,15 @@
 //! trust bundle changes, and publishes a full-state [`WorkloadView`] (SVIDs
 //! and their bundles together) on a per-workload `watch` channel that the
 //! Workload API, SDS and delegated streams follow.
+//!
+//! When the policy names a tainted X.509 authority, every SVID it signed is
+//! renewed early, each at a random point of `taint_reissue_window` so the
+//! issuer is not asked for them all at once, through the same dispatch,
+//! batching and backoff as any renewal.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
@@ -31,10 +36,11 @@ use super::jwt::JwtCache;
 use super::key::WorkloadKey;
 use super::seams::{
     Denial, DesiredIdentity, KeyFactory, SharedPolicy, SignError, SignOutcome, SignedJwt,
-    SignedX509, Signer, WorkloadBundles, X509SignRequest,
+    SignedX509, Signer, TaintedAuthorities, WorkloadBundles, X509SignRequest,
 };
+use super::taint::x509_authority;
 use super::view::{IssuedX509, ViewStatus, WorkloadView};
-use crate::backoff::{Backoff, jitter};
+use crate::backoff::{Backoff, jitter, uniform};
 
 // === configuration ===
 
@@ -53,6 +59,9 @@ pub struct CacheConfig {
     pub denial_retry: Duration,
     /// JWT-SVIDs kept, across workloads.
     pub jwt_cache_size: usize,
+    /// SVIDs signed by a tainted authority are re-issued at a random point
+    /// within this long of learning of the taint (zero: at once).
+    pub taint_reissue_window: Duration,
 }
 
 impl Default for CacheConfig {
@@ -65,6 +74,7 @@ impl Default for CacheConfig {
             max_backoff: Duration::from_secs(60),
             denial_retry: Duration::from_secs(2),
             jwt_cache_size: 1000,
+            taint_reissue_window: Duration::from_secs(30),
         }
     }
 }
@@ -133,6 +143,8 @@ pub struct SvidCache {
     clock: Clock,
     jwts: Arc<JwtCache>,
     svid_count: Arc<AtomicUsize>,
+    tainted_count: Arc<AtomicUsize>,
+    taint_reissues: Arc<AtomicU64>,
 }
 
 impl SvidCache {
@@ -146,8 +158,21 @@ impl SvidCache {
     ) -> Self {
         let (commands, receiver) = mpsc::unbounded_channel();
         let svid_count = Arc::new(AtomicUsize::new(0));
+        let tainted_count = Arc::new(AtomicUsize::new(0));
+        let taint_reissues = Arc::new(AtomicU64::new(0));
+        // The first policy may already name tainted authorities; later ones
+        // arrive through `reevaluate_all`.
+        let tainted = policy
+            .borrow()
+            .as_ref()
+            .map(|policy| policy.tainted().clone())
+            .unwrap_or_default();
         let worker = Worker {
             svid_count: svid_count.clone(),
+            tainted_count: tainted_count.clone(),
+            taint_reissues: taint_reissues.clone(),
+            tainted,
+            warned_tainted: BTreeSet::new(),
             config: config.clone(),
             clock,
             signer: signer.clone(),
@@ -166,12 +191,25 @@ impl SvidCache {
             clock,
             jwts: Arc::new(JwtCache::new(config.jwt_cache_size)),
             svid_count,
+            tainted_count,
+            taint_reissues,
         }
     }
 
     /// X.509-SVIDs currently held, across workloads (for metrics).
     pub fn cached_svids(&self) -> usize {
         self.svid_count.load(Ordering::Relaxed)
+    }
+
+    /// X.509-SVIDs currently held that a tainted CA signed (for metrics).
+    pub fn svids_on_tainted_authority(&self) -> usize {
+        self.tainted_count.load(Ordering::Relaxed)
+    }
+
+    /// Re-issues scheduled because of a taint since the cache started (for
+    /// metrics).
+    pub fn taint_reissues(&self) -> u64 {
+        self.taint_reissues.load(Ordering::Relaxed)
     }
 
     /// Registers interest in `workload`'s X.509-SVIDs.
@@ -225,7 +263,8 @@ impl SvidCache {
         audiences: &[String],
         only: Option<&SpiffeId>,
     ) -> Result<Vec<Arc<SignedJwt>>, CacheError> {
-        let mut desired = self.desired_identities(workload)?;
+        let policy = self.policy.borrow().clone().ok_or(CacheError::NoPolicy)?;
+        let mut desired = policy.desired_identities(workload);
         if let Some(only) = only {
             desired.retain(|identity| &identity.spiffe_id == only);
         }
@@ -241,6 +280,7 @@ impl SvidCache {
                 &WorkloadKey::of(workload),
                 &desired,
                 audiences,
+                &policy.tainted().jwt,
                 self.clock.now(),
             )
             .await
@@ -287,6 +327,13 @@ struct Entry {
     /// Bumped when the desired identity changes, so late answers for an
     /// outdated request are discarded.
     generation: u64,
+    /// Key identifier (lowercase hex) of the CA that signed `svid`.
+    svid_authority: Option<String>,
+    /// A taint of `svid`'s CA was acted on (its re-issue scheduled, or it
+    /// arrived already signed by a tainted CA): acting again on the same
+    /// taint would re-issue it twice, or forever while the issuer still
+    /// signs with that CA.
+    taint_handled: bool,
 }
 
 struct Workload {
@@ -328,6 +375,12 @@ struct Worker {
     in_flight: FuturesUnordered<BoxFuture<'static, BatchResult>>,
     last_error: Option<String>,
     svid_count: Arc<AtomicUsize>,
+    tainted_count: Arc<AtomicUsize>,
+    taint_reissues: Arc<AtomicU64>,
+    /// The tainted authorities of the policy in force.
+    tainted: TaintedAuthorities,
+    /// Tainted CAs the issuer was seen still signing with (warned once).
+    warned_tainted: BTreeSet<String>,
 }
 
 impl Worker {
@@ -401,6 +454,67 @@ impl Worker {
         let policy = self.policy.borrow_and_update().clone();
         for workload in self.workloads.values_mut() {
             evaluate(workload, policy.as_deref(), &self.config);
+        }
+        let tainted = policy
+            .as_deref()
+            .map(|policy| policy.tainted().clone())
+            .unwrap_or_default();
+        if tainted != self.tainted {
+            self.warned_tainted.retain(|id| tainted.x509.contains(id));
+            self.tainted = tainted;
+            self.schedule_taint_reissues();
+        }
+    }
+
+    /// Schedules the re-issue of every held SVID signed by a tainted CA
+    /// whose taint was not acted on yet, each at a random point of the
+    /// window (never later than its normal renewal).
+    fn schedule_taint_reissues(&mut self) {
+        if self.tainted.x509.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let window = self.config.taint_reissue_window;
+        let mut scheduled = 0u64;
+        for workload in self.workloads.values_mut() {
+            for (name, entry) in &mut workload.entries {
+                if entry.taint_handled
+                    || entry.svid.is_none()
+                    || !entry
+                        .svid_authority
+                        .as_deref()
+                        .is_some_and(|id| self.tainted.x509_tainted(id))
+                {
+                    continue;
+                }
+                entry.taint_handled = true;
+                // Already being replaced (in flight, or retrying under its
+                // own backoff or denial delay): that attempt is the re-issue,
+                // and hurrying it would undo the backoff.
+                if matches!(entry.state, EntryState::InFlight)
+                    || entry.failed_since_last_success
+                    || entry.denial.is_some()
+                {
+                    continue;
+                }
+                let due = now + uniform(window);
+                entry.next_attempt = Some(entry.next_attempt.map_or(due, |at| at.min(due)));
+                scheduled += 1;
+                tracing::debug!(
+                    identity = %name,
+                    authority = entry.svid_authority.as_deref().unwrap_or_default(),
+                    after = ?due.saturating_duration_since(now),
+                    "re-issuing an SVID signed by a tainted authority"
+                );
+            }
+        }
+        if scheduled > 0 {
+            self.taint_reissues.fetch_add(scheduled, Ordering::Relaxed);
+            tracing::info!(
+                svids = scheduled,
+                window = ?window,
+                "re-issuing SVIDs signed by a tainted X.509 authority"
+            );
         }
     }
 
@@ -518,6 +632,27 @@ impl Worker {
             match outcome {
                 Ok(SignOutcome::Issued(signed)) => {
                     let refresh_at = refresh_time(signed.not_before, signed.not_after);
+                    let authority = signed
+                        .cert_chain
+                        .first()
+                        .and_then(|leaf| x509_authority(leaf));
+                    let tainted = authority
+                        .as_deref()
+                        .is_some_and(|id| self.tainted.x509_tainted(id));
+                    if tainted
+                        && let Some(id) = &authority
+                        && self.warned_tainted.insert(id.clone())
+                    {
+                        // Re-issuing again now would only bring another one
+                        // like it: it is renewed at its normal time.
+                        tracing::warn!(
+                            identity = %request.name,
+                            authority = %id,
+                            "the issuer still signs with a tainted X.509 authority"
+                        );
+                    }
+                    entry.svid_authority = authority;
+                    entry.taint_handled = tainted;
                     entry.svid = Some(Arc::new(IssuedX509 {
                         workload_identity: request.name.clone(),
                         spiffe_id: signed.spiffe_id,
@@ -617,9 +752,20 @@ impl Worker {
             .workloads
             .values()
             .flat_map(|w| w.entries.values())
-            .filter(|e| e.svid.is_some())
-            .count();
-        self.svid_count.store(held, Ordering::Relaxed);
+            .filter(|e| e.svid.is_some());
+        let (mut count, mut on_tainted) = (0, 0);
+        for entry in held {
+            count += 1;
+            if entry
+                .svid_authority
+                .as_deref()
+                .is_some_and(|id| self.tainted.x509_tainted(id))
+            {
+                on_tainted += 1;
+            }
+        }
+        self.svid_count.store(count, Ordering::Relaxed);
+        self.tainted_count.store(on_tainted, Ordering::Relaxed);
         let last_error = self.last_error.clone();
         for workload in self.workloads.values() {
             let view = build_view(workload, last_error.as_deref());
@@ -701,6 +847,8 @@ fn evaluate(
                         denial: None,
                         failed_since_last_success: false,
                         generation: 0,
+                        svid_authority: None,
+                        taint_handled: false,
                     },
                 );
             }

@@ -1,6 +1,7 @@
 //! The agent's side of the issuer API: joining (and re-using a persisted
-//! agent SVID across restarts), renewing the agent SVID at half-life,
-//! watching the policy, and signing workload SVIDs for the cache.
+//! agent SVID across restarts), renewing the agent SVID at half-life (or
+//! early, when the CA that signed it is tainted), watching the policy, and
+//! signing workload SVIDs for the cache.
 //!
 //! The issuer is authenticated by its SVID (`spiffe://<td>/signet/issuer`)
 //! against the bootstrap bundle and, once known, the bundle the issuer
@@ -9,6 +10,7 @@
 //! before use: it must chain to the current bundle, name a member of the
 //! trust domain and carry exactly the key of the CSR it answers.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -29,7 +31,8 @@ use zeroize::Zeroizing;
 
 use super::checks::check_agent_svid;
 use super::pod_tokens::PodTokens;
-use crate::backoff::{Backoff, jitter};
+use crate::backoff::{Backoff, jitter, uniform};
+use crate::cache::{TaintedAuthorities, x509_authority};
 use crate::metrics::Metrics;
 
 /// File in `state_dir` holding the agent SVID, its key and the last bundle.
@@ -98,6 +101,20 @@ struct AgentCredential {
     key: Zeroizing<Vec<u8>>,
     not_before: SystemTime,
     not_after: SystemTime,
+    /// Key identifier (lowercase hex) of the CA that signed the leaf.
+    authority: Option<String>,
+}
+
+impl AgentCredential {
+    fn signed_by_tainted(&self, tainted: &TaintedAuthorities) -> bool {
+        self.authority
+            .as_deref()
+            .is_some_and(|id| tainted.x509_tainted(id))
+    }
+
+    fn leaf(&self) -> Option<&[u8]> {
+        self.chain.first().map(AsRef::as_ref)
+    }
 }
 
 /// The persisted form of [`AgentCredential`] plus the bundle it chains to.
@@ -130,6 +147,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Pods' service-account tokens, attached to requests for those pods.
     pod_tokens: PodTokens,
+    /// The own trust domain's tainted authorities, from the policy stream;
+    /// the renewal loop follows them.
+    tainted: watch::Sender<TaintedAuthorities>,
 }
 
 /// Cheap-to-clone handle on the issuer connection.
@@ -185,6 +205,7 @@ impl IssuerClient {
                 clock,
                 metrics,
                 pod_tokens: PodTokens::new(),
+                tainted: watch::channel(TaintedAuthorities::default()).0,
             }),
         })
     }
@@ -251,6 +272,19 @@ impl IssuerClient {
         let mut set = BundleSet::new();
         set.insert(bundle);
         self.inner.bundles.replace(set);
+    }
+
+    /// Replaces the tainted authorities the agent SVID is checked against;
+    /// the renewal loop hears only of actual changes.
+    pub fn set_tainted_authorities(&self, tainted: &TaintedAuthorities) {
+        self.inner.tainted.send_if_modified(|current| {
+            if current == tainted {
+                false
+            } else {
+                current.clone_from(tainted);
+                true
+            }
+        });
     }
 
     fn credential(&self) -> Option<Arc<AgentCredential>> {
@@ -333,6 +367,7 @@ impl IssuerClient {
         self.install(AgentCredential {
             name: stored.agent_name,
             spiffe_id: credential.0,
+            authority: chain.first().and_then(|leaf| x509_authority(leaf)),
             chain,
             key: key.to_pkcs8_der(),
             not_before: credential.2,
@@ -488,6 +523,7 @@ impl IssuerClient {
         self.install(AgentCredential {
             name,
             spiffe_id,
+            authority: chain.first().and_then(|leaf| x509_authority(leaf)),
             chain,
             key: key.to_pkcs8_der(),
             not_before,
@@ -509,13 +545,25 @@ impl IssuerClient {
 
     /// Renews the agent SVID at half-life (±10 %) until `shutdown`; after a
     /// failure retries with backoff, and re-joins once the SVID has expired
-    /// if a join token is configured.
-    pub async fn run_renewal(self, mut shutdown: watch::Receiver<bool>) {
+    /// if a join token is configured. When the CA that signed the SVID is
+    /// tainted, it is renewed at a random point of `taint_reissue_window`
+    /// instead, if that comes first.
+    pub async fn run_renewal(
+        self,
+        taint_reissue_window: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         let mut retry_at: Option<SystemTime> = None;
+        let mut tainted = self.inner.tainted.subscribe();
+        // A taint learnt before the loop started applies to the SVID in hand.
+        tainted.mark_changed();
+        let mut taint_open = true;
+        let mut taint = AgentTaint::default();
         loop {
             let clock = self.inner.clock;
-            let due = match (self.credential(), retry_at) {
+            let credential = self.credential();
+            let due = match (&credential, retry_at) {
                 (_, Some(at)) => at,
                 (Some(credential), None) => {
                     let lifetime = credential
@@ -526,10 +574,29 @@ impl IssuerClient {
                 }
                 (None, None) => clock.now(),
             };
+            let due = taint.due.map_or(due, |early| early.min(due));
             tokio::select! {
                 () = tokio::time::sleep_until(clock.instant_at(due)) => {}
+                changed = tainted.changed(), if taint_open => {
+                    if changed.is_err() {
+                        taint_open = false;
+                    } else if let Some(credential) = &credential {
+                        let set = tainted.borrow_and_update().clone();
+                        if taint.taint_changed(
+                            credential,
+                            &set,
+                            retry_at.is_some(),
+                            clock.now(),
+                            taint_reissue_window,
+                        ) {
+                            self.metrics().taint_reissues(1);
+                        }
+                    }
+                    continue;
+                }
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
+            taint.due = None;
             let expired = self.credential().is_none_or(|c| c.not_after <= clock.now());
             let result = if expired && self.inner.config.can_join() {
                 self.join().await
@@ -540,6 +607,10 @@ impl IssuerClient {
                 Ok(()) => {
                     backoff.reset();
                     retry_at = None;
+                    if let Some(credential) = self.credential() {
+                        let set = tainted.borrow().clone();
+                        taint.renewed(&credential, &set);
+                    }
                 }
                 Err(error) => {
                     let delay = backoff.next_delay();
@@ -579,6 +650,72 @@ impl IssuerClient {
     }
 }
 
+/// Early renewal of the agent SVID when the CA that signed it is tainted.
+#[derive(Default)]
+struct AgentTaint {
+    /// Leaf certificate of the SVID whose taint was acted on: renewed early
+    /// once, or received already signed by a tainted CA (renewing it early
+    /// again would loop for as long as the issuer signs with that CA).
+    handled: Option<Vec<u8>>,
+    /// When to renew early.
+    due: Option<SystemTime>,
+    /// Tainted CAs the issuer was seen still signing with (warned once).
+    warned: BTreeSet<String>,
+}
+
+impl AgentTaint {
+    fn is_handled(&self, credential: &AgentCredential) -> bool {
+        self.handled.is_some() && self.handled.as_deref() == credential.leaf()
+    }
+
+    /// The tainted authorities changed: schedules an early renewal when the
+    /// CA of `credential` is tainted and this was not acted on yet; one
+    /// already retrying under backoff is left to that. Returns whether a
+    /// renewal was scheduled.
+    fn taint_changed(
+        &mut self,
+        credential: &AgentCredential,
+        tainted: &TaintedAuthorities,
+        retrying: bool,
+        now: SystemTime,
+        window: Duration,
+    ) -> bool {
+        if self.is_handled(credential) || !credential.signed_by_tainted(tainted) {
+            return false;
+        }
+        self.handled = credential.leaf().map(<[u8]>::to_vec);
+        if retrying {
+            return false;
+        }
+        let delay = uniform(window);
+        self.due = Some(now + delay);
+        tracing::info!(
+            authority = credential.authority.as_deref().unwrap_or_default(),
+            renew_in = ?delay,
+            "the agent SVID was signed by a tainted authority; renewing it"
+        );
+        true
+    }
+
+    /// A new SVID arrived. One still signed by a tainted CA waits for its
+    /// normal renewal.
+    fn renewed(&mut self, credential: &AgentCredential, tainted: &TaintedAuthorities) {
+        self.due = None;
+        if !credential.signed_by_tainted(tainted) {
+            return;
+        }
+        self.handled = credential.leaf().map(<[u8]>::to_vec);
+        if let Some(id) = &credential.authority
+            && self.warned.insert(id.clone())
+        {
+            tracing::warn!(
+                authority = %id,
+                "the issuer still signs agent SVIDs with a tainted X.509 authority"
+            );
+        }
+    }
+}
+
 pub(crate) async fn with_timeout<T>(
     call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<tonic::Response<T>, tonic::Status> {
@@ -603,5 +740,118 @@ impl IssuerClient {
     /// The bundles issuer certificates are checked against right now.
     pub fn trusted_bundles(&self) -> Arc<BundleSet> {
         self.inner.bundles.current()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use signet_identity::{X509Ca, X509SvidParams};
+
+    use super::*;
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn ca() -> X509Ca {
+        let td = TrustDomain::new("example.org").unwrap();
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        X509Ca::self_signed(&td, key, Duration::from_secs(86_400), now()).unwrap()
+    }
+
+    /// An agent SVID signed by `ca`, as the renewal loop holds it.
+    fn credential(ca: &X509Ca) -> AgentCredential {
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let id = SpiffeId::parse("spiffe://example.org/signet/agent/join/vm-1").unwrap();
+        let svid = ca
+            .mint_svid(
+                &X509SvidParams::new(id, Duration::from_secs(3600)),
+                key.public_key(),
+                now(),
+            )
+            .unwrap();
+        let chain = svid.cert_chain;
+        AgentCredential {
+            name: "vm-1".into(),
+            spiffe_id: svid.spiffe_id,
+            authority: chain.first().and_then(|leaf| x509_authority(leaf)),
+            chain,
+            key: key.to_pkcs8_der(),
+            not_before: svid.not_before,
+            not_after: svid.not_after,
+        }
+    }
+
+    fn tainting(cas: &[&X509Ca]) -> TaintedAuthorities {
+        TaintedAuthorities::new(cas.iter().map(|ca| ca.key_id_hex()), Vec::<String>::new())
+    }
+
+    #[test]
+    fn a_tainted_agent_svid_is_renewed_once_within_the_window() {
+        let (old, new) = (ca(), ca());
+        let window = Duration::from_secs(30);
+        let first = credential(&old);
+        let mut taint = AgentTaint::default();
+
+        // Another CA tainted: nothing to do.
+        assert!(!taint.taint_changed(&first, &tainting(&[&new]), false, now(), window));
+        assert!(taint.due.is_none());
+
+        // Its own CA tainted: renewed within the window.
+        assert!(taint.taint_changed(&first, &tainting(&[&old]), false, now(), window));
+        let due = taint.due.unwrap();
+        assert!(due >= now() && due < now() + window, "{due:?}");
+        // The same taint again, or with more ids, does not reschedule it.
+        assert!(!taint.taint_changed(&first, &tainting(&[&old, &new]), false, now(), window));
+        assert_eq!(taint.due, Some(due));
+
+        // The issuer still signs with the tainted CA: the new SVID waits for
+        // its normal renewal, whatever taint news follows.
+        let second = credential(&old);
+        taint.renewed(&second, &tainting(&[&old]));
+        assert!(taint.due.is_none());
+        assert!(!taint.taint_changed(&second, &tainting(&[&old]), false, now(), window));
+        assert!(taint.due.is_none());
+
+        // Renewed under the new CA, which is tainted later in turn.
+        let third = credential(&new);
+        taint.renewed(&third, &tainting(&[&old]));
+        assert!(taint.due.is_none());
+        assert!(taint.taint_changed(&third, &tainting(&[&old, &new]), false, now(), window));
+
+        // A renewal retrying under backoff is left to its backoff.
+        let mut retrying = AgentTaint::default();
+        assert!(!retrying.taint_changed(&first, &tainting(&[&old]), true, now(), window));
+        assert!(retrying.due.is_none());
+        assert!(!retrying.taint_changed(&first, &tainting(&[&old]), false, now(), window));
+    }
+
+    #[test]
+    fn agent_renewals_on_taint_are_spread_and_immediate_with_no_window() {
+        let old = ca();
+        let credential = credential(&old);
+        let window = Duration::from_secs(30);
+        let dues: Vec<SystemTime> = (0..16)
+            .map(|_| {
+                let mut taint = AgentTaint::default();
+                assert!(taint.taint_changed(&credential, &tainting(&[&old]), false, now(), window));
+                taint.due.unwrap()
+            })
+            .collect();
+        assert!(
+            dues.iter()
+                .all(|due| *due >= now() && *due < now() + window)
+        );
+        assert!(dues.iter().any(|due| *due != dues[0]), "jittered: {dues:?}");
+
+        let mut taint = AgentTaint::default();
+        assert!(taint.taint_changed(
+            &credential,
+            &tainting(&[&old]),
+            false,
+            now(),
+            Duration::ZERO
+        ));
+        assert_eq!(taint.due, Some(now()));
     }
 }

@@ -1,7 +1,7 @@
 //! The policy in force on this node: compiled from the issuer's
 //! `WatchPolicy` stream, evaluated locally to know which identities each
 //! workload should hold, and carrying the trust bundles the Workload API and
-//! SDS hand out.
+//! SDS hand out and the authorities the operator tainted.
 
 use std::collections::BTreeSet;
 use std::collections::hash_map::DefaultHasher;
@@ -19,7 +19,9 @@ use tokio::sync::watch;
 
 use super::client::IssuerClient;
 use crate::backoff::Backoff;
-use crate::cache::{DesiredIdentity, PolicyView, SharedPolicy, WorkloadBundles};
+use crate::cache::{
+    DesiredIdentity, PolicyView, SharedPolicy, TaintedAuthorities, WorkloadBundles,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -47,6 +49,7 @@ pub struct AgentPolicy {
     bundles: Arc<BundleSet>,
     agent: AgentContext,
     selector: Option<IdentitySelector>,
+    tainted: TaintedAuthorities,
 }
 
 impl AgentPolicy {
@@ -63,7 +66,15 @@ impl AgentPolicy {
             bundles: Arc::new(bundles),
             agent,
             selector,
+            tainted: TaintedAuthorities::default(),
         }
+    }
+
+    /// The same policy naming `tainted` as the own trust domain's tainted
+    /// authorities.
+    pub fn with_tainted(mut self, tainted: TaintedAuthorities) -> Self {
+        self.tainted = tainted;
+        self
     }
 
     /// Compiles a `PolicyUpdate`. Objects that fail to compile are logged and
@@ -129,7 +140,11 @@ impl AgentPolicy {
                 Err(error) => tracing::error!(%error, "federated bundle left out"),
             }
         }
-        Ok(Self::new(generation, snapshot, bundles, agent, selector))
+        let tainted = TaintedAuthorities::new(
+            &update.tainted_x509_authorities,
+            &update.tainted_jwt_authorities,
+        );
+        Ok(Self::new(generation, snapshot, bundles, agent, selector).with_tainted(tainted))
     }
 
     pub fn generation(&self) -> u64 {
@@ -232,6 +247,10 @@ impl PolicyView for AgentPolicy {
                 ),
                 _ => None,
             })
+    }
+
+    fn tainted(&self) -> &TaintedAuthorities {
+        &self.tainted
     }
 }
 
@@ -361,12 +380,16 @@ pub fn apply_update(
             if let Some(own) = policy.own_bundle() {
                 client.set_trust_bundle(own.clone());
             }
+            // The agent SVID is renewed early when its CA is tainted.
+            client.set_tainted_authorities(policy.tainted());
             tracing::info!(
                 version = update.version,
                 bundle_sequence = update.bundle_sequence,
                 identities = policy.snapshot().identity_names().count(),
                 roles = policy.snapshot().role_names().count(),
                 federated = policy.bundles().len().saturating_sub(1),
+                tainted_x509 = policy.tainted().x509.len(),
+                tainted_jwt = policy.tainted().jwt.len(),
                 "policy applied"
             );
             store.publish(Arc::new(policy));
@@ -394,6 +417,8 @@ mod tests {
             federated_bundles: Default::default(),
             bundle_sequence: 1,
             node: None,
+            tainted_x509_authorities: Vec::new(),
+            tainted_jwt_authorities: Vec::new(),
         }
     }
 
@@ -479,6 +504,27 @@ mod tests {
             .map(|b| b.trust_domain.as_str())
             .collect();
         assert_eq!(tds, vec!["example.org", "other.org"]);
+    }
+
+    #[test]
+    fn tainted_authorities_come_from_the_update() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let mut tainting = update("example.org", POLICY);
+        tainting.tainted_x509_authorities = vec!["ABCD01".into(), String::new()];
+        tainting.tainted_jwt_authorities = vec!["Kid-1".into()];
+        let policy = AgentPolicy::from_update(&tainting, 1, &td, agent(), None).unwrap();
+        let tainted = PolicyView::tainted(&policy);
+        assert_eq!(tainted.x509, BTreeSet::from(["abcd01".to_owned()]));
+        assert!(
+            tainted.x509_tainted("AbCd01"),
+            "hex compares case-insensitively"
+        );
+        assert!(tainted.jwt_tainted("Kid-1"));
+        assert!(!tainted.jwt_tainted("kid-1"), "a kid is compared exactly");
+        let untainted =
+            AgentPolicy::from_update(&update("example.org", POLICY), 2, &td, agent(), None)
+                .unwrap();
+        assert!(PolicyView::tainted(&untainted).is_empty());
     }
 
     #[test]

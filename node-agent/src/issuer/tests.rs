@@ -44,6 +44,8 @@ struct FakeIssuer {
     policy: Mutex<String>,
     /// The workloads of every SignX509Svids request, as received.
     signed_for: Mutex<Vec<pb::Workload>>,
+    /// The tainted X.509 authorities WatchPolicy names.
+    tainted_x509: Mutex<Vec<String>>,
 }
 
 impl FakeIssuer {
@@ -65,7 +67,18 @@ impl FakeIssuer {
             evil: AtomicBool::new(false),
             policy: Mutex::new(crate::testing::own_user_policy()),
             signed_for: Mutex::new(Vec::new()),
+            tainted_x509: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Subject key identifier of the CA that signs everything.
+    fn ca_key_id(&self) -> String {
+        self.keyset
+            .lock()
+            .unwrap()
+            .active_x509()
+            .unwrap()
+            .key_id_hex()
     }
 
     fn bundle(&self) -> TrustBundle {
@@ -185,6 +198,8 @@ impl Issuer for Service {
             federated_bundles: Default::default(),
             bundle_sequence: 1,
             node: None,
+            tainted_x509_authorities: self.0.tainted_x509.lock().unwrap().clone(),
+            tainted_jwt_authorities: Vec::new(),
         };
         let stream =
             futures::stream::once(async move { Ok(update) }).chain(futures::stream::pending());
@@ -430,6 +445,52 @@ async fn policy_updates_are_compiled_and_published() {
         policy.own_bundle().unwrap().x509_authorities,
         fake.bundle().x509_authorities
     );
+}
+
+/// The agent SVID is renewed soon after the policy names its CA tainted,
+/// long before half-life; once, even though this issuer keeps signing with
+/// the tainted CA (no renewal loop), and not again for the same taint.
+#[tokio::test]
+async fn an_agent_svid_signed_by_a_tainted_ca_is_renewed_once() {
+    let fake = FakeIssuer::new();
+    let address = start_issuer(fake.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = client(&address, dir.path(), Some("good-token"), fake.bundle());
+    issuer.ensure_identity().await.unwrap();
+    let (stop, stopping) = watch::channel(false);
+    let window = Duration::from_millis(300);
+    let renewal = tokio::spawn(issuer.clone().run_renewal(window, stopping));
+    let renewals = || fake.renewals.load(Ordering::SeqCst);
+
+    // Nothing is due for half an hour.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(renewals(), 0);
+
+    // The policy names the CA tainted (upper case: hex compares alike).
+    *fake.tainted_x509.lock().unwrap() = vec![fake.ca_key_id().to_uppercase()];
+    let store = PolicyStore::new();
+    let mut stream = issuer.watch_policy(0).await.unwrap();
+    let update = stream.message().await.unwrap().unwrap();
+    let tainted_at = tokio::time::Instant::now();
+    apply_update(&issuer, &store, &update, None);
+    let deadline = tainted_at + Duration::from_secs(10);
+    while renewals() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never renewed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        tainted_at.elapsed() < window + Duration::from_secs(2),
+        "renewed within the window (plus the call), after {:?}",
+        tainted_at.elapsed()
+    );
+
+    // The new SVID comes from the same, still tainted, CA: it waits for its
+    // normal renewal, and the same taint again changes nothing.
+    apply_update(&issuer, &store, &update, None);
+    tokio::time::sleep(window * 3).await;
+    assert_eq!(renewals(), 1);
+    stop.send_replace(true);
+    renewal.await.unwrap();
 }
 
 #[test]

@@ -191,6 +191,7 @@ pub async fn run(
             clock,
         ),
         inventory,
+        ledger: Arc::new(crate::ledger::SvidLedger::default()),
     });
 
     let metrics = server.metrics();

@@ -48,6 +48,8 @@ fn policy_update(
         trust_bundle: bundle.spiffe_json.clone().into_bytes(),
         federated_bundles,
         bundle_sequence: bundle.bundle.sequence,
+        tainted_x509_authorities: bundle.tainted_x509.clone(),
+        tainted_jwt_authorities: bundle.tainted_jwt.clone(),
         node: node.map(|node| pb::NodeInfo {
             name: node.name.clone(),
             labels: node
@@ -177,6 +179,8 @@ mod tests {
         let (policy_tx, policy) = watch::channel(compiled(1));
         let (_bundle_tx, bundle) = watch::channel(Arc::new(PublishedBundle {
             bundle: TrustBundle::new(td.clone()),
+            tainted_x509: Vec::new(),
+            tainted_jwt: Vec::new(),
             spiffe_json: "{}".into(),
             pem: String::new(),
             jwks_json: "{}".into(),
@@ -230,6 +234,8 @@ mod tests {
         )));
         let (_bundle_tx, bundle) = watch::channel(Arc::new(PublishedBundle {
             bundle: TrustBundle::new(td.clone()),
+            tainted_x509: Vec::new(),
+            tainted_jwt: Vec::new(),
             spiffe_json: "{}".into(),
             pem: String::new(),
             jwks_json: "{}".into(),

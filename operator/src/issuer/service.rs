@@ -126,6 +126,8 @@ pub struct IssuerParts {
     pub observer: Arc<dyn IssuanceObserver>,
     /// What this replica has seen of each agent.
     pub inventory: AgentInventory,
+    /// Which authority signed what is in use.
+    pub ledger: Arc<crate::ledger::SvidLedger>,
 }
 
 impl IssuerService {
@@ -150,6 +152,7 @@ impl IssuerService {
                     clock: parts.clock,
                     observer: parts.observer,
                     inventory: parts.inventory,
+                    ledger: parts.ledger,
                 },
             }),
         }

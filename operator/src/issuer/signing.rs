@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use signet_identity::x509::{SubjectTemplate, X509SvidParams};
-use signet_identity::{AuthorityError, PublicKey, SpiffeId, TrustDomain, X509Svid};
+use signet_identity::{AuthorityError, AuthorityKind, PublicKey, SpiffeId, TrustDomain, X509Svid};
 use signet_policy::{AgentContext, Attributes, IssuableIdentity, UserFacts};
 use signet_proto::issuer::v1 as pb;
 use signet_runtime::clock::Clock;
@@ -17,6 +17,7 @@ use crate::audit::{AuditEvent, AuditLog, CredentialKind, Outcome, rfc3339, secon
 use crate::ca::{Authority, PublishedBundle};
 use crate::issuer::request::{JwtRequest, Refusal, WorkloadRequest, X509Request, denial, reported};
 use crate::issuer::workload::WorkloadVerifier;
+use crate::ledger::{AuthorityRef, Holder, SvidLedger};
 use crate::metrics::Metrics;
 use crate::policy_state::PolicyState;
 
@@ -46,6 +47,22 @@ pub enum AgentSvidError {
     InvalidRequest(String),
     #[error("signing failed: {0}")]
     Signing(String),
+}
+
+/// The workload as the agent caches it: by its attributes without the
+/// process ID (processes of one workload share its SVID), so a re-issue
+/// replaces the ledger entry it renews.
+fn holder_workload(attributes: &BTreeMap<String, String>) -> String {
+    let mut cached = attributes.clone();
+    cached.remove(signet_policy::Field::UnixPid.as_str());
+    crate::inventory::workload_key(&cached).unwrap_or_default()
+}
+
+fn x509_authority(id: &str) -> AuthorityRef {
+    AuthorityRef {
+        kind: AuthorityKind::X509,
+        id: id.to_owned(),
+    }
 }
 
 pub fn unix_seconds(time: SystemTime) -> i64 {
@@ -84,6 +101,8 @@ pub struct Signer {
     pub clock: Clock,
     pub inventory: crate::inventory::AgentInventory,
     pub observer: Arc<dyn IssuanceObserver>,
+    /// Which authority signed what is in use (for taint and revoke).
+    pub ledger: Arc<SvidLedger>,
 }
 
 impl Signer {
@@ -100,10 +119,19 @@ impl Signer {
             return Err(AgentSvidError::Signing(format!("{id} is not an agent ID")));
         }
         let params = X509SvidParams::new(id, self.agent_svid_ttl);
+        let now = self.clock.now();
         let svid = self
             .authority
-            .mint_x509(&params, key, self.clock.now())
+            .mint_x509(&params, key, now)
             .map_err(|e| AgentSvidError::Signing(e.to_string()))?;
+        if let Some(agent) = AgentRecord::from_spiffe_id(&svid.spiffe_id, &self.trust_domain) {
+            self.ledger.signed(
+                Holder::Agent { agent: agent.name },
+                x509_authority(&svid.issuer_key_id),
+                svid.not_after,
+                now,
+            );
+        }
         Ok((svid, self.authority.current_bundle()))
     }
 
@@ -253,10 +281,27 @@ impl Signer {
         event.dns_sans = params.dns_sans.clone();
         event.ip_sans = params.ip_sans.iter().map(ToString::to_string).collect();
         event.serial = Some(svid.serial.clone());
+        event.authority_id = Some(svid.issuer_key_id.clone());
         event.ttl_seconds = Some(seconds_between(svid.not_before, svid.not_after));
         event.expires_at = Some(rfc3339(svid.not_after));
         self.audit.record(event);
         self.metrics.issued("x509", name);
+        let holder = match caller {
+            Caller::Agent(agent) => Holder::WorkloadX509 {
+                agent: agent.name.clone(),
+                workload: holder_workload(&attributes),
+                identity: name.to_owned(),
+            },
+            Caller::User => Holder::User {
+                credential: format!("x509:{}", svid.serial),
+            },
+        };
+        self.ledger.signed(
+            holder,
+            x509_authority(&svid.issuer_key_id),
+            svid.not_after,
+            now,
+        );
         if let Caller::Agent(agent) = caller {
             self.observer.issued(&attributes, name, &svid.spiffe_id);
             self.inventory.served(agent, &attributes);
@@ -357,11 +402,32 @@ impl Signer {
         );
         event.spiffe_id = Some(jwt.spiffe_id.to_string());
         event.jwt_id = Some(jwt.jti.clone());
+        event.authority_id = Some(jwt.key_id.clone());
         event.audiences = audiences.to_vec();
         event.ttl_seconds = Some(seconds_between(jwt.issued_at, jwt.expiry));
         event.expires_at = Some(rfc3339(jwt.expiry));
         self.audit.record(event);
         self.metrics.issued("jwt", name);
+        let holder = match caller {
+            Caller::Agent(agent) => Holder::WorkloadJwt {
+                agent: agent.name.clone(),
+                workload: holder_workload(&attributes),
+                identity: name.to_owned(),
+                audiences: audiences.to_vec(),
+            },
+            Caller::User => Holder::User {
+                credential: format!("jwt:{}", jwt.jti),
+            },
+        };
+        self.ledger.signed(
+            holder,
+            AuthorityRef {
+                kind: AuthorityKind::Jwt,
+                id: jwt.key_id.clone(),
+            },
+            jwt.expiry,
+            now,
+        );
         if let Caller::Agent(agent) = caller {
             self.observer.issued(&attributes, name, &jwt.spiffe_id);
             self.inventory.served(agent, &attributes);

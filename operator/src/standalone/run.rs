@@ -20,11 +20,13 @@ use tokio::sync::watch;
 
 use crate::agents::NoNodes;
 use crate::audit::AuditLog;
+use crate::authority_admin::{AuthorityAdmin, serve_socket};
 use crate::ca::{Authority, PublishedBundle};
 use crate::config::StandaloneConfig;
 use crate::inventory::AgentInventory;
 use crate::issuer::service::{IssuerParts, IssuerService, IssuerSettings};
 use crate::issuer::workload::AgentTestimony;
+use crate::ledger::SvidLedger;
 use crate::policy_state::{PolicyState, next_version};
 use crate::server::{IssuerServer, ServeError};
 use crate::standalone::agent_file;
@@ -38,6 +40,8 @@ use crate::upstream::UpstreamFollower;
 
 /// How often the rotation schedule is checked.
 const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the per-authority metrics are recomputed.
+const AUTHORITY_METRICS_INTERVAL: Duration = Duration::from_secs(5);
 
 pub const KEYSET_FILE: &str = "ca-keyset.json";
 pub const BUNDLE_PEM_FILE: &str = "bundle.pem";
@@ -126,6 +130,7 @@ pub async fn serve(
         config.state_dir.clone(),
     ));
 
+    let ledger = Arc::new(SvidLedger::default());
     let issuer = IssuerService::new(IssuerParts {
         authority: authority.clone(),
         policy: policy.clone(),
@@ -147,6 +152,23 @@ pub async fn serve(
         clock,
         observer: Arc::new(crate::issuer::signing::NoObserver),
         inventory,
+        ledger: ledger.clone(),
+    });
+    let admin = AuthorityAdmin {
+        authority: authority.clone(),
+        ledger,
+        clock,
+    };
+    tokio::spawn(
+        admin
+            .clone()
+            .report_metrics(server.metrics(), AUTHORITY_METRICS_INTERVAL),
+    );
+    let state_dir = config.state_dir.clone();
+    tokio::spawn(async move {
+        if let Err(error) = serve_socket(&state_dir, admin).await {
+            tracing::error!(%error, "the authority admin socket failed; `signet-operator authority` cannot reach this operator");
+        }
     });
     if let Some(oidc) = &config.oidc {
         server.spawn_oidc(oidc, authority.bundle()).await?;
