@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: e2e-kind all build test test-setup lint fmt crds bench fuzz demo standalone images e2e cluster-up cluster-down clean
+.PHONY: e2e-kind all build test test-setup lint fmt crds bench bench-compare fuzz demo standalone images e2e cluster-up cluster-down clean
 
 all: build
 
@@ -47,6 +47,15 @@ crds:
 bench:
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench --workspace
+
+## bench-compare: Signet next to SPIRE 1.13.3 on this machine with the same
+## go-spiffe client: cached FetchX509SVID/FetchJWTSVID throughput and
+## latency, identity-created-to-SVID time, agent memory with 100 and 1,000
+## workloads (as root, after `make test-setup`; a few minutes). Results and
+## method: docs/benchmarks.md
+bench-compare:
+	$(CARGO) build --release --workspace --bins
+	SIGNET_BENCH_COMPARE=1 $(CARGO) bench -p signet-e2e --bench bench_compare
 
 ## fuzz: every fuzz target for FUZZ_CASES inputs (default 10^6; `make test`
 ## runs a short pass)

@@ -4,4 +4,6 @@
 pub mod cluster;
 pub mod deadline;
 pub mod interop;
+pub mod pki;
+pub mod spire;
 pub mod standalone;

@@ -505,6 +505,31 @@ spec:
     )
 }
 
+/// A policy giving every uid `/svc/uid/<uid>` (identity `svc`), federating
+/// with `federates_with`, for any agent.
+pub fn any_uid_policy(federates_with: &[&str]) -> String {
+    let federation = if federates_with.is_empty() {
+        String::new()
+    } else {
+        format!("\n  federatesWith: [{}]", federates_with.join(", "))
+    };
+    format!(
+        r#"apiVersion: signet.dev/v1alpha1
+kind: WorkloadIdentity
+metadata: {{name: svc, labels: {{suite: e2e}}}}
+spec:
+  spiffe: {{id: "/svc/uid/{{{{ workload.unix.uid }}}}"}}{federation}
+---
+apiVersion: signet.dev/v1alpha1
+kind: Role
+metadata: {{name: e2e-agents}}
+spec:
+  subjects: [{{kind: Agent, name: "*"}}]
+  allow: {{workloadIdentityLabels: {{suite: [e2e]}}}}
+"#
+    )
+}
+
 /// The value of one field (`VmRSS`, `CapEff`, ...) of `/proc/<pid>/status`.
 pub fn proc_status_field(pid: u32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))

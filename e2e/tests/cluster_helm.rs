@@ -865,6 +865,22 @@ fn federate_with_a_partner() -> String {
             "jsonpath={.status.conditions[0].status}/{.status.bundleSequence}",
         ]) == "True/0"
     });
+    // The bundle in force is kept in the status for restarted replicas.
+    wait_until_every(
+        "e2e-partner status.bundle",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            kubectl(&[
+                "get",
+                "federatedtrustdomains.signet.dev",
+                "e2e-partner",
+                "-o",
+                "jsonpath={.status.bundle}",
+            ])
+            .contains("\"x5c\"")
+        },
+    );
     let bad = "apiVersion: signet.dev/v1alpha1\nkind: FederatedTrustDomain\nmetadata: {name: e2e-bad-partner}\nspec:\n  trustDomain: spire.e2e\n  bundleEndpointURL: https://spire.e2e:8443/\n  bundleEndpointProfile: {type: https_spiffe}\n";
     let refused = kubectl_output(&["apply", "-f", "-"], Some(bad));
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -931,6 +947,216 @@ fn agent_process_status() -> String {
     found.remove(0)
 }
 
+/// `signet-operator authority ARGS --json` in the leader replica, through
+/// `kubectl exec`: (succeeded, the answer).
+fn authority_in_cluster(args: &[&str]) -> (bool, serde_json::Value) {
+    authority_in_pod(&lease_holder(), args)
+}
+
+/// [`authority_in_cluster`] in a given replica.
+fn authority_in_pod(pod: &str, args: &[&str]) -> (bool, serde_json::Value) {
+    let pod = pod.to_owned();
+    let mut full = vec![
+        "-n",
+        NS,
+        "exec",
+        pod.as_str(),
+        "--",
+        "/signet-operator",
+        "authority",
+    ];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--state-dir", "/run/signet-operator/admin", "--json"]);
+    let output = signet_e2e::cluster::kubectl_output(&full, None);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // Not JSON: the exec itself failed (a replica restarting): say so.
+    let answer = serde_json::from_str(stdout.trim()).unwrap_or_else(
+        |_| serde_json::json!({"error": format!("exec in {pod}: {stdout}{}", stderr_of(&output))}),
+    );
+    (output.status.success(), answer)
+}
+
+/// Installs an organisation's issuing CA (under a root made here) as a
+/// Secret in cert-manager's layout, points the chart at it, and moves the
+/// trust domain to it at once with `authority prepare` / `activate`; the
+/// bundle then carries the root, and a new pod's SVID (leaf and the trust
+/// domain's CA) verifies against the root alone. The old CA is tainted.
+fn upstream_ca_from_a_secret(chart: &Path, out: &Path) {
+    let pki = signet_e2e::pki::CorporatePki::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, contents: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        format!("--from-file={name}={}", path.display())
+    };
+    kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        "corp-issuing-ca",
+        &file("tls.crt", pki.chain_pem.clone()),
+        &file("tls.key", pki.key_pem.clone()),
+        &file("ca.crt", pki.root_pem.clone()),
+    ]);
+    let upgrade = helm(&[
+        "upgrade",
+        RELEASE,
+        chart.to_str().unwrap(),
+        "-n",
+        NS,
+        "--reuse-values",
+        "--set",
+        "operator.ca.upstream.secretName=corp-issuing-ca",
+        "--wait",
+        "--timeout",
+        "5m",
+    ]);
+    if !upgrade.status.success() {
+        let pods = kubectl(&["-n", NS, "get", "pods", "-o", "wide"]);
+        let logs = signet_e2e::cluster::kubectl_output(
+            &[
+                "-n",
+                NS,
+                "logs",
+                "-l",
+                "app.kubernetes.io/component=operator",
+                "--tail=20",
+                "--all-containers",
+                "--prefix",
+            ],
+            None,
+        );
+        panic!(
+            "helm upgrade: {}{}\n{pods}\n{}{}",
+            stdout_of(&upgrade),
+            stderr_of(&upgrade),
+            stdout_of(&logs),
+            stderr_of(&logs)
+        );
+    }
+    // The replicas restarted with the upstream; wait for a leader that has it.
+    let root_der = pki.root_der.clone();
+    let mut shown = serde_json::Value::Null;
+    wait_until_every(
+        "a leader of the upgraded release with the admin socket",
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+        || {
+            // A replica of the old release (terminating, or not yet) has
+            // no upstream: what it prepares would be self-signed.
+            let holder = lease_holder();
+            if holder.is_empty() {
+                return false;
+            }
+            let pod = kubectl(&[
+                "-n",
+                NS,
+                "get",
+                "pod",
+                &holder,
+                "--ignore-not-found",
+                "-o",
+                "jsonpath={.metadata.deletionTimestamp}|{.spec.volumes[*].name}",
+            ]);
+            let (deleting, volumes) = pod.split_once('|').unwrap_or(("", ""));
+            if !deleting.is_empty() || !volumes.split(' ').any(|v| v == "upstream-ca") {
+                return false;
+            }
+            let (ok, answer) = authority_in_cluster(&["show"]);
+            shown = answer;
+            ok
+        },
+    );
+    let with_state = |answer: &serde_json::Value, state: &str| -> Option<String> {
+        answer["authorities"].as_array()?.iter().find_map(|a| {
+            (a["kind"] == "x509" && a["state"] == state)
+                .then(|| a["id"].as_str().unwrap().to_owned())
+        })
+    };
+    // A successor the schedule prepared before the upgrade is self-signed:
+    // let it sign, so the one prepared next is the upstream's.
+    if with_state(&shown, "prepared").is_some() {
+        let (ok, answer) = authority_in_cluster(&["activate", "x509"]);
+        assert!(ok, "{answer:#}");
+    }
+    let (ok, answer) = authority_in_cluster(&["prepare", "x509"]);
+    // (The schedule may have prepared one meanwhile, under the upstream too.)
+    assert!(
+        ok || answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already"),
+        "{answer:#}"
+    );
+    wait_until_every(
+        "the corporate root in the bundle ConfigMap",
+        Duration::from_secs(60),
+        POLL,
+        || {
+            certs_from_pem(&bundle_pem())
+                .unwrap()
+                .iter()
+                .any(|c| c.as_ref() == root_der.as_slice())
+        },
+    );
+    // Agents have the root before the upstream's CA signs.
+    std::thread::sleep(Duration::from_secs(5));
+    let (ok, answer) = authority_in_cluster(&["activate", "x509"]);
+    assert!(ok, "{answer:#}");
+    let old = with_state(&answer, "retired");
+    let new = with_state(&answer, "active");
+    // Other replicas adopt the saved keyset at their next rotation check
+    // (every 10 s) and sign with the new CA from then on.
+    wait_until_every(
+        "every replica signing with the upstream's CA",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || {
+            let pods = kubectl(&[
+                "-n",
+                NS,
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/component=operator",
+                "--field-selector=status.phase=Running",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ]);
+            pods.split_whitespace().all(|pod| {
+                let (ok, answer) = authority_in_pod(pod, &["show"]);
+                ok && with_state(&answer, "active") == new
+            })
+        },
+    );
+
+    let (id, pem) = fetch_x509_pem("under-upstream", "client", out);
+    assert_eq!(id, format!("spiffe://{TD}/ns/{APPS}/sa/client"));
+    let chain = certs_from_pem(&pem).unwrap();
+    assert_eq!(chain.len(), 2, "leaf and the trust domain's CA: {pem}");
+    let trust_domain = signet_identity::TrustDomain::new(TD).unwrap();
+    let root_only =
+        signet_identity::TrustBundle::from_x509_pem(trust_domain, &pki.root_pem).unwrap();
+    signet_identity::verify_x509_svid(&chain, &root_only, signet_e2e::deadline::wall_now())
+        .unwrap_or_else(|e| panic!("the SVID does not chain to the corporate root: {e}\n{pem}"));
+
+    // Distrust the CA before the upstream: agents re-issue what it signed.
+    if let Some(old) = old {
+        let (ok, answer) = authority_in_cluster(&["taint", "x509", &old]);
+        assert!(ok, "{answer:#}");
+        assert!(
+            answer["authorities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["id"] == old.as_str() && a["tainted"] == true),
+            "{answer:#}"
+        );
+    }
+}
+
 #[test]
 fn helm_install_gives_pods_identities_through_the_csi_driver() {
     if let Some(reason) = skip_reason() {
@@ -950,8 +1176,17 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
     let out = PathBuf::from(format!("/tmp/signet-e2e-helm-{}", std::process::id()));
     NodeFiles::from_env().create_dir(&out);
 
-    // helm install: everything Ready.
+    // helm install: everything Ready. Helm installs CRDs but never
+    // upgrades them, and they outlive an uninstall: apply this build's, as
+    // users upgrading do, so a cluster that ran an older suite is current.
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/signet");
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        chart.join("crds").to_str().unwrap(),
+    ]);
     let install_started = signet_e2e::deadline::Stopwatch::start();
     let install = helm(&[
         "install",
@@ -1298,6 +1533,12 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
         "the SVID is signed by the successor CA"
     );
 
+    // The trust domain moves under an upstream CA from a Secret, at once,
+    // through `signet-operator authority` in a replica (kubectl exec).
+    upstream_ca_from_a_secret(&chart, &out);
+    let (phase, log) = mtls("mtls-under-upstream", "1");
+    assert_eq!(phase, "Succeeded", "mTLS under the upstream CA: {log}");
+
     // Agent restart: a new agent pod serves the next pod.
     kubectl(&[
         "-n",
@@ -1324,6 +1565,15 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
         "workloadidentities.signet.dev,roles.signet.dev",
         "-l",
         "signet-e2e=helm",
+    ]);
+    // The upstream CA's Secret is the user's, not the chart's.
+    kubectl(&[
+        "-n",
+        NS,
+        "delete",
+        "secret",
+        "corp-issuing-ca",
+        "--ignore-not-found",
     ]);
     let uninstall = helm(&[
         "uninstall",

@@ -19,26 +19,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use signet_e2e::interop::{GoMtlsServer, tool};
-use signet_e2e::standalone::{Stack, binary, have_root, http_get, wait_until_every};
+use signet_e2e::standalone::{
+    Stack, any_uid_policy, binary, have_root, http_get, wait_until_every,
+};
 use signet_identity::x509::{certs_from_pem, verify_x509_svid};
 use signet_identity::{TrustBundle, TrustDomain};
 
 const WORKLOADS: u32 = 100;
 const FIRST_UID: u32 = 20_000;
-
-const POLICY: &str = r#"apiVersion: signet.dev/v1alpha1
-kind: WorkloadIdentity
-metadata: {name: svc, labels: {suite: e2e}}
-spec:
-  spiffe: {id: "/svc/uid/{{ workload.unix.uid }}"}
----
-apiVersion: signet.dev/v1alpha1
-kind: Role
-metadata: {name: e2e-agents}
-spec:
-  subjects: [{kind: Agent, name: "*"}]
-  allow: {workloadIdentityLabels: {suite: [e2e]}}
-"#;
 
 fn id_of(uid: u32) -> String {
     format!("spiffe://example.org/svc/uid/{uid}")
@@ -126,7 +114,7 @@ fn prepare_activate_taint_revoke_under_live_mtls_traffic() {
         return;
     };
     let metrics = signet_e2e::cluster::free_port();
-    let mut stack = Stack::operator_only_with_config(POLICY, |_| {
+    let mut stack = Stack::operator_only_with_config(&any_uid_policy(&[]), |_| {
         format!("metrics_listen: 127.0.0.1:{metrics}\n")
     });
     stack.set_agent_extra("taint_reissue_window: 10s\n");
@@ -333,7 +321,7 @@ fn prepare_activate_taint_revoke_under_live_mtls_traffic() {
 
 #[test]
 fn a_tainted_jwt_key_stops_being_handed_out_and_leaves_the_jwks_when_revoked() {
-    let mut stack = Stack::operator_only(POLICY);
+    let mut stack = Stack::operator_only(&any_uid_policy(&[]));
     stack.set_agent_extra("taint_reissue_window: 0s\n");
     let bundle = stack.bundle_pem_path();
     wait_until_every(

@@ -29,22 +29,7 @@ use signet_e2e::standalone::{Stack, binary, http_get, wait_until_every};
 use signet_identity::x509::certs_from_pem;
 
 fn policy(peer: &str) -> String {
-    format!(
-        r#"apiVersion: signet.dev/v1alpha1
-kind: WorkloadIdentity
-metadata: {{name: svc, labels: {{suite: e2e}}}}
-spec:
-  spiffe: {{id: "/svc/uid/{{{{ workload.unix.uid }}}}"}}
-  federatesWith: [{peer}]
----
-apiVersion: signet.dev/v1alpha1
-kind: Role
-metadata: {{name: e2e-agents}}
-spec:
-  subjects: [{{kind: Agent, name: "*"}}]
-  allow: {{workloadIdentityLabels: {{suite: [e2e]}}}}
-"#
-    )
+    signet_e2e::standalone::any_uid_policy(&[peer])
 }
 
 /// A CA and a serving certificate for `localhost` from it, as PEM files.

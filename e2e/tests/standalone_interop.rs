@@ -23,6 +23,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use signet_e2e::interop::tool;
+use signet_e2e::pki::CorporatePki;
 use signet_e2e::standalone::{Stack, current_uid, uid_policy, wait_until};
 use signet_identity::x509::{certs_from_pem, spiffe_id_from_cert};
 
@@ -334,66 +335,23 @@ fn spire_agent_watch_stays_attached_and_sees_updates() {
 
 // ---------------------------------------------------------- upstream CA
 
-/// An organisation's PKI as files: a root, an issuing CA under it (neither
-/// with a SPIFFE ID, as corporate CAs are), the issuing CA's chain file
-/// (itself, then the root), its PKCS#8 key, and the roots file.
-struct CorporatePki {
-    root: Vec<u8>,
-    chain_file: std::path::PathBuf,
-    key_file: std::path::PathBuf,
-    roots_file: std::path::PathBuf,
-}
-
-fn corporate_pki(dir: &Path) -> CorporatePki {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
-    let ca_params = |name: &str| {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "Corp");
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params
-    };
-    let root_key = KeyPair::generate().unwrap();
-    let root_params = ca_params("Corp Root CA");
-    let root = root_params.self_signed(&root_key).unwrap();
-    let root_issuer = Issuer::new(root_params, root_key);
-    let issuing_key = KeyPair::generate().unwrap();
-    let issuing = ca_params("Corp Signet Issuing CA")
-        .signed_by(&issuing_key, &root_issuer)
-        .unwrap();
-    let pki = CorporatePki {
-        root: root.der().to_vec(),
-        chain_file: dir.join("upstream.crt"),
-        key_file: dir.join("upstream.key"),
-        roots_file: dir.join("roots.pem"),
-    };
-    std::fs::write(&pki.chain_file, format!("{}{}", issuing.pem(), root.pem())).unwrap();
-    std::fs::write(&pki.key_file, issuing_key.serialize_pem()).unwrap();
-    std::fs::write(&pki.roots_file, root.pem()).unwrap();
-    pki
-}
-
 /// `ca.upstream` from files: the bundle holds only the corporate root, and
 /// SVIDs (leaf, the trust domain's CA, the issuing CA) verify against it
 /// with py-spiffe, go-spiffe (mTLS between two workloads) and openssl.
 #[test]
 fn svids_under_an_upstream_ca_verify_against_its_root_alone() {
     let work = tempfile::tempdir().unwrap();
-    let pki = corporate_pki(work.path());
+    let pki = CorporatePki::generate();
+    let files = pki.write(work.path());
     let stack = start_stack_with(|_| {
         format!(
             "ca:\n  upstream:\n    cert_file: {}\n    key_file: {}\n    bundle_file: {}\n",
-            pki.chain_file.display(),
-            pki.key_file.display(),
-            pki.roots_file.display()
+            files.chain.display(),
+            files.key.display(),
+            files.roots.display()
         )
     });
-    let root: BTreeSet<Vec<u8>> = [pki.root.clone()].into();
+    let root: BTreeSet<Vec<u8>> = [pki.root_der.clone()].into();
     assert_eq!(
         ders(&stack.bundle_pem_path()),
         root,
@@ -452,15 +410,17 @@ fn svids_under_an_upstream_ca_verify_against_its_root_alone() {
             signet_identity::x509::certs_to_pem(&chain[1..]),
         )
         .unwrap();
-        let verified = Command::new("openssl")
-            .args(["verify", "-CAfile"])
-            .arg(out.join("bundle.0.pem"))
-            .arg("-untrusted")
-            .arg(&intermediates)
-            .arg(&leaf)
-            .output()
-            .unwrap();
-        let said = check("openssl verify", &verified);
+        let verify = || {
+            Command::new("openssl")
+                .args(["verify", "-CAfile"])
+                .arg(out.join("bundle.0.pem"))
+                .arg("-untrusted")
+                .arg(&intermediates)
+                .arg(&leaf)
+                .output()
+                .unwrap()
+        };
+        let said = check("openssl verify", &verify());
         assert!(said.contains(": OK"), "{said}");
         // Without the issuing CA, the path to the root is broken.
         std::fs::write(
@@ -468,14 +428,7 @@ fn svids_under_an_upstream_ca_verify_against_its_root_alone() {
             signet_identity::x509::certs_to_pem(&chain[1..2]),
         )
         .unwrap();
-        let broken = Command::new("openssl")
-            .args(["verify", "-CAfile"])
-            .arg(out.join("bundle.0.pem"))
-            .arg("-untrusted")
-            .arg(&intermediates)
-            .arg(&leaf)
-            .output()
-            .unwrap();
+        let broken = verify();
         assert!(!broken.status.success(), "verified without the issuing CA");
     }
 
@@ -497,18 +450,18 @@ fn svids_under_an_upstream_ca_verify_against_its_root_alone() {
 #[test]
 fn an_upstream_that_does_not_chain_to_its_roots_is_refused_at_start() {
     let work = tempfile::tempdir().unwrap();
-    let pki = corporate_pki(work.path());
+    let files = CorporatePki::generate().write(work.path());
     let other_dir = work.path().join("other");
     std::fs::create_dir(&other_dir).unwrap();
-    let other = corporate_pki(&other_dir);
+    let other = CorporatePki::generate().write(&other_dir);
     let config = work.path().join("operator.yaml");
     std::fs::write(
         &config,
         format!(
             "trust_domain: example.org\nca:\n  upstream:\n    cert_file: {}\n    key_file: {}\n    bundle_file: {}\n",
-            pki.chain_file.display(),
-            pki.key_file.display(),
-            other.roots_file.display()
+            files.chain.display(),
+            files.key.display(),
+            other.roots.display()
         ),
     )
     .unwrap();

@@ -9,21 +9,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use signet_e2e::standalone::{Stack, binary, have_root};
-
-const POLICY: &str = r#"apiVersion: signet.dev/v1alpha1
-kind: WorkloadIdentity
-metadata: {name: svc, labels: {suite: e2e}}
-spec:
-  spiffe: {id: "/svc/uid/{{ workload.unix.uid }}"}
----
-apiVersion: signet.dev/v1alpha1
-kind: Role
-metadata: {name: e2e-agents}
-spec:
-  subjects: [{kind: Agent, name: "*"}]
-  allow: {workloadIdentityLabels: {suite: [e2e]}}
-"#;
+use signet_e2e::standalone::{Stack, any_uid_policy, binary, have_root};
 
 fn client_as(uid: u32, stack: &Stack, port: u16, server_id: &str) -> std::process::Output {
     Command::new("setpriv")
@@ -52,7 +38,7 @@ fn workloads_authenticate_each_other_and_an_unlisted_identity_is_refused() {
     if !have_root("workloads_authenticate_each_other_and_an_unlisted_identity_is_refused") {
         return;
     }
-    let stack = Stack::start(POLICY);
+    let stack = Stack::start(&any_uid_policy(&[]));
     let server_id = "spiffe://example.org/svc/uid/0";
     let allowed = "spiffe://example.org/svc/uid/65534";
 

@@ -13,18 +13,21 @@
 //! on each Workload API, complete mTLS both ways round, and a JWT-SVID from
 //! each domain validates on the other side's Workload API.
 //!
+//! The SPIRE side is [`signet_e2e::spire::Spire`] with federation on.
+//!
 //! Without the tools the test is skipped, unless `SIGNET_REQUIRE_INTEROP=1`
 //! (as in CI).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use signet_e2e::cluster::free_port;
 use signet_e2e::interop::{GoMtlsServer, go_mtls_once, tool};
-use signet_e2e::standalone::{Process, Stack, current_uid, http_get, wait_until_every};
+use signet_e2e::spire::{Spire, SpireConfig, SpireFederation, stdout_of};
+use signet_e2e::standalone::{Stack, current_uid, http_get, wait_until_every};
 use signet_identity::x509::certs_from_pem;
 
 const SPIRE_TD: &str = "spire.example";
@@ -43,193 +46,6 @@ fn read_ders(path: &Path) -> BTreeSet<Vec<u8>> {
     std::fs::read_to_string(path)
         .map(|pem| ders(&pem))
         .unwrap_or_default()
-}
-
-fn stdout_of(what: &str, output: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
-/// A SPIRE server and (once started) agent for `spire.example`, with the
-/// server's bundle endpoint federating with Signet's.
-struct Spire {
-    dir: tempfile::TempDir,
-    server_bin: PathBuf,
-    agent_bin: PathBuf,
-    server_port: u16,
-    bundle_port: u16,
-    _server: Process,
-    agent: Option<Process>,
-}
-
-impl Spire {
-    fn start(server_bin: PathBuf, agent_bin: PathBuf, signet_endpoint_port: u16) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("spire-e2e-")
-            .tempdir()
-            .unwrap();
-        let (server_port, bundle_port) = (free_port(), free_port());
-        let config = format!(
-            r#"server {{
-  bind_address = "127.0.0.1"
-  bind_port = "{server_port}"
-  socket_path = "{dir}/server.sock"
-  trust_domain = "{SPIRE_TD}"
-  data_dir = "{dir}/server-data"
-  log_level = "DEBUG"
-  federation {{
-    bundle_endpoint {{
-      address = "127.0.0.1"
-      port = {bundle_port}
-    }}
-    federates_with "{SIGNET_TD}" {{
-      bundle_endpoint_url = "https://127.0.0.1:{signet_endpoint_port}/"
-      bundle_endpoint_profile "https_spiffe" {{
-        endpoint_spiffe_id = "spiffe://{SIGNET_TD}/signet/issuer"
-      }}
-    }}
-  }}
-}}
-plugins {{
-  DataStore "sql" {{
-    plugin_data {{
-      database_type = "sqlite3"
-      connection_string = "{dir}/server-data/datastore.sqlite3"
-    }}
-  }}
-  KeyManager "memory" {{
-    plugin_data {{}}
-  }}
-  NodeAttestor "join_token" {{
-    plugin_data {{}}
-  }}
-}}
-"#,
-            dir = dir.path().display()
-        );
-        std::fs::write(dir.path().join("server.conf"), config).unwrap();
-        let mut command = Command::new(&server_bin);
-        command
-            .args(["run", "-config"])
-            .arg(dir.path().join("server.conf"));
-        let server = Process::spawn("spire-server", command, dir.path().join("server.log"));
-        let spire = Self {
-            dir,
-            server_bin,
-            agent_bin,
-            server_port,
-            bundle_port,
-            _server: server,
-            agent: None,
-        };
-        wait_until_every(
-            "spire-server to be healthy",
-            Duration::from_secs(90),
-            Duration::from_millis(500),
-            || spire.server(&["healthcheck"]).status.success(),
-        );
-        spire
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `spire-server SUBCOMMAND... -socketPath <server socket> ARGS`.
-    fn server(&self, words: &[&str]) -> Output {
-        self.server_with(words, &[])
-    }
-
-    fn server_with(&self, words: &[&str], args: &[&str]) -> Output {
-        Command::new(&self.server_bin)
-            .args(words)
-            .arg("-socketPath")
-            .arg(self.path("server.sock"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn agent_endpoint(&self) -> String {
-        format!("unix://{}", self.path("agent.sock").display())
-    }
-
-    /// Attests an agent with a join token and registers a workload (this
-    /// test's uid) federating with Signet's trust domain.
-    fn start_agent(&mut self, uid: u32) {
-        let token = stdout_of(
-            "spire-server token generate",
-            &self.server(&["token", "generate"]),
-        );
-        let token = token
-            .lines()
-            .find_map(|line| line.strip_prefix("Token: "))
-            .unwrap_or_else(|| panic!("token generate printed {token:?}"))
-            .to_owned();
-        stdout_of(
-            "spire-server entry create",
-            &self.server_with(
-                &["entry", "create"],
-                &[
-                    "-parentID",
-                    &format!("spiffe://{SPIRE_TD}/spire/agent/join_token/{token}"),
-                    "-spiffeID",
-                    &format!("spiffe://{SPIRE_TD}/web"),
-                    "-selector",
-                    &format!("unix:uid:{uid}"),
-                    "-federatesWith",
-                    &format!("spiffe://{SIGNET_TD}"),
-                ],
-            ),
-        );
-        let bootstrap = stdout_of(
-            "spire-server bundle show",
-            &self.server_with(&["bundle", "show"], &["-format", "pem"]),
-        );
-        std::fs::write(self.path("bootstrap.pem"), bootstrap).unwrap();
-        let config = format!(
-            r#"agent {{
-  data_dir = "{dir}/agent-data"
-  log_level = "DEBUG"
-  server_address = "127.0.0.1"
-  server_port = "{port}"
-  socket_path = "{dir}/agent.sock"
-  trust_bundle_path = "{dir}/bootstrap.pem"
-  trust_domain = "{SPIRE_TD}"
-  join_token = "{token}"
-}}
-plugins {{
-  NodeAttestor "join_token" {{
-    plugin_data {{}}
-  }}
-  KeyManager "memory" {{
-    plugin_data {{}}
-  }}
-  WorkloadAttestor "unix" {{
-    plugin_data {{}}
-  }}
-}}
-"#,
-            dir = self.dir.path().display(),
-            port = self.server_port
-        );
-        std::fs::write(self.path("agent.conf"), config).unwrap();
-        let mut command = Command::new(&self.agent_bin);
-        command
-            .args(["run", "-config"])
-            .arg(self.path("agent.conf"));
-        self.agent = Some(Process::spawn(
-            "spire-agent",
-            command,
-            self.path("agent.log"),
-        ));
-    }
 }
 
 /// `spire-agent api WORDS -socketPath SOCKET ARGS`: go-spiffe's Workload
@@ -305,22 +121,7 @@ fn metric(port: u16, name: &str) -> Option<f64> {
 }
 
 fn signet_policy() -> String {
-    format!(
-        r#"apiVersion: signet.dev/v1alpha1
-kind: WorkloadIdentity
-metadata: {{name: svc, labels: {{suite: e2e}}}}
-spec:
-  spiffe: {{id: "/svc/uid/{{{{ workload.unix.uid }}}}"}}
-  federatesWith: [{SPIRE_TD}]
----
-apiVersion: signet.dev/v1alpha1
-kind: Role
-metadata: {{name: e2e-agents}}
-spec:
-  subjects: [{{kind: Agent, name: "*"}}]
-  allow: {{workloadIdentityLabels: {{suite: [e2e]}}}}
-"#
-    )
+    signet_e2e::standalone::any_uid_policy(&[SPIRE_TD])
 }
 
 #[test]
@@ -334,7 +135,15 @@ fn signet_and_spire_federate_both_ways() {
     };
     let uid = current_uid();
     let signet_endpoint_port = free_port();
-    let mut spire = Spire::start(server_bin, agent_bin.clone(), signet_endpoint_port);
+    let mut spire = Spire::start(
+        server_bin,
+        agent_bin.clone(),
+        SpireConfig::new(SPIRE_TD).federating_with(SpireFederation {
+            trust_domain: SIGNET_TD.to_owned(),
+            bundle_endpoint_url: format!("https://127.0.0.1:{signet_endpoint_port}/"),
+            endpoint_spiffe_id: format!("spiffe://{SIGNET_TD}/signet/issuer"),
+        }),
+    );
 
     // Signet starts from SPIRE's X.509 authorities only.
     let spire_cas = stdout_of(
@@ -349,7 +158,7 @@ fn signet_and_spire_federate_both_ways() {
             "metrics_listen: 127.0.0.1:{metrics}\n\
              bundle_endpoint: {{listen: \"127.0.0.1:{signet_endpoint_port}\", profile: https_spiffe}}\n\
              federation:\n  {SPIRE_TD}: {{bundle_endpoint_url: \"https://127.0.0.1:{}/\", profile: https_spiffe, endpoint_spiffe_id: \"spiffe://{SPIRE_TD}/spire/server\", bundle: {}}}\n",
-            spire.bundle_port,
+            spire.bundle_port().unwrap(),
             spire.path("spire-bundle.pem").display()
         )
     });
@@ -395,7 +204,10 @@ fn signet_and_spire_federate_both_ways() {
         },
     );
 
-    spire.start_agent(uid);
+    // The agent's workload (this test's uid) federates with Signet's
+    // trust domain.
+    spire.create_entry("/web", uid, &[SIGNET_TD]);
+    spire.start_agent();
     signet.start_agent();
 
     // Each side's workloads receive the other's X.509 authorities (go-spiffe

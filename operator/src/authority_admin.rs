@@ -21,6 +21,10 @@ use crate::metrics::{AuthorityLabels, AuthorityStateLabels, Metrics};
 
 /// The socket's name in the standalone state directory.
 pub const ADMIN_SOCKET: &str = "admin.sock";
+/// Where a cluster replica serves it (the chart mounts an emptyDir at
+/// `/run/signet-operator`): `kubectl exec` into a replica and run
+/// `signet-operator authority --state-dir /run/signet-operator/admin ...`.
+pub const CLUSTER_ADMIN_DIR: &str = "/run/signet-operator/admin";
 /// Longest request line accepted (requests are a few dozen bytes).
 const MAX_REQUEST: usize = 4096;
 
@@ -97,6 +101,9 @@ pub struct AuthorityAdmin {
     pub authority: Arc<Authority>,
     pub ledger: Arc<SvidLedger>,
     pub clock: Clock,
+    /// The ledger holds only what this replica signed (a cluster with
+    /// several replicas): a revoke cannot be shown safe here.
+    pub counts_are_partial: bool,
 }
 
 fn describe(event: &RotationEvent) -> String {
@@ -185,6 +192,11 @@ impl AuthorityAdmin {
     ) -> Result<(), String> {
         if force {
             return Ok(());
+        }
+        if self.counts_are_partial {
+            return Err(format!(
+                "this replica counts only the SVIDs it signed; check that sum(signet_operator_authority_live_svids{{id=\"{id}\"}}) over all replicas is 0, then revoke with --force"
+            ));
         }
         let status = self
             .authority
@@ -290,22 +302,25 @@ impl AuthorityAdmin {
     }
 }
 
-/// Serves `admin` on `<state_dir>/admin.sock` until the task is dropped:
-/// one JSON request line, one JSON answer line, per connection. Only the
-/// operator's own user and root may connect.
-pub async fn serve_socket(state_dir: &Path, admin: AuthorityAdmin) -> Result<(), AdminError> {
-    let path = state_dir.join(ADMIN_SOCKET);
+/// Serves `admin` on `<dir>/admin.sock` until the task is dropped: one
+/// JSON request line, one JSON answer line, per connection. Only the
+/// operator's own user and root may connect. `dir` is made (or narrowed
+/// to) 0700 first.
+pub async fn serve_socket(dir: &Path, admin: AuthorityAdmin) -> Result<(), AdminError> {
+    let path = dir.join(ADMIN_SOCKET);
     let io = |source| AdminError::Io {
         path: path.clone(),
         source,
     };
+    signet_runtime::files::ensure_private_dir(dir, 0o700)
+        .map_err(|e| io(std::io::Error::other(e.to_string())))?;
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => return Err(io(error)),
     }
-    // Bound inside the 0700 state directory, then narrowed before the
-    // first accept: no one else can reach it in between.
+    // Bound inside the 0700 directory, then narrowed before the first
+    // accept: no one else can reach it in between.
     let listener = tokio::net::UnixListener::bind(&path).map_err(io)?;
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(io)?;
@@ -376,4 +391,179 @@ pub async fn call_socket(
         .await
         .map_err(io)?;
     serde_json::from_str(line.trim()).map_err(|e| AdminError::Protocol(format!("{e}: {line:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use signet_identity::{CaConfig, TrustDomain};
+
+    use super::*;
+    use crate::ca::IssuerNames;
+    use crate::ledger::Holder;
+    use crate::standalone::keyset_file::FileKeysetStore;
+
+    async fn admin(dir: &Path, counts_are_partial: bool) -> AuthorityAdmin {
+        let clock = Clock::new();
+        let authority = Authority::load_or_create(
+            CaConfig::new(TrustDomain::new("example.org").unwrap()),
+            Arc::new(FileKeysetStore::new(dir.join("keyset.json"))),
+            IssuerNames::default(),
+            clock.now(),
+        )
+        .await
+        .unwrap();
+        AuthorityAdmin {
+            authority,
+            ledger: Arc::new(SvidLedger::default()),
+            clock,
+            counts_are_partial,
+        }
+    }
+
+    fn id_in(response: &AdminResponse, state: AuthorityState) -> String {
+        response
+            .authorities
+            .iter()
+            .find(|a| a.kind == AuthorityKind::X509 && a.state == state)
+            .unwrap()
+            .id
+            .clone()
+    }
+
+    #[tokio::test]
+    async fn revoke_waits_for_the_live_svids_of_a_tainted_ca_unless_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = admin(dir.path(), false).await;
+        let kind = AuthorityKind::X509;
+        let shown = admin.handle(AdminRequest::Show).await;
+        let old = id_in(&shown, AuthorityState::Active);
+        // A workload holds an SVID of the old CA.
+        let now = admin.clock.now();
+        let holder = Holder::WorkloadX509 {
+            agent: "n1".into(),
+            workload: "pod".into(),
+            identity: "web".into(),
+        };
+        let old_ref = AuthorityRef {
+            kind,
+            id: old.clone(),
+        };
+        admin
+            .ledger
+            .signed(holder.clone(), old_ref, now + Duration::from_secs(600), now);
+        assert!(admin.handle(AdminRequest::Prepare { kind }).await.ok);
+        let activated = admin.handle(AdminRequest::Activate { kind }).await;
+        let new = id_in(&activated, AuthorityState::Active);
+        assert!(
+            admin
+                .handle(AdminRequest::Taint {
+                    kind,
+                    id: old.clone()
+                })
+                .await
+                .ok
+        );
+        let refused = admin
+            .handle(AdminRequest::Revoke {
+                kind,
+                id: old.clone(),
+                force: false,
+            })
+            .await;
+        assert!(!refused.ok);
+        assert!(refused.error.unwrap().contains("1 live SVIDs"));
+        let shown = admin.handle(AdminRequest::Show).await;
+        let listed = shown.authorities.iter().find(|a| a.id == old).unwrap();
+        assert_eq!((listed.tainted, listed.live_svids), (true, 1));
+        // Re-issued under the new CA: nothing depends on the old one.
+        admin.ledger.signed(
+            holder,
+            AuthorityRef { kind, id: new },
+            now + Duration::from_secs(600),
+            now,
+        );
+        let revoked = admin
+            .handle(AdminRequest::Revoke {
+                kind,
+                id: old.clone(),
+                force: false,
+            })
+            .await;
+        assert!(revoked.ok, "{revoked:?}");
+        assert!(revoked.authorities.iter().all(|a| a.id != old));
+    }
+
+    #[tokio::test]
+    async fn a_replica_with_partial_counts_revokes_only_when_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = admin(dir.path(), true).await;
+        let kind = AuthorityKind::X509;
+        let old = id_in(
+            &admin.handle(AdminRequest::Show).await,
+            AuthorityState::Active,
+        );
+        assert!(admin.handle(AdminRequest::Prepare { kind }).await.ok);
+        assert!(admin.handle(AdminRequest::Activate { kind }).await.ok);
+        assert!(
+            admin
+                .handle(AdminRequest::Taint {
+                    kind,
+                    id: old.clone()
+                })
+                .await
+                .ok
+        );
+        let refused = admin
+            .handle(AdminRequest::Revoke {
+                kind,
+                id: old.clone(),
+                force: false,
+            })
+            .await;
+        assert!(refused.error.unwrap().contains("over all replicas"));
+        let forced = admin
+            .handle(AdminRequest::Revoke {
+                kind,
+                id: old,
+                force: true,
+            })
+            .await;
+        assert!(forced.ok, "{forced:?}");
+    }
+
+    #[tokio::test]
+    async fn the_socket_answers_its_owner_and_refuses_bad_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = admin(dir.path(), false).await;
+        let socket_dir = dir.path().join("admin");
+        let served = socket_dir.clone();
+        let task = tokio::spawn(async move { serve_socket(&served, admin).await });
+        let path = socket_dir.join(ADMIN_SOCKET);
+        for _ in 0..200 {
+            if path.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let dir_mode = std::fs::metadata(&socket_dir).unwrap().permissions().mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        let shown = call_socket(&socket_dir, &AdminRequest::Show).await.unwrap();
+        assert!(shown.ok);
+        assert_eq!(shown.authorities.len(), 2, "one X.509 CA, one JWT key");
+        // A request that is not one gets a clear refusal, not a hang.
+        let mut stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+        stream
+            .write_all(b"{\"action\":\"format-disk\"}\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        BufReader::new(stream).read_line(&mut answer).await.unwrap();
+        let answer: AdminResponse = serde_json::from_str(&answer).unwrap();
+        assert!(!answer.ok);
+        assert!(answer.error.unwrap().contains("bad request"));
+        task.abort();
+    }
 }

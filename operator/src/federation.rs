@@ -309,22 +309,29 @@ impl FederationSet {
             dynamic: std::sync::Mutex::new(BTreeMap::new()),
         });
         for (trust_domain, domain) in domains {
-            set.follow(trust_domain, domain);
+            set.follow(trust_domain, domain, None);
         }
         (set, Federation { bundles })
     }
 
-    /// Starts following one domain: its first bundle (the newer of the
-    /// saved and the configured one) in force at once.
+    /// Starts following one domain: its first bundle (the newest of the
+    /// saved one, `kept` (what a cluster kept in the object's status) and
+    /// the configured one) in force at once.
     fn follow(
         &self,
         trust_domain: &TrustDomain,
         domain: &FederatedDomain,
+        kept: Option<&TrustBundle>,
     ) -> Option<tokio::task::AbortHandle> {
-        let saved = self
+        let on_disk = self
             .saved_dir
             .as_deref()
             .and_then(|dir| read_bundle_file(trust_domain, &saved_path(dir, trust_domain)).ok());
+        let saved = match (on_disk, kept) {
+            (Some(on_disk), Some(kept)) if kept.sequence > on_disk.sequence => Some(kept.clone()),
+            (Some(on_disk), _) => Some(on_disk),
+            (None, kept) => kept.cloned(),
+        };
         let start = match (saved, domain.initial.clone()) {
             (Some(saved), Some(configured)) if configured.sequence > saved.sequence => {
                 Some(configured)
@@ -356,8 +363,13 @@ impl FederationSet {
 
     /// Makes `domains` the changing set (configured domains are never
     /// touched): removed ones leave the bundles, changed ones start over
-    /// from their new configuration.
-    pub fn replace_dynamic(&self, domains: &BTreeMap<TrustDomain, FederatedDomain>) {
+    /// from their new configuration, or from the bundle `kept` for them
+    /// when it is newer.
+    pub fn replace_dynamic(
+        &self,
+        domains: &BTreeMap<TrustDomain, FederatedDomain>,
+        kept: &BTreeMap<TrustDomain, TrustBundle>,
+    ) {
         let mut dynamic = self
             .dynamic
             .lock()
@@ -388,7 +400,7 @@ impl FederationSet {
             if self.fixed.contains_key(trust_domain) || dynamic.contains_key(trust_domain) {
                 continue;
             }
-            let task = self.follow(trust_domain, domain);
+            let task = self.follow(trust_domain, domain, kept.get(trust_domain));
             let handle = task.unwrap_or_else(|| tokio::spawn(async {}).abort_handle());
             dynamic.insert(trust_domain.clone(), (domain.clone(), handle));
         }
@@ -398,6 +410,11 @@ impl FederationSet {
     /// object naming it is then not used).
     pub fn is_fixed(&self, trust_domain: &TrustDomain) -> bool {
         self.fixed.contains_key(trust_domain)
+    }
+
+    /// The bundle of `trust_domain` in force.
+    pub fn bundle(&self, trust_domain: &TrustDomain) -> Option<TrustBundle> {
+        self.sender.borrow().get(trust_domain).cloned()
     }
 
     pub fn state(&self, trust_domain: &TrustDomain) -> Option<DomainState> {

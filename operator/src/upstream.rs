@@ -138,6 +138,13 @@ impl UpstreamFollower {
         }
     }
 
+    /// Follows `files` from their contents now (which the configuration
+    /// has just loaded), so only later changes are reported.
+    pub fn from_now(files: UpstreamFiles) -> Self {
+        let digest = files.read().map(|c| c.digest.clone()).unwrap_or_default();
+        Self::new(files, digest)
+    }
+
     /// The upstream CA if the files changed since the last call; `Ok(None)`
     /// when unchanged. A change that does not load is reported once, not at
     /// every call, and the caller keeps the upstream it has.

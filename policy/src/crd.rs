@@ -422,6 +422,9 @@ pub struct FederationStatus {
     /// The earliest expiry of the bundle's X.509 authorities (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub earliest_expiry: Option<String>,
+    /// The bundle in force (SPIFFE bundle JSON), kept here so that a restarted replica starts from it when it is newer than trustDomainBundle: after the other domain has rotated, an outdated first bundle could no longer authenticate its https_spiffe endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
 }
 
 /// One node agent, as the operator sees it: written by the operator (never

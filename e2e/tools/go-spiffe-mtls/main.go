@@ -15,6 +15,17 @@
 //	    prints a JSON summary; exit 1 if any connection failed.
 //	    -until-own-issuers N instead waits for this client's own SVIDs only;
 //	    -save-first-svid FILE writes the first SVID it used (PEM chain).
+//	go-spiffe-mtls fetch-load -socket unix:///path -clients N -duration D -kind x509|jwt [-audience A] [-expect ID] [-warmup D]
+//	    N goroutines, each with its own workloadapi.Client, calling
+//	    FetchX509SVID (or FetchJWTSVID for -audience) back to back: first
+//	    for -warmup (not counted), then for -duration; prints a JSON
+//	    summary {requests, errors, per_second, p50_us, p99_us, ...}. A
+//	    response whose SPIFFE ID is not -expect counts as an error.
+//	go-spiffe-mtls fetch -socket unix:///path -expect ID [-timeout D] [-retry D]
+//	    FetchX509SVID until it returns -expect (retrying every -retry on
+//	    errors, e.g. while the identity does not exist yet) or -timeout;
+//	    prints "waiting" once the first attempt failed (or is still
+//	    pending after a second), then a JSON line {id, attempts}.
 package main
 
 import (
@@ -29,23 +40,30 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: go-spiffe-mtls server|client [flags]")
+		fail("usage: go-spiffe-mtls server|client|fetch-load|fetch [flags]")
 	}
 	switch os.Args[1] {
 	case "server":
 		server(os.Args[2:])
 	case "client":
 		client(os.Args[2:])
+	case "fetch-load":
+		fetchLoad(os.Args[2:])
+	case "fetch":
+		fetchUntil(os.Args[2:])
 	default:
 		fail("unknown command " + os.Args[1])
 	}
@@ -233,4 +251,203 @@ func exchange(addr string, config *tls.Config) (string, tls.ConnectionState, err
 		return "", tls.ConnectionState{}, fmt.Errorf("read greeting: %w", err)
 	}
 	return greeting, conn.ConnectionState(), nil
+}
+
+type loadSummary struct {
+	Kind           string   `json:"kind"`
+	Clients        int      `json:"clients"`
+	Seconds        float64  `json:"seconds"`
+	Requests       int      `json:"requests"`
+	Errors         int      `json:"errors"`
+	WarmupRequests int      `json:"warmup_requests"`
+	WarmupErrors   int      `json:"warmup_errors"`
+	PerSecond      float64  `json:"per_second"`
+	P50us          int64    `json:"p50_us"`
+	P99us          int64    `json:"p99_us"`
+	MaxUs          int64    `json:"max_us"`
+	IDs            []string `json:"ids"`
+	FirstError     string   `json:"first_error,omitempty"`
+}
+
+// loadWorker is one client's share of a fetch-load run.
+type loadWorker struct {
+	latencies                                []time.Duration
+	requests, errors, warmupReqs, warmupErrs int
+	ids                                      map[string]bool
+	firstError                               string
+}
+
+// fetchOnce makes one Workload API call of the given kind and returns the
+// SPIFFE ID it was answered with.
+func fetchOnce(ctx context.Context, client *workloadapi.Client, kind, audience string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if kind == "jwt" {
+		svid, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audience})
+		if err != nil {
+			return "", err
+		}
+		return svid.ID.String(), nil
+	}
+	svid, err := client.FetchX509SVID(ctx)
+	if err != nil {
+		return "", err
+	}
+	return svid.ID.String(), nil
+}
+
+func fetchLoad(args []string) {
+	flags := flag.NewFlagSet("fetch-load", flag.ExitOnError)
+	socket := flags.String("socket", os.Getenv("SPIFFE_ENDPOINT_SOCKET"), "Workload API address")
+	clients := flags.Int("clients", 1, "concurrent clients, each with its own connection")
+	duration := flags.Duration("duration", 10*time.Second, "how long to measure")
+	warmup := flags.Duration("warmup", 2*time.Second, "how long to call before measuring")
+	kind := flags.String("kind", "x509", "x509 (FetchX509SVID) or jwt (FetchJWTSVID)")
+	audience := flags.String("audience", "bench", "JWT-SVID audience (-kind jwt)")
+	expect := flags.String("expect", "", "SPIFFE ID every response must carry (any when empty)")
+	_ = flags.Parse(args)
+	if *kind != "x509" && *kind != "jwt" {
+		fail("-kind must be x509 or jwt")
+	}
+	if *clients < 1 {
+		fail("-clients must be at least 1")
+	}
+	ctx := context.Background()
+	workers := make([]*loadWorker, *clients)
+	conns := make([]*workloadapi.Client, *clients)
+	for i := range conns {
+		c, err := workloadapi.New(ctx, workloadapi.WithAddr(*socket))
+		if err != nil {
+			fail("Workload API client: " + err.Error())
+		}
+		conns[i] = c
+		workers[i] = &loadWorker{ids: map[string]bool{}}
+	}
+	start := time.Now().Add(*warmup)
+	end := start.Add(*duration)
+	var wg sync.WaitGroup
+	for i := range workers {
+		wg.Add(1)
+		go func(w *loadWorker, c *workloadapi.Client) {
+			defer wg.Done()
+			for {
+				began := time.Now()
+				if !began.Before(end) {
+					return
+				}
+				measured := !began.Before(start)
+				id, err := fetchOnce(ctx, c, *kind, *audience)
+				took := time.Since(began)
+				if err == nil && *expect != "" && id != *expect {
+					err = fmt.Errorf("got %s, expected %s", id, *expect)
+				}
+				if !measured {
+					w.warmupReqs++
+					if err != nil {
+						w.warmupErrs++
+					}
+					continue
+				}
+				w.requests++
+				if err != nil {
+					w.errors++
+					if w.firstError == "" {
+						w.firstError = err.Error()
+					}
+					continue
+				}
+				w.ids[id] = true
+				w.latencies = append(w.latencies, took)
+			}
+		}(workers[i], conns[i])
+	}
+	wg.Wait()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+
+	result := loadSummary{Kind: *kind, Clients: *clients, Seconds: duration.Seconds(), IDs: []string{}}
+	var latencies []time.Duration
+	ids := map[string]bool{}
+	for _, w := range workers {
+		result.Requests += w.requests
+		result.Errors += w.errors
+		result.WarmupRequests += w.warmupReqs
+		result.WarmupErrors += w.warmupErrs
+		if result.FirstError == "" {
+			result.FirstError = w.firstError
+		}
+		latencies = append(latencies, w.latencies...)
+		for id := range w.ids {
+			ids[id] = true
+		}
+	}
+	for id := range ids {
+		result.IDs = append(result.IDs, id)
+	}
+	sort.Strings(result.IDs)
+	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
+	if n := len(latencies); n > 0 {
+		result.P50us = percentile(latencies, 0.50).Microseconds()
+		result.P99us = percentile(latencies, 0.99).Microseconds()
+		result.MaxUs = latencies[n-1].Microseconds()
+	}
+	result.PerSecond = float64(result.Requests-result.Errors) / duration.Seconds()
+	out, _ := json.Marshal(result)
+	fmt.Println(string(out))
+	if result.Errors > 0 || result.Requests == 0 {
+		os.Exit(1)
+	}
+}
+
+// percentile of sorted latencies (nearest rank).
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	i := int(float64(len(sorted)-1)*p + 0.5)
+	if i >= len(sorted) {
+		i = len(sorted) - 1
+	}
+	return sorted[i]
+}
+
+func fetchUntil(args []string) {
+	flags := flag.NewFlagSet("fetch", flag.ExitOnError)
+	socket := flags.String("socket", os.Getenv("SPIFFE_ENDPOINT_SOCKET"), "Workload API address")
+	expect := flags.String("expect", "", "SPIFFE ID to wait for (any when empty)")
+	timeout := flags.Duration("timeout", time.Minute, "give up after this long")
+	retry := flags.Duration("retry", 20*time.Millisecond, "pause between failed attempts")
+	_ = flags.Parse(args)
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr(*socket))
+	if err != nil {
+		fail("Workload API client: " + err.Error())
+	}
+	defer client.Close()
+	var announce sync.Once
+	say := func() { announce.Do(func() { fmt.Println("waiting") }) }
+	pending := time.AfterFunc(time.Second, say)
+	defer pending.Stop()
+	attempts := 0
+	var last error
+	for ctx.Err() == nil {
+		attempts++
+		svid, err := client.FetchX509SVID(ctx)
+		switch {
+		case err != nil:
+			last = err
+		case *expect != "" && svid.ID.String() != *expect:
+			last = fmt.Errorf("got %s, expected %s", svid.ID, *expect)
+		default:
+			out, _ := json.Marshal(map[string]any{"id": svid.ID.String(), "attempts": attempts})
+			fmt.Println(string(out))
+			return
+		}
+		say()
+		select {
+		case <-ctx.Done():
+		case <-time.After(*retry):
+		}
+	}
+	fmt.Fprintf(os.Stderr, "no SVID after %s and %d attempts: %v\n", *timeout, attempts, last)
+	os.Exit(1)
 }

@@ -16,7 +16,7 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use signet_identity::TrustDomain;
+use signet_identity::{TrustBundle, TrustDomain};
 use signet_policy::crd::{FederatedTrustDomain, FederationStatus, READY_CONDITION};
 use signet_runtime::clock::Clock;
 use tokio::sync::watch;
@@ -96,11 +96,31 @@ pub async fn follow(
         }
         let objects = store.state();
         let (domains, verdicts) = interpret(&objects, &own, &set);
-        set.replace_dynamic(&domains);
+        set.replace_dynamic(&domains, &kept_bundles(&objects, &verdicts));
         if *leading.borrow() {
             write_statuses(&api, &store, &verdicts, &set, clock).await;
         }
     }
+}
+
+/// The bundles the leader kept in the objects' status, by trust domain
+/// (a status that does not parse for its domain is ignored).
+fn kept_bundles(
+    objects: &[Arc<FederatedTrustDomain>],
+    verdicts: &Verdicts,
+) -> BTreeMap<TrustDomain, TrustBundle> {
+    objects
+        .iter()
+        .filter_map(|object| {
+            let Some(Ok(td)) = verdicts.get(&object.name_any()) else {
+                return None;
+            };
+            let json = object.status.as_ref()?.bundle.as_ref()?;
+            TrustBundle::from_spiffe_json(td.clone(), json.as_bytes())
+                .ok()
+                .map(|bundle| (td.clone(), bundle))
+        })
+        .collect()
 }
 
 fn rfc3339(time: SystemTime) -> String {
@@ -130,6 +150,7 @@ async fn write_statuses(
                 status.bundle_sequence = state.sequence;
                 status.last_refresh = state.last_refresh.map(rfc3339);
                 status.earliest_expiry = state.earliest_expiry.map(rfc3339);
+                status.bundle = set.bundle(td).and_then(|b| b.to_spiffe_json().ok());
                 match (state.sequence, state.last_error) {
                     (Some(_), None) => (
                         "True",
@@ -174,6 +195,7 @@ async fn write_statuses(
                     && c.last_refresh == status.last_refresh
                     && c.earliest_expiry == status.earliest_expiry
                     && c.observed_generation == status.observed_generation
+                    && c.bundle == status.bundle
             });
         if same {
             continue;
@@ -243,7 +265,7 @@ mod tests {
             ["b", "c", "d", "e"].map(reason),
             ["Conflict", "Conflict", "InvalidSpec", "InvalidSpec"]
         );
-        set.replace_dynamic(&domains);
+        set.replace_dynamic(&domains, &BTreeMap::new());
         assert_eq!(
             federation
                 .bundles
@@ -255,9 +277,53 @@ mod tests {
         assert_eq!(set.state(&td("partner.org")).unwrap().sequence, Some(3));
         // Deleting the object takes the trust domain out again; the
         // configured one stays.
-        set.replace_dynamic(&BTreeMap::new());
+        set.replace_dynamic(&BTreeMap::new(), &BTreeMap::new());
         let bundles = federation.bundles.borrow().clone();
         assert!(!bundles.contains_key(&td("partner.org")));
         assert!(bundles.contains_key(&td("configured.org")));
+    }
+
+    /// A restarted replica starts from the bundle the leader kept in the
+    /// status when it is newer than the spec's (the other domain rotated
+    /// since the object was written), and never from an older one.
+    #[tokio::test]
+    async fn a_newer_bundle_kept_in_the_status_is_the_starting_point() {
+        let own = TrustDomain::new("example.org").unwrap();
+        let partner = TrustDomain::new("partner.org").unwrap();
+        let (set, federation) = FederationSet::start(
+            &BTreeMap::new(),
+            None,
+            Arc::new(crate::metrics::Metrics::default()),
+            Clock::new(),
+        );
+        let with_status = |spec_sequence: u64, kept_sequence: u64| {
+            let spec = format!(r#"{{"keys": [], "spiffe_sequence": {spec_sequence}}}"#);
+            let mut object = (*object("p", "partner.org", Some(&spec))).clone();
+            object.status = Some(FederationStatus {
+                bundle: Some(format!(
+                    r#"{{"keys": [], "spiffe_sequence": {kept_sequence}}}"#
+                )),
+                ..FederationStatus::default()
+            });
+            vec![Arc::new(object)]
+        };
+        let sequence = |federation: &crate::federation::Federation| {
+            federation
+                .bundles
+                .borrow()
+                .get(&partner)
+                .map(|b| b.sequence)
+        };
+        let objects = with_status(3, 9);
+        let (domains, verdicts) = interpret(&objects, &own, &set);
+        set.replace_dynamic(&domains, &kept_bundles(&objects, &verdicts));
+        assert_eq!(sequence(&federation), Some(9));
+
+        // A spec newer than what was kept (an administrator updated it) wins.
+        set.replace_dynamic(&BTreeMap::new(), &BTreeMap::new());
+        let objects = with_status(12, 9);
+        let (domains, verdicts) = interpret(&objects, &own, &set);
+        set.replace_dynamic(&domains, &kept_bundles(&objects, &verdicts));
+        assert_eq!(sequence(&federation), Some(12));
     }
 }

@@ -86,7 +86,7 @@ pub async fn run(
         .base
         .upstream
         .clone()
-        .map(|files| crate::upstream::UpstreamFollower::new(files, Vec::new()));
+        .map(crate::upstream::UpstreamFollower::from_now);
     tokio::spawn(authority.clone().run_with_leader(
         clock,
         ROTATION_CHECK_INTERVAL,
@@ -164,6 +164,7 @@ pub async fn run(
         leading.clone(),
         clock,
     ));
+    let ledger = Arc::new(crate::ledger::SvidLedger::default());
     let issuer = IssuerService::new(IssuerParts {
         authority: authority.clone(),
         policy: channels.policy.clone(),
@@ -191,7 +192,27 @@ pub async fn run(
             clock,
         ),
         inventory,
-        ledger: Arc::new(crate::ledger::SvidLedger::default()),
+        ledger: ledger.clone(),
+    });
+    // `signet-operator authority` through `kubectl exec` into a replica;
+    // each replica counts the SVIDs it signed (the metrics add them up).
+    let admin = crate::authority_admin::AuthorityAdmin {
+        authority: authority.clone(),
+        ledger,
+        clock,
+        // Agents are spread over the replicas, each counting its own.
+        counts_are_partial: true,
+    };
+    tokio::spawn(
+        admin
+            .clone()
+            .report_metrics(server.metrics(), Duration::from_secs(5)),
+    );
+    tokio::spawn(async move {
+        let dir = std::path::Path::new(crate::authority_admin::CLUSTER_ADMIN_DIR);
+        if let Err(error) = crate::authority_admin::serve_socket(dir, admin).await {
+            tracing::warn!(%error, "no authority admin socket (the chart mounts /run/signet-operator); `signet-operator authority` cannot reach this replica");
+        }
     });
 
     let metrics = server.metrics();

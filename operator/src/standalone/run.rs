@@ -95,10 +95,7 @@ pub async fn serve(
     .await?;
     publish_bundle_files(&config, &authority.current_bundle())?;
     tokio::spawn(follow_bundle(config.clone(), authority.bundle()));
-    let upstream = config
-        .upstream
-        .clone()
-        .map(|files| UpstreamFollower::new(files, Vec::new()));
+    let upstream = config.upstream.clone().map(UpstreamFollower::from_now);
     tokio::spawn(
         authority
             .clone()
@@ -158,6 +155,7 @@ pub async fn serve(
         authority: authority.clone(),
         ledger,
         clock,
+        counts_are_partial: false,
     };
     tokio::spawn(
         admin
