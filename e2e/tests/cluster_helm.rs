@@ -1038,7 +1038,6 @@ fn upstream_ca_from_a_secret(chart: &Path, out: &Path) {
     }
     // The replicas restarted with the upstream; wait for a leader that has it.
     let root_der = pki.root_der.clone();
-    let mut shown = serde_json::Value::Null;
     wait_until_every(
         "a leader of the upgraded release with the admin socket",
         Duration::from_secs(120),
@@ -1064,9 +1063,7 @@ fn upstream_ca_from_a_secret(chart: &Path, out: &Path) {
             if !deleting.is_empty() || !volumes.split(' ').any(|v| v == "upstream-ca") {
                 return false;
             }
-            let (ok, answer) = authority_in_cluster(&["show"]);
-            shown = answer;
-            ok
+            authority_in_cluster(&["show"]).0
         },
     );
     let with_state = |answer: &serde_json::Value, state: &str| -> Option<String> {
@@ -1075,38 +1072,56 @@ fn upstream_ca_from_a_secret(chart: &Path, out: &Path) {
                 .then(|| a["id"].as_str().unwrap().to_owned())
         })
     };
-    // A successor the schedule prepared before the upgrade is self-signed:
-    // let it sign, so the one prepared next is the upstream's.
-    if with_state(&shown, "prepared").is_some() {
+    let upstream_signed = |answer: &serde_json::Value, state: &str| {
+        answer["authorities"].as_array().is_some_and(|all| {
+            all.iter()
+                .any(|a| a["kind"] == "x509" && a["state"] == state && a["upstream_signed"] == true)
+        })
+    };
+    // Move to a CA of the upstream now: activate a successor prepared
+    // before the upgrade (self-signed) if there is one, prepare one (the
+    // upgraded leader signs it with the upstream; the schedule may have
+    // prepared it already), let agents get the root, activate. Repeated
+    // while a replica of the old release may still have acted meanwhile.
+    let mut log = Vec::new();
+    let mut old = None;
+    let mut new = None;
+    for _ in 0..3 {
+        let (_, shown) = authority_in_cluster(&["show"]);
+        if with_state(&shown, "prepared").is_some() && !upstream_signed(&shown, "prepared") {
+            let (_, answer) = authority_in_cluster(&["activate", "x509"]);
+            log.push(answer);
+        }
+        let (_, answer) = authority_in_cluster(&["prepare", "x509"]);
+        log.push(answer);
+        wait_until_every(
+            "the corporate root in the bundle ConfigMap",
+            Duration::from_secs(60),
+            POLL,
+            || {
+                certs_from_pem(&bundle_pem())
+                    .unwrap()
+                    .iter()
+                    .any(|c| c.as_ref() == root_der.as_slice())
+            },
+        );
+        // Agents have the root before the upstream's CA signs.
+        std::thread::sleep(Duration::from_secs(5));
         let (ok, answer) = authority_in_cluster(&["activate", "x509"]);
-        assert!(ok, "{answer:#}");
+        let done = ok && upstream_signed(&answer, "active");
+        if ok {
+            old = with_state(&answer, "retired");
+            new = with_state(&answer, "active");
+        }
+        log.push(answer);
+        if done {
+            break;
+        }
     }
-    let (ok, answer) = authority_in_cluster(&["prepare", "x509"]);
-    // (The schedule may have prepared one meanwhile, under the upstream too.)
     assert!(
-        ok || answer["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("already"),
-        "{answer:#}"
+        log.last().is_some_and(|a| upstream_signed(a, "active")),
+        "the active CA is not the upstream's: {log:#?}"
     );
-    wait_until_every(
-        "the corporate root in the bundle ConfigMap",
-        Duration::from_secs(60),
-        POLL,
-        || {
-            certs_from_pem(&bundle_pem())
-                .unwrap()
-                .iter()
-                .any(|c| c.as_ref() == root_der.as_slice())
-        },
-    );
-    // Agents have the root before the upstream's CA signs.
-    std::thread::sleep(Duration::from_secs(5));
-    let (ok, answer) = authority_in_cluster(&["activate", "x509"]);
-    assert!(ok, "{answer:#}");
-    let old = with_state(&answer, "retired");
-    let new = with_state(&answer, "active");
     // Other replicas adopt the saved keyset at their next rotation check
     // (every 10 s) and sign with the new CA from then on.
     wait_until_every(

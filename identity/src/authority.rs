@@ -272,6 +272,9 @@ pub struct AuthorityStatus {
     pub not_before: SystemTime,
     /// End of validity; it leaves the bundle then.
     pub not_after: SystemTime,
+    /// X.509 CAs: whether it was signed by an upstream CA (not self-signed).
+    /// `None` for JWT keys.
+    pub upstream_signed: Option<bool>,
 }
 
 /// Keyset configuration. Build with [`CaConfig::new`] and adjust fields.
@@ -395,6 +398,10 @@ trait Authority {
     fn has_id(&self, id: &str) -> bool {
         self.id() == id
     }
+    /// X.509 only: signed by an upstream CA.
+    fn upstream_signed(&self) -> Option<bool> {
+        None
+    }
 }
 
 impl Authority for X509Ca {
@@ -404,6 +411,9 @@ impl Authority for X509Ca {
     // Hex, so the case an operator copied it in does not matter.
     fn has_id(&self, id: &str) -> bool {
         self.key_id_hex().eq_ignore_ascii_case(id)
+    }
+    fn upstream_signed(&self) -> Option<bool> {
+        Some(!self.is_self_signed())
     }
     fn not_before(&self) -> SystemTime {
         X509Ca::not_before(self)
@@ -658,6 +668,7 @@ impl<A: Authority> Slots<A> {
             tainted: s.tainted,
             not_before: s.authority.not_before(),
             not_after: s.authority.not_after(),
+            upstream_signed: s.authority.upstream_signed(),
         })
     }
 
@@ -1950,8 +1961,10 @@ mod tests {
                 tainted: false,
                 not_before: ca.not_before(),
                 not_after: ca.not_after(),
+                upstream_signed: Some(false),
             }
         );
+        assert_eq!(all[2].upstream_signed, None, "a JWT key");
         let key = ks.active_jwt().unwrap();
         assert_eq!(
             (all[2].id.as_str(), all[2].not_before, all[2].not_after),

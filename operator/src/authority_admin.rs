@@ -78,6 +78,9 @@ pub struct AuthorityReport {
     /// SVIDs it signed that are still in use (the latest of each holder,
     /// not expired), as far as this operator signed them.
     pub live_svids: u64,
+    /// X.509 CAs: signed by the upstream CA (not self-signed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_signed: Option<bool>,
 }
 
 /// The answer: what was done, and the authorities afterwards.
@@ -143,6 +146,7 @@ impl AuthorityAdmin {
                     tainted: status.tainted,
                     not_before: rfc3339(status.not_before),
                     not_after: rfc3339(status.not_after),
+                    upstream_signed: status.upstream_signed,
                 }
             })
             .collect();

@@ -352,16 +352,21 @@ fn authority_table(response: &signet_operator::authority_admin::AdminResponse) -
         out.push('\n');
     }
     out.push_str(&format!(
-        "{:<5} {:<40} {:<9} {:<8} {:<21} {:>10}\n",
-        "KIND", "ID", "STATE", "TAINTED", "NOT AFTER", "LIVE SVIDS"
+        "{:<5} {:<40} {:<9} {:<8} {:<8} {:<21} {:>10}\n",
+        "KIND", "ID", "STATE", "TAINTED", "UPSTREAM", "NOT AFTER", "LIVE SVIDS"
     ));
     for a in &response.authorities {
         out.push_str(&format!(
-            "{:<5} {:<40} {:<9} {:<8} {:<21} {:>10}\n",
+            "{:<5} {:<40} {:<9} {:<8} {:<8} {:<21} {:>10}\n",
             a.kind.to_string(),
             a.id,
             a.state.to_string(),
             if a.tainted { "yes" } else { "no" },
+            match a.upstream_signed {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            },
             a.not_after,
             a.live_svids
         ));
