@@ -1150,7 +1150,11 @@ fn upstream_ca_from_a_secret(chart: &Path, out: &Path) {
     let (id, pem) = fetch_x509_pem("under-upstream", "client", out);
     assert_eq!(id, format!("spiffe://{TD}/ns/{APPS}/sa/client"));
     let chain = certs_from_pem(&pem).unwrap();
-    assert_eq!(chain.len(), 2, "leaf and the trust domain's CA: {pem}");
+    assert_eq!(
+        chain.len(),
+        3,
+        "leaf, the trust domain's CA and the issuing CA (not the root): {pem}"
+    );
     let trust_domain = signet_identity::TrustDomain::new(TD).unwrap();
     let root_only =
         signet_identity::TrustBundle::from_x509_pem(trust_domain, &pki.root_pem).unwrap();
