@@ -236,10 +236,7 @@ impl Authority {
         &self,
         now: SystemTime,
     ) -> Result<Vec<RotationEvent>, AuthorityServiceError> {
-        let mut candidate = {
-            let keyset = self.read();
-            CaKeyset::from_state_json(keyset.config().clone(), &keyset.to_state_json()?)?
-        };
+        let mut candidate = self.candidate()?;
         let events = candidate.rotate(now)?;
         if !events.is_empty() {
             match self.store.save(candidate.to_state_json()?).await {
@@ -259,6 +256,16 @@ impl Authority {
         }
         self.install(candidate, now)?;
         Ok(events)
+    }
+
+    /// A copy of the keyset in use to change: saved before it replaces the
+    /// one in use (the keyset holds keys, so it is copied through its state).
+    fn candidate(&self) -> Result<CaKeyset, AuthorityServiceError> {
+        let keyset = self.read();
+        Ok(CaKeyset::from_state_json(
+            keyset.config().clone(),
+            &keyset.to_state_json()?,
+        )?)
     }
 
     /// Replaces the keyset in use and publishes its bundle if it changed.
@@ -293,10 +300,7 @@ impl Authority {
         action: &AuthorityAction,
         now: SystemTime,
     ) -> Result<Vec<RotationEvent>, AuthorityServiceError> {
-        let mut candidate = {
-            let keyset = self.read();
-            CaKeyset::from_state_json(keyset.config().clone(), &keyset.to_state_json()?)?
-        };
+        let mut candidate = self.candidate()?;
         let events = match action {
             AuthorityAction::Prepare { kind } => vec![candidate.prepare_now(*kind, now)?],
             AuthorityAction::Activate { kind } => candidate.activate_now(*kind, now)?,
@@ -494,10 +498,7 @@ impl Authority {
         now: SystemTime,
         persist: bool,
     ) -> Result<bool, AuthorityServiceError> {
-        let mut candidate = {
-            let keyset = self.read();
-            CaKeyset::from_state_json(keyset.config().clone(), &keyset.to_state_json()?)?
-        };
+        let mut candidate = self.candidate()?;
         let roots_changed = candidate.set_upstream(Some(upstream));
         if roots_changed && persist {
             match self.store.save(candidate.to_state_json()?).await {
