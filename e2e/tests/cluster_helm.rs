@@ -118,6 +118,16 @@ fn uninstall_and_clean() {
         ],
         None,
     );
+    // They outlive an uninstall (cluster-scoped, no owner).
+    let _ = kubectl_output(
+        &[
+            "delete",
+            "signingauthorities.signet.dev",
+            "--all",
+            "--ignore-not-found",
+        ],
+        None,
+    );
     let _ = helm(&[
         "uninstall",
         RELEASE,
@@ -1161,18 +1171,52 @@ fn upstream_ca_from_a_secret(chart: &Path, out: &Path) {
     signet_identity::verify_x509_svid(&chain, &root_only, signet_e2e::deadline::wall_now())
         .unwrap_or_else(|e| panic!("the SVID does not chain to the corporate root: {e}\n{pem}"));
 
-    // Distrust the CA before the upstream: agents re-issue what it signed.
+    // Distrust the CA before the upstream, through its SigningAuthority
+    // object: agents re-issue what it signed. Every replica reports its
+    // counts there, and the CA under the upstream says so.
     if let Some(old) = old {
-        let (ok, answer) = authority_in_cluster(&["taint", "x509", &old]);
-        assert!(ok, "{answer:#}");
-        assert!(
-            answer["authorities"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|a| a["id"] == old.as_str() && a["tainted"] == true),
-            "{answer:#}"
+        let object = format!("x509-{}", old.to_ascii_lowercase());
+        kubectl(&[
+            "patch",
+            "signingauthorities.signet.dev",
+            &object,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"taint":true}}"#,
+        ]);
+        wait_until_every("the old CA tainted", Duration::from_secs(60), POLL, || {
+            let (ok, answer) = authority_in_cluster(&["show"]);
+            ok && answer["authorities"].as_array().is_some_and(|all| {
+                all.iter()
+                    .any(|a| a["id"] == old.as_str() && a["tainted"] == true)
+            })
+        });
+        let mut seen = String::new();
+        wait_until_every(
+            "SigningAuthority status from the replicas",
+            Duration::from_secs(60),
+            POLL,
+            || {
+                seen = kubectl(&[
+                    "get",
+                    "signingauthorities.signet.dev",
+                    "-o",
+                    "jsonpath={range .items[?(@.spec.kind==\"x509\")]}{.metadata.name} {.status.state} {.status.tainted} {.status.upstreamSigned} {.status.liveSvids}{\"\\n\"}{end}",
+                ]);
+                let tainted = seen
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{object} retired true false ")));
+                let upstream = seen.lines().any(|l| {
+                    let fields: Vec<&str> = l.split(' ').collect();
+                    fields.len() == 5
+                        && fields[1..4] == ["active", "false", "true"]
+                        && fields[4].parse::<u64>().is_ok_and(|n| n > 0)
+                });
+                tainted && upstream
+            },
         );
+        note(&format!("SigningAuthorities (x509):\n{seen}"));
     }
 }
 

@@ -71,11 +71,12 @@ const OTHER_NODE: &str = "signet-e2e-other";
 const AUDIENCE: &str = "signet-issuer";
 const RBAC: &str = include_str!("../cluster/manifests/operator-rbac.yaml");
 const PAUSE_IMAGE: &str = "localhost/signet/pause:dev";
-const CRDS: [&str; 4] = [
+const CRDS: [&str; 5] = [
     "../crds/signet.dev_workloadidentities.yaml",
     "../crds/signet.dev_roles.yaml",
     "../crds/signet.dev_agents.yaml",
     "../crds/signet.dev_federatedtrustdomains.yaml",
+    "../crds/signet.dev_signingauthorities.yaml",
 ];
 const POLL: Duration = Duration::from_millis(300);
 /// The ValidatingWebhookConfiguration the replicas keep the caBundle of
@@ -96,6 +97,12 @@ fn cleanup(wait: bool) {
         ],
         vec!["delete", "node", OTHER_NODE, "--ignore-not-found"],
         vec!["delete", "agents.signet.dev", "--all", "--ignore-not-found"],
+        vec![
+            "delete",
+            "signingauthorities.signet.dev",
+            "--all",
+            "--ignore-not-found",
+        ],
         vec![
             "delete",
             "validatingwebhookconfiguration",
@@ -882,6 +889,212 @@ async fn try_sign(client: &mut IssuerClient<Channel>, uid: &str) -> Result<(), t
         .map(|_| ())
 }
 
+/// The active X.509 CA's SigningAuthority object (name, id).
+fn signing_authority_in(state: &str) -> Option<(String, String)> {
+    let rows = jsonpath(
+        &["get", "signingauthorities.signet.dev"],
+        "{range .items[*]}{.metadata.name} {.spec.kind} {.spec.id} {.status.state}{\"\\n\"}{end}",
+    );
+    rows.lines().find_map(|row| {
+        let fields: Vec<&str> = row.split(' ').collect();
+        (fields.len() == 4 && fields[1] == "x509" && fields[3] == state)
+            .then(|| (fields[0].to_owned(), fields[2].to_owned()))
+    })
+}
+
+/// Both replicas signed (each for the agent that joined it): the active
+/// CA's object has an entry per replica, and liveSvids is their sum.
+fn signing_authorities_count_every_replica() {
+    let mut active = None;
+    wait_until_every(
+        "a SigningAuthority per authority",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            active = signing_authority_in("active");
+            let kinds = jsonpath(
+                &["get", "signingauthorities.signet.dev"],
+                "{.items[*].spec.kind}",
+            );
+            active.is_some() && kinds.contains("jwt")
+        },
+    );
+    let (name, id) = active.unwrap();
+    assert_eq!(name, format!("x509-{}", id.to_ascii_lowercase()));
+    let mut seen = String::new();
+    wait_until_every(
+        "both replicas' counts summed",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            seen = jsonpath(
+                &["get", "signingauthorities.signet.dev", &name],
+                "{range .status.replicas[*]}{.replica}={.liveSvids} {end}/{.status.liveSvids}",
+            );
+            let Some((entries, total)) = seen.split_once('/') else {
+                return false;
+            };
+            let counts: Vec<u64> = entries
+                .split_whitespace()
+                .filter_map(|e| e.split_once('=')?.1.parse().ok())
+                .collect();
+            counts.len() == 2
+                && counts.iter().all(|c| *c > 0)
+                && total.parse::<u64>().ok() == Some(counts.iter().sum())
+        },
+    );
+    note(&format!("{name}: {seen}"));
+    assert!(
+        seen.contains("operator-a-") && seen.contains("operator-b-"),
+        "{seen}"
+    );
+    let table = String::from_utf8_lossy(
+        &kubectl_output(&["get", "signingauthorities.signet.dev"], None).stdout,
+    )
+    .into_owned();
+    assert!(
+        table.contains("LIVE SVIDS") && table.contains("active"),
+        "{table}"
+    );
+}
+
+/// A rotation driven with kubectl alone: a prepare request that also asks
+/// for activation, then taint and revoke of the old CA, which waits while
+/// SVIDs it signed are live (the crashed replica's count stands until they
+/// expire) until `revoke: Now`.
+fn rotate_taint_and_revoke_with_kubectl(first_bundle: &str) {
+    let (old_name, old_id) = signing_authority_in("active").unwrap();
+    // Forged or impossible requests are refused by the API server.
+    let bad_kind = kubectl_output(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: signet.dev/v1alpha1\nkind: SigningAuthority\nmetadata: {name: e2e-bad}\nspec: {kind: rsa}\n",
+        ),
+    );
+    assert!(!bad_kind.status.success());
+    kubectl_apply(
+        "apiVersion: signet.dev/v1alpha1\nkind: SigningAuthority\nmetadata: {name: e2e-next}\nspec: {kind: x509, activate: true}\n",
+    );
+    let mut new_id = String::new();
+    wait_until_every(
+        "the requested CA prepared and active",
+        Duration::from_secs(60),
+        POLL,
+        || {
+            let seen = jsonpath(
+                &["get", "signingauthorities.signet.dev", "e2e-next"],
+                "{.spec.id} {.status.state}",
+            );
+            match seen.split_once(' ') {
+                Some((id, "active")) if !id.is_empty() => {
+                    new_id = id.to_owned();
+                    true
+                }
+                _ => false,
+            }
+        },
+    );
+    assert_ne!(new_id, old_id);
+    let changed = kubectl_output(
+        &[
+            "patch",
+            "signingauthorities.signet.dev",
+            "e2e-next",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"id":"00"}}"#,
+        ],
+        None,
+    );
+    assert!(!changed.status.success(), "the id cannot change");
+    assert_eq!(
+        jsonpath(
+            &["get", "signingauthorities.signet.dev", &old_name],
+            "{.status.state}"
+        ),
+        "retired"
+    );
+    // The bundle carries both CAs.
+    wait_until_every(
+        "the bundle with the new CA",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            let pem = jsonpath(
+                &["-n", NS, "get", "configmap", "signet-bundle"],
+                "{.data.bundle\\.pem}",
+            );
+            pem.matches("BEGIN CERTIFICATE").count() == 2 && pem.contains(first_bundle.trim())
+        },
+    );
+
+    kubectl(&[
+        "patch",
+        "signingauthorities.signet.dev",
+        &old_name,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"taint":true,"revoke":"WhenUnused"}}"#,
+    ]);
+    let mut condition = String::new();
+    wait_until_every(
+        "the taint and a pending revoke",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            condition = jsonpath(
+                &["get", "signingauthorities.signet.dev", &old_name],
+                "{.status.tainted} {.status.conditions[0].reason} {.status.conditions[0].message}",
+            );
+            condition.starts_with("true RevokePending")
+        },
+    );
+    note(&format!("{old_name}: {condition}"));
+    assert!(condition.contains("live SVIDs"), "{condition}");
+    let undo = kubectl_output(
+        &[
+            "patch",
+            "signingauthorities.signet.dev",
+            &old_name,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"taint":false}}"#,
+        ],
+        None,
+    );
+    assert!(!undo.status.success(), "a taint cannot be undone");
+    assert!(
+        String::from_utf8_lossy(&undo.stderr).contains("cannot be undone"),
+        "{}",
+        String::from_utf8_lossy(&undo.stderr)
+    );
+    kubectl(&[
+        "patch",
+        "signingauthorities.signet.dev",
+        &old_name,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"revoke":"Now"}}"#,
+    ]);
+    wait_until_every("the old CA revoked", Duration::from_secs(30), POLL, || {
+        let gone = !kubectl_output(&["get", "signingauthorities.signet.dev", &old_name], None)
+            .status
+            .success();
+        let pem = jsonpath(
+            &["-n", NS, "get", "configmap", "signet-bundle"],
+            "{.data.bundle\\.pem}",
+        );
+        gone && pem.matches("BEGIN CERTIFICATE").count() == 1 && !pem.contains(first_bundle.trim())
+    });
+    // The leader does not bring back an object for a revoked authority.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(signing_authority_in("retired").is_none());
+}
+
 #[test]
 fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
     if let Some(reason) = skip_reason() {
@@ -927,6 +1140,8 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
         ("list", "configmaps", "no"),
         ("create", "agents.signet.dev", "yes"),
         ("patch", "agents.signet.dev", "no"),
+        ("patch", "signingauthorities.signet.dev/status", "yes"),
+        ("update", "signingauthorities.signet.dev", "no"),
     ] {
         let output = kubectl_output(
             &[
@@ -1097,6 +1312,8 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
         let denial = sign_for_pod(&mut other, &web_uid).await.unwrap_err();
         assert_eq!(denial.reason, "pod_not_on_node", "{denial:?}");
     });
+
+    signing_authorities_count_every_replica();
 
     // `kubectl describe pod` shows the identity's state: the first issuance
     // and the refusal of a token that was not the pod's, as Events on the
@@ -1411,6 +1628,8 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
         }
         assert_eq!(denial.reason, "pod_not_found");
     });
+
+    rotate_taint_and_revoke_with_kubectl(&bundle_pem);
 
     // A leader whose API calls hang steps down before anyone may take over.
     let upstream = api_server();

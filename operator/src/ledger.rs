@@ -51,6 +51,13 @@ pub enum Holder {
     User { credential: String },
 }
 
+/// How many live SVIDs an authority signed, and when the last expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveSvids {
+    pub count: u64,
+    pub until: SystemTime,
+}
+
 #[derive(Default)]
 struct Entries {
     by_holder: HashMap<Holder, (AuthorityRef, SystemTime)>,
@@ -103,6 +110,23 @@ impl SvidLedger {
         let mut counts = BTreeMap::new();
         for (authority, _) in entries.by_holder.values() {
             *counts.entry(authority.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Live SVIDs per authority at `now` and when the last of them
+    /// expires; expired entries are forgotten.
+    pub fn live_until(&self, now: SystemTime) -> BTreeMap<AuthorityRef, LiveSvids> {
+        let mut entries = self.lock();
+        entries.by_holder.retain(|_, (_, expiry)| *expiry > now);
+        let mut counts: BTreeMap<AuthorityRef, LiveSvids> = BTreeMap::new();
+        for (authority, expiry) in entries.by_holder.values() {
+            let live = counts.entry(authority.clone()).or_insert(LiveSvids {
+                count: 0,
+                until: *expiry,
+            });
+            live.count += 1;
+            live.until = live.until.max(*expiry);
         }
         counts
     }
@@ -165,8 +189,14 @@ mod tests {
         ledger.signed(workload("n2", "pod-a"), x509("old"), now + hour, now);
         assert_eq!(ledger.live_for(&x509("old"), now), 3);
         // Past their expiry nothing depends on them.
+        let until = ledger.live_until(now);
+        assert_eq!(until[&x509("old")].count, 3);
+        ledger.signed(workload("n3", "pod-c"), x509("new"), now + hour * 2, now);
+        let until = ledger.live_until(now);
+        assert_eq!(until[&x509("new")].count, 2);
+        assert_eq!(until[&x509("new")].until, now + hour * 2);
         let later = now + hour;
         assert_eq!(ledger.live_for(&x509("old"), later), 0);
-        assert!(ledger.live(later).is_empty());
+        assert_eq!(ledger.live(later).len(), 1, "only the later SVID is left");
     }
 }

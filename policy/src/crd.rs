@@ -486,6 +486,133 @@ pub struct AgentStatus {
     pub workloads: Option<u32>,
 }
 
+/// What is asked of one signing authority of the trust domain (an X.509
+/// CA or a JWT signing key). The operator keeps one object per authority
+/// in its keyset; create one with only `kind` to prepare a new authority.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "signet.dev",
+    version = "v1alpha1",
+    kind = "SigningAuthority",
+    status = "SigningAuthorityStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    shortname = "signingauthority",
+    category = "signet",
+    doc = "SigningAuthority is one X.509 CA or JWT signing key of the trust domain, kept by the operator (one object per key). Create one with only spec.kind to prepare a new key; set spec.activate on a prepared one to make it sign; set spec.taint on a retired one so agents re-issue everything it signed; set spec.revoke to remove it from the bundle (WhenUnused waits until no live SVID signed by it is left, summed over every operator replica).",
+    printcolumn = r#"{"name":"Kind","type":"string","jsonPath":".spec.kind"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Tainted","type":"boolean","jsonPath":".status.tainted"}"#,
+    printcolumn = r#"{"name":"Live SVIDs","type":"integer","jsonPath":".status.liveSvids","description":"Live SVIDs it signed, summed over the operator's replicas"}"#,
+    printcolumn = r#"{"name":"Not After","type":"string","jsonPath":".status.notAfter"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1}"#,
+    printcolumn = r#"{"name":"ID","type":"string","jsonPath":".spec.id","priority":1}"#,
+    printcolumn = r#"{"name":"Upstream","type":"boolean","jsonPath":".status.upstreamSigned","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.kind == oldSelf.kind", "message": "kind cannot change"},
+    {"rule": "!has(oldSelf.id) || (has(self.id) && self.id == oldSelf.id)", "message": "id cannot change once set"},
+    {"rule": "!has(oldSelf.taint) || !oldSelf.taint || (has(self.taint) && self.taint)", "message": "a taint cannot be undone"}
+]))]
+pub struct SigningAuthoritySpec {
+    /// x509 (a CA signing X.509-SVIDs) or jwt (a key signing JWT-SVIDs).
+    pub kind: SigningAuthorityKind,
+    /// The X.509 CA's subject key identifier (hex) or the JWT key's kid. Set by the operator; leave it out to ask for a new authority to be prepared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Make this prepared authority the one that signs; the active one retires (it stays in the bundle until it expires or is revoked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activate: Option<bool>,
+    /// Distrust this retired authority: every agent re-issues the SVIDs it signed, jittered over the agents' taint_reissue_window. Cannot be undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taint: Option<bool>,
+    /// Remove this tainted authority from the bundle: WhenUnused once no live SVID signed by it is left (summed over the operator's replicas), Now at once (SVIDs it signed stop verifying). The object is deleted once it is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke: Option<RevokePolicy>,
+}
+
+/// The two kinds of signing authority.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SigningAuthorityKind {
+    /// An X.509 CA.
+    #[default]
+    #[serde(rename = "x509")]
+    X509,
+    /// A JWT signing key.
+    #[serde(rename = "jwt")]
+    Jwt,
+}
+
+/// Remove this tainted authority from the bundle: WhenUnused once no live
+/// SVID signed by it is left (summed over the operator's replicas), Now at
+/// once (SVIDs it signed stop verifying). The object is deleted once the
+/// authority is revoked.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevokePolicy {
+    /// Once no live SVID signed by it is left.
+    WhenUnused,
+    /// At once.
+    Now,
+}
+
+/// The authority as the operator last saw it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningAuthorityStatus {
+    /// "Ready" is True when what the spec asks is done; False with reason Refused (and why) when the operator cannot do it, Pending while a revocation waits for live SVIDs, Preparing while a new authority is being made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// prepared (in the bundle, not yet signing), active (signing) or retired (in the bundle until it expires).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Whether it is tainted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tainted: Option<bool>,
+    /// Start of validity (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    /// End of validity (RFC 3339); it leaves the bundle then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// X.509 CAs: whether it is signed by the configured upstream CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_signed: Option<bool>,
+    /// SVIDs it signed that are still in use (the latest of each holder, not expired), summed over the operator's replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_svids: Option<u64>,
+    /// Some replica could not count every SVID (its ledger was full): liveSvids may be low, and WhenUnused does not revoke.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts_incomplete: Option<bool>,
+    /// Each operator replica's own count (each writes its entry); a replica that stopped reporting still counts until the SVIDs it counted expire.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["replica"]))]
+    pub replicas: Vec<ReplicaCount>,
+}
+
+/// One operator replica's count of the live SVIDs an authority signed.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaCount {
+    /// The replica (its pod name and a per-start suffix).
+    pub replica: String,
+    /// Live SVIDs this replica signed with the authority.
+    pub live_svids: u64,
+    /// When the last of them expires (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_until: Option<String>,
+    /// When the replica last reported (RFC 3339); it reports at least every minute.
+    pub reported_at: String,
+    /// The replica's ledger was full: its count may be low.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
+}
+
 /// One generated CRD manifest file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrdFile {
@@ -502,6 +629,7 @@ pub fn definitions() -> Vec<CustomResourceDefinition> {
         Role::crd(),
         Agent::crd(),
         FederatedTrustDomain::crd(),
+        SigningAuthority::crd(),
     ]
 }
 
@@ -669,7 +797,8 @@ mod tests {
                 "signet.dev_workloadidentities.yaml",
                 "signet.dev_roles.yaml",
                 "signet.dev_agents.yaml",
-                "signet.dev_federatedtrustdomains.yaml"
+                "signet.dev_federatedtrustdomains.yaml",
+                "signet.dev_signingauthorities.yaml"
             ]
         );
         assert_eq!(

@@ -16,6 +16,7 @@ pub mod pod_events;
 pub mod pods;
 pub mod reconciler;
 pub mod run;
+pub mod signing_authorities;
 pub mod token_review;
 pub mod user_issuance;
 

@@ -22,7 +22,7 @@ use crate::cluster::config::ClusterConfig;
 use crate::cluster::{
     admission, agent_records, agent_standing, bundle_config_map, ca_bundle,
     federated_trust_domains, front_proxy, keyset_secret, leader, nodes, pod_events, pods,
-    reconciler, token_review, user_issuance,
+    reconciler, signing_authorities, token_review, user_issuance,
 };
 use crate::inventory::AgentInventory;
 use crate::issuer::service::{IssuerParts, IssuerService, IssuerSettings};
@@ -194,6 +194,19 @@ pub async fn run(
         inventory,
         ledger: ledger.clone(),
     });
+    // SigningAuthority objects: kubectl's view of the authorities, with
+    // every replica's count summed, and their requests.
+    tokio::spawn(
+        signing_authorities::SigningAuthorities {
+            api: Api::all(client.clone()),
+            authority: authority.clone(),
+            ledger: ledger.clone(),
+            leading: leading.clone(),
+            replica: signing_authorities::replica_name(&kube_config.election.identity),
+            clock,
+        }
+        .keep(),
+    );
     // `signet-operator authority` through `kubectl exec` into a replica;
     // each replica counts the SVIDs it signed (the metrics add them up).
     let admin = crate::authority_admin::AuthorityAdmin {
