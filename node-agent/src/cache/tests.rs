@@ -835,3 +835,89 @@ async fn a_jwt_svid_of_a_tainted_key_is_not_served_from_the_cache() {
         Err(CacheError::Sign(SignError::Unavailable(_)))
     ));
 }
+
+/// Another workload of uid 1000 (so it gets identities): another gid.
+fn with_gid(gid: u32) -> Attributes {
+    let mut attributes = workload("1000", "10");
+    attributes.set(Field::UnixGid, &gid.to_string());
+    attributes
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_workload_idle_past_its_renewal_is_renewed_when_a_caller_returns() {
+    let config = CacheConfig {
+        idle_ttl: Duration::from_secs(3000),
+        ..CacheConfig::default()
+    };
+    let h = harness_with(config, vec![("web", "/web")]);
+    let mut subscription = h.cache.subscribe(&workload("1000", "10")).await.unwrap();
+    let first = settled(&mut subscription).await;
+    drop(subscription);
+    // Idle across the renewal time (half of the hour, ±10 %): not renewed.
+    tokio::time::sleep(Duration::from_secs(2400)).await;
+    assert_eq!(h.signer.x509_calls().len(), 1);
+    // A caller comes back: the missed renewal is due at once.
+    let mut back = h.cache.subscribe(&workload("1000", "10")).await.unwrap();
+    let renewed = back
+        .first_matching(Duration::from_secs(5), |view| {
+            view.svids
+                .first()
+                .is_some_and(|svid| !Arc::ptr_eq(svid, &first.svids[0]))
+        })
+        .await;
+    assert!(!Arc::ptr_eq(&renewed.svids[0], &first.svids[0]));
+    assert_eq!(h.signer.x509_calls().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn svid_counts_follow_issuance_expiry_and_eviction() {
+    let config = CacheConfig {
+        idle_ttl: Duration::from_secs(60),
+        ..CacheConfig::default()
+    };
+    let h = harness_with(config, vec![("web", "/web"), ("admin", "/admin")]);
+    let mut a = h.cache.subscribe(&with_gid(1)).await.unwrap();
+    let mut b = h.cache.subscribe(&with_gid(2)).await.unwrap();
+    settled(&mut a).await;
+    settled(&mut b).await;
+    assert_eq!(h.cache.cached_svids(), 4);
+    // One workload leaves and is evicted after idle_ttl.
+    drop(b);
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(h.cache.cached_svids(), 2);
+    // The issuer goes away: the remaining SVIDs are renewed in vain and
+    // dropped when they expire.
+    h.signer.set_mode(Mode::Unavailable);
+    tokio::time::sleep(Duration::from_secs(3601)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(h.cache.cached_svids(), 0);
+    let view = a.view().borrow().clone();
+    assert!(view.svids.is_empty());
+    assert!(matches!(view.status, ViewStatus::Unavailable { .. }), "{view:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn more_due_than_fit_in_flight_are_all_signed_in_turn() {
+    let config = CacheConfig {
+        batch_size: 2,
+        max_in_flight: 1,
+        ..CacheConfig::default()
+    };
+    let h = harness_with(config, vec![("web", "/web")]);
+    let mut subscriptions = Vec::new();
+    for uid in 0..7u32 {
+        subscriptions.push(
+            h.cache
+                .subscribe(&with_gid(uid))
+                .await
+                .unwrap(),
+        );
+    }
+    for subscription in &mut subscriptions {
+        assert_eq!(settled(subscription).await.status, ViewStatus::Ready);
+    }
+    let calls = h.signer.x509_calls();
+    assert!(calls.iter().all(|batch| batch.len() <= 2), "{calls:?}");
+    assert_eq!(calls.iter().map(Vec::len).sum::<usize>(), 7);
+}

@@ -16,8 +16,16 @@
 //! renewed early, each at a random point of `taint_reissue_window` so the
 //! issuer is not asked for them all at once, through the same dispatch,
 //! batching and backoff as any renewal.
+//!
+//! A wake-up costs what it touches, not the number of workloads: due
+//! renewals, expiries and evictions come off a timer heap, and only the
+//! workloads that changed get their views rebuilt and their timers pushed.
+//! (With a re-issue window every SVID has its own due time, so a scan of
+//! everything per wake-up made the work grow with the square of the
+//! workloads.)
 
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Ordering as Order;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -182,6 +190,10 @@ impl SvidCache {
             workloads: HashMap::new(),
             in_flight: FuturesUnordered::new(),
             last_error: None,
+            timers: Timers::default(),
+            backlog: VecDeque::new(),
+            touched: HashSet::new(),
+            held: (0, 0),
         };
         tokio::spawn(worker.run());
         Self {
@@ -334,6 +346,10 @@ struct Entry {
     /// taint would re-issue it twice, or forever while the issuer still
     /// signs with that CA.
     taint_handled: bool,
+    /// The attempt and expiry times on the timer heap, so an unchanged one
+    /// is not pushed again.
+    attempt_timer: Option<Instant>,
+    expiry_timer: Option<Instant>,
 }
 
 struct Workload {
@@ -350,6 +366,76 @@ struct Workload {
     /// Why the policy withheld identities for want of an attribute, when
     /// none are desired.
     withheld: Option<String>,
+    /// Its SVIDs, and those a tainted CA signed, as last counted.
+    counted: (usize, usize),
+    /// The eviction time on the timer heap.
+    evict_timer: Option<Instant>,
+}
+
+/// Something to look at when its time comes; checked against the state
+/// then (a timer whose reason went away does nothing).
+#[derive(Debug)]
+enum Timer {
+    Attempt { workload: WorkloadKey, name: String },
+    Expiry { workload: WorkloadKey, name: String },
+    Evict { workload: WorkloadKey },
+}
+
+/// A timer on the heap, earliest first (ties in push order).
+struct Scheduled {
+    at: Instant,
+    seq: u64,
+    timer: Timer,
+}
+
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Order {
+        // Reversed: BinaryHeap pops the greatest.
+        other.at.cmp(&self.at).then(other.seq.cmp(&self.seq))
+    }
+}
+
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Order> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Order::Equal
+    }
+}
+
+impl Eq for Scheduled {}
+
+#[derive(Default)]
+struct Timers {
+    heap: BinaryHeap<Scheduled>,
+    seq: u64,
+}
+
+impl Timers {
+    fn push(&mut self, at: Instant, timer: Timer) {
+        self.seq += 1;
+        self.heap.push(Scheduled {
+            at,
+            seq: self.seq,
+            timer,
+        });
+    }
+
+    fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|s| s.at)
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<Scheduled> {
+        if self.heap.peek().is_some_and(|s| s.at <= now) {
+            self.heap.pop()
+        } else {
+            None
+        }
+    }
 }
 
 struct InFlightRequest {
@@ -381,15 +467,26 @@ struct Worker {
     tainted: TaintedAuthorities,
     /// Tainted CAs the issuer was seen still signing with (warned once).
     warned_tainted: BTreeSet<String>,
+    timers: Timers,
+    /// Entries whose attempt came due, waiting for room in flight.
+    backlog: VecDeque<(WorkloadKey, String)>,
+    /// Workloads changed since their view was last published.
+    touched: HashSet<WorkloadKey>,
+    /// SVIDs held, and those a tainted CA signed, over all workloads.
+    held: (usize, usize),
 }
 
 impl Worker {
     async fn run(mut self) {
         let mut policy_open = true;
         loop {
+            // Timers of what changed first, so an SVID that is due now is
+            // asked for before the view without it goes out.
+            self.schedule_touched();
+            self.fire_due_timers();
             self.dispatch();
-            self.publish_all();
-            let deadline = self.next_deadline();
+            self.publish_touched();
+            let deadline = self.timers.next();
             tokio::select! {
                 command = self.commands.recv() => match command {
                     Some(command) => self.handle(command),
@@ -408,7 +505,6 @@ impl Worker {
                 }
                 () = sleep_until_or_forever(deadline) => {}
             }
-            self.expire_and_evict();
         }
     }
 
@@ -427,6 +523,8 @@ impl Worker {
                         policy_version: None,
                         bundles: None,
                         withheld: None,
+                        counted: (0, 0),
+                        evict_timer: None,
                     };
                     let policy = self.policy.borrow().clone();
                     evaluate(&mut fresh, policy.as_deref(), &self.config);
@@ -434,9 +532,16 @@ impl Worker {
                 }
                 if let Some(workload) = self.workloads.get_mut(&key) {
                     workload.subscribers += 1;
-                    workload.idle_since = None;
+                    if workload.idle_since.take().is_some() {
+                        // Attempts that came due while it was idle were
+                        // dropped: put them back.
+                        for entry in workload.entries.values_mut() {
+                            entry.attempt_timer = None;
+                        }
+                    }
                     let receiver = workload.view.subscribe();
                     let _ = reply.send(receiver);
+                    self.touched.insert(key);
                 }
             }
             Command::Unsubscribe { key } => {
@@ -444,6 +549,7 @@ impl Worker {
                     workload.subscribers = workload.subscribers.saturating_sub(1);
                     if workload.subscribers == 0 {
                         workload.idle_since = Some(Instant::now());
+                        self.touched.insert(key);
                     }
                 }
             }
@@ -452,8 +558,9 @@ impl Worker {
 
     fn reevaluate_all(&mut self) {
         let policy = self.policy.borrow_and_update().clone();
-        for workload in self.workloads.values_mut() {
+        for (key, workload) in &mut self.workloads {
             evaluate(workload, policy.as_deref(), &self.config);
+            self.touched.insert(key.clone());
         }
         let tainted = policy
             .as_deref()
@@ -476,7 +583,7 @@ impl Worker {
         let now = Instant::now();
         let window = self.config.taint_reissue_window;
         let mut scheduled = 0u64;
-        for workload in self.workloads.values_mut() {
+        for (key, workload) in &mut self.workloads {
             for (name, entry) in &mut workload.entries {
                 if entry.taint_handled
                     || entry.svid.is_none()
@@ -499,6 +606,7 @@ impl Worker {
                 }
                 let due = now + uniform(window);
                 entry.next_attempt = Some(entry.next_attempt.map_or(due, |at| at.min(due)));
+                self.touched.insert(key.clone());
                 scheduled += 1;
                 tracing::debug!(
                     identity = %name,
@@ -518,23 +626,98 @@ impl Worker {
         }
     }
 
-    /// Starts signing for every entry that is due, in batches.
+    /// Takes the timers that are due: attempts go to the backlog, expired
+    /// SVIDs are dropped, workloads idle for `idle_ttl` are evicted.
+    fn fire_due_timers(&mut self) {
+        let now = Instant::now();
+        let now_wall = self.clock.now();
+        while let Some(due) = self.timers.pop_due(now) {
+            match due.timer {
+                Timer::Attempt { workload, name } => {
+                    let Some(entry) = self
+                        .workloads
+                        .get_mut(&workload)
+                        .and_then(|w| w.entries.get_mut(&name))
+                    else {
+                        continue;
+                    };
+                    if entry.attempt_timer == Some(due.at) {
+                        entry.attempt_timer = None;
+                    }
+                    self.backlog.push_back((workload, name));
+                }
+                Timer::Expiry { workload, name } => {
+                    let Some(entry) = self
+                        .workloads
+                        .get_mut(&workload)
+                        .and_then(|w| w.entries.get_mut(&name))
+                    else {
+                        continue;
+                    };
+                    if entry.expiry_timer == Some(due.at) {
+                        entry.expiry_timer = None;
+                    }
+                    let Some(not_after) = entry.svid.as_ref().map(|svid| svid.not_after) else {
+                        continue;
+                    };
+                    if not_after <= now_wall {
+                        entry.svid = None;
+                        if entry.next_attempt.is_none() && entry.denial.is_none() {
+                            entry.next_attempt = Some(now);
+                        }
+                    }
+                    // Not yet (the two clocks disagree by a hair): the
+                    // publish below pushes it again.
+                    self.touched.insert(workload);
+                }
+                Timer::Evict { workload } => {
+                    let idle_ttl = self.config.idle_ttl;
+                    let Some(state) = self.workloads.get_mut(&workload) else {
+                        continue;
+                    };
+                    if state.evict_timer == Some(due.at) {
+                        state.evict_timer = None;
+                    }
+                    let expired = state.subscribers == 0
+                        && state
+                            .idle_since
+                            .is_some_and(|since| now.duration_since(since) >= idle_ttl);
+                    if expired && let Some(evicted) = self.workloads.remove(&workload) {
+                        self.held.0 -= evicted.counted.0;
+                        self.held.1 -= evicted.counted.1;
+                        self.touched.remove(&workload);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts signing for the backlog's entries that are still due, in
+    /// batches, as far as there is room in flight.
     fn dispatch(&mut self) {
         let now = Instant::now();
         let mut due = Vec::new();
-        for (key, workload) in &self.workloads {
+        while self.in_flight.len() < self.config.max_in_flight
+            && due.len() < self.config.batch_size * self.config.max_in_flight
+        {
+            let Some((key, name)) = self.backlog.pop_front() else {
+                break;
+            };
+            let Some(workload) = self.workloads.get(&key) else {
+                continue;
+            };
             // Idle workloads are not renewed: they will be evicted unless a
             // caller comes back, which makes them due again at once.
             if workload.idle_since.is_some() {
                 continue;
             }
-            for name in &workload.order {
-                if let Some(entry) = workload.entries.get(name)
-                    && matches!(entry.state, EntryState::Idle)
-                    && entry.next_attempt.is_some_and(|at| at <= now)
-                {
-                    due.push((key.clone(), workload.attributes.clone(), name.clone()));
-                }
+            let Some(entry) = workload.entries.get(&name) else {
+                continue;
+            };
+            if matches!(entry.state, EntryState::Idle)
+                && entry.next_attempt.is_some_and(|at| at <= now)
+            {
+                due.push((key.clone(), workload.attributes.clone(), name));
             }
         }
         if due.is_empty() {
@@ -543,7 +726,9 @@ impl Worker {
         let mut batch: Vec<(X509SignRequest, InFlightRequest)> = Vec::new();
         for (key, attributes, name) in due {
             if self.in_flight.len() >= self.config.max_in_flight {
-                break;
+                // No room after all: back in line, first.
+                self.backlog.push_front((key, name));
+                continue;
             }
             let Some(entry) = self
                 .workloads
@@ -557,6 +742,7 @@ impl Worker {
                 Err(error) => {
                     tracing::error!(%error, "generating a workload key failed");
                     entry.next_attempt = Some(now + entry.backoff.next_delay());
+                    self.touched.insert(key);
                     continue;
                 }
             };
@@ -599,7 +785,9 @@ impl Worker {
         let now = Instant::now();
         let outcomes: Vec<Result<SignOutcome<SignedX509>, SignError>> = match result.outcome {
             Ok(outcomes) if outcomes.len() == result.requests.len() => {
-                self.last_error = None;
+                if self.last_error.take().is_some() {
+                    self.touched.extend(self.workloads.keys().cloned());
+                }
                 outcomes.into_iter().map(Ok).collect()
             }
             Ok(outcomes) => {
@@ -611,7 +799,12 @@ impl Worker {
                 vec![Err(error); result.requests.len()]
             }
             Err(error) => {
-                self.last_error = Some(error.to_string());
+                let message = error.to_string();
+                if self.last_error.as_deref() != Some(message.as_str()) {
+                    // Views of workloads without an SVID carry it.
+                    self.touched.extend(self.workloads.keys().cloned());
+                }
+                self.last_error = Some(message);
                 vec![Err(error); result.requests.len()]
             }
         };
@@ -623,6 +816,7 @@ impl Worker {
             else {
                 continue;
             };
+            self.touched.insert(request.workload.clone());
             entry.state = EntryState::Idle;
             if entry.generation != request.generation {
                 // The desired identity changed while this was in flight.
@@ -697,77 +891,27 @@ impl Worker {
         }
     }
 
-    /// Drops expired SVIDs and evicts workloads idle for too long.
-    fn expire_and_evict(&mut self) {
-        let now_wall = self.clock.now();
-        let now = Instant::now();
-        for workload in self.workloads.values_mut() {
-            for entry in workload.entries.values_mut() {
-                if entry
-                    .svid
-                    .as_ref()
-                    .is_some_and(|svid| svid.not_after <= now_wall)
-                {
-                    entry.svid = None;
-                    if entry.next_attempt.is_none() && entry.denial.is_none() {
-                        entry.next_attempt = Some(now);
-                    }
-                }
+    /// Puts the new times of the workloads that changed on the timer heap.
+    fn schedule_touched(&mut self) {
+        for key in &self.touched {
+            if let Some(workload) = self.workloads.get_mut(key) {
+                schedule(&mut self.timers, key, workload, &self.clock, &self.config);
             }
         }
-        let idle_ttl = self.config.idle_ttl;
-        self.workloads.retain(|_, workload| {
-            !(workload.subscribers == 0
-                && workload
-                    .idle_since
-                    .is_some_and(|since| now.duration_since(since) >= idle_ttl))
-        });
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        let mut deadline: Option<Instant> = None;
-        let mut consider = |at: Instant| {
-            deadline = Some(deadline.map_or(at, |d| d.min(at)));
-        };
-        for workload in self.workloads.values() {
-            if let Some(since) = workload.idle_since {
-                consider(since + self.config.idle_ttl);
-            }
-            for entry in workload.entries.values() {
-                if matches!(entry.state, EntryState::Idle)
-                    && let Some(at) = entry.next_attempt
-                {
-                    consider(at);
-                }
-                if let Some(svid) = &entry.svid {
-                    consider(self.clock.instant_at(svid.not_after));
-                }
-            }
-        }
-        deadline
-    }
-
-    fn publish_all(&mut self) {
-        let held = self
-            .workloads
-            .values()
-            .flat_map(|w| w.entries.values())
-            .filter(|e| e.svid.is_some());
-        let (mut count, mut on_tainted) = (0, 0);
-        for entry in held {
-            count += 1;
-            if entry
-                .svid_authority
-                .as_deref()
-                .is_some_and(|id| self.tainted.x509_tainted(id))
-            {
-                on_tainted += 1;
-            }
-        }
-        self.svid_count.store(count, Ordering::Relaxed);
-        self.tainted_count.store(on_tainted, Ordering::Relaxed);
+    /// Publishes the views of the workloads that changed, keeps the SVID
+    /// counts, and puts their new times on the timer heap.
+    fn publish_touched(&mut self) {
         let last_error = self.last_error.clone();
-        for workload in self.workloads.values() {
+        for key in std::mem::take(&mut self.touched) {
+            let Some(workload) = self.workloads.get_mut(&key) else {
+                continue;
+            };
+            let counted = count_svids(workload, &self.tainted);
+            self.held.0 = self.held.0 + counted.0 - workload.counted.0;
+            self.held.1 = self.held.1 + counted.1 - workload.counted.1;
+            workload.counted = counted;
             let view = build_view(workload, last_error.as_deref());
             workload.view.send_if_modified(|current| {
                 if current.same_content(&view) {
@@ -777,6 +921,83 @@ impl Worker {
                     true
                 }
             });
+            schedule(&mut self.timers, &key, workload, &self.clock, &self.config);
+        }
+        self.svid_count.store(self.held.0, Ordering::Relaxed);
+        self.tainted_count.store(self.held.1, Ordering::Relaxed);
+    }
+}
+
+/// SVIDs `workload` holds, and how many of them a tainted CA signed.
+fn count_svids(workload: &Workload, tainted: &TaintedAuthorities) -> (usize, usize) {
+    let mut counted = (0, 0);
+    for entry in workload.entries.values().filter(|e| e.svid.is_some()) {
+        counted.0 += 1;
+        if entry
+            .svid_authority
+            .as_deref()
+            .is_some_and(|id| tainted.x509_tainted(id))
+        {
+            counted.1 += 1;
+        }
+    }
+    counted
+}
+
+/// Pushes `workload`'s attempt, expiry and eviction times that are not on
+/// the heap yet.
+fn schedule(
+    timers: &mut Timers,
+    key: &WorkloadKey,
+    workload: &mut Workload,
+    clock: &Clock,
+    config: &CacheConfig,
+) {
+    let evict_at = workload.idle_since.map(|since| since + config.idle_ttl);
+    if evict_at.is_some() && workload.evict_timer != evict_at {
+        workload.evict_timer = evict_at;
+        if let Some(at) = evict_at {
+            timers.push(
+                at,
+                Timer::Evict {
+                    workload: key.clone(),
+                },
+            );
+        }
+    }
+    // In policy order, so a workload's identities are asked for in it.
+    for name in &workload.order {
+        let Some(entry) = workload.entries.get_mut(name) else {
+            continue;
+        };
+        let attempt_at = match entry.state {
+            EntryState::Idle => entry.next_attempt,
+            EntryState::InFlight => None,
+        };
+        if let Some(at) = attempt_at
+            && entry.attempt_timer != Some(at)
+        {
+            entry.attempt_timer = Some(at);
+            timers.push(
+                at,
+                Timer::Attempt {
+                    workload: key.clone(),
+                    name: name.clone(),
+                },
+            );
+        }
+        if let Some(svid) = &entry.svid {
+            let at = clock.instant_at(svid.not_after);
+            if entry.expiry_timer != Some(at) {
+                entry.expiry_timer = Some(at);
+                timers.push(
+                    at,
+                    Timer::Expiry {
+                        workload: key.clone(),
+                        name: name.clone(),
+                    },
+                );
+            }
         }
     }
 }
@@ -849,6 +1070,8 @@ fn evaluate(
                         generation: 0,
                         svid_authority: None,
                         taint_handled: false,
+                        attempt_timer: None,
+                        expiry_timer: None,
                     },
                 );
             }
