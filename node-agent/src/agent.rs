@@ -209,6 +209,7 @@ pub async fn run_until(
         local_audit,
     );
     state.limits = config.limits.clone();
+    state.reattest_interval = config.reattest_interval;
     let state = Arc::new(state);
     let Some(path) = config.listen.unix_path().map(ToOwned::to_owned) else {
         return Err(ConfigError::Invalid("listen must be a unix socket".into()).into());

@@ -117,6 +117,17 @@ pub struct AgentConfig {
         with = "signet_runtime::duration"
     )]
     pub first_svid_timeout: Duration,
+    /// How long a caller's attested attributes are reused for further
+    /// calls on the same connection, after checking that the process is
+    /// the one that connected and has not changed (start time, uids, gids,
+    /// executable). Bounds how late a change of what attestation reads
+    /// (e.g. pod labels) is seen by a caller that keeps its connection
+    /// (default 5s; 0: attest every call; at most 60s).
+    #[serde(
+        default = "default_reattest_interval",
+        with = "signet_runtime::duration"
+    )]
+    pub reattest_interval: Duration,
     /// Where callers the agent refuses on its own are audited, one JSON
     /// event per line in the issuer's schema (default
     /// `<state_dir>/audit.log`; `-` for standard output).
@@ -190,6 +201,10 @@ fn default_key_type() -> KeyType {
 
 fn default_audit_summary_window() -> Duration {
     Duration::from_secs(60)
+}
+
+fn default_reattest_interval() -> Duration {
+    crate::api::state::DEFAULT_REATTEST_INTERVAL
 }
 
 fn default_first_svid_timeout() -> Duration {
@@ -303,6 +318,9 @@ impl AgentConfig {
         }
         if self.audit_summary_window.is_zero() {
             return invalid("audit_summary_window must be positive".into());
+        }
+        if self.reattest_interval > Duration::from_secs(60) {
+            return invalid("reattest_interval must be at most 60s".into());
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
         Ok(())

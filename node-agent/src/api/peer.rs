@@ -20,10 +20,11 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use signet_policy::Attributes;
 use signet_runtime::h2_authority::FixedAuthority;
 use tokio::net::{UnixListener, UnixStream};
 
@@ -43,6 +44,31 @@ pub struct PeerInfo {
     pub slot: Option<Arc<ConnectionSlot>>,
     /// The calls open on the connection (it is closed once idle).
     pub calls: Arc<CallCounter>,
+    /// The caller's attributes as last attested on this connection.
+    pub attested: Arc<AttestationMemo>,
+}
+
+/// The attributes a connection's caller was attested with, and when: later
+/// calls on the connection reuse them for a while, once the pinned process
+/// is checked to be unchanged.
+#[derive(Debug, Default)]
+pub struct AttestationMemo {
+    last: Mutex<Option<(Attributes, tokio::time::Instant)>>,
+}
+
+impl AttestationMemo {
+    /// The attributes, if attested less than `max_age` ago.
+    pub fn fresh(&self, max_age: Duration) -> Option<Attributes> {
+        let last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        last.as_ref()
+            .filter(|(_, at)| at.elapsed() < max_age)
+            .map(|(attributes, _)| attributes.clone())
+    }
+
+    pub fn remember(&self, attributes: &Attributes) {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((attributes.clone(), tokio::time::Instant::now()));
+    }
 }
 
 impl ConnectionCalls for PeerInfo {
@@ -78,6 +104,7 @@ fn peer_info(stream: &UnixStream, proc_root: &ProcRoot) -> PeerInfo {
         process,
         slot: None,
         calls: CallCounter::new(),
+        attested: Arc::default(),
     }
 }
 
@@ -240,6 +267,21 @@ fn pidfd_pid(pidfd: &OwnedFd) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test(start_paused = true)]
+    async fn attested_attributes_are_reused_only_while_fresh() {
+        let memo = AttestationMemo::default();
+        let interval = Duration::from_secs(5);
+        assert_eq!(memo.fresh(interval), None, "nothing attested yet");
+        let mut attributes = Attributes::default();
+        attributes.set(signet_policy::Field::UnixUid, "1000");
+        memo.remember(&attributes);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(memo.fresh(interval), Some(attributes.clone()));
+        assert_eq!(memo.fresh(Duration::ZERO), None, "zero: always attest");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(memo.fresh(interval), None, "stale: attest again");
+    }
+
     use std::process::{Child, Command};
 
     use signet_policy::Field;

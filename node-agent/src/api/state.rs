@@ -19,6 +19,9 @@ use crate::attest::{AttestErrorKind, WorkloadAttestor};
 use crate::cache::SvidCache;
 use crate::metrics::Metrics;
 
+/// [`ServerState::reattest_interval`] unless configured.
+pub const DEFAULT_REATTEST_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Everything the Workload API and SDS handlers share.
 pub struct ServerState {
     pub cache: SvidCache,
@@ -34,6 +37,9 @@ pub struct ServerState {
     pub audit: Arc<LocalAudit>,
     /// Bounds on connections and streams per caller.
     pub limits: ConnectionLimits,
+    /// How long a caller's attributes are reused for further calls on its
+    /// connection (zero: every call is attested).
+    pub reattest_interval: Duration,
 }
 
 impl ServerState {
@@ -54,6 +60,7 @@ impl ServerState {
             stopping: watch::channel(false).0,
             audit,
             limits: ConnectionLimits::default(),
+            reattest_interval: DEFAULT_REATTEST_INTERVAL,
         }
     }
 
@@ -123,8 +130,27 @@ impl ServerState {
                 });
             }
         };
+        // A later call on the connection: the process it was attested as is
+        // pinned, so checking that it has not changed (start time, uids,
+        // gids, executable) is enough while the attributes are fresh.
+        if let Some(attributes) = info.attested.fresh(self.reattest_interval) {
+            return match process.verify_unchanged() {
+                Ok(()) => Ok(attributes),
+                Err(error) => {
+                    self.metrics
+                        .attestation_failure(AttestErrorKind::Unauthenticated);
+                    Err(ApiError::ProcessChanged(format!(
+                        "process {} exited or changed since it was attested on this connection (PID reuse?): {error}",
+                        peer.pid
+                    )))
+                }
+            };
+        }
         match self.attestor.attest(peer, process).await {
-            Ok(attributes) => Ok(attributes),
+            Ok(attributes) => {
+                info.attested.remember(&attributes);
+                Ok(attributes)
+            }
             Err(error) => {
                 let kind = error.kind();
                 self.metrics.attestation_failure(kind);

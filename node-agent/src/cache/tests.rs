@@ -839,7 +839,7 @@ async fn a_jwt_svid_of_a_tainted_key_is_not_served_from_the_cache() {
 /// Another workload of uid 1000 (so it gets identities): another gid.
 fn with_gid(gid: u32) -> Attributes {
     let mut attributes = workload("1000", "10");
-    attributes.set(Field::UnixGid, &gid.to_string());
+    attributes.set(Field::UnixGid, gid.to_string());
     attributes
 }
 
@@ -894,7 +894,10 @@ async fn svid_counts_follow_issuance_expiry_and_eviction() {
     assert_eq!(h.cache.cached_svids(), 0);
     let view = a.view().borrow().clone();
     assert!(view.svids.is_empty());
-    assert!(matches!(view.status, ViewStatus::Unavailable { .. }), "{view:?}");
+    assert!(
+        matches!(view.status, ViewStatus::Unavailable { .. }),
+        "{view:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -907,12 +910,7 @@ async fn more_due_than_fit_in_flight_are_all_signed_in_turn() {
     let h = harness_with(config, vec![("web", "/web")]);
     let mut subscriptions = Vec::new();
     for uid in 0..7u32 {
-        subscriptions.push(
-            h.cache
-                .subscribe(&with_gid(uid))
-                .await
-                .unwrap(),
-        );
+        subscriptions.push(h.cache.subscribe(&with_gid(uid)).await.unwrap());
     }
     for subscription in &mut subscriptions {
         assert_eq!(settled(subscription).await.status, ViewStatus::Ready);
