@@ -1366,6 +1366,7 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
             .watch_policy(pb::WatchPolicyRequest {
                 known_version: 0,
                 agent_version: "e2e".into(),
+                accepts_policy_deltas: false,
             })
             .await
             .unwrap()
@@ -1398,6 +1399,7 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
             .watch_policy(pb::WatchPolicyRequest {
                 known_version: 0,
                 agent_version: "e2e".into(),
+                accepts_policy_deltas: false,
             })
             .await
             .unwrap()
@@ -1451,6 +1453,7 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
             .watch_policy(pb::WatchPolicyRequest {
                 known_version: 0,
                 agent_version: "e2e".into(),
+                accepts_policy_deltas: false,
             })
             .await
             .unwrap()

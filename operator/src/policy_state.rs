@@ -2,11 +2,13 @@
 //! decides with it and WatchPolicy ships it to agents. Both run modes
 //! produce it (standalone from a directory, a cluster from its objects).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use signet_identity::TrustDomain;
 use signet_policy::{ObjectReport, PolicyDocument, PolicySnapshot};
+use signet_proto::issuer::v1 as pb;
 
 /// A compiled policy version, as the issuer and WatchPolicy use it.
 #[derive(Debug)]
@@ -16,6 +18,13 @@ pub struct PolicyState {
     /// `PolicyDocument` JSON of the objects in force, shipped to agents.
     pub document_json: Arc<Vec<u8>>,
     pub reports: Vec<ObjectReport>,
+    /// Each object in force as JSON, by name: what the next version's
+    /// delta is computed against.
+    identities_json: BTreeMap<String, Vec<u8>>,
+    roles_json: BTreeMap<String, Vec<u8>>,
+    /// The change from the version before, computed once for every agent
+    /// stream that holds that version.
+    pub delta: Option<Arc<pb::PolicyDelta>>,
 }
 
 impl PolicyState {
@@ -23,13 +32,67 @@ impl PolicyState {
         let (snapshot, reports) = document.compile(version, trust_domain);
         let in_force = snapshot.document().clone();
         let document_json = serde_json::to_vec(&in_force).unwrap_or_else(|_| b"{}".to_vec());
+        let by_name = |objects: Vec<(String, Vec<u8>)>| objects.into_iter().collect();
+        let identities_json = by_name(
+            in_force
+                .workload_identities
+                .iter()
+                .filter_map(|o| Some((o.metadata.name.clone()?, serde_json::to_vec(o).ok()?)))
+                .collect(),
+        );
+        let roles_json = by_name(
+            in_force
+                .roles
+                .iter()
+                .filter_map(|o| Some((o.metadata.name.clone()?, serde_json::to_vec(o).ok()?)))
+                .collect(),
+        );
         Self {
             version,
             snapshot,
             document_json: Arc::new(document_json),
             reports,
+            identities_json,
+            roles_json,
+            delta: None,
         }
     }
+
+    /// Records the change from `previous`, so agents holding it are sent
+    /// only that.
+    pub fn with_delta_from(mut self, previous: &PolicyState) -> Self {
+        let state = &mut self;
+        let (workload_identities, removed_workload_identities) =
+            changes(&previous.identities_json, &state.identities_json);
+        let (roles, removed_roles) = changes(&previous.roles_json, &state.roles_json);
+        state.delta = Some(Arc::new(pb::PolicyDelta {
+            base_version: previous.version,
+            workload_identities,
+            roles,
+            removed_workload_identities,
+            removed_roles,
+        }));
+        self
+    }
+}
+
+/// Objects of `after` that are new or differ from `before`, and names of
+/// `before` that `after` lacks.
+fn changes(
+    before: &BTreeMap<String, Vec<u8>>,
+    after: &BTreeMap<String, Vec<u8>>,
+) -> (Vec<Vec<u8>>, Vec<String>) {
+    let upserted = after
+        .iter()
+        .filter(|(name, json)| before.get(*name) != Some(json))
+        .map(|(_, json)| json.clone())
+        .collect();
+    let removed = before
+        .keys()
+        .filter(|name| !after.contains_key(*name))
+        .cloned()
+        .collect();
+    (upserted, removed)
 }
 
 /// The version after `previous`: the wall clock in milliseconds, or one

@@ -398,6 +398,7 @@ async fn watch_policy_sends_the_current_state_then_each_change() {
         .watch_policy(pb::WatchPolicyRequest {
             known_version: 0,
             agent_version: "e2e".into(),
+            accepts_policy_deltas: false,
         })
         .await
         .unwrap()

@@ -631,6 +631,7 @@ impl IssuerClient {
             .watch_policy(pb::WatchPolicyRequest {
                 known_version,
                 agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+                accepts_policy_deltas: true,
             })
             .await
             .map(tonic::Response::into_inner)

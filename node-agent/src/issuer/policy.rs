@@ -3,13 +3,14 @@
 //! workload should hold, and carrying the trust bundles the Workload API and
 //! SDS hand out and the authorities the operator tainted.
 
-use std::collections::BTreeSet;
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use signet_identity::{BundleSet, TrustBundle, TrustDomain};
+use signet_policy::crd::{Role, WorkloadIdentity};
 use signet_policy::{
     AgentContext, Attributes, DenialReason, IdentitySelector, IssuableIdentity, NodeFacts,
     PolicyDocument, PolicySnapshot,
@@ -37,6 +38,71 @@ pub enum PolicyError {
     },
     #[error("federated trust domain name {0:?} is invalid")]
     FederatedName(String),
+    #[error("a policy delta from version {base} came while version {held:?} is held")]
+    DeltaBase { base: u64, held: Option<u64> },
+}
+
+/// The policy document as last received on one stream, object by object,
+/// so that a delta can be applied to it.
+#[derive(Default)]
+pub struct HeldDocument {
+    version: Option<u64>,
+    identities: BTreeMap<String, WorkloadIdentity>,
+    roles: BTreeMap<String, Role>,
+}
+
+impl HeldDocument {
+    /// `update` with the whole policy document: as sent, or the held one
+    /// with the update's delta applied.
+    pub fn resolve(&mut self, mut update: PolicyUpdate) -> Result<PolicyUpdate, PolicyError> {
+        let Some(delta) = update.delta.take() else {
+            let document: PolicyDocument =
+                serde_json::from_slice(&update.policy).map_err(PolicyError::Document)?;
+            self.identities = by_name(document.workload_identities, |o| o.metadata.name.clone());
+            self.roles = by_name(document.roles, |o| o.metadata.name.clone());
+            self.version = Some(update.version);
+            return Ok(update);
+        };
+        if self.version != Some(delta.base_version) {
+            return Err(PolicyError::DeltaBase {
+                base: delta.base_version,
+                held: self.version,
+            });
+        }
+        for json in &delta.workload_identities {
+            let object: WorkloadIdentity =
+                serde_json::from_slice(json).map_err(PolicyError::Document)?;
+            if let Some(name) = object.metadata.name.clone() {
+                self.identities.insert(name, object);
+            }
+        }
+        for json in &delta.roles {
+            let object: Role = serde_json::from_slice(json).map_err(PolicyError::Document)?;
+            if let Some(name) = object.metadata.name.clone() {
+                self.roles.insert(name, object);
+            }
+        }
+        for name in &delta.removed_workload_identities {
+            self.identities.remove(name);
+        }
+        for name in &delta.removed_roles {
+            self.roles.remove(name);
+        }
+        self.version = Some(update.version);
+        let document = PolicyDocument {
+            workload_identities: self.identities.values().cloned().collect(),
+            roles: self.roles.values().cloned().collect(),
+        };
+        update.policy = serde_json::to_vec(&document).map_err(PolicyError::Document)?;
+        Ok(update)
+    }
+}
+
+fn by_name<T>(objects: Vec<T>, name: impl Fn(&T) -> Option<String>) -> BTreeMap<String, T> {
+    objects
+        .into_iter()
+        .filter_map(|object| Some((name(&object)?, object)))
+        .collect()
 }
 
 /// One compiled policy with its bundles; immutable, shared by `Arc`.
@@ -322,6 +388,8 @@ pub async fn run_policy_watch(
             stream = client.watch_policy(known) => stream,
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
+        // Deltas apply to what this stream sent; a new stream starts whole.
+        let mut held = HeldDocument::default();
         match stream {
             Ok(mut stream) => loop {
                 let message = tokio::select! {
@@ -338,7 +406,14 @@ pub async fn run_policy_watch(
                 match message {
                     Ok(Some(update)) => {
                         backoff.reset();
-                        apply_update(&client, &store, &update, selector.clone());
+                        match held.resolve(update) {
+                            Ok(update) => apply_update(&client, &store, &update, selector.clone()),
+                            Err(error) => {
+                                // Reopen: the issuer starts the new stream whole.
+                                tracing::warn!(%error, "policy update not understood; reopening the stream");
+                                break;
+                            }
+                        }
                     }
                     Ok(None) => {
                         tracing::info!("the issuer closed the policy stream; reconnecting");
@@ -419,6 +494,7 @@ mod tests {
             node: None,
             tainted_x509_authorities: Vec::new(),
             tainted_jwt_authorities: Vec::new(),
+            delta: None,
         }
     }
 
@@ -570,5 +646,78 @@ mod tests {
         };
         assert_eq!(evaluate(Some(node("web"))), 1);
         assert_eq!(evaluate(Some(node("dmz"))), 0);
+    }
+
+    fn identity_json(name: &str, ttl: &str) -> Vec<u8> {
+        let yaml = format!(
+            "apiVersion: signet.dev/v1alpha1\nkind: WorkloadIdentity\nmetadata: {{name: {name}}}\nspec:\n  rules:\n    allow:\n      - conditions: [{{attribute: workload.unix.uid, eq: \"1000\"}}]\n  spiffe:\n    id: /{name}\n    x509: {{ttl: {ttl}}}\n"
+        );
+        let document = crate::testing::document_from_yaml(&yaml);
+        serde_json::to_vec(&document.workload_identities[0]).unwrap()
+    }
+
+    #[test]
+    fn a_delta_applies_to_the_document_of_its_base_version_only() {
+        let whole = |objects: &[Vec<u8>]| {
+            let identities: Vec<serde_json::Value> = objects
+                .iter()
+                .map(|json| serde_json::from_slice(json).unwrap())
+                .collect();
+            serde_json::to_string(
+                &serde_json::json!({"workloadIdentities": identities, "roles": []}),
+            )
+            .unwrap()
+        };
+        let mut held = HeldDocument::default();
+        let mut first = update(
+            "example.org",
+            &whole(&[identity_json("a", "1h"), identity_json("b", "1h")]),
+        );
+        first.version = 1;
+        held.resolve(first).unwrap();
+
+        let mut change = update("example.org", "");
+        change.version = 2;
+        change.delta = Some(signet_proto::issuer::v1::PolicyDelta {
+            base_version: 1,
+            workload_identities: vec![identity_json("c", "1h"), identity_json("b", "30m")],
+            removed_workload_identities: vec!["a".into()],
+            ..Default::default()
+        });
+        let resolved = held.resolve(change.clone()).unwrap();
+        assert!(resolved.delta.is_none());
+        let expected = whole(&[identity_json("b", "30m"), identity_json("c", "1h")]);
+        let got: serde_json::Value = serde_json::from_slice(&resolved.policy).unwrap();
+        assert_eq!(
+            got,
+            serde_json::from_str::<serde_json::Value>(&expected).unwrap()
+        );
+        // It compiles like the whole document would.
+        let td = TrustDomain::new("example.org").unwrap();
+        let policy = AgentPolicy::from_update(&resolved, 1, &td, agent(), None).unwrap();
+        assert_eq!(
+            policy.snapshot().identity_names().collect::<Vec<_>>(),
+            ["b", "c"]
+        );
+        // The same delta again does not apply to version 2.
+        let error = held.resolve(change).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                PolicyError::DeltaBase {
+                    base: 1,
+                    held: Some(2)
+                }
+            ),
+            "{error}"
+        );
+        // Nor to a fresh stream's empty document.
+        let mut fresh = HeldDocument::default();
+        let mut late = update("example.org", "");
+        late.delta = Some(signet_proto::issuer::v1::PolicyDelta {
+            base_version: 2,
+            ..Default::default()
+        });
+        assert!(fresh.resolve(late).is_err());
     }
 }

@@ -200,6 +200,7 @@ impl Issuer for Service {
             node: None,
             tainted_x509_authorities: self.0.tainted_x509.lock().unwrap().clone(),
             tainted_jwt_authorities: Vec::new(),
+            delta: None,
         };
         let stream =
             futures::stream::once(async move { Ok(update) }).chain(futures::stream::pending());

@@ -165,7 +165,8 @@ impl PolicyReconciler {
                 invalid,
                 "policy compiled"
             );
-            self.sender.send_replace(Arc::new(state));
+            self.sender
+                .send_replace(Arc::new(state.with_delta_from(&previous)));
             self.synced.send_replace(true);
         }
         if *self.leading.borrow() {

@@ -1,5 +1,9 @@
 //! WatchPolicy: each agent's stream of policy updates, the full state every
-//! time the policy, the trust bundle or the agent's own Node changes.
+//! time the policy, the trust bundle or the agent's own Node changes. To an
+//! agent that accepts deltas, the policy document goes whole only first
+//! (or after it missed a version); later updates carry what changed since
+//! the version last sent on the stream, so one changed object costs every
+//! agent that object, not the whole policy.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -28,11 +32,37 @@ pub struct PolicyFeed {
     /// Revoked agents: the stream ends when this agent is added.
     pub revocations: watch::Receiver<Arc<RevocationList>>,
     pub metrics: Arc<Metrics>,
+    /// The agent said it applies `PolicyUpdate.delta`.
+    pub accepts_deltas: bool,
+}
+
+/// What the update says of the policy: the whole document, or the change
+/// from the version last sent.
+fn policy_part(
+    policy: &PolicyState,
+    accepts_deltas: bool,
+    last_sent: Option<u64>,
+) -> (Vec<u8>, Option<pb::PolicyDelta>) {
+    if accepts_deltas && let Some(sent) = last_sent {
+        if sent == policy.version {
+            // Only the bundle or the Node changed.
+            let unchanged = pb::PolicyDelta {
+                base_version: sent,
+                ..pb::PolicyDelta::default()
+            };
+            return (Vec::new(), Some(unchanged));
+        }
+        if let Some(delta) = policy.delta.as_ref().filter(|d| d.base_version == sent) {
+            return (Vec::new(), Some(delta.as_ref().clone()));
+        }
+    }
+    (policy.document_json.as_ref().clone(), None)
 }
 
 fn policy_update(
     trust_domain: &TrustDomain,
     policy: &PolicyState,
+    (document, delta): (Vec<u8>, Option<pb::PolicyDelta>),
     bundle: &PublishedBundle,
     federation: &BTreeMap<TrustDomain, TrustBundle>,
     node: Option<&NodeFacts>,
@@ -44,7 +74,8 @@ fn policy_update(
     pb::PolicyUpdate {
         version: policy.version,
         trust_domain: trust_domain.to_string(),
-        policy: policy.document_json.as_ref().clone(),
+        policy: document,
+        delta,
         trust_bundle: bundle.spiffe_json.clone().into_bytes(),
         federated_bundles,
         bundle_sequence: bundle.bundle.sequence,
@@ -108,6 +139,7 @@ impl PolicyFeed {
     ) {
         self.metrics.agents_connected.inc();
         tracing::debug!(agent = %agent.name, "policy watch opened");
+        let mut last_sent: Option<u64> = None;
         loop {
             let update = {
                 let current_policy = self.policy.borrow_and_update().clone();
@@ -117,9 +149,12 @@ impl PolicyFeed {
                     .node
                     .as_mut()
                     .and_then(|node| node.borrow_and_update().clone());
+                let part = policy_part(&current_policy, self.accepts_deltas, last_sent);
+                last_sent = Some(current_policy.version);
                 policy_update(
                     &self.trust_domain,
                     &current_policy,
+                    part,
                     &current_bundle,
                     &current_federation,
                     current_node.as_ref(),
@@ -194,6 +229,7 @@ mod tests {
             node: Some(node),
             revocations: watch::channel(Arc::default()).1,
             metrics: Arc::new(Metrics::default()),
+            accepts_deltas: false,
         };
         let id = SpiffeId::parse("spiffe://example.org/signet/agent/k8s/n1").unwrap();
         let agent = AgentRecord::from_spiffe_id(&id, &td).unwrap();
@@ -250,6 +286,7 @@ mod tests {
                 node: None,
                 revocations: revocations.clone(),
                 metrics: Arc::new(Metrics::default()),
+                accepts_deltas: false,
             };
             let id =
                 SpiffeId::parse(&format!("spiffe://example.org/signet/agent/join/{name}")).unwrap();
@@ -273,5 +310,105 @@ mod tests {
         assert!(vm1.recv().await.is_none(), "then the stream ends");
         assert!(vm2.try_recv().is_err(), "nothing for the other agent");
         assert!(!vm2.is_closed());
+    }
+
+    fn identity_yaml(name: &str, ttl: &str) -> String {
+        format!(
+            "apiVersion: signet.dev/v1alpha1\nkind: WorkloadIdentity\nmetadata: {{name: {name}}}\nspec:\n  rules:\n    allow:\n      - conditions: [{{attribute: workload.unix.uid, eq: \"1000\"}}]\n  spiffe:\n    id: /{name}\n    x509: {{ttl: {ttl}}}\n"
+        )
+    }
+
+    fn document(yamls: &[String]) -> PolicyDocument {
+        PolicyDocument::from_objects(
+            yamls
+                .iter()
+                .flat_map(|y| signet_policy::parse_yaml_documents(y))
+                .map(Result::unwrap),
+        )
+    }
+
+    #[tokio::test]
+    async fn agents_that_accept_deltas_get_the_whole_policy_once_then_only_changes() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let (a, b, c) = (
+            identity_yaml("a", "1h"),
+            identity_yaml("b", "1h"),
+            identity_yaml("c", "1h"),
+        );
+        let v1 = Arc::new(PolicyState::compile(
+            1,
+            &td,
+            &document(&[a.clone(), b.clone()]),
+        ));
+        let (policy_tx, policy) = watch::channel(v1.clone());
+        let (bundle_tx, bundle) = watch::channel(Arc::new(PublishedBundle {
+            bundle: TrustBundle::new(td.clone()),
+            tainted_x509: Vec::new(),
+            tainted_jwt: Vec::new(),
+            spiffe_json: "{}".into(),
+            pem: String::new(),
+            jwks_json: "{}".into(),
+        }));
+        let open = |accepts_deltas: bool| {
+            let feed = PolicyFeed {
+                trust_domain: td.clone(),
+                policy: policy.clone(),
+                bundle: bundle.clone(),
+                federation: Federation::default(),
+                node: None,
+                revocations: watch::channel(Arc::default()).1,
+                metrics: Arc::new(Metrics::default()),
+                accepts_deltas,
+            };
+            let id = SpiffeId::parse("spiffe://example.org/signet/agent/join/vm").unwrap();
+            let (sender, updates) = mpsc::channel(4);
+            tokio::spawn(feed.run(AgentRecord::from_spiffe_id(&id, &td).unwrap(), sender));
+            updates
+        };
+        let mut new_agent = open(true);
+        let mut old_agent = open(false);
+        let first = next(&mut new_agent).await;
+        assert!(first.delta.is_none() && first.policy == *v1.document_json);
+        next(&mut old_agent).await;
+
+        // b changes, c arrives, a goes: the delta says exactly that.
+        let b2 = identity_yaml("b", "30m");
+        let v2 = PolicyState::compile(2, &td, &document(&[b2, c])).with_delta_from(&v1);
+        policy_tx.send_replace(Arc::new(v2));
+        let second = next(&mut new_agent).await;
+        assert!(second.policy.is_empty());
+        let delta = second.delta.unwrap();
+        assert_eq!(delta.base_version, 1);
+        let names = |objects: &[Vec<u8>]| -> Vec<String> {
+            objects
+                .iter()
+                .map(|json| {
+                    serde_json::from_slice::<serde_json::Value>(json).unwrap()["metadata"]["name"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect()
+        };
+        assert_eq!(names(&delta.workload_identities), ["b", "c"]);
+        assert_eq!(delta.removed_workload_identities, ["a"]);
+        // An agent that did not ask for deltas still gets the whole policy.
+        let whole = next(&mut old_agent).await;
+        assert!(whole.delta.is_none() && !whole.policy.is_empty());
+
+        // Only the bundle changes: an empty delta on the same version.
+        bundle_tx.send_modify(|_| {});
+        let third = next(&mut new_agent).await;
+        let empty = third.delta.unwrap();
+        assert_eq!((third.version, empty.base_version), (2, 2));
+        assert!(empty.workload_identities.is_empty() && third.policy.is_empty());
+
+        // Two versions at once (the stream missed 3): whole again.
+        let v3 = Arc::new(PolicyState::compile(3, &td, &document(&[a.clone()])));
+        let v4 = PolicyState::compile(4, &td, &document(&[a, b])).with_delta_from(&v3);
+        policy_tx.send_replace(Arc::new(v4));
+        let fourth = next(&mut new_agent).await;
+        assert_eq!(fourth.version, 4);
+        assert!(fourth.delta.is_none() && !fourth.policy.is_empty());
     }
 }

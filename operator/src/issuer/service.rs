@@ -374,6 +374,7 @@ impl Issuer for IssuerService {
             node,
             revocations: self.inner.standing.revocations(),
             metrics: self.inner.signer.metrics.clone(),
+            accepts_deltas: request.get_ref().accepts_policy_deltas,
         };
         let seen = self
             .inner

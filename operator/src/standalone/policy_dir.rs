@@ -239,6 +239,7 @@ impl DirectorySource {
                 kept_last_valid = substituted,
                 "policy loaded"
             );
+            let state = state.with_delta_from(&self.sender.borrow());
             self.sender.send_replace(Arc::new(state));
         }
         changed
