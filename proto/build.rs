@@ -31,7 +31,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut config = tonic_prost_build::Config::new();
     config
         .enable_type_names()
-        .type_name_domain(["."], "type.googleapis.com");
+        .type_name_domain(["."], "type.googleapis.com")
+        // One policy document goes to every agent: shared, not copied.
+        .bytes([".signet.issuer.v1.PolicyUpdate.policy"]);
 
     tonic_prost_build::configure()
         .build_server(true)

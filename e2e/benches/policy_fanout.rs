@@ -99,7 +99,7 @@ fn main() {
     let changes = env_number("SIGNET_BENCH_CHANGES", 5);
     signet_tls::install_default_provider();
 
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let stack = Stack::operator_only_with_config(&policy(identities), |stack| {
         stack.reusable_token_config("fleet")
     });
@@ -239,7 +239,9 @@ fn main() {
     println!(
         "first..last  time from the policy file written to the first/last agent holding the new version"
     );
-    println!("update KiB   encoded size of one PolicyUpdate as an agent received it (a delta: the changed object, the bundle)");
+    println!(
+        "update KiB   encoded size of one PolicyUpdate as an agent received it (a delta: the changed object, the bundle)"
+    );
     println!(
         "operator     CPU the operator process spent on the change; its RSS after it, and its peak so far"
     );

@@ -16,7 +16,7 @@ pub struct PolicyState {
     pub version: u64,
     pub snapshot: PolicySnapshot,
     /// `PolicyDocument` JSON of the objects in force, shipped to agents.
-    pub document_json: Arc<Vec<u8>>,
+    pub document_json: bytes::Bytes,
     pub reports: Vec<ObjectReport>,
     /// Each object in force as JSON, by name: what the next version's
     /// delta is computed against.
@@ -50,7 +50,7 @@ impl PolicyState {
         Self {
             version,
             snapshot,
-            document_json: Arc::new(document_json),
+            document_json: document_json.into(),
             reports,
             identities_json,
             roles_json,

@@ -781,13 +781,20 @@ mod issuer {
         let msg = PolicyUpdate {
             version: 7,
             trust_domain: s("td"),
-            policy: b"{}".to_vec(),
+            policy: b"{}".to_vec().into(),
             trust_bundle: b"b".to_vec(),
             federated_bundles: HashMap::from([(s("f"), b"x".to_vec())]),
             bundle_sequence: 9,
             node: None,
             tainted_x509_authorities: vec![s("ab"), s("cd")],
             tainted_jwt_authorities: vec![s("k")],
+            delta: Some(PolicyDelta {
+                base_version: 1,
+                workload_identities: vec![b"w".to_vec()],
+                roles: vec![b"r".to_vec()],
+                removed_workload_identities: vec![s("x")],
+                removed_roles: vec![s("y")],
+            }),
         };
         let entry = cat(&[&ld(0x0a, b"f"), &ld(0x12, b"x")]);
         // tainted_x509_authorities = 8 (one field per entry),
@@ -802,8 +809,31 @@ mod issuer {
             &ld(0x42, b"ab"),
             &ld(0x42, b"cd"),
             &ld(0x4a, b"k"),
+            // delta = 10: base_version = 1, workload_identities = 2,
+            // roles = 3, removed_workload_identities = 4, removed_roles = 5
+            &ld(
+                0x52,
+                &cat(&[
+                    &[0x08, 1],
+                    &ld(0x12, b"w"),
+                    &ld(0x1a, b"r"),
+                    &ld(0x22, b"x"),
+                    &ld(0x2a, b"y"),
+                ]),
+            ),
         ]);
         golden(&msg, &bytes);
+    }
+
+    #[test]
+    fn watch_policy_request() {
+        let msg = WatchPolicyRequest {
+            known_version: 5,
+            agent_version: s("v"),
+            accepts_policy_deltas: true,
+        };
+        // accepts_policy_deltas = 3
+        golden(&msg, &cat(&[&[0x08, 5], &ld(0x12, b"v"), &[0x18, 1]]));
     }
 
     #[test]

@@ -93,7 +93,9 @@ impl HeldDocument {
             workload_identities: self.identities.values().cloned().collect(),
             roles: self.roles.values().cloned().collect(),
         };
-        update.policy = serde_json::to_vec(&document).map_err(PolicyError::Document)?;
+        update.policy = serde_json::to_vec(&document)
+            .map_err(PolicyError::Document)?
+            .into();
         Ok(update)
     }
 }
@@ -487,7 +489,7 @@ mod tests {
         PolicyUpdate {
             version: 7,
             trust_domain: td.into(),
-            policy: policy.as_bytes().to_vec(),
+            policy: policy.as_bytes().to_vec().into(),
             trust_bundle: bundle.to_spiffe_json().unwrap().into_bytes(),
             federated_bundles: Default::default(),
             bundle_sequence: 1,

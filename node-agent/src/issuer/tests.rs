@@ -193,7 +193,8 @@ impl Issuer for Service {
             policy: serde_json::to_vec(&crate::testing::document_from_yaml(
                 &self.0.policy.lock().unwrap(),
             ))
-            .unwrap(),
+            .unwrap()
+            .into(),
             trust_bundle: self.0.bundle().to_spiffe_json().unwrap().into_bytes(),
             federated_bundles: Default::default(),
             bundle_sequence: 1,

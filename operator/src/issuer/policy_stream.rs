@@ -42,7 +42,7 @@ fn policy_part(
     policy: &PolicyState,
     accepts_deltas: bool,
     last_sent: Option<u64>,
-) -> (Vec<u8>, Option<pb::PolicyDelta>) {
+) -> (bytes::Bytes, Option<pb::PolicyDelta>) {
     if accepts_deltas && let Some(sent) = last_sent {
         if sent == policy.version {
             // Only the bundle or the Node changed.
@@ -50,19 +50,19 @@ fn policy_part(
                 base_version: sent,
                 ..pb::PolicyDelta::default()
             };
-            return (Vec::new(), Some(unchanged));
+            return (bytes::Bytes::new(), Some(unchanged));
         }
         if let Some(delta) = policy.delta.as_ref().filter(|d| d.base_version == sent) {
-            return (Vec::new(), Some(delta.as_ref().clone()));
+            return (bytes::Bytes::new(), Some(delta.as_ref().clone()));
         }
     }
-    (policy.document_json.as_ref().clone(), None)
+    (policy.document_json.clone(), None)
 }
 
 fn policy_update(
     trust_domain: &TrustDomain,
     policy: &PolicyState,
-    (document, delta): (Vec<u8>, Option<pb::PolicyDelta>),
+    (document, delta): (bytes::Bytes, Option<pb::PolicyDelta>),
     bundle: &PublishedBundle,
     federation: &BTreeMap<TrustDomain, TrustBundle>,
     node: Option<&NodeFacts>,
@@ -368,7 +368,7 @@ mod tests {
         let mut new_agent = open(true);
         let mut old_agent = open(false);
         let first = next(&mut new_agent).await;
-        assert!(first.delta.is_none() && first.policy == *v1.document_json);
+        assert!(first.delta.is_none() && first.policy == v1.document_json);
         next(&mut old_agent).await;
 
         // b changes, c arrives, a goes: the delta says exactly that.
@@ -404,7 +404,7 @@ mod tests {
         assert!(empty.workload_identities.is_empty() && third.policy.is_empty());
 
         // Two versions at once (the stream missed 3): whole again.
-        let v3 = Arc::new(PolicyState::compile(3, &td, &document(&[a.clone()])));
+        let v3 = Arc::new(PolicyState::compile(3, &td, &document(std::slice::from_ref(&a))));
         let v4 = PolicyState::compile(4, &td, &document(&[a, b])).with_delta_from(&v3);
         policy_tx.send_replace(Arc::new(v4));
         let fourth = next(&mut new_agent).await;
