@@ -32,21 +32,8 @@ impl PolicyState {
         let (snapshot, reports) = document.compile(version, trust_domain);
         let in_force = snapshot.document().clone();
         let document_json = serde_json::to_vec(&in_force).unwrap_or_else(|_| b"{}".to_vec());
-        let by_name = |objects: Vec<(String, Vec<u8>)>| objects.into_iter().collect();
-        let identities_json = by_name(
-            in_force
-                .workload_identities
-                .iter()
-                .filter_map(|o| Some((o.metadata.name.clone()?, serde_json::to_vec(o).ok()?)))
-                .collect(),
-        );
-        let roles_json = by_name(
-            in_force
-                .roles
-                .iter()
-                .filter_map(|o| Some((o.metadata.name.clone()?, serde_json::to_vec(o).ok()?)))
-                .collect(),
-        );
+        let identities_json = json_by_name(&in_force.workload_identities, |o| &o.metadata);
+        let roles_json = json_by_name(&in_force.roles, |o| &o.metadata);
         Self {
             version,
             snapshot,
@@ -74,6 +61,17 @@ impl PolicyState {
         }));
         self
     }
+}
+
+/// Each named object as JSON, by name.
+fn json_by_name<T: serde::Serialize>(
+    objects: &[T],
+    metadata: impl Fn(&T) -> &kube::api::ObjectMeta,
+) -> BTreeMap<String, Vec<u8>> {
+    objects
+        .iter()
+        .filter_map(|o| Some((metadata(o).name.clone()?, serde_json::to_vec(o).ok()?)))
+        .collect()
 }
 
 /// Objects of `after` that are new or differ from `before`, and names of

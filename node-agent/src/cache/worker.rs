@@ -634,11 +634,7 @@ impl Worker {
         while let Some(due) = self.timers.pop_due(now) {
             match due.timer {
                 Timer::Attempt { workload, name } => {
-                    let Some(entry) = self
-                        .workloads
-                        .get_mut(&workload)
-                        .and_then(|w| w.entries.get_mut(&name))
-                    else {
+                    let Some(entry) = entry_mut(&mut self.workloads, &workload, &name) else {
                         continue;
                     };
                     if entry.attempt_timer == Some(due.at) {
@@ -647,11 +643,7 @@ impl Worker {
                     self.backlog.push_back((workload, name));
                 }
                 Timer::Expiry { workload, name } => {
-                    let Some(entry) = self
-                        .workloads
-                        .get_mut(&workload)
-                        .and_then(|w| w.entries.get_mut(&name))
-                    else {
+                    let Some(entry) = entry_mut(&mut self.workloads, &workload, &name) else {
                         continue;
                     };
                     if entry.expiry_timer == Some(due.at) {
@@ -926,6 +918,15 @@ impl Worker {
         self.svid_count.store(self.held.0, Ordering::Relaxed);
         self.tainted_count.store(self.held.1, Ordering::Relaxed);
     }
+}
+
+/// The entry `name` of `workload`, if both are still there.
+fn entry_mut<'a>(
+    workloads: &'a mut HashMap<WorkloadKey, Workload>,
+    workload: &WorkloadKey,
+    name: &str,
+) -> Option<&'a mut Entry> {
+    workloads.get_mut(workload)?.entries.get_mut(name)
 }
 
 /// SVIDs `workload` holds, and how many of them a tainted CA signed.

@@ -404,7 +404,11 @@ mod tests {
         assert!(empty.workload_identities.is_empty() && third.policy.is_empty());
 
         // Two versions at once (the stream missed 3): whole again.
-        let v3 = Arc::new(PolicyState::compile(3, &td, &document(std::slice::from_ref(&a))));
+        let v3 = Arc::new(PolicyState::compile(
+            3,
+            &td,
+            &document(std::slice::from_ref(&a)),
+        ));
         let v4 = PolicyState::compile(4, &td, &document(&[a, b])).with_delta_from(&v3);
         policy_tx.send_replace(Arc::new(v4));
         let fourth = next(&mut new_agent).await;
