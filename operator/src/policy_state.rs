@@ -3,7 +3,7 @@
 //! produce it (standalone from a directory, a cluster from its objects).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use signet_identity::TrustDomain;
@@ -18,10 +18,10 @@ pub struct PolicyState {
     /// `PolicyDocument` JSON of the objects in force, shipped to agents.
     pub document_json: bytes::Bytes,
     pub reports: Vec<ObjectReport>,
-    /// Each object in force as JSON, by name: what the next version's
-    /// delta is computed against.
-    identities_json: BTreeMap<String, Vec<u8>>,
-    roles_json: BTreeMap<String, Vec<u8>>,
+    /// Each object in force as JSON, by name (WorkloadIdentities, Roles):
+    /// what a delta is computed from. Made only when a delta is (admission
+    /// and explain compile states that never ship).
+    objects_json: OnceLock<ObjectsJson>,
     /// The change from the version before, computed once for every agent
     /// stream that holds that version.
     pub delta: Option<Arc<pb::PolicyDelta>>,
@@ -30,29 +30,37 @@ pub struct PolicyState {
 impl PolicyState {
     pub fn compile(version: u64, trust_domain: &TrustDomain, document: &PolicyDocument) -> Self {
         let (snapshot, reports) = document.compile(version, trust_domain);
-        let in_force = snapshot.document().clone();
-        let document_json = serde_json::to_vec(&in_force).unwrap_or_else(|_| b"{}".to_vec());
-        let identities_json = json_by_name(&in_force.workload_identities, |o| &o.metadata);
-        let roles_json = json_by_name(&in_force.roles, |o| &o.metadata);
+        let document_json =
+            serde_json::to_vec(snapshot.document()).unwrap_or_else(|_| b"{}".to_vec());
         Self {
             version,
             snapshot,
             document_json: document_json.into(),
             reports,
-            identities_json,
-            roles_json,
+            objects_json: OnceLock::new(),
             delta: None,
         }
+    }
+
+    fn objects_json(&self) -> &ObjectsJson {
+        self.objects_json.get_or_init(|| {
+            let in_force = self.snapshot.document();
+            (
+                json_by_name(&in_force.workload_identities, |o| &o.metadata),
+                json_by_name(&in_force.roles, |o| &o.metadata),
+            )
+        })
     }
 
     /// Records the change from `previous`, so agents holding it are sent
     /// only that.
     pub fn with_delta_from(mut self, previous: &PolicyState) -> Self {
-        let state = &mut self;
+        let (before_identities, before_roles) = previous.objects_json();
+        let (after_identities, after_roles) = self.objects_json();
         let (workload_identities, removed_workload_identities) =
-            changes(&previous.identities_json, &state.identities_json);
-        let (roles, removed_roles) = changes(&previous.roles_json, &state.roles_json);
-        state.delta = Some(Arc::new(pb::PolicyDelta {
+            changes(before_identities, after_identities);
+        let (roles, removed_roles) = changes(before_roles, after_roles);
+        self.delta = Some(Arc::new(pb::PolicyDelta {
             base_version: previous.version,
             workload_identities,
             roles,
@@ -62,6 +70,9 @@ impl PolicyState {
         self
     }
 }
+
+/// WorkloadIdentities and Roles as JSON, each by name.
+type ObjectsJson = (BTreeMap<String, Vec<u8>>, BTreeMap<String, Vec<u8>>);
 
 /// Each named object as JSON, by name.
 fn json_by_name<T: serde::Serialize>(

@@ -201,6 +201,17 @@ mod tests {
             .expect("not an error")
     }
 
+    fn empty_bundle(td: &TrustDomain) -> Arc<PublishedBundle> {
+        Arc::new(PublishedBundle {
+            bundle: TrustBundle::new(td.clone()),
+            tainted_x509: Vec::new(),
+            tainted_jwt: Vec::new(),
+            spiffe_json: "{}".into(),
+            pem: String::new(),
+            jwks_json: "{}".into(),
+        })
+    }
+
     #[tokio::test]
     async fn updates_carry_the_agents_node_and_follow_its_changes() {
         let td = TrustDomain::new("example.org").unwrap();
@@ -212,14 +223,7 @@ mod tests {
             ))
         };
         let (policy_tx, policy) = watch::channel(compiled(1));
-        let (_bundle_tx, bundle) = watch::channel(Arc::new(PublishedBundle {
-            bundle: TrustBundle::new(td.clone()),
-            tainted_x509: Vec::new(),
-            tainted_jwt: Vec::new(),
-            spiffe_json: "{}".into(),
-            pem: String::new(),
-            jwks_json: "{}".into(),
-        }));
+        let (_bundle_tx, bundle) = watch::channel(empty_bundle(&td));
         let (node_tx, node) = watch::channel(None);
         let feed = PolicyFeed {
             trust_domain: td.clone(),
@@ -268,14 +272,7 @@ mod tests {
             &td,
             &PolicyDocument::default(),
         )));
-        let (_bundle_tx, bundle) = watch::channel(Arc::new(PublishedBundle {
-            bundle: TrustBundle::new(td.clone()),
-            tainted_x509: Vec::new(),
-            tainted_jwt: Vec::new(),
-            spiffe_json: "{}".into(),
-            pem: String::new(),
-            jwks_json: "{}".into(),
-        }));
+        let (_bundle_tx, bundle) = watch::channel(empty_bundle(&td));
         let (revocations_tx, revocations) = watch::channel(Arc::new(RevocationList::default()));
         let open = |name: &str| {
             let feed = PolicyFeed {
@@ -341,14 +338,7 @@ mod tests {
             &document(&[a.clone(), b.clone()]),
         ));
         let (policy_tx, policy) = watch::channel(v1.clone());
-        let (bundle_tx, bundle) = watch::channel(Arc::new(PublishedBundle {
-            bundle: TrustBundle::new(td.clone()),
-            tainted_x509: Vec::new(),
-            tainted_jwt: Vec::new(),
-            spiffe_json: "{}".into(),
-            pem: String::new(),
-            jwks_json: "{}".into(),
-        }));
+        let (bundle_tx, bundle) = watch::channel(empty_bundle(&td));
         let open = |accepts_deltas: bool| {
             let feed = PolicyFeed {
                 trust_domain: td.clone(),
