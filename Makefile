@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: e2e-kind all build test test-setup lint fmt crds bench bench-compare fuzz demo standalone images e2e cluster-up cluster-down clean
+.PHONY: e2e-kind all build test test-setup lint fmt crds bench bench-compare bench-cluster fuzz demo standalone images e2e cluster-up cluster-down clean
 
 all: build
 
@@ -76,6 +76,14 @@ images:
 	bash e2e/images/build-all.sh
 
 ## cluster-up / cluster-down: a real single-node Kubernetes on this machine
+## bench-cluster: the benchmarks that need the local cluster (make
+## cluster-up, e2e/images/build-all.sh): operator memory with 10,000 pods,
+## binding to SVID-ready with 100 pods created at once
+bench-cluster:
+	$(CARGO) build --release --workspace --bins
+	. /var/lib/signet-e2e/env && SIGNET_E2E_CLUSTER=1 $(CARGO) bench -p signet-e2e --bench operator_memory
+	. /var/lib/signet-e2e/env && SIGNET_E2E_CLUSTER=1 $(CARGO) bench -p signet-e2e --bench pod_bind_ready
+
 cluster-up:
 	bash e2e/cluster/up.sh
 

@@ -273,12 +273,79 @@ fn files_pod(name: &str, sa: &str, image: &str, args: &[&str]) -> String {
     )
 }
 
-/// Runs a pod that fetches its X.509-SVID into `out`/<name> on the node;
-/// returns the leaf's SPIFFE ID and its DNS SANs as openssl prints them.
-fn fetch_x509(name: &str, sa: &str, out: &Path) -> (String, String) {
-    let (id, pem) = fetch_x509_pem(name, sa, out);
-    let sans = openssl_x509(&pem, &["-ext", "subjectAltName"]);
-    (id, String::from_utf8_lossy(&sans.stdout).into_owned())
+/// The SVID `pod` was served (its chain as PEM) is the one the agent had
+/// signed when the pod was bound: the operator's audit event for its serial
+/// names the pod but no container (no process existed yet), and the pod's
+/// `IdentityIssued` Event says it came before the containers started.
+fn signed_ahead_for_the_pod(pod: &str, pem: &str) {
+    let serial = String::from_utf8_lossy(&openssl_x509(pem, &["-serial"]).stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .trim_start_matches('0')
+        .to_ascii_lowercase();
+    assert!(!serial.is_empty(), "no serial in {pem}");
+    let mut issued = None;
+    wait_until_every(
+        "the audit event of the pod's SVID",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            let logs = operator_logs();
+            issued = logs
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .find(|event| {
+                    event["event"] == "svid.issued"
+                        && event["serial"].as_str().is_some_and(|s| {
+                            s.trim_start_matches('0').eq_ignore_ascii_case(&serial)
+                        })
+                });
+            issued.is_some()
+        },
+    );
+    let issued = issued.unwrap();
+    let workload = &issued["workload"];
+    assert_eq!(workload["workload.kubernetes.pod_name"], pod, "{issued}");
+    assert!(
+        workload["workload.kubernetes.container_name"].is_null()
+            && workload["workload.unix.uid"].is_null(),
+        "the pod was served an SVID signed for its process, not ahead: {issued}"
+    );
+    let mut event_note = String::new();
+    wait_until_every(
+        "the pod's IdentityIssued Event",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            event_note = kubectl(&[
+                "-n",
+                APPS,
+                "get",
+                "events",
+                "--field-selector",
+                &format!("involvedObject.name={pod},reason=IdentityIssued"),
+                "-o",
+                "jsonpath={.items[*].message}",
+            ]);
+            event_note.contains("before the pod's containers started")
+        },
+    );
+    note(&format!("signed ahead for {pod}: {event_note}"));
+}
+
+/// Every replica's log: the audit events are its JSON lines.
+fn operator_logs() -> String {
+    stdout_of(&kubectl_output(
+        &[
+            "-n",
+            NS,
+            "logs",
+            "-l",
+            "app.kubernetes.io/component=operator",
+            "--tail=-1",
+        ],
+        None,
+    ))
 }
 
 /// `openssl x509 -noout ARGS` on a certificate given as PEM.
@@ -294,7 +361,8 @@ fn openssl_x509(pem: &str, args: &[&str]) -> std::process::Output {
     openssl.wait_with_output().unwrap()
 }
 
-/// Like [`fetch_x509`]; returns the SPIFFE ID and the chain as PEM.
+/// Runs a CSI pod that fetches its X.509-SVID; returns the SPIFFE ID and
+/// the chain as PEM.
 fn fetch_x509_pem(name: &str, sa: &str, out: &Path) -> (String, String) {
     let node = NodeFiles::from_env();
     let dir = out.join(name);
@@ -752,17 +820,7 @@ fn people_issue_svids_through_the_api_server(dir: &Path) {
         Duration::from_secs(30),
         POLL,
         || {
-            logs = stdout_of(&kubectl_output(
-                &[
-                    "-n",
-                    NS,
-                    "logs",
-                    "-l",
-                    "app.kubernetes.io/component=operator",
-                    "--tail=-1",
-                ],
-                None,
-            ));
+            logs = operator_logs();
             logs.contains("\"user.name\":\"system:serviceaccount:signet-e2e-apps:visitor\"")
         },
     );
@@ -1361,8 +1419,12 @@ fn helm_install_gives_pods_identities_through_the_csi_driver() {
     std::fs::create_dir_all(&people_dir).unwrap();
     people_issue_svids_through_the_api_server(&people_dir);
     let first_bundle = bundle_pem();
-    let (id, sans) = fetch_x509("fetch-client", "client", &out);
+    let (id, client_pem) = fetch_x509_pem("fetch-client", "client", &out);
+    let sans =
+        String::from_utf8_lossy(&openssl_x509(&client_pem, &["-ext", "subjectAltName"]).stdout)
+            .into_owned();
     assert_eq!(id, format!("spiffe://{TD}/ns/{APPS}/sa/client"));
+    signed_ahead_for_the_pod("fetch-client", &client_pem);
     // The pod's Workload API stream carried the partner's bundle.
     let federated =
         NodeFiles::from_env().read(&out.join("fetch-client/federated_bundle.partner.e2e.pem"));

@@ -18,8 +18,9 @@ use crate::api::{ServerState, serve};
 use crate::attest::procfs::ProcRoot;
 use crate::attest::{AttestError, WorkloadAttestor};
 use crate::backoff::Backoff;
-use crate::cache::{CacheConfig, SvidCache, SvidKeyFactory};
+use crate::cache::{CacheConfig, PodReady, PodReadyHook, SvidCache, SvidKeyFactory};
 use crate::config::{AgentConfig, ConfigError};
+use crate::issuer::node_pods::run_node_pods_watch;
 use crate::issuer::{IssuerClient, IssuerClientConfig, IssuerError, PolicyStore, run_policy_watch};
 use crate::metrics::Metrics;
 
@@ -151,9 +152,20 @@ pub async fn run_until(
         });
     }
 
+    let on_pod_ready = {
+        let metrics = metrics.clone();
+        PodReadyHook(Arc::new(move |ready: &PodReady| {
+            let since_bound = ready
+                .bound_at
+                .and_then(|bound| ready.ready_at.duration_since(bound).ok());
+            tracing::debug!(pod = %ready.pod_uid, svids = ready.svids, ?since_bound, "SVIDs signed ahead of the pod's start");
+            metrics.pod_signed_ahead(since_bound);
+        }))
+    };
     let cache = SvidCache::spawn(
         CacheConfig {
             taint_reissue_window: config.taint_reissue_window,
+            on_pod_ready: Some(on_pod_ready),
             ..CacheConfig::default()
         },
         clock,
@@ -183,6 +195,17 @@ pub async fn run_until(
                 }
             }
         });
+    }
+
+    if config.sign_ahead
+        && let Some(node_name) = config.node_name()
+    {
+        tokio::spawn(run_node_pods_watch(
+            client.clone(),
+            cache.clone(),
+            node_name.to_owned(),
+            shutdown.clone(),
+        ));
     }
 
     let attestor = WorkloadAttestor::new(&config.attestors)?;

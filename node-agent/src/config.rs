@@ -128,6 +128,11 @@ pub struct AgentConfig {
         with = "signet_runtime::duration"
     )]
     pub reattest_interval: Duration,
+    /// In a cluster: sign the SVIDs of each pod bound to this node before
+    /// its containers start, from what the operator says of the pod
+    /// (default true).
+    #[serde(default = "default_sign_ahead")]
+    pub sign_ahead: bool,
     /// Where callers the agent refuses on its own are audited, one JSON
     /// event per line in the issuer's schema (default
     /// `<state_dir>/audit.log`; `-` for standard output).
@@ -201,6 +206,10 @@ fn default_key_type() -> KeyType {
 
 fn default_audit_summary_window() -> Duration {
     Duration::from_secs(60)
+}
+
+fn default_sign_ahead() -> bool {
+    true
 }
 
 fn default_reattest_interval() -> Duration {

@@ -3,6 +3,7 @@
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::attest::AttestErrorKind;
@@ -24,6 +25,20 @@ pub struct Metrics {
     connections_refused: Family<Labels1, Counter>,
     svids_on_tainted_authority: Gauge,
     taint_reissues: Counter,
+    pod_bind_to_svid_ready: BindToReady,
+    pods_signed_ahead: Counter,
+}
+
+/// Seconds from a pod's binding to its SVIDs signed ahead.
+#[derive(Clone, Debug)]
+struct BindToReady(Histogram);
+
+impl Default for BindToReady {
+    fn default() -> Self {
+        Self(Histogram::new([
+            0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ]))
+    }
 }
 
 impl Metrics {
@@ -80,7 +95,28 @@ impl Metrics {
             "SVID re-issues (workload and agent SVIDs) scheduled because the authority that signed them was tainted",
             metrics.taint_reissues.clone(),
         );
+        registry.register(
+            "signet_agent_pod_bind_to_svid_ready_seconds",
+            "Seconds from the operator seeing a pod bound to this node to every SVID signed ahead for it being in the cache",
+            metrics.pod_bind_to_svid_ready.0.clone(),
+        );
+        registry.register(
+            "signet_agent_pods_signed_ahead",
+            "Pods whose SVIDs were signed before their first caller",
+            metrics.pods_signed_ahead.clone(),
+        );
         metrics
+    }
+
+    /// A pod's SVIDs signed ahead are in the cache, `since_bound` after it
+    /// was bound (when known).
+    pub fn pod_signed_ahead(&self, since_bound: Option<std::time::Duration>) {
+        self.pods_signed_ahead.inc();
+        if let Some(since_bound) = since_bound {
+            self.pod_bind_to_svid_ready
+                .0
+                .observe(since_bound.as_secs_f64());
+        }
     }
 
     pub fn local_denial(&self, reason: &'static str) {

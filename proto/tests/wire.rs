@@ -837,6 +837,42 @@ mod issuer {
     }
 
     #[test]
+    fn node_pods_update() {
+        let msg = NodePodsUpdate {
+            snapshot: true,
+            pods: vec![BoundPod {
+                uid: s("u"),
+                namespace: s("n"),
+                name: s("p"),
+                service_account: s("a"),
+                labels: [(s("k"), s("v"))].into(),
+                bound_at_unix_ms: 300,
+                terminating: true,
+            }],
+            removed_pod_uids: vec![s("gone")],
+        };
+        // snapshot = 1, pods = 2, removed_pod_uids = 3; BoundPod: uid = 1,
+        // namespace = 2, name = 3, service_account = 4, labels = 5 (map
+        // entries), bound_at_unix_ms = 6 (varint 300 = ac 02),
+        // terminating = 7
+        let entry = cat(&[&ld(0x0a, b"k"), &ld(0x12, b"v")]);
+        let pod = cat(&[
+            &ld(0x0a, b"u"),
+            &ld(0x12, b"n"),
+            &ld(0x1a, b"p"),
+            &ld(0x22, b"a"),
+            &ld(0x2a, &entry),
+            &[0x30, 0xac, 0x02],
+            &[0x38, 1],
+        ]);
+        golden(
+            &msg,
+            &cat(&[&[0x08, 1], &ld(0x12, &pod), &ld(0x1a, b"gone")]),
+        );
+        golden(&WatchNodePodsRequest {}, &[]);
+    }
+
+    #[test]
     fn sign_results_and_denials() {
         let msg = SignX509SvidsResponse {
             results: vec![

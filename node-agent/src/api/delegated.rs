@@ -19,7 +19,7 @@
 //! checks the pod's service-account token, which is kept in [`PodTokens`]
 //! for the issuer client to attach.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -217,6 +217,22 @@ impl PodRef {
         })
     }
 
+    /// A pod the operator says is bound to this node, checked like a
+    /// request's.
+    pub(crate) fn from_bound(
+        pod: &signet_proto::issuer::v1::BoundPod,
+    ) -> Result<Self, DelegatedError> {
+        check_dns_name("pod_namespace", &pod.namespace, false)?;
+        check_dns_name("pod_name", &pod.name, true)?;
+        check_dns_name("service_account", &pod.service_account, true)?;
+        Ok(Self {
+            uid: check_pod_uid(&pod.uid)?,
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            service_account: pod.service_account.clone(),
+        })
+    }
+
     /// The attributes the request itself testifies to.
     fn attributes(&self) -> Attributes {
         let mut attributes = Attributes::default();
@@ -349,9 +365,8 @@ pub async fn pod_attributes(
     kubelet: Option<&PodCache>,
     pod: &PodRef,
 ) -> Result<Attributes, DelegatedError> {
-    let mut attributes = pod.attributes();
     let Some(kubelet) = kubelet else {
-        return Ok(attributes);
+        return Ok(pod.attributes());
     };
     let unavailable = |e: KubeletError| DelegatedError::Unavailable(e.to_string());
     let list = kubelet.pods(POD_LIST_MAX_AGE).await.map_err(unavailable)?;
@@ -384,9 +399,21 @@ pub async fn pod_attributes(
             ),
         });
     }
-    attributes.set(Field::KubernetesNodeName, listed.node_name.as_str());
-    attributes.set_representable_labels(LabelMap::KubernetesLabels, &listed.labels);
-    Ok(attributes)
+    Ok(pod_level_attributes(pod, &listed.node_name, &listed.labels))
+}
+
+/// A pod's attributes without any container or process: what signet-csi's
+/// files mode subscribes, and what SVIDs are signed ahead for when the pod
+/// is bound (the two must agree for files mode to find them).
+pub(crate) fn pod_level_attributes(
+    pod: &PodRef,
+    node_name: &str,
+    labels: &BTreeMap<String, String>,
+) -> Attributes {
+    let mut attributes = pod.attributes();
+    attributes.set(Field::KubernetesNodeName, node_name);
+    attributes.set_representable_labels(LabelMap::KubernetesLabels, labels);
+    attributes
 }
 
 // === state ===

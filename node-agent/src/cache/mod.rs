@@ -29,7 +29,7 @@ pub use seams::{
 };
 pub(crate) use taint::x509_authority;
 pub use view::{IssuedX509, ViewStatus, WorkloadView};
-pub use worker::{CacheConfig, Subscription, SvidCache};
+pub use worker::{CacheConfig, PodReady, PodReadyHook, Subscription, SvidCache};
 
 #[cfg(test)]
 mod tests;

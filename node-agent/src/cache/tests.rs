@@ -64,7 +64,12 @@ impl PolicyView for FakePolicy {
     }
 
     fn desired_identities(&self, workload: &Attributes) -> Vec<DesiredIdentity> {
-        if workload.field(Field::UnixUid) != Some("1000") {
+        // uid 1000 anywhere; in the "shop" namespace any caller but root
+        // (and the pod itself, with no process yet).
+        let entitled = workload.field(Field::UnixUid) == Some("1000")
+            || (workload.field(Field::KubernetesNamespace) == Some("shop")
+                && workload.field(Field::UnixUid) != Some("0"));
+        if !entitled {
             return Vec::new();
         }
         self.identities
@@ -918,4 +923,152 @@ async fn more_due_than_fit_in_flight_are_all_signed_in_turn() {
     let calls = h.signer.x509_calls();
     assert!(calls.iter().all(|batch| batch.len() <= 2), "{calls:?}");
     assert_eq!(calls.iter().map(Vec::len).sum::<usize>(), 7);
+}
+
+// === signed ahead for a pod ===
+
+/// The pod-level attributes the agent prepares a bound pod with.
+fn shop_pod(uid: &str, label: &str) -> Attributes {
+    let mut attributes = Attributes::default();
+    attributes
+        .set(Field::KubernetesPodUid, uid)
+        .set(Field::KubernetesNamespace, "shop")
+        .set(Field::KubernetesPodName, "cart")
+        .set(Field::KubernetesServiceAccount, "cart")
+        .set(Field::KubernetesNodeName, "node-1");
+    attributes.set_representable_labels(
+        signet_policy::LabelMap::KubernetesLabels,
+        &BTreeMap::from([("app".to_string(), label.to_string())]),
+    );
+    attributes
+}
+
+/// A process of that pod's container `app` running as `uid`.
+fn shop_caller(pod: &Attributes, uid: &str, pid: &str) -> Attributes {
+    let mut attributes = pod.clone();
+    attributes
+        .set(Field::UnixUid, uid)
+        .set(Field::UnixPid, pid)
+        .set(Field::KubernetesContainerName, "app");
+    attributes
+}
+
+/// A harness whose pod readiness reports arrive on the returned channel.
+fn ahead_harness() -> (Harness, tokio::sync::mpsc::UnboundedReceiver<PodReady>) {
+    let (sender, ready) = tokio::sync::mpsc::unbounded_channel();
+    let config = CacheConfig {
+        on_pod_ready: Some(PodReadyHook(Arc::new(move |r: &PodReady| {
+            let _ = sender.send(r.clone());
+        }))),
+        ..CacheConfig::default()
+    };
+    (harness_with(config, vec![("cart", "/cart")]), ready)
+}
+
+fn leaf(view: &WorkloadView) -> Vec<u8> {
+    view.svids[0].cert_chain[0].clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn svids_signed_ahead_go_to_the_pods_first_entitled_caller_only() {
+    let (h, mut ready) = ahead_harness();
+    let pod = shop_pod("p-1", "v1");
+    let bound_at = start() - Duration::from_millis(300);
+    h.cache.prepare_pod(&pod, Some(bound_at)).unwrap();
+    let report = ready.recv().await.unwrap();
+    assert_eq!(&*report.pod_uid, "p-1");
+    assert_eq!((report.bound_at, report.svids), (Some(bound_at), 1));
+    assert_eq!(h.signer.x509_calls(), vec![vec!["cart".to_string()]]);
+    assert_eq!(h.cache.cached_svids(), 1);
+
+    // Root in the pod is not entitled: it gets nothing, and the offer stays.
+    let mut root = h
+        .cache
+        .subscribe(&shop_caller(&pod, "0", "5"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        settled(&mut root).await.status,
+        ViewStatus::NoIdentity { .. }
+    ));
+
+    // The first entitled process is served what was signed ahead.
+    let mut first = h
+        .cache
+        .subscribe(&shop_caller(&pod, "1000", "7"))
+        .await
+        .unwrap();
+    let served = settled(&mut first).await;
+    assert_eq!(served.status, ViewStatus::Ready);
+    assert_eq!(
+        h.signer.x509_calls().len(),
+        1,
+        "nothing signed for the caller"
+    );
+
+    // A second process of the pod never shares that key: it gets its own.
+    let mut second = h
+        .cache
+        .subscribe(&shop_caller(&pod, "1001", "8"))
+        .await
+        .unwrap();
+    let own = settled(&mut second).await;
+    assert_eq!(own.status, ViewStatus::Ready);
+    assert_ne!(leaf(&own), leaf(&served));
+    assert_eq!(h.signer.x509_calls().len(), 2);
+    // The prepared workload is gone: two SVIDs held, not three.
+    h.cache.subscribe(&workload("0", "9")).await.unwrap();
+    h.cache.subscribe(&workload("0", "9")).await.unwrap();
+    assert_eq!(h.cache.cached_svids(), 2);
+
+    // Told of the same pod again (a snapshot after a reconnect): nothing is
+    // prepared again for a pod that has its callers.
+    h.cache.prepare_pod(&pod, Some(bound_at)).unwrap();
+    h.cache.subscribe(&workload("0", "9")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.signer.x509_calls().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn files_mode_subscribes_the_prepared_workload_itself() {
+    let (h, mut ready) = ahead_harness();
+    let pod = shop_pod("p-2", "v1");
+    h.cache.prepare_pod(&pod, None).unwrap();
+    assert_eq!(ready.recv().await.unwrap().bound_at, None);
+    let mut files = h.cache.subscribe(&pod).await.unwrap();
+    assert_eq!(settled(&mut files).await.status, ViewStatus::Ready);
+    assert_eq!(h.signer.x509_calls().len(), 1);
+    // The pod's deletion does not take SVIDs from a subscriber.
+    h.cache.forget_pod("p-2");
+    h.cache.subscribe(&workload("0", "9")).await.unwrap();
+    h.cache.subscribe(&workload("0", "9")).await.unwrap();
+    assert_eq!(h.cache.cached_svids(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_relabelled_pod_is_prepared_again_and_a_deleted_one_dropped() {
+    let (h, mut ready) = ahead_harness();
+    h.cache.prepare_pod(&shop_pod("p-3", "v1"), None).unwrap();
+    ready.recv().await.unwrap();
+    // The same attributes again change nothing.
+    h.cache.prepare_pod(&shop_pod("p-3", "v1"), None).unwrap();
+    h.cache.prepare_pod(&shop_pod("p-3", "v2"), None).unwrap();
+    ready.recv().await.unwrap();
+    assert_eq!(h.signer.x509_calls().len(), 2);
+    h.cache.subscribe(&workload("0", "9")).await.unwrap();
+    h.cache.subscribe(&workload("0", "9")).await.unwrap();
+    assert_eq!(h.cache.cached_svids(), 1, "the first offer was dropped");
+
+    h.cache.forget_pod("p-3");
+    h.cache.subscribe(&workload("0", "9")).await.unwrap();
+    h.cache.subscribe(&workload("0", "9")).await.unwrap();
+    assert_eq!(h.cache.cached_svids(), 0);
+    // A caller of the relabelled pod after that signs its own.
+    let mut caller = h
+        .cache
+        .subscribe(&shop_caller(&shop_pod("p-3", "v2"), "1000", "7"))
+        .await
+        .unwrap();
+    assert_eq!(settled(&mut caller).await.status, ViewStatus::Ready);
+    assert_eq!(h.signer.x509_calls().len(), 3);
 }

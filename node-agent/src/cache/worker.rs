@@ -17,6 +17,14 @@
 //! issuer is not asked for them all at once, through the same dispatch,
 //! batching and backoff as any renewal.
 //!
+//! SVIDs can be signed *ahead* for a pod bound to the node
+//! ([`SvidCache::prepare_pod`]), from its pod-level attributes, before any
+//! of its processes exists. The pod-level workload is what signet-csi's
+//! files mode subscribes, so it is served as is; the first process of the
+//! pod to call gets the SVIDs moved to it (never shared with a second
+//! caller) where its own evaluation wants the very same identity. Nothing
+//! signed ahead reaches a workload its own attributes do not entitle.
+//!
 //! A wake-up costs what it touches, not the number of workloads: due
 //! renewals, expiries and evictions come off a timer heap, and only the
 //! workloads that changed get their views rebuilt and their timers pushed.
@@ -33,7 +41,7 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use signet_identity::SpiffeId;
-use signet_policy::Attributes;
+use signet_policy::{Attributes, Field};
 use signet_runtime::clock::Clock;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -70,6 +78,28 @@ pub struct CacheConfig {
     /// SVIDs signed by a tainted authority are re-issued at a random point
     /// within this long of learning of the taint (zero: at once).
     pub taint_reissue_window: Duration,
+    /// Told when the SVIDs signed ahead for a pod are all there.
+    pub on_pod_ready: Option<PodReadyHook>,
+}
+
+/// A pod's SVIDs signed ahead are all there.
+#[derive(Clone, Debug)]
+pub struct PodReady {
+    pub pod_uid: Arc<str>,
+    /// When the operator saw the pod bound, if it knows.
+    pub bound_at: Option<SystemTime>,
+    pub ready_at: SystemTime,
+    pub svids: usize,
+}
+
+/// Called by the cache worker for each [`PodReady`]; keep it quick.
+#[derive(Clone)]
+pub struct PodReadyHook(pub Arc<dyn Fn(&PodReady) + Send + Sync>);
+
+impl std::fmt::Debug for PodReadyHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PodReadyHook")
+    }
 }
 
 impl Default for CacheConfig {
@@ -83,6 +113,7 @@ impl Default for CacheConfig {
             denial_retry: Duration::from_secs(2),
             jwt_cache_size: 1000,
             taint_reissue_window: Duration::from_secs(30),
+            on_pod_ready: None,
         }
     }
 }
@@ -96,6 +127,14 @@ enum Command {
     },
     Unsubscribe {
         key: WorkloadKey,
+    },
+    Prepare {
+        key: WorkloadKey,
+        pod_uid: Arc<str>,
+        bound_at: Option<SystemTime>,
+    },
+    ForgetPod {
+        pod_uid: Arc<str>,
     },
 }
 
@@ -194,6 +233,8 @@ impl SvidCache {
             backlog: VecDeque::new(),
             touched: HashSet::new(),
             held: (0, 0),
+            offers: HashMap::new(),
+            claimed_pods: HashSet::new(),
         };
         tokio::spawn(worker.run());
         Self {
@@ -240,6 +281,34 @@ impl SvidCache {
             view,
             commands: self.commands.clone(),
         })
+    }
+
+    /// Has the SVIDs of the pod whose pod-level attributes are `pod` signed
+    /// ahead of its first caller (see the module notes). Again for the same
+    /// pod with other attributes (relabelled) replaces what was prepared;
+    /// nothing is prepared again for a pod once a caller of it came.
+    pub fn prepare_pod(
+        &self,
+        pod: &Attributes,
+        bound_at: Option<SystemTime>,
+    ) -> Result<(), CacheError> {
+        let Some(pod_uid) = pod.field(Field::KubernetesPodUid) else {
+            return Err(CacheError::NoIdentity("a pod without a UID".into()));
+        };
+        self.commands
+            .send(Command::Prepare {
+                key: WorkloadKey::of(pod),
+                pod_uid: Arc::from(pod_uid),
+                bound_at,
+            })
+            .map_err(|_| CacheError::Stopped)
+    }
+
+    /// The pod is gone: what was signed ahead for it is dropped.
+    pub fn forget_pod(&self, pod_uid: &str) {
+        let _ = self.commands.send(Command::ForgetPod {
+            pod_uid: Arc::from(pod_uid),
+        });
     }
 
     /// The identities the current policy gives `workload`.
@@ -370,6 +439,52 @@ struct Workload {
     counted: (usize, usize),
     /// The eviction time on the timer heap.
     evict_timer: Option<Instant>,
+    /// Set when the workload was prepared for a pod ahead of its callers.
+    ahead: Option<Ahead>,
+}
+
+/// A workload prepared for a pod (see the module notes).
+struct Ahead {
+    pod_uid: Arc<str>,
+    bound_at: Option<SystemTime>,
+    /// Still offered to the pod's first caller (in `Worker::offers`).
+    offered: bool,
+    /// Readiness was reported, or never will be.
+    reported: bool,
+}
+
+impl Workload {
+    fn new(key: &WorkloadKey, ahead: Option<Ahead>) -> Self {
+        let (view, _) = watch::channel(WorkloadView::pending());
+        Self {
+            attributes: key.0.clone(),
+            subscribers: 0,
+            idle_since: None,
+            order: Vec::new(),
+            entries: HashMap::new(),
+            view,
+            policy_version: None,
+            bundles: None,
+            withheld: None,
+            counted: (0, 0),
+            evict_timer: None,
+            ahead,
+        }
+    }
+
+    fn any_in_flight(&self) -> bool {
+        self.entries
+            .values()
+            .any(|e| matches!(e.state, EntryState::InFlight))
+    }
+
+    /// A prepared workload whose SVIDs went to a caller, kept only until
+    /// its requests in flight land.
+    fn leftover(&self) -> bool {
+        self.ahead.as_ref().is_some_and(|a| !a.offered)
+            && self.subscribers == 0
+            && self.idle_since.is_none()
+    }
 }
 
 /// Something to look at when its time comes; checked against the state
@@ -474,6 +589,10 @@ struct Worker {
     touched: HashSet<WorkloadKey>,
     /// SVIDs held, and those a tainted CA signed, over all workloads.
     held: (usize, usize),
+    /// Prepared workloads still offered, by pod UID.
+    offers: HashMap<Arc<str>, WorkloadKey>,
+    /// Pods a caller came for: not prepared again until they are gone.
+    claimed_pods: HashSet<Arc<str>>,
 }
 
 impl Worker {
@@ -512,25 +631,22 @@ impl Worker {
         match command {
             Command::Subscribe { key, reply } => {
                 if !self.workloads.contains_key(&key) {
-                    let (view, _) = watch::channel(WorkloadView::pending());
-                    let mut fresh = Workload {
-                        attributes: key.0.clone(),
-                        subscribers: 0,
-                        idle_since: None,
-                        order: Vec::new(),
-                        entries: HashMap::new(),
-                        view,
-                        policy_version: None,
-                        bundles: None,
-                        withheld: None,
-                        counted: (0, 0),
-                        evict_timer: None,
-                    };
+                    let mut fresh = Workload::new(&key, None);
                     let policy = self.policy.borrow().clone();
                     evaluate(&mut fresh, policy.as_deref(), &self.config);
+                    self.adopt_offer(&mut fresh);
                     self.workloads.insert(key.clone(), fresh);
                 }
                 if let Some(workload) = self.workloads.get_mut(&key) {
+                    if let Some(ahead) = workload.ahead.as_mut()
+                        && ahead.offered
+                    {
+                        // The prepared workload itself (signet-csi files
+                        // mode): it is the caller's now.
+                        ahead.offered = false;
+                        self.offers.remove(&ahead.pod_uid);
+                        self.claimed_pods.insert(ahead.pod_uid.clone());
+                    }
                     workload.subscribers += 1;
                     if workload.idle_since.take().is_some() {
                         // Attempts that came due while it was idle were
@@ -553,7 +669,119 @@ impl Worker {
                     }
                 }
             }
+            Command::Prepare {
+                key,
+                pod_uid,
+                bound_at,
+            } => self.prepare(key, pod_uid, bound_at),
+            Command::ForgetPod { pod_uid } => {
+                self.claimed_pods.remove(&pod_uid);
+                if let Some(key) = self.offers.remove(&pod_uid) {
+                    self.remove_workload(&key);
+                }
+            }
         }
+    }
+
+    fn prepare(&mut self, key: WorkloadKey, pod_uid: Arc<str>, bound_at: Option<SystemTime>) {
+        if self.claimed_pods.contains(&pod_uid) {
+            return;
+        }
+        if let Some(offered) = self.offers.get(&pod_uid) {
+            if *offered == key {
+                return;
+            }
+            // The pod changed (relabelled): the old offer goes.
+            let offered = offered.clone();
+            self.offers.remove(&pod_uid);
+            self.remove_workload(&offered);
+        }
+        if self.workloads.contains_key(&key) {
+            // A caller holds exactly this already.
+            self.claimed_pods.insert(pod_uid);
+            return;
+        }
+        let mut workload = Workload::new(
+            &key,
+            Some(Ahead {
+                pod_uid: pod_uid.clone(),
+                bound_at,
+                offered: true,
+                reported: false,
+            }),
+        );
+        let policy = self.policy.borrow().clone();
+        evaluate(&mut workload, policy.as_deref(), &self.config);
+        self.workloads.insert(key.clone(), workload);
+        self.offers.insert(pod_uid, key.clone());
+        self.touched.insert(key);
+    }
+
+    /// Moves to `fresh`, a new caller of a pod with an offer, the SVIDs
+    /// signed ahead for exactly the identities its own evaluation wants.
+    /// The first caller that takes any ends the offer: a second caller
+    /// signs its own. One that wants none of them (a probe, a root shell)
+    /// leaves it for the next.
+    fn adopt_offer(&mut self, fresh: &mut Workload) {
+        let Some(pod_uid) = fresh.attributes.field(Field::KubernetesPodUid) else {
+            return;
+        };
+        let Some(offered) = self.offers.get(pod_uid).cloned() else {
+            return;
+        };
+        let wanted = |donor: &Workload, name: &str, entry: &Entry| {
+            donor.entries.get(name).is_some_and(|o| {
+                o.desired == entry.desired
+                    && o.svid.is_some()
+                    && matches!(o.state, EntryState::Idle)
+            })
+        };
+        let takes_any = self.workloads.get(&offered).is_some_and(|donor| {
+            fresh
+                .entries
+                .iter()
+                .any(|(name, entry)| wanted(donor, name, entry))
+        });
+        if !takes_any {
+            return;
+        }
+        self.offers.remove(pod_uid);
+        let Some(mut donor) = self.remove_workload(&offered) else {
+            return;
+        };
+        let mut moved = 0;
+        for (name, entry) in &mut fresh.entries {
+            if !wanted(&donor, name, entry) {
+                continue;
+            }
+            if let Some(offered) = donor.entries.remove(name) {
+                entry.svid = offered.svid;
+                entry.svid_authority = offered.svid_authority;
+                entry.taint_handled = offered.taint_handled;
+                entry.next_attempt = offered.next_attempt;
+                moved += 1;
+            }
+        }
+        if let Some(ahead) = donor.ahead.as_mut() {
+            ahead.offered = false;
+            self.claimed_pods.insert(ahead.pod_uid.clone());
+            tracing::debug!(pod = %ahead.pod_uid, moved, "SVIDs signed ahead went to the pod's first caller");
+        }
+        if donor.any_in_flight() {
+            // Kept until its answers land, for the readiness report.
+            donor.counted = (0, 0);
+            self.touched.insert(offered.clone());
+            self.workloads.insert(offered, donor);
+        }
+    }
+
+    /// Removes a workload and its share of the counts.
+    fn remove_workload(&mut self, key: &WorkloadKey) -> Option<Workload> {
+        let removed = self.workloads.remove(key)?;
+        self.held.0 -= removed.counted.0;
+        self.held.1 -= removed.counted.1;
+        self.touched.remove(key);
+        Some(removed)
     }
 
     fn reevaluate_all(&mut self) {
@@ -674,10 +902,8 @@ impl Worker {
                         && state
                             .idle_since
                             .is_some_and(|since| now.duration_since(since) >= idle_ttl);
-                    if expired && let Some(evicted) = self.workloads.remove(&workload) {
-                        self.held.0 -= evicted.counted.0;
-                        self.held.1 -= evicted.counted.1;
-                        self.touched.remove(&workload);
+                    if expired {
+                        self.remove_workload(&workload);
                     }
                 }
             }
@@ -900,6 +1126,11 @@ impl Worker {
             let Some(workload) = self.workloads.get_mut(&key) else {
                 continue;
             };
+            report_ready(workload, &self.clock, self.config.on_pod_ready.as_ref());
+            if workload.leftover() && !workload.any_in_flight() {
+                self.remove_workload(&key);
+                continue;
+            }
             let counted = count_svids(workload, &self.tainted);
             self.held.0 = self.held.0 + counted.0 - workload.counted.0;
             self.held.1 = self.held.1 + counted.1 - workload.counted.1;
@@ -917,6 +1148,47 @@ impl Worker {
         }
         self.svid_count.store(self.held.0, Ordering::Relaxed);
         self.tainted_count.store(self.held.1, Ordering::Relaxed);
+    }
+}
+
+/// Tells the hook once when every SVID signed ahead for a pod is there (a
+/// prepared workload that wants none is never reported).
+fn report_ready(workload: &mut Workload, clock: &Clock, hook: Option<&PodReadyHook>) {
+    let Some(ahead) = workload.ahead.as_mut() else {
+        return;
+    };
+    if ahead.reported || workload.policy_version.is_none() {
+        return;
+    }
+    if workload.entries.is_empty() {
+        ahead.reported = true;
+        return;
+    }
+    // Settled: signed, or refused for good (the issuer may know better
+    // than the local policy).
+    let settled = workload.entries.values().all(|e| {
+        matches!(e.state, EntryState::Idle)
+            && (e.svid.is_some() || e.denial.as_ref().is_some_and(|d| !d.retryable))
+    });
+    if !settled {
+        return;
+    }
+    ahead.reported = true;
+    let svids = workload
+        .entries
+        .values()
+        .filter(|e| e.svid.is_some())
+        .count();
+    let ready = PodReady {
+        pod_uid: ahead.pod_uid.clone(),
+        bound_at: ahead.bound_at,
+        ready_at: clock.now(),
+        svids,
+    };
+    if svids > 0
+        && let Some(hook) = hook
+    {
+        (hook.0)(&ready);
     }
 }
 

@@ -638,6 +638,18 @@ impl IssuerClient {
             .map_err(|status| IssuerError::call("WatchPolicy", status))
     }
 
+    /// Opens the stream of the pods bound to this agent's node.
+    pub async fn watch_node_pods(
+        &self,
+    ) -> Result<tonic::Streaming<pb::NodePodsUpdate>, IssuerError> {
+        let mut client = GrpcIssuer::new(self.inner.mtls());
+        client
+            .watch_node_pods(pb::WatchNodePodsRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| IssuerError::call("WatchNodePods", status))
+    }
+
     pub(crate) fn mtls_channel(&self) -> Channel {
         self.inner.mtls()
     }

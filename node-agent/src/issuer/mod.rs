@@ -9,6 +9,7 @@
 
 pub mod checks;
 pub mod client;
+pub mod node_pods;
 pub mod pod_tokens;
 pub mod policy;
 pub mod signer;

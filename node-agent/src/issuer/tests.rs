@@ -144,6 +144,16 @@ type PolicyStream =
 #[tonic::async_trait]
 impl Issuer for Service {
     type WatchPolicyStream = PolicyStream;
+    type WatchNodePodsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::NodePodsUpdate, Status>> + Send>>;
+
+    // Like a standalone operator: it knows no pods.
+    async fn watch_node_pods(
+        &self,
+        _request: Request<pb::WatchNodePodsRequest>,
+    ) -> Result<Response<Self::WatchNodePodsStream>, Status> {
+        Err(Status::unimplemented("no pods here"))
+    }
 
     async fn join(
         &self,

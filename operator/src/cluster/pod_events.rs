@@ -44,6 +44,12 @@ enum Decision {
         pod: Arc<PodFacts>,
         identity: String,
         spiffe_id: String,
+        /// For the pod as a whole, no container named: signed ahead when
+        /// the pod was bound, or for signet-csi's files mode, either way
+        /// before its containers started.
+        for_pod: bool,
+        /// When it was signed (publishing may lag behind).
+        at: SystemTime,
     },
     Refused {
         pod: Arc<PodFacts>,
@@ -57,6 +63,7 @@ enum Decision {
 pub struct PodEvents {
     pods: Arc<PodCache>,
     queue: mpsc::Sender<Decision>,
+    clock: Clock,
 }
 
 impl PodEvents {
@@ -71,7 +78,7 @@ impl PodEvents {
             },
         );
         tokio::spawn(publish(recorder, decisions, clock));
-        Arc::new(Self { pods, queue })
+        Arc::new(Self { pods, queue, clock })
     }
 
     fn pod_of(&self, workload: &BTreeMap<String, String>) -> Option<Arc<PodFacts>> {
@@ -93,6 +100,8 @@ impl IssuanceObserver for PodEvents {
                 pod,
                 identity: identity.to_owned(),
                 spiffe_id: spiffe_id.to_string(),
+                for_pod: !workload.contains_key(Field::KubernetesContainerName.as_str()),
+                at: self.clock.now(),
             });
         }
     }
@@ -106,6 +115,29 @@ impl IssuanceObserver for PodEvents {
                 message: denial.message.clone(),
             });
         }
+    }
+}
+
+fn issued_note(
+    identity: &str,
+    spiffe_id: &str,
+    for_pod: bool,
+    pod: &PodFacts,
+    signed_at: SystemTime,
+) -> String {
+    let issued = format!("WorkloadIdentity {identity} issued {spiffe_id}");
+    if !for_pod {
+        return issued;
+    }
+    match pod
+        .bound_at
+        .and_then(|at| signed_at.duration_since(at).ok())
+    {
+        Some(since) => format!(
+            "{issued} before the pod's containers started, {} ms after it was bound",
+            since.as_millis()
+        ),
+        None => format!("{issued} before the pod's containers started"),
     }
 }
 
@@ -141,6 +173,8 @@ async fn publish(recorder: Recorder, mut decisions: mpsc::Receiver<Decision>, cl
                 pod,
                 identity,
                 spiffe_id,
+                for_pod,
+                at,
             } => {
                 if issued.len() >= REMEMBERED {
                     issued.clear();
@@ -151,8 +185,8 @@ async fn publish(recorder: Recorder, mut decisions: mpsc::Receiver<Decision>, cl
                 let event = Event {
                     type_: EventType::Normal,
                     reason: "IdentityIssued".into(),
-                    note: Some(bounded(format!(
-                        "WorkloadIdentity {identity} issued {spiffe_id}"
+                    note: Some(bounded(issued_note(
+                        &identity, &spiffe_id, for_pod, &pod, at,
                     ))),
                     action: "Issue".into(),
                     secondary: None,
@@ -196,5 +230,39 @@ async fn publish(recorder: Recorder, mut decisions: mpsc::Receiver<Decision>, cl
         if let Err(error) = recorder.publish(&event, &pod_reference(&pod)).await {
             tracing::warn!(%error, pod = %pod.name, namespace = %pod.namespace, "publishing a pod Event failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    #[test]
+    fn an_identity_for_the_whole_pod_says_it_came_before_the_start() {
+        let mut pod = PodFacts::from_pod(Pod {
+            metadata: ObjectMeta {
+                uid: Some("u1".into()),
+                ..ObjectMeta::default()
+            },
+            ..Pod::default()
+        })
+        .unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let id = "spiffe://example.org/web";
+        assert_eq!(
+            issued_note("web", id, false, &pod, now),
+            "WorkloadIdentity web issued spiffe://example.org/web"
+        );
+        assert_eq!(
+            issued_note("web", id, true, &pod, now),
+            "WorkloadIdentity web issued spiffe://example.org/web before the pod's containers started"
+        );
+        pod.bound_at = Some(now - Duration::from_millis(250));
+        assert!(issued_note("web", id, true, &pod, now).ends_with(", 250 ms after it was bound"));
     }
 }

@@ -6,7 +6,8 @@
 //! needs are kept, so memory stays small with tens of thousands of pods.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -16,7 +17,8 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use signet_policy::{AttributeName, Attributes, Field, LabelMap, Producer};
 use signet_proto::issuer::v1 as pb;
-use tokio::sync::watch;
+use signet_runtime::clock::Clock;
+use tokio::sync::{broadcast, watch};
 
 use crate::agents::AgentRecord;
 use crate::issuer::workload::{WorkloadRejection, WorkloadVerifier, testimony};
@@ -47,6 +49,9 @@ pub struct PodFacts {
     pub terminating: bool,
     /// Containers (init containers too).
     pub containers: Box<[ContainerFacts]>,
+    /// When this replica saw the pod bound to its node; `None` when it was
+    /// already bound at the first sight (after a start or a relist).
+    pub bound_at: Option<SystemTime>,
 }
 
 impl PodFacts {
@@ -94,7 +99,40 @@ impl PodFacts {
             labels,
             terminating: metadata.deletion_timestamp.is_some(),
             containers,
+            bound_at: None,
         })
+    }
+
+    /// Whether what agents are told of a bound pod differs (containers
+    /// and their images are not told: the issuer reads them itself).
+    fn told_differently(&self, other: &PodFacts) -> bool {
+        self.node_name != other.node_name
+            || self.namespace != other.namespace
+            || self.name != other.name
+            || self.service_account != other.service_account
+            || self.labels != other.labels
+            || self.terminating != other.terminating
+    }
+
+    /// As the agents of its node are told of it.
+    pub fn to_bound_pod(&self) -> pb::BoundPod {
+        let bound_at_unix_ms = self
+            .bound_at
+            .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(0));
+        pb::BoundPod {
+            uid: self.uid.to_string(),
+            namespace: self.namespace.to_string(),
+            name: self.name.to_string(),
+            service_account: self.service_account.to_string(),
+            labels: self
+                .labels
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+            bound_at_unix_ms,
+            terminating: self.terminating,
+        }
     }
 
     pub fn container(&self, name: &str) -> Option<&ContainerFacts> {
@@ -102,23 +140,91 @@ impl PodFacts {
     }
 }
 
+/// A change the agents of a node are told of.
+#[derive(Clone, Debug)]
+pub enum PodChange {
+    /// A pod bound to a node, new or changed.
+    Bound(Arc<PodFacts>),
+    /// A pod bound to `node` was deleted.
+    Gone { node: Box<str>, uid: Box<str> },
+    /// The watch relisted: followers start again from a snapshot.
+    Resynced,
+}
+
+/// Changes queued per node for slow followers; one that falls further
+/// behind starts again from a snapshot of its node.
+const CHANGES_QUEUED: usize = 1024;
+
 /// Pods by UID, kept current by [`PodCache::run`].
 #[derive(Debug)]
 pub struct PodCache {
     pods: RwLock<HashMap<Box<str>, Arc<PodFacts>>>,
     synced: watch::Sender<bool>,
+    /// Per node, so a follower wakes for its own node's pods only.
+    followers: Mutex<HashMap<Box<str>, broadcast::Sender<PodChange>>>,
+    clock: Clock,
 }
 
 impl Default for PodCache {
     fn default() -> Self {
-        Self {
-            pods: RwLock::new(HashMap::new()),
-            synced: watch::channel(false).0,
-        }
+        Self::with_clock(Clock::new())
     }
 }
 
 impl PodCache {
+    pub fn with_clock(clock: Clock) -> Self {
+        Self {
+            pods: RwLock::new(HashMap::new()),
+            synced: watch::channel(false).0,
+            followers: Mutex::new(HashMap::new()),
+            clock,
+        }
+    }
+
+    /// Changes to the pods bound to `node` from now on.
+    pub fn follow_node(&self, node: &str) -> broadcast::Receiver<PodChange> {
+        let mut followers = match self.followers.lock() {
+            Ok(followers) => followers,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Nodes nobody follows any more.
+        followers.retain(|_, sender| sender.receiver_count() > 0);
+        followers
+            .entry(node.into())
+            .or_insert_with(|| broadcast::channel(CHANGES_QUEUED).0)
+            .subscribe()
+    }
+
+    fn tell(&self, node: &str, change: PodChange) {
+        if let Ok(followers) = self.followers.lock()
+            && let Some(sender) = followers.get(node)
+        {
+            // Followers gone meanwhile are fine.
+            let _ = sender.send(change);
+        }
+    }
+
+    fn tell_everyone(&self, change: &PodChange) {
+        if let Ok(followers) = self.followers.lock() {
+            for sender in followers.values() {
+                let _ = sender.send(change.clone());
+            }
+        }
+    }
+
+    /// The pods bound to `node`, at this moment.
+    pub fn on_node(&self, node: &str) -> Vec<Arc<PodFacts>> {
+        self.pods
+            .read()
+            .map(|pods| {
+                pods.values()
+                    .filter(|pod| &*pod.node_name == node)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn get(&self, uid: &str) -> Option<Arc<PodFacts>> {
         self.pods.read().ok()?.get(uid).cloned()
     }
@@ -152,26 +258,67 @@ impl PodCache {
         self.synced.subscribe()
     }
 
+    /// A pod added or changed, seen live (so a first node name is the
+    /// moment of binding).
     pub fn upsert(&self, pod: Pod) {
-        if let Some(facts) = PodFacts::from_pod(pod)
-            && let Ok(mut pods) = self.pods.write()
-        {
-            pods.insert(facts.uid.clone(), Arc::new(facts));
+        let Some(mut facts) = PodFacts::from_pod(pod) else {
+            return;
+        };
+        let Ok(mut pods) = self.pods.write() else {
+            return;
+        };
+        let previous = pods.get(&facts.uid);
+        facts.bound_at = match previous {
+            Some(previous) if previous.node_name == facts.node_name => previous.bound_at,
+            _ if facts.node_name.is_empty() => None,
+            _ => Some(self.clock.now()),
+        };
+        let tell = !facts.node_name.is_empty()
+            && previous.is_none_or(|previous| previous.told_differently(&facts));
+        let facts = Arc::new(facts);
+        pods.insert(facts.uid.clone(), facts.clone());
+        drop(pods);
+        if tell {
+            let node = facts.node_name.clone();
+            self.tell(&node, PodChange::Bound(facts));
         }
     }
 
     pub fn remove(&self, pod: &Pod) {
-        if let (Some(uid), Ok(mut pods)) = (pod.metadata.uid.as_deref(), self.pods.write()) {
-            pods.remove(uid);
+        let Some(uid) = pod.metadata.uid.as_deref() else {
+            return;
+        };
+        let removed = self.pods.write().ok().and_then(|mut pods| pods.remove(uid));
+        if let Some(removed) = removed
+            && !removed.node_name.is_empty()
+        {
+            self.tell(
+                &removed.node_name,
+                PodChange::Gone {
+                    node: removed.node_name.clone(),
+                    uid: removed.uid.clone(),
+                },
+            );
         }
     }
 
-    /// Replaces the whole cache after a (re)list.
-    pub fn replace(&self, fresh: HashMap<Box<str>, Arc<PodFacts>>) {
+    /// Replaces the whole cache after a (re)list. A pod bound before keeps
+    /// the time it was seen bound; one first seen bound in the list has
+    /// none (when it was bound is not known).
+    pub fn replace(&self, mut fresh: HashMap<Box<str>, Arc<PodFacts>>) {
         if let Ok(mut pods) = self.pods.write() {
+            for (uid, facts) in &mut fresh {
+                if let Some(previous) = pods.get(uid)
+                    && previous.node_name == facts.node_name
+                    && previous.bound_at.is_some()
+                {
+                    Arc::make_mut(facts).bound_at = previous.bound_at;
+                }
+            }
             *pods = fresh;
         }
         self.synced.send_replace(true);
+        self.tell_everyone(&PodChange::Resynced);
     }
 
     /// Watches every pod until the task is dropped, reconnecting with
@@ -594,5 +741,94 @@ mod tests {
         // Deletion removes the pod.
         cache.remove(&pod("u1", "node-a"));
         assert!(cache.get("u1").is_none());
+    }
+
+    async fn next_update(
+        updates: &mut tokio::sync::mpsc::Receiver<Result<pb::NodePodsUpdate, tonic::Status>>,
+    ) -> pb::NodePodsUpdate {
+        tokio::time::timeout(std::time::Duration::from_secs(5), updates.recv())
+            .await
+            .expect("an update")
+            .expect("the stream is open")
+            .expect("not an error")
+    }
+
+    fn uids(pods: &[pb::BoundPod]) -> Vec<&str> {
+        let mut uids: Vec<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
+        uids.sort_unstable();
+        uids
+    }
+
+    #[tokio::test]
+    async fn an_agent_is_told_of_its_own_nodes_pods_only() {
+        let listed = |pods: Vec<Pod>| -> HashMap<Box<str>, Arc<PodFacts>> {
+            pods.into_iter()
+                .filter_map(PodFacts::from_pod)
+                .map(|facts| (facts.uid.clone(), Arc::new(facts)))
+                .collect()
+        };
+        let cache = Arc::new(PodCache::default());
+        // The first list: when these were bound is not known.
+        cache.replace(listed(vec![pod("old-a", "node-a"), pod("old-b", "node-b")]));
+        let mut pending = pod("new", "");
+        cache.upsert(pending.clone());
+        let (revocations_tx, revocations) = watch::channel(Arc::default());
+        let (sender, mut updates) = tokio::sync::mpsc::channel(4);
+        let feed = crate::issuer::node_pods::NodePodsFeed {
+            pods: cache.clone(),
+            node: "node-a".into(),
+            revocations,
+        };
+        tokio::spawn(feed.run(agent("node-a"), sender));
+
+        let snapshot = next_update(&mut updates).await;
+        assert!(snapshot.snapshot);
+        assert_eq!(uids(&snapshot.pods), ["old-a"]);
+        assert_eq!(snapshot.pods[0].labels["app"], "web");
+        assert_eq!(snapshot.pods[0].service_account, "web");
+
+        // Pods scheduled elsewhere, and changes the agent is not told of
+        // (container status), send nothing; the binding of a pod to the
+        // agent's node does, with the time it was seen bound.
+        cache.upsert(pod("other", "node-b"));
+        cache.upsert(running(pod("old-a", "node-a")));
+        pending.spec.as_mut().unwrap().node_name = Some("node-a".into());
+        cache.upsert(pending.clone());
+        let bound = next_update(&mut updates).await;
+        assert!(!bound.snapshot);
+        assert_eq!(uids(&bound.pods), ["new"]);
+        assert!(bound.pods[0].bound_at_unix_ms > 0);
+        assert!(bound.removed_pod_uids.is_empty());
+        let bound_at = cache.get("new").unwrap().bound_at;
+        assert!(bound_at.is_some());
+
+        // A relist keeps the time a pod was seen bound; the agent gets a
+        // snapshot again.
+        cache.replace(listed(vec![pod("new", "node-a"), pod("old-a", "node-a")]));
+        assert_eq!(cache.get("new").unwrap().bound_at, bound_at);
+        assert_eq!(cache.get("old-a").unwrap().bound_at, None);
+        let again = next_update(&mut updates).await;
+        assert!(again.snapshot);
+        assert_eq!(uids(&again.pods), ["new", "old-a"]);
+
+        // Deletion, then revocation closes the stream.
+        cache.remove(&pod("new", "node-a"));
+        let removed = next_update(&mut updates).await;
+        assert_eq!(removed.removed_pod_uids, ["new"]);
+        assert!(removed.pods.is_empty());
+        let mut revoked = crate::revocation::RevocationList::default();
+        revoked.revoked.insert(
+            "node-a".into(),
+            crate::revocation::Revocation {
+                revoked_at_unix: 1,
+                reason: "stolen".into(),
+            },
+        );
+        revocations_tx.send_replace(Arc::new(revoked));
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(5), updates.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(closed.unwrap_err().code(), tonic::Code::PermissionDenied);
     }
 }

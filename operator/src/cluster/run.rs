@@ -111,7 +111,7 @@ pub async fn run(
     );
     tokio::spawn(reconciler.run());
 
-    let pods = Arc::new(pods::PodCache::default());
+    let pods = Arc::new(pods::PodCache::with_clock(clock));
     tokio::spawn(pods.clone().run(Api::<Pod>::all(client.clone())));
     let (nodes, node_writer) = nodes::NodeCache::new();
     let nodes = Arc::new(nodes);
@@ -193,6 +193,7 @@ pub async fn run(
         ),
         inventory,
         ledger: ledger.clone(),
+        node_pods: Some(pods.clone()),
     });
     // SigningAuthority objects: kubectl's view of the authorities, with
     // every replica's count summed, and their requests.

@@ -4,6 +4,7 @@
 //! verifies workloads.
 
 pub mod join_throttle;
+pub mod node_pods;
 pub mod policy_stream;
 pub mod request;
 pub mod service;

@@ -108,7 +108,7 @@ async fn node_changed(node: &mut Option<watch::Receiver<Option<NodeFacts>>>) {
 
 /// Resolves when `name` is on the revocation list; never, if its source
 /// goes away (the last list stays in force for the checks on each call).
-async fn revoked(
+pub(crate) async fn revoked(
     revocations: &mut watch::Receiver<Arc<RevocationList>>,
     name: &str,
 ) -> StandingRefusal {

@@ -24,9 +24,11 @@ use tonic::{Request, Response, Status};
 use crate::agents::{AgentRecord, JoinVerifier, NodeDirectory};
 use crate::audit::{AuditLog, CredentialKind, Outcome};
 use crate::ca::{Authority, PublishedBundle};
+use crate::cluster::pods::PodCache;
 use crate::federation::Federation;
 use crate::inventory::{AgentInventory, JoinMethod};
 use crate::issuer::join_throttle::JoinThrottle;
+use crate::issuer::node_pods::NodePodsFeed;
 use crate::issuer::policy_stream::PolicyFeed;
 use crate::issuer::request::{JwtRequest, X509Request, subject_key};
 use crate::issuer::signing::{
@@ -53,6 +55,10 @@ pub enum IssuerError {
     NotInStanding(StandingRefusal),
     #[error("too many join attempts from this address; retry in {}s", .0.as_secs().max(1))]
     JoinThrottled(Duration),
+    #[error("this issuer does not watch pods (standalone mode)")]
+    NoPodWatch,
+    #[error("agent {0} is not bound to a node")]
+    NoNode(String),
 }
 
 impl From<AgentSvidError> for IssuerError {
@@ -75,6 +81,8 @@ impl From<IssuerError> for Status {
             IssuerError::Signing(_) => Status::internal(message),
             IssuerError::NotInStanding(_) => Status::permission_denied(message),
             IssuerError::JoinThrottled(_) => Status::resource_exhausted(message),
+            IssuerError::NoPodWatch => Status::unimplemented(message),
+            IssuerError::NoNode(_) => Status::failed_precondition(message),
         }
     }
 }
@@ -106,6 +114,7 @@ struct Inner {
     standing: Arc<dyn AgentStanding>,
     join_throttle: JoinThrottle,
     signer: Signer,
+    node_pods: Option<Arc<PodCache>>,
 }
 
 pub struct IssuerParts {
@@ -128,6 +137,8 @@ pub struct IssuerParts {
     pub inventory: AgentInventory,
     /// Which authority signed what is in use.
     pub ledger: Arc<crate::ledger::SvidLedger>,
+    /// In a cluster: the pods, for each agent's stream of its node's pods.
+    pub node_pods: Option<Arc<PodCache>>,
 }
 
 impl IssuerService {
@@ -141,6 +152,7 @@ impl IssuerService {
                 join: parts.join,
                 standing: parts.standing,
                 join_throttle: JoinThrottle::new(parts.clock),
+                node_pods: parts.node_pods,
                 signer: Signer {
                     trust_domain,
                     authority: parts.authority,
@@ -385,6 +397,33 @@ impl Issuer for IssuerService {
             feed.run(agent, sender).await;
             drop(seen);
         });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    type WatchNodePodsStream = ReceiverStream<Result<pb::NodePodsUpdate, Status>>;
+
+    async fn watch_node_pods(
+        &self,
+        request: Request<pb::WatchNodePodsRequest>,
+    ) -> Result<Response<Self::WatchNodePodsStream>, Status> {
+        let agent = self.trusted_caller(&request, false).await?;
+        let pods = self
+            .inner
+            .node_pods
+            .clone()
+            .ok_or(IssuerError::NoPodWatch)?;
+        let node = agent
+            .node_name
+            .as_deref()
+            .map(Box::<str>::from)
+            .ok_or_else(|| IssuerError::NoNode(agent.name.clone()))?;
+        let (sender, receiver) = mpsc::channel(4);
+        let feed = NodePodsFeed {
+            pods,
+            node,
+            revocations: self.inner.standing.revocations(),
+        };
+        tokio::spawn(feed.run(agent, sender));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 

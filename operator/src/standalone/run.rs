@@ -150,6 +150,7 @@ pub async fn serve(
         observer: Arc::new(crate::issuer::signing::NoObserver),
         inventory,
         ledger: ledger.clone(),
+        node_pods: None,
     });
     let admin = AuthorityAdmin {
         authority: authority.clone(),
