@@ -530,6 +530,18 @@ pub fn check_workload(
             true,
         ));
     };
+    if pod.node_name.is_empty() {
+        // The agent sees it on its node: this replica's watch has not
+        // caught up with the binding yet.
+        return Err(rejection(
+            "pod_not_found",
+            format!(
+                "pod {}/{} is not bound to a node yet (as far as this replica knows)",
+                pod.namespace, pod.name
+            ),
+            true,
+        ));
+    }
     if &*pod.node_name != node {
         return Err(rejection(
             "pod_not_on_node",
@@ -719,6 +731,12 @@ mod tests {
             .check(&agent("node-a"), &workload("nope", &[]))
             .unwrap_err();
         assert_eq!((unknown.reason, unknown.retryable), ("pod_not_found", true));
+        // Bound as the agent sees it, not yet as this replica does: retried.
+        cache.upsert(pod("u3", ""));
+        let unbound = verifier
+            .check(&agent("node-a"), &workload("u3", &[]))
+            .unwrap_err();
+        assert_eq!((unbound.reason, unbound.retryable), ("pod_not_found", true));
         let dying = verifier
             .check(&agent("node-b"), &workload("u2", &[]))
             .unwrap_err();
