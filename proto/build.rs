@@ -33,7 +33,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         .enable_type_names()
         .type_name_domain(["."], "type.googleapis.com")
         // One policy document goes to every agent: shared, not copied.
-        .bytes([".signet.issuer.v1.PolicyUpdate.policy"]);
+        .bytes([
+            ".signet.issuer.v1.PolicyUpdate.policy",
+            ".signet.issuer.v1.PolicyDelta",
+        ]);
 
     tonic_prost_build::configure()
         .build_server(true)

@@ -1367,6 +1367,7 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
                 known_version: 0,
                 agent_version: "e2e".into(),
                 accepts_policy_deltas: false,
+                accepts_policy_parts: false,
             })
             .await
             .unwrap()
@@ -1400,6 +1401,7 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
                 known_version: 0,
                 agent_version: "e2e".into(),
                 accepts_policy_deltas: false,
+                accepts_policy_parts: false,
             })
             .await
             .unwrap()
@@ -1454,6 +1456,7 @@ fn operator_reconciles_signs_and_fails_over_on_a_real_cluster() {
                 known_version: 0,
                 agent_version: "e2e".into(),
                 accepts_policy_deltas: false,
+                accepts_policy_parts: false,
             })
             .await
             .unwrap()

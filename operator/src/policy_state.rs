@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+
 use signet_identity::TrustDomain;
 use signet_policy::{ObjectReport, PolicyDocument, PolicySnapshot};
 use signet_proto::issuer::v1 as pb;
@@ -25,7 +27,14 @@ pub struct PolicyState {
     /// The change from the version before, computed once for every agent
     /// stream that holds that version.
     pub delta: Option<Arc<pb::PolicyDelta>>,
+    /// The whole policy as deltas of at most about [`PART_BYTES`] each,
+    /// made on first use and shared by every stream that sends it.
+    parts: OnceLock<Vec<Arc<pb::PolicyDelta>>>,
 }
+
+/// What one part of a whole policy carries at most, give or take an
+/// object: every stream's gRPC encode buffer grows to its largest message.
+pub const PART_BYTES: usize = 256 * 1024;
 
 impl PolicyState {
     pub fn compile(version: u64, trust_domain: &TrustDomain, document: &PolicyDocument) -> Self {
@@ -39,7 +48,42 @@ impl PolicyState {
             reports,
             objects_json: OnceLock::new(),
             delta: None,
+            parts: OnceLock::new(),
         }
+    }
+
+    /// The whole policy in parts (one, for a small policy): applied in
+    /// order, the first to an empty document, they make this version.
+    pub fn parts(&self) -> &[Arc<pb::PolicyDelta>] {
+        self.parts.get_or_init(|| {
+            let (identities, roles) = self.objects_json();
+            let mut parts = Vec::new();
+            let mut part = pb::PolicyDelta::default();
+            let mut size = 0;
+            let objects = identities
+                .values()
+                .map(|json| (json, true))
+                .chain(roles.values().map(|json| (json, false)));
+            for (json, is_identity) in objects {
+                if size > 0 && size + json.len() > PART_BYTES {
+                    parts.push(Arc::new(std::mem::take(&mut part)));
+                    size = 0;
+                }
+                size += json.len();
+                if is_identity {
+                    part.workload_identities.push(json.clone());
+                } else {
+                    part.roles.push(json.clone());
+                }
+            }
+            parts.push(Arc::new(part));
+            for (index, part) in parts.iter_mut().enumerate() {
+                if let Some(part) = Arc::get_mut(part) {
+                    part.base_version = if index == 0 { 0 } else { self.version };
+                }
+            }
+            parts
+        })
     }
 
     fn objects_json(&self) -> &ObjectsJson {
@@ -72,25 +116,28 @@ impl PolicyState {
 }
 
 /// WorkloadIdentities and Roles as JSON, each by name.
-type ObjectsJson = (BTreeMap<String, Vec<u8>>, BTreeMap<String, Vec<u8>>);
+type ObjectsJson = (BTreeMap<String, Bytes>, BTreeMap<String, Bytes>);
 
 /// Each named object as JSON, by name.
 fn json_by_name<T: serde::Serialize>(
     objects: &[T],
     metadata: impl Fn(&T) -> &kube::api::ObjectMeta,
-) -> BTreeMap<String, Vec<u8>> {
+) -> BTreeMap<String, Bytes> {
     objects
         .iter()
-        .filter_map(|o| Some((metadata(o).name.clone()?, serde_json::to_vec(o).ok()?)))
+        .filter_map(|o| {
+            let json = serde_json::to_vec(o).ok()?;
+            Some((metadata(o).name.clone()?, Bytes::from(json)))
+        })
         .collect()
 }
 
 /// Objects of `after` that are new or differ from `before`, and names of
 /// `before` that `after` lacks.
 fn changes(
-    before: &BTreeMap<String, Vec<u8>>,
-    after: &BTreeMap<String, Vec<u8>>,
-) -> (Vec<Vec<u8>>, Vec<String>) {
+    before: &BTreeMap<String, Bytes>,
+    after: &BTreeMap<String, Bytes>,
+) -> (Vec<Bytes>, Vec<String>) {
     let upserted = after
         .iter()
         .filter(|(name, json)| before.get(*name) != Some(json))

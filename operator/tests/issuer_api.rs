@@ -399,6 +399,7 @@ async fn watch_policy_sends_the_current_state_then_each_change() {
             known_version: 0,
             agent_version: "e2e".into(),
             accepts_policy_deltas: false,
+            accepts_policy_parts: false,
         })
         .await
         .unwrap()

@@ -790,11 +790,12 @@ mod issuer {
             tainted_jwt_authorities: vec![s("k")],
             delta: Some(PolicyDelta {
                 base_version: 1,
-                workload_identities: vec![b"w".to_vec()],
-                roles: vec![b"r".to_vec()],
+                workload_identities: vec![b"w".to_vec().into()],
+                roles: vec![b"r".to_vec().into()],
                 removed_workload_identities: vec![s("x")],
                 removed_roles: vec![s("y")],
             }),
+            partial: true,
         };
         let entry = cat(&[&ld(0x0a, b"f"), &ld(0x12, b"x")]);
         // tainted_x509_authorities = 8 (one field per entry),
@@ -821,6 +822,8 @@ mod issuer {
                     &ld(0x2a, b"y"),
                 ]),
             ),
+            // partial = 11
+            &[0x58, 1],
         ]);
         golden(&msg, &bytes);
     }
@@ -831,9 +834,13 @@ mod issuer {
             known_version: 5,
             agent_version: s("v"),
             accepts_policy_deltas: true,
+            accepts_policy_parts: true,
         };
-        // accepts_policy_deltas = 3
-        golden(&msg, &cat(&[&[0x08, 5], &ld(0x12, b"v"), &[0x18, 1]]));
+        // accepts_policy_deltas = 3, accepts_policy_parts = 4
+        golden(
+            &msg,
+            &cat(&[&[0x08, 5], &ld(0x12, b"v"), &[0x18, 1], &[0x20, 1]]),
+        );
     }
 
     #[test]

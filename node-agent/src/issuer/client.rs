@@ -632,6 +632,7 @@ impl IssuerClient {
                 known_version,
                 agent_version: env!("CARGO_PKG_VERSION").to_owned(),
                 accepts_policy_deltas: true,
+                accepts_policy_parts: true,
             })
             .await
             .map(tonic::Response::into_inner)

@@ -53,16 +53,26 @@ pub struct HeldDocument {
 
 impl HeldDocument {
     /// `update` with the whole policy document: as sent, or the held one
-    /// with the update's delta applied.
-    pub fn resolve(&mut self, mut update: PolicyUpdate) -> Result<PolicyUpdate, PolicyError> {
+    /// with the update's delta applied; `None` for a part of a whole policy
+    /// that more parts follow (held, not to be applied yet).
+    pub fn resolve(
+        &mut self,
+        mut update: PolicyUpdate,
+    ) -> Result<Option<PolicyUpdate>, PolicyError> {
         let Some(delta) = update.delta.take() else {
             let document: PolicyDocument =
                 serde_json::from_slice(&update.policy).map_err(PolicyError::Document)?;
             self.identities = by_name(document.workload_identities, |o| o.metadata.name.clone());
             self.roles = by_name(document.roles, |o| o.metadata.name.clone());
             self.version = Some(update.version);
-            return Ok(update);
+            return Ok(Some(update));
         };
+        if delta.base_version == 0 {
+            // The first part of a whole policy: from an empty document.
+            self.identities.clear();
+            self.roles.clear();
+            self.version = Some(0);
+        }
         if self.version != Some(delta.base_version) {
             return Err(PolicyError::DeltaBase {
                 base: delta.base_version,
@@ -89,6 +99,9 @@ impl HeldDocument {
             self.roles.remove(name);
         }
         self.version = Some(update.version);
+        if update.partial {
+            return Ok(None);
+        }
         let document = PolicyDocument {
             workload_identities: self.identities.values().cloned().collect(),
             roles: self.roles.values().cloned().collect(),
@@ -96,7 +109,7 @@ impl HeldDocument {
         update.policy = serde_json::to_vec(&document)
             .map_err(PolicyError::Document)?
             .into();
-        Ok(update)
+        Ok(Some(update))
     }
 }
 
@@ -409,7 +422,10 @@ pub async fn run_policy_watch(
                     Ok(Some(update)) => {
                         backoff.reset();
                         match held.resolve(update) {
-                            Ok(update) => apply_update(&client, &store, &update, selector.clone()),
+                            Ok(Some(update)) => {
+                                apply_update(&client, &store, &update, selector.clone())
+                            }
+                            Ok(None) => {}
                             Err(error) => {
                                 // Reopen: the issuer starts the new stream whole.
                                 tracing::warn!(%error, "policy update not understood; reopening the stream");
@@ -497,6 +513,7 @@ mod tests {
             tainted_x509_authorities: Vec::new(),
             tainted_jwt_authorities: Vec::new(),
             delta: None,
+            partial: false,
         }
     }
 
@@ -650,17 +667,19 @@ mod tests {
         assert_eq!(evaluate(Some(node("dmz"))), 0);
     }
 
-    fn identity_json(name: &str, ttl: &str) -> Vec<u8> {
+    fn identity_json(name: &str, ttl: &str) -> bytes::Bytes {
         let yaml = format!(
             "apiVersion: signet.dev/v1alpha1\nkind: WorkloadIdentity\nmetadata: {{name: {name}}}\nspec:\n  rules:\n    allow:\n      - conditions: [{{attribute: workload.unix.uid, eq: \"1000\"}}]\n  spiffe:\n    id: /{name}\n    x509: {{ttl: {ttl}}}\n"
         );
         let document = crate::testing::document_from_yaml(&yaml);
-        serde_json::to_vec(&document.workload_identities[0]).unwrap()
+        serde_json::to_vec(&document.workload_identities[0])
+            .unwrap()
+            .into()
     }
 
     #[test]
     fn a_delta_applies_to_the_document_of_its_base_version_only() {
-        let whole = |objects: &[Vec<u8>]| {
+        let whole = |objects: &[bytes::Bytes]| {
             let identities: Vec<serde_json::Value> = objects
                 .iter()
                 .map(|json| serde_json::from_slice(json).unwrap())
@@ -676,7 +695,7 @@ mod tests {
             &whole(&[identity_json("a", "1h"), identity_json("b", "1h")]),
         );
         first.version = 1;
-        held.resolve(first).unwrap();
+        held.resolve(first).unwrap().unwrap();
 
         let mut change = update("example.org", "");
         change.version = 2;
@@ -686,7 +705,7 @@ mod tests {
             removed_workload_identities: vec!["a".into()],
             ..Default::default()
         });
-        let resolved = held.resolve(change.clone()).unwrap();
+        let resolved = held.resolve(change.clone()).unwrap().unwrap();
         assert!(resolved.delta.is_none());
         let expected = whole(&[identity_json("b", "30m"), identity_json("c", "1h")]);
         let got: serde_json::Value = serde_json::from_slice(&resolved.policy).unwrap();
@@ -721,5 +740,42 @@ mod tests {
             ..Default::default()
         });
         assert!(fresh.resolve(late).is_err());
+    }
+
+    #[test]
+    fn a_whole_policy_in_parts_is_applied_once_complete() {
+        let part = |base_version, partial, names: &[&str]| {
+            let mut update = update("example.org", "");
+            update.version = 5;
+            update.partial = partial;
+            update.delta = Some(signet_proto::issuer::v1::PolicyDelta {
+                base_version,
+                workload_identities: names.iter().map(|n| identity_json(n, "1h")).collect(),
+                ..Default::default()
+            });
+            update
+        };
+        let mut held = HeldDocument::default();
+        assert!(held.resolve(part(0, true, &["a", "b"])).unwrap().is_none());
+        assert!(held.resolve(part(5, true, &["c"])).unwrap().is_none());
+        let last = held.resolve(part(5, false, &["d"])).unwrap().unwrap();
+        let td = TrustDomain::new("example.org").unwrap();
+        let policy = AgentPolicy::from_update(&last, 1, &td, agent(), None).unwrap();
+        assert_eq!(
+            policy.snapshot().identity_names().collect::<Vec<_>>(),
+            ["a", "b", "c", "d"]
+        );
+        // A new whole policy in parts starts from nothing, not from what
+        // is held.
+        assert!(held.resolve(part(0, true, &["x"])).unwrap().is_none());
+        let again = held.resolve(part(5, false, &[])).unwrap().unwrap();
+        let policy = AgentPolicy::from_update(&again, 2, &td, agent(), None).unwrap();
+        assert_eq!(
+            policy.snapshot().identity_names().collect::<Vec<_>>(),
+            ["x"]
+        );
+        // A part that is not the first cannot start a stream.
+        let mut fresh = HeldDocument::default();
+        assert!(fresh.resolve(part(5, true, &["c"])).is_err());
     }
 }

@@ -212,6 +212,7 @@ impl Issuer for Service {
             tainted_x509_authorities: self.0.tainted_x509.lock().unwrap().clone(),
             tainted_jwt_authorities: Vec::new(),
             delta: None,
+            partial: false,
         };
         let stream =
             futures::stream::once(async move { Ok(update) }).chain(futures::stream::pending());

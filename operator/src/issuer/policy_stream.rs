@@ -34,6 +34,8 @@ pub struct PolicyFeed {
     pub metrics: Arc<Metrics>,
     /// The agent said it applies `PolicyUpdate.delta`.
     pub accepts_deltas: bool,
+    /// The agent said it takes a whole policy in parts.
+    pub accepts_parts: bool,
 }
 
 /// What the update says of the policy: the whole document, or the change
@@ -59,6 +61,21 @@ fn policy_part(
     (policy.document_json.clone(), None)
 }
 
+/// A part of a whole policy, but the last (which goes as a full update).
+fn partial_update(
+    trust_domain: &TrustDomain,
+    version: u64,
+    part: &pb::PolicyDelta,
+) -> pb::PolicyUpdate {
+    pb::PolicyUpdate {
+        version,
+        trust_domain: trust_domain.to_string(),
+        delta: Some(part.clone()),
+        partial: true,
+        ..pb::PolicyUpdate::default()
+    }
+}
+
 fn policy_update(
     trust_domain: &TrustDomain,
     policy: &PolicyState,
@@ -81,6 +98,7 @@ fn policy_update(
         bundle_sequence: bundle.bundle.sequence,
         tainted_x509_authorities: bundle.tainted_x509.clone(),
         tainted_jwt_authorities: bundle.tainted_jwt.clone(),
+        partial: false,
         node: node.map(|node| pb::NodeInfo {
             name: node.name.clone(),
             labels: node
@@ -140,8 +158,8 @@ impl PolicyFeed {
         self.metrics.agents_connected.inc();
         tracing::debug!(agent = %agent.name, "policy watch opened");
         let mut last_sent: Option<u64> = None;
-        loop {
-            let update = {
+        'stream: loop {
+            let (parts_before, update) = {
                 let current_policy = self.policy.borrow_and_update().clone();
                 let current_federation = self.federation.bundles.borrow_and_update().clone();
                 let current_bundle = self.bundle.borrow_and_update().clone();
@@ -149,19 +167,36 @@ impl PolicyFeed {
                     .node
                     .as_mut()
                     .and_then(|node| node.borrow_and_update().clone());
-                let part = policy_part(&current_policy, self.accepts_deltas, last_sent);
+                let mut part = policy_part(&current_policy, self.accepts_deltas, last_sent);
                 last_sent = Some(current_policy.version);
-                policy_update(
+                // A whole policy too large for one part goes in parts; the
+                // last one with everything else, as a full update.
+                let mut parts_before = Vec::new();
+                if part.1.is_none()
+                    && self.accepts_parts
+                    && let Some((last, rest)) = current_policy.parts().split_last()
+                    && !rest.is_empty()
+                {
+                    parts_before = rest
+                        .iter()
+                        .map(|p| partial_update(&self.trust_domain, current_policy.version, p))
+                        .collect();
+                    part = (bytes::Bytes::new(), Some(last.as_ref().clone()));
+                }
+                let update = policy_update(
                     &self.trust_domain,
                     &current_policy,
                     part,
                     &current_bundle,
                     &current_federation,
                     current_node.as_ref(),
-                )
+                );
+                (parts_before, update)
             };
-            if sender.send(Ok(update)).await.is_err() {
-                break;
+            for update in parts_before.into_iter().chain(std::iter::once(update)) {
+                if sender.send(Ok(update)).await.is_err() {
+                    break 'stream;
+                }
             }
             tokio::select! {
                 changed = self.policy.changed() => if changed.is_err() { break },
@@ -190,6 +225,7 @@ mod tests {
     use signet_policy::PolicyDocument;
 
     use super::*;
+    use crate::policy_state::PART_BYTES;
 
     async fn next(
         updates: &mut mpsc::Receiver<Result<pb::PolicyUpdate, Status>>,
@@ -234,6 +270,7 @@ mod tests {
             revocations: watch::channel(Arc::default()).1,
             metrics: Arc::new(Metrics::default()),
             accepts_deltas: false,
+            accepts_parts: false,
         };
         let id = SpiffeId::parse("spiffe://example.org/signet/agent/k8s/n1").unwrap();
         let agent = AgentRecord::from_spiffe_id(&id, &td).unwrap();
@@ -284,6 +321,7 @@ mod tests {
                 revocations: revocations.clone(),
                 metrics: Arc::new(Metrics::default()),
                 accepts_deltas: false,
+                accepts_parts: false,
             };
             let id =
                 SpiffeId::parse(&format!("spiffe://example.org/signet/agent/join/{name}")).unwrap();
@@ -349,6 +387,7 @@ mod tests {
                 revocations: watch::channel(Arc::default()).1,
                 metrics: Arc::new(Metrics::default()),
                 accepts_deltas,
+                accepts_parts: false,
             };
             let id = SpiffeId::parse("spiffe://example.org/signet/agent/join/vm").unwrap();
             let (sender, updates) = mpsc::channel(4);
@@ -369,7 +408,7 @@ mod tests {
         assert!(second.policy.is_empty());
         let delta = second.delta.unwrap();
         assert_eq!(delta.base_version, 1);
-        let names = |objects: &[Vec<u8>]| -> Vec<String> {
+        let names = |objects: &[bytes::Bytes]| -> Vec<String> {
             objects
                 .iter()
                 .map(|json| {
@@ -404,5 +443,69 @@ mod tests {
         let fourth = next(&mut new_agent).await;
         assert_eq!(fourth.version, 4);
         assert!(fourth.delta.is_none() && !fourth.policy.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_large_whole_policy_goes_in_parts_and_the_last_carries_the_rest() {
+        let td = TrustDomain::new("example.org").unwrap();
+        // A few hundred bytes of JSON each: 1,500 of them make parts.
+        let yamls: Vec<String> = (0..1500)
+            .map(|i| identity_yaml(&format!("w{i:04}"), "1h"))
+            .collect();
+        let v1 = Arc::new(PolicyState::compile(7, &td, &document(&yamls)));
+        assert!(v1.document_json.len() > PART_BYTES);
+        let (_policy_tx, policy) = watch::channel(v1.clone());
+        let (_bundle_tx, bundle) = watch::channel(empty_bundle(&td));
+        let feed = PolicyFeed {
+            trust_domain: td.clone(),
+            policy,
+            bundle,
+            federation: Federation::default(),
+            node: None,
+            revocations: watch::channel(Arc::default()).1,
+            metrics: Arc::new(Metrics::default()),
+            accepts_deltas: true,
+            accepts_parts: true,
+        };
+        let id = SpiffeId::parse("spiffe://example.org/signet/agent/join/vm").unwrap();
+        let (sender, mut updates) = mpsc::channel(4);
+        tokio::spawn(feed.run(AgentRecord::from_spiffe_id(&id, &td).unwrap(), sender));
+
+        let mut names = Vec::new();
+        let mut parts = Vec::new();
+        loop {
+            let update = next(&mut updates).await;
+            assert_eq!(update.version, 7);
+            assert!(update.policy.is_empty(), "parts carry deltas only");
+            let delta = update.delta.clone().unwrap();
+            for json in &delta.workload_identities {
+                let object: serde_json::Value = serde_json::from_slice(json).unwrap();
+                names.push(object["metadata"]["name"].as_str().unwrap().to_owned());
+            }
+            assert!(
+                signet_proto::prost::Message::encoded_len(&update) < PART_BYTES + 8 * 1024,
+                "a part is at most about PART_BYTES"
+            );
+            parts.push((
+                update.partial,
+                delta.base_version,
+                update.trust_bundle.is_empty(),
+            ));
+            if !update.partial {
+                break;
+            }
+        }
+        // From an empty document first, then on the version being sent; only
+        // the last is a full update (bundle and all).
+        assert!(parts.len() >= 2, "{parts:?}");
+        assert_eq!(parts[0], (true, 0, true));
+        assert!(
+            parts[1..parts.len() - 1]
+                .iter()
+                .all(|p| *p == (true, 7, true))
+        );
+        assert_eq!(parts[parts.len() - 1], (false, 7, false));
+        let expected: Vec<String> = (0..1500).map(|i| format!("w{i:04}")).collect();
+        assert_eq!(names, expected);
     }
 }

@@ -387,6 +387,7 @@ impl Issuer for IssuerService {
             revocations: self.inner.standing.revocations(),
             metrics: self.inner.signer.metrics.clone(),
             accepts_deltas: request.get_ref().accepts_policy_deltas,
+            accepts_parts: request.get_ref().accepts_policy_parts,
         };
         let seen = self
             .inner
