@@ -197,7 +197,11 @@ pub async fn run_until(
         });
     }
 
+    let attestor = WorkloadAttestor::new(&config.attestors)?;
+    // Only where callers are attested as pods: without the Kubernetes
+    // attestor no caller could ever take what was signed ahead.
     if config.sign_ahead
+        && attestor.kubernetes().is_some()
         && let Some(node_name) = config.node_name()
     {
         tokio::spawn(run_node_pods_watch(
@@ -207,8 +211,6 @@ pub async fn run_until(
             shutdown.clone(),
         ));
     }
-
-    let attestor = WorkloadAttestor::new(&config.attestors)?;
     let delegated = Arc::new(DelegatedState::new(
         cache.clone(),
         client.pod_tokens().clone(),
