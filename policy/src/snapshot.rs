@@ -806,8 +806,9 @@ impl CompiledIdentity {
 struct Inner {
     version: u64,
     trust_domain: TrustDomain,
-    /// Sorted by name.
-    identities: Vec<CompiledIdentity>,
+    /// Sorted by name. Shared with the snapshots compiled after this one
+    /// while the identity does not change.
+    identities: Vec<Arc<CompiledIdentity>>,
     /// Identity indices whose allow rules pin the Kubernetes namespace.
     identities_by_namespace: HashMap<String, Vec<u32>>,
     /// Identity indices that may match in any namespace (or none).
@@ -970,6 +971,23 @@ impl PolicyDocument {
             &self.roles,
         )
     }
+
+    /// Compiles the document (see [`PolicySnapshot::compile_after`]),
+    /// reusing what `previous` compiled for identities that did not change.
+    pub fn compile_after(
+        &self,
+        version: u64,
+        trust_domain: &TrustDomain,
+        previous: &PolicySnapshot,
+    ) -> (PolicySnapshot, Vec<ObjectReport>) {
+        PolicySnapshot::compile_after(
+            version,
+            trust_domain,
+            &self.workload_identities,
+            &self.roles,
+            previous,
+        )
+    }
 }
 
 impl PolicySnapshot {
@@ -985,39 +1003,88 @@ impl PolicySnapshot {
         identities: &[WorkloadIdentity],
         roles: &[Role],
     ) -> (PolicySnapshot, Vec<ObjectReport>) {
+        Self::compile_reusing(version, trust_domain, identities, roles, None)
+    }
+
+    /// Like [`PolicySnapshot::compile`], but an identity whose spec and
+    /// metadata equal those `previous` compiled is taken from `previous`
+    /// rather than compiled again: one change among thousands of
+    /// identities costs a compile of one.
+    pub fn compile_after(
+        version: u64,
+        trust_domain: &TrustDomain,
+        identities: &[WorkloadIdentity],
+        roles: &[Role],
+        previous: &PolicySnapshot,
+    ) -> (PolicySnapshot, Vec<ObjectReport>) {
+        Self::compile_reusing(version, trust_domain, identities, roles, Some(previous))
+    }
+
+    /// What `self` compiled for `wi`, if `wi` is the very object it compiled.
+    fn compiled_before(&self, wi: &WorkloadIdentity, name: &str) -> Option<Arc<CompiledIdentity>> {
+        let inner = &*self.inner;
+        let at = inner
+            .document
+            .workload_identities
+            .binary_search_by(|o| o.metadata.name.as_deref().unwrap_or_default().cmp(name))
+            .ok()?;
+        let before = inner.document.workload_identities.get(at)?;
+        if before.spec != wi.spec || before.metadata != slim_metadata(&wi.metadata) {
+            return None;
+        }
+        let at = inner
+            .identities
+            .binary_search_by(|i| i.name.as_str().cmp(name))
+            .ok()?;
+        inner.identities.get(at).cloned()
+    }
+
+    fn compile_reusing(
+        version: u64,
+        trust_domain: &TrustDomain,
+        identities: &[WorkloadIdentity],
+        roles: &[Role],
+        previous: Option<&PolicySnapshot>,
+    ) -> (PolicySnapshot, Vec<ObjectReport>) {
+        let previous = previous.filter(|p| p.inner.trust_domain == *trust_domain);
         let mut reports = Vec::with_capacity(identities.len() + roles.len());
-        let mut compiled_ids: BTreeMap<String, (CompiledIdentity, &WorkloadIdentity)> =
+        let mut compiled_ids: BTreeMap<String, (Arc<CompiledIdentity>, &WorkloadIdentity)> =
             BTreeMap::new();
         let mut invalid_identities = BTreeMap::new();
         let mut seen = BTreeSet::new();
         for wi in identities {
             let name = object_name(&wi.metadata);
-            let result =
-                match name {
-                    None => Err(missing_name()),
-                    Some(n) if !seen.insert(n.to_owned()) => {
-                        Err(duplicate_name(ObjectKind::WorkloadIdentity, n))
-                    }
-                    Some(n) => {
-                        let mut problems = Problems::default();
-                        match compile_identity(wi, n, trust_domain, &mut problems) {
-                            Some(c) => {
-                                compiled_ids.insert(n.to_owned(), (c, wi));
-                                Ok(())
-                            }
-                            None => {
-                                let err = problems.into_result().err().unwrap_or_else(|| {
-                                    ValidationError {
+            let result = match name {
+                None => Err(missing_name()),
+                Some(n) if !seen.insert(n.to_owned()) => {
+                    Err(duplicate_name(ObjectKind::WorkloadIdentity, n))
+                }
+                Some(n) => {
+                    let mut problems = Problems::default();
+                    let compiled = match previous.and_then(|p| p.compiled_before(wi, n)) {
+                        Some(reused) => Some(reused),
+                        None => compile_identity(wi, n, trust_domain, &mut problems).map(Arc::new),
+                    };
+                    match compiled {
+                        Some(c) => {
+                            compiled_ids.insert(n.to_owned(), (c, wi));
+                            Ok(())
+                        }
+                        None => {
+                            let err =
+                                problems
+                                    .into_result()
+                                    .err()
+                                    .unwrap_or_else(|| ValidationError {
                                         reason: ValidationReason::InvalidTemplate,
                                         message: "validation failed".to_owned(),
-                                    }
-                                });
-                                invalid_identities.insert(n.to_owned(), err.clone());
-                                Err(err)
-                            }
+                                    });
+                            invalid_identities.insert(n.to_owned(), err.clone());
+                            Err(err)
                         }
                     }
-                };
+                }
+            };
             reports.push(ObjectReport {
                 kind: ObjectKind::WorkloadIdentity,
                 name: name.unwrap_or_default().to_owned(),
@@ -1073,7 +1140,7 @@ impl PolicySnapshot {
                 })
                 .collect(),
         };
-        let identities: Vec<CompiledIdentity> =
+        let identities: Vec<Arc<CompiledIdentity>> =
             compiled_ids.into_values().map(|(c, _)| c).collect();
         let roles: Vec<CompiledRole> = compiled_roles.into_values().map(|(c, _)| c).collect();
         let (identities_by_namespace, identities_anywhere) =
@@ -1165,7 +1232,7 @@ impl PolicySnapshot {
             .unwrap_or_default();
         merge_sorted(pinned, &inner.identities_anywhere)
             .into_iter()
-            .filter_map(|i| inner.identities.get(i as usize))
+            .filter_map(|i| inner.identities.get(i as usize).map(AsRef::as_ref))
     }
 
     fn decide_one(

@@ -151,10 +151,11 @@ impl PolicyReconciler {
         );
 
         let previous = self.sender.borrow().clone();
-        let state = PolicyState::compile(
+        let state = PolicyState::compile_after(
             next_version(previous.version, self.clock.now()),
             &self.trust_domain,
             &document,
+            &previous,
         );
         let invalid = state.reports.iter().filter(|r| r.result.is_err()).count();
         if state.document_json != previous.document_json || !*self.synced.borrow() {
@@ -165,8 +166,7 @@ impl PolicyReconciler {
                 invalid,
                 "policy compiled"
             );
-            self.sender
-                .send_replace(Arc::new(state.with_delta_from(&previous)));
+            self.sender.send_replace(Arc::new(state));
             self.synced.send_replace(true);
         }
         if *self.leading.borrow() {

@@ -26,6 +26,11 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 
 type ObjectKey = (ObjectKind, String);
 
+struct ParsedFile {
+    text: String,
+    results: Vec<Result<PolicyObject, LoadError>>,
+}
+
 /// Reads and watches a policy directory.
 pub struct DirectorySource {
     dir: PathBuf,
@@ -33,6 +38,9 @@ pub struct DirectorySource {
     version: u64,
     last_good: BTreeMap<ObjectKey, PolicyObject>,
     last_by_file: BTreeMap<PathBuf, Vec<PolicyObject>>,
+    /// Each file's text when last read and what it parsed to: a reload
+    /// parses only the files whose text changed.
+    parsed: BTreeMap<PathBuf, ParsedFile>,
     reported: BTreeSet<String>,
     sender: watch::Sender<Arc<PolicyState>>,
 }
@@ -64,6 +72,7 @@ impl DirectorySource {
             version: first_version,
             last_good: BTreeMap::new(),
             last_by_file: BTreeMap::new(),
+            parsed: BTreeMap::new(),
             reported: BTreeSet::new(),
             sender,
         };
@@ -111,6 +120,7 @@ impl DirectorySource {
         let mut failed_keys: BTreeSet<ObjectKey> = BTreeSet::new();
         let mut present_keys: BTreeSet<ObjectKey> = BTreeSet::new();
         let mut by_file = BTreeMap::new();
+        let mut parsed_before = std::mem::take(&mut self.parsed);
 
         for file in self.policy_files() {
             let text = match std::fs::read_to_string(&file) {
@@ -121,7 +131,17 @@ impl DirectorySource {
                     continue;
                 }
             };
-            let results = signet_policy::parse_yaml_documents(&text);
+            let results = match parsed_before.remove(&file) {
+                Some(parsed) if parsed.text == text => parsed.results,
+                _ => signet_policy::parse_yaml_documents(&text),
+            };
+            self.parsed.insert(
+                file.clone(),
+                ParsedFile {
+                    text,
+                    results: results.clone(),
+                },
+            );
             let broken = results.iter().any(|r| {
                 matches!(
                     r,
@@ -170,8 +190,10 @@ impl DirectorySource {
             }
         }
 
-        let mut document = PolicyDocument::from_objects(candidates.clone());
-        let mut state = PolicyState::compile(self.version + 1, &self.trust_domain, &document);
+        let previous = self.sender.borrow().clone();
+        let mut document = PolicyDocument::from_objects(candidates);
+        let mut state =
+            PolicyState::compile_after(self.version + 1, &self.trust_domain, &document, &previous);
         // Objects that no longer compile: fall back to their last good version.
         let mut substituted = false;
         let mut replacements = Vec::new();
@@ -192,38 +214,40 @@ impl DirectorySource {
             }
         }
         if !replacements.is_empty() {
-            for (key, previous) in replacements {
-                candidates.retain(|object| key_of(object).as_ref() != Some(&key));
-                candidates.push(previous);
+            for ((kind, name), last_good) in replacements {
+                let named = |meta: &kube::api::ObjectMeta| meta.name.as_deref() == Some(&name);
+                match kind {
+                    ObjectKind::WorkloadIdentity => {
+                        document.workload_identities.retain(|o| !named(&o.metadata))
+                    }
+                    ObjectKind::Role => document.roles.retain(|o| !named(&o.metadata)),
+                }
+                match last_good {
+                    PolicyObject::WorkloadIdentity(o) => document.workload_identities.push(*o),
+                    PolicyObject::Role(o) => document.roles.push(*o),
+                }
             }
-            document = PolicyDocument::from_objects(candidates);
-            state = PolicyState::compile(self.version + 1, &self.trust_domain, &document);
+            state = PolicyState::compile_after(
+                self.version + 1,
+                &self.trust_domain,
+                &document,
+                &previous,
+            );
             substituted = true;
         }
 
         // Remember what is valid now; forget objects deleted from every file.
-        let in_force: BTreeMap<ObjectKey, PolicyObject> = state
-            .snapshot
-            .document()
-            .workload_identities
-            .iter()
-            .cloned()
-            .map(|w| PolicyObject::WorkloadIdentity(Box::new(w)))
-            .chain(
-                state
-                    .snapshot
-                    .document()
-                    .roles
-                    .iter()
-                    .cloned()
-                    .map(|r| PolicyObject::Role(Box::new(r))),
-            )
-            .filter_map(|object| key_of(&object).map(|key| (key, object)))
-            .collect();
-        for (key, object) in &in_force {
-            if !failed_keys.contains(key) {
-                self.last_good.insert(key.clone(), object.clone());
-            }
+        let in_force = state.snapshot.document();
+        for identity in &in_force.workload_identities {
+            let object = PolicyObjectRef::WorkloadIdentity(identity);
+            remember_valid(&mut self.last_good, &failed_keys, object);
+        }
+        for role in &in_force.roles {
+            remember_valid(
+                &mut self.last_good,
+                &failed_keys,
+                PolicyObjectRef::Role(role),
+            );
         }
         self.last_good.retain(|key, _| present_keys.contains(key));
         self.last_by_file = by_file;
@@ -310,6 +334,47 @@ impl DirectorySource {
             return None;
         }
         Some(watcher)
+    }
+}
+
+/// A policy object in force, borrowed from the compiled document.
+#[derive(Clone, Copy)]
+enum PolicyObjectRef<'a> {
+    WorkloadIdentity(&'a signet_policy::crd::WorkloadIdentity),
+    Role(&'a signet_policy::crd::Role),
+}
+
+/// Records `object` as the last valid version of its name, copying it only
+/// when it differs from the one held (most reloads change nothing).
+fn remember_valid(
+    last_good: &mut BTreeMap<ObjectKey, PolicyObject>,
+    failed_keys: &BTreeSet<ObjectKey>,
+    object: PolicyObjectRef<'_>,
+) {
+    let (kind, name) = match object {
+        PolicyObjectRef::WorkloadIdentity(o) => (ObjectKind::WorkloadIdentity, &o.metadata.name),
+        PolicyObjectRef::Role(o) => (ObjectKind::Role, &o.metadata.name),
+    };
+    let Some(name) = name else { return };
+    let key = (kind, name.clone());
+    if failed_keys.contains(&key) {
+        return;
+    }
+    let same = match (last_good.get(&key), object) {
+        (Some(PolicyObject::WorkloadIdentity(held)), PolicyObjectRef::WorkloadIdentity(o)) => {
+            **held == *o
+        }
+        (Some(PolicyObject::Role(held)), PolicyObjectRef::Role(o)) => **held == *o,
+        _ => false,
+    };
+    if !same {
+        let owned = match object {
+            PolicyObjectRef::WorkloadIdentity(o) => {
+                PolicyObject::WorkloadIdentity(Box::new(o.clone()))
+            }
+            PolicyObjectRef::Role(o) => PolicyObject::Role(Box::new(o.clone())),
+        };
+        last_good.insert(key, owned);
     }
 }
 
