@@ -131,7 +131,9 @@ pub struct ClientArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
-    /// Gives up after this long (e.g. 5s); watch is not limited.
+    /// Gives up after this long (e.g. 5s), retrying until then while the
+    /// agent is not serving yet or answers Unavailable; watch is not
+    /// limited.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 }
@@ -154,6 +156,12 @@ pub enum CliError {
     },
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    #[error("gave up after {after:?}: {last}")]
+    GaveUp {
+        after: Duration,
+        #[source]
+        last: Box<CliError>,
+    },
     #[error("the stream ended without a message")]
     Empty,
     #[error("the response is malformed: {0}")]
@@ -405,13 +413,43 @@ async fn first_x509(client: &mut WorkloadClient) -> Result<pb::X509svidResponse,
         .ok_or(CliError::Empty)
 }
 
-async fn with_timeout<T>(
-    timeout: Duration,
-    work: impl Future<Output = Result<T, CliError>>,
-) -> Result<T, CliError> {
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| CliError::Timeout(timeout))?
+/// Whether trying again may succeed: the agent is not serving yet (its
+/// socket is missing or refuses, as when a pod starts before the node's
+/// agent) or cannot answer yet (`Unavailable`: no policy yet, the issuer
+/// unreachable). A refusal (`PermissionDenied`) is an answer, given at once.
+fn worth_retrying(error: &CliError) -> bool {
+    match error {
+        CliError::Connect { .. } => true,
+        CliError::Rpc { code, .. } => matches!(code, tonic::Code::Unavailable),
+        _ => false,
+    }
+}
+
+/// The first attempt of `attempt` that succeeds within `timeout`, trying
+/// again after a growing pause (100 ms to 1 s) while the error is worth
+/// retrying, as go-spiffe and spiffe-helper do; on timeout, the last error.
+async fn retrying<T, F>(timeout: Duration, mut attempt: impl FnMut() -> F) -> Result<T, CliError>
+where
+    F: Future<Output = Result<T, CliError>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let error = match tokio::time::timeout_at(deadline, attempt()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) if worth_retrying(&error) => error,
+            Ok(Err(error)) => return Err(error),
+            Err(_) => return Err(CliError::Timeout(timeout)),
+        };
+        if Instant::now() + pause >= deadline {
+            return Err(CliError::GaveUp {
+                after: timeout,
+                last: Box::new(error),
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
 }
 
 /// Runs an `api` command, writing human or JSON output to `out`.
@@ -419,7 +457,7 @@ pub async fn run_api(command: ApiCommand, out: &mut dyn Write) -> Result<(), Cli
     match command {
         ApiCommand::Fetch(FetchCommand::X509 { client, write }) => {
             let started = Instant::now();
-            let response = with_timeout(client.timeout, async {
+            let response = retrying(client.timeout, || async {
                 let mut api = connect(&client.socket_path).await?;
                 first_x509(&mut api).await
             })
@@ -439,15 +477,16 @@ pub async fn run_api(command: ApiCommand, out: &mut dyn Write) -> Result<(), Cli
             audience,
             spiffe_id,
         }) => {
-            let response = with_timeout(client.timeout, async {
+            let request = pb::JwtsvidRequest {
+                audience,
+                spiffe_id: spiffe_id.unwrap_or_default(),
+            };
+            let response = retrying(client.timeout, || async {
                 let mut api = connect(&client.socket_path).await?;
-                api.fetch_jwtsvid(pb::JwtsvidRequest {
-                    audience,
-                    spiffe_id: spiffe_id.unwrap_or_default(),
-                })
-                .await
-                .map(tonic::Response::into_inner)
-                .map_err(|s| CliError::rpc("FetchJWTSVID", s))
+                api.fetch_jwtsvid(request.clone())
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| CliError::rpc("FetchJWTSVID", s))
             })
             .await?;
             match client.output {
@@ -467,7 +506,7 @@ pub async fn run_api(command: ApiCommand, out: &mut dyn Write) -> Result<(), Cli
             }
         }
         ApiCommand::Fetch(FetchCommand::Bundle(client)) => {
-            let response = with_timeout(client.timeout, async {
+            let response = retrying(client.timeout, || async {
                 let mut api = connect(&client.socket_path).await?;
                 let mut stream = api
                     .fetch_x509_bundles(pb::X509BundlesRequest {})
@@ -503,9 +542,10 @@ pub async fn run_api(command: ApiCommand, out: &mut dyn Write) -> Result<(), Cli
             audience,
             svid,
         }) => {
-            let response = with_timeout(client.timeout, async {
+            let request = pb::ValidateJwtsvidRequest { audience, svid };
+            let response = retrying(client.timeout, || async {
                 let mut api = connect(&client.socket_path).await?;
-                api.validate_jwtsvid(pb::ValidateJwtsvidRequest { audience, svid })
+                api.validate_jwtsvid(request.clone())
                     .await
                     .map(tonic::Response::into_inner)
                     .map_err(|s| CliError::rpc("ValidateJWTSVID", s))
@@ -530,7 +570,7 @@ pub async fn run_api(command: ApiCommand, out: &mut dyn Write) -> Result<(), Cli
             }
         }
         ApiCommand::Watch(client) => {
-            let mut api = with_timeout(client.timeout, connect(&client.socket_path)).await?;
+            let mut api = retrying(client.timeout, || connect(&client.socket_path)).await?;
             let mut stream = api
                 .fetch_x509svid(pb::X509svidRequest {})
                 .await

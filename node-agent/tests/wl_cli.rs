@@ -138,6 +138,51 @@ async fn errors_name_the_rpc_and_code() {
     };
     let error = run_api(command, &mut Vec::new()).await.unwrap_err();
     let message = error.to_string();
+    // A refusal is an answer: given at once, not retried.
+    assert!(message.starts_with("FetchX509SVID failed"), "{message}");
     assert!(message.contains("FetchX509SVID"), "{message}");
     assert!(message.contains("PermissionDenied"), "{message}");
+}
+
+/// A pod's init container may run before the node's agent serves: fetch
+/// keeps trying the socket until it appears (within `--timeout`).
+#[tokio::test]
+async fn fetch_waits_for_an_agent_that_is_not_serving_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let endpoint = format!("unix://{}", socket.display());
+    let finished = std::cell::Cell::new(false);
+    let fetching = async {
+        let cli = Cli::try_parse_from([
+            "signet-agent",
+            "api",
+            "fetch",
+            "x509",
+            "--socket-path",
+            &endpoint,
+            "--timeout",
+            "30s",
+        ])
+        .unwrap();
+        let Command::Api(command) = cli.command else {
+            panic!("not an api command");
+        };
+        let mut out = Vec::new();
+        let result = run_api(command, &mut out).await;
+        finished.set(true);
+        result.map(|()| String::from_utf8(out).unwrap())
+    };
+    let serving = async {
+        // A window in which the socket is missing: attempts fail and are retried.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!finished.get(), "fetch gave up on a missing socket");
+        let agent = TestAgent::builder()
+            .policy_yaml(policy("web", "db", &[]))
+            .start();
+        std::os::unix::fs::symlink(agent.socket_path(), &socket).unwrap();
+        agent
+    };
+    let (fetched, _agent) = tokio::join!(fetching, serving);
+    let text = fetched.expect("fetch once the agent serves");
+    assert!(text.contains("Received 2 svid(s)"), "{text}");
 }
