@@ -77,7 +77,8 @@ images:
 
 ## cluster-up / cluster-down: a real single-node Kubernetes on this machine
 ## bench-cluster: the benchmarks that need the local cluster (make
-## cluster-up, e2e/images/build-all.sh): operator memory with 10,000 pods,
+## cluster-up, e2e/images/build-all.sh): operator memory with 10,000 pods
+## (SIGNET_BENCH_PODS=100000 for 100,000),
 ## binding to SVID-ready with 100 pods created at once
 bench-cluster:
 	$(CARGO) build --release --workspace --bins

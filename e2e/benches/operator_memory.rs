@@ -1,10 +1,11 @@
-//! Operator memory with 10,000 pods in its watch, against the real API
-//! server of the e2e cluster (issue 5): a load binary (`make bench-cluster`,
-//! or `cargo bench -p signet-e2e --bench operator_memory` with
-//! `SIGNET_E2E_CLUSTER=1` and `KUBECONFIG`).
+//! Operator memory with many pods in its watch, against the real API
+//! server of the e2e cluster (issues 5 and 17): a load binary (`make
+//! bench-cluster`, or `cargo bench -p signet-e2e --bench operator_memory`
+//! with `SIGNET_E2E_CLUSTER=1` and `KUBECONFIG`; `SIGNET_BENCH_PODS`,
+//! default 10000).
 //!
 //! It starts `signet-operator kubernetes` (release build if present, else
-//! debug), reads its RSS once ready, creates 10,000 pods shaped like real
+//! debug), reads its RSS once ready, creates the pods, shaped like real
 //! ones (labels, an annotation, two containers) that no scheduler picks up
 //! (`schedulerName: none`, so no kubelet is involved and deletion is
 //! immediate), waits until the operator's `signet_operator_pods_cached`
@@ -19,8 +20,14 @@ use signet_e2e::standalone::{Process, TRUST_DOMAIN, http_get, wait_until_every};
 
 const OPERATOR_NS: &str = "signet-bench-operator";
 const PODS_NS: &str = "signet-bench-pods";
-const PODS: usize = 10_000;
 const BATCH: usize = 500;
+
+fn pod_count() -> usize {
+    std::env::var("SIGNET_BENCH_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
 
 fn operator_binary() -> std::path::PathBuf {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -96,7 +103,86 @@ fn main() {
     kubectl(&["create", "namespace", OPERATOR_NS]);
     kubectl(&["create", "namespace", PODS_NS]);
 
+    let pods = pod_count();
     let dir = tempfile::tempdir().unwrap();
+    let (mut operator, admin_port) = start_operator(dir.path(), "operator.log");
+    std::thread::sleep(Duration::from_secs(6));
+    let baseline_pods = metric(admin_port, "signet_operator_pods_cached").unwrap_or(0.0);
+    let baseline = status_kib(operator.pid(), "VmRSS:");
+
+    let started = signet_e2e::deadline::Stopwatch::start();
+    for start in (0..pods).step_by(BATCH) {
+        let output = kubectl_output(
+            &["create", "-f", "-", "-o", "name"],
+            Some(&pod_batch(start)),
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let created = started.elapsed();
+    wait_until_every(
+        "the operator to see every pod",
+        Duration::from_secs(300),
+        Duration::from_secs(1),
+        || {
+            metric(admin_port, "signet_operator_pods_cached").unwrap_or(0.0)
+                >= baseline_pods + pods as f64
+        },
+    );
+    let seen = started.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let loaded = status_kib(operator.pid(), "VmRSS:");
+    let peak = status_kib(operator.pid(), "VmHWM:");
+
+    println!(
+        "operator RSS with {baseline_pods} pods: {:.1} MiB",
+        baseline as f64 / 1024.0
+    );
+    println!(
+        "operator RSS with {} pods: {:.1} MiB (peak {:.1} MiB); {:.0} bytes per added pod",
+        baseline_pods as usize + pods,
+        loaded as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        (loaded.saturating_sub(baseline) * 1024) as f64 / pods as f64
+    );
+    println!(
+        "{pods} pods created in {:.1} s, all in the operator's cache after {:.1} s",
+        created.as_secs_f64(),
+        seen.as_secs_f64()
+    );
+    operator.stop();
+
+    // An operator (re)started against all those pods: its first list.
+    let restarted = signet_e2e::deadline::Stopwatch::start();
+    let (mut operator, admin_port) = start_operator(dir.path(), "restarted.log");
+    wait_until_every(
+        "the restarted operator to list every pod",
+        Duration::from_secs(300),
+        Duration::from_millis(500),
+        || {
+            metric(admin_port, "signet_operator_pods_cached").unwrap_or(0.0)
+                >= baseline_pods + pods as f64
+        },
+    );
+    let listed = restarted.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    println!(
+        "operator started with {} pods: all cached after {:.1} s; RSS {:.1} MiB (peak {:.1} MiB)",
+        baseline_pods as usize + pods,
+        listed.as_secs_f64(),
+        status_kib(operator.pid(), "VmRSS:") as f64 / 1024.0,
+        status_kib(operator.pid(), "VmHWM:") as f64 / 1024.0,
+    );
+    operator.stop();
+    cleanup();
+}
+
+/// `signet-operator kubernetes` against the cluster, ready; and its
+/// metrics port.
+fn start_operator(dir: &std::path::Path, log: &str) -> (Process, u16) {
     let admin_port = free_port();
     let mut command = Command::new(operator_binary());
     command
@@ -114,60 +200,12 @@ fn main() {
             &format!("127.0.0.1:{}", free_port()),
         ])
         .args(["--metrics-listen", &format!("127.0.0.1:{admin_port}")]);
-    let mut operator = Process::spawn("signet-operator", command, dir.path().join("operator.log"));
+    let operator = Process::spawn("signet-operator", command, dir.join(log));
     wait_until_every(
         "the operator to be ready",
-        Duration::from_secs(60),
+        Duration::from_secs(300),
         Duration::from_millis(200),
         || http_get(admin_port, "/readyz").starts_with("HTTP/1.1 200"),
     );
-    std::thread::sleep(Duration::from_secs(6));
-    let baseline_pods = metric(admin_port, "signet_operator_pods_cached").unwrap_or(0.0);
-    let baseline = status_kib(operator.pid(), "VmRSS:");
-
-    let started = signet_e2e::deadline::Stopwatch::start();
-    for start in (0..PODS).step_by(BATCH) {
-        let output = kubectl_output(
-            &["create", "-f", "-", "-o", "name"],
-            Some(&pod_batch(start)),
-        );
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let created = started.elapsed();
-    wait_until_every(
-        "the operator to see every pod",
-        Duration::from_secs(120),
-        Duration::from_secs(1),
-        || {
-            metric(admin_port, "signet_operator_pods_cached").unwrap_or(0.0)
-                >= baseline_pods + PODS as f64
-        },
-    );
-    let seen = started.elapsed();
-    std::thread::sleep(Duration::from_secs(2));
-    let loaded = status_kib(operator.pid(), "VmRSS:");
-    let peak = status_kib(operator.pid(), "VmHWM:");
-
-    println!(
-        "operator RSS with {baseline_pods} pods: {:.1} MiB",
-        baseline as f64 / 1024.0
-    );
-    println!(
-        "operator RSS with {} pods: {:.1} MiB (peak {:.1} MiB); {:.0} bytes per added pod",
-        baseline_pods as usize + PODS,
-        loaded as f64 / 1024.0,
-        peak as f64 / 1024.0,
-        (loaded.saturating_sub(baseline) * 1024) as f64 / PODS as f64
-    );
-    println!(
-        "{PODS} pods created in {:.1} s, all in the operator's cache after {:.1} s",
-        created.as_secs_f64(),
-        seen.as_secs_f64()
-    );
-    operator.stop();
-    cleanup();
+    (operator, admin_port)
 }

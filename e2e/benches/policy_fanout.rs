@@ -32,7 +32,7 @@ use std::time::Duration;
 use prost::Message;
 use signet_agent::issuer::{IssuerClient, IssuerClientConfig};
 use signet_agent::metrics::Metrics;
-use signet_e2e::standalone::{Stack, proc_status_field};
+use signet_e2e::standalone::{Stack, proc_cpu_time, proc_status_field};
 use signet_identity::TrustDomain;
 use signet_runtime::clock::Clock;
 use tokio::sync::watch;
@@ -63,21 +63,6 @@ fn identity(index: usize, ttl: &str) -> String {
         "---\napiVersion: signet.dev/v1alpha1\nkind: WorkloadIdentity\nmetadata: {{name: app-{index}, labels: {{suite: fleet, team: team-{team}}}}}\nspec:\n  rules:\n    allow:\n      - conditions:\n          - {{attribute: workload.kubernetes.namespace, eq: app-{index}}}\n          - {{attribute: workload.kubernetes.service_account, eq: app-{index}}}\n  spiffe:\n    id: \"/ns/app-{index}/sa/{{{{ workload.kubernetes.service_account }}}}\"\n    x509: {{ttl: {ttl}}}\n",
         team = index % 50
     )
-}
-
-/// CPU time (user + system) of process `pid` so far.
-fn cpu_of(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let ticks: u64 = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|t| t.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -205,7 +190,7 @@ fn main() {
         let mut version = first;
         for change in 1..=changes {
             // One WorkloadIdentity more (its own file), as a user applying one.
-            let cpu_before = cpu_of(operator_pid);
+            let cpu_before = proc_cpu_time(Some(operator_pid));
             let at = Instant::now();
             stack.write_policy(
                 &format!("change-{change}.yaml"),
@@ -234,7 +219,7 @@ fn main() {
                 ms(percentile(&arrivals, 0.99)),
                 ms(arrivals[arrivals.len() - 1]),
                 seen[0].bytes.load(Ordering::Relaxed) as f64 / 1024.0,
-                (cpu_of(operator_pid) - cpu_before).as_secs_f64(),
+                (proc_cpu_time(Some(operator_pid)) - cpu_before).as_secs_f64(),
                 proc_status_field(operator_pid, "VmRSS"),
                 proc_status_field(operator_pid, "VmHWM"),
             );

@@ -141,23 +141,6 @@ fn status_kib(field: &str) -> u64 {
 }
 
 /// CPU time (user + system, all threads) this process has used so far.
-fn cpu_time() -> Duration {
-    // utime and stime are fields 14 and 15, in USER_HZ ticks (100 per
-    // second in Linux's user ABI); the command name before them may hold
-    // spaces, so count from the closing parenthesis.
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|ticks| ticks.parse().ok())
-        .collect();
-    Duration::from_millis(fields.iter().sum::<u64>() * 10)
-}
-
 /// The 1-minute load average (other processes compete for the same cores).
 fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
@@ -480,7 +463,7 @@ async fn scenario(workloads: usize, agent_count: usize, window: Duration) -> Out
     tokio::task::yield_now().await;
     reset_peak_rss();
     let load = load_average();
-    let cpu_before = cpu_time();
+    let cpu_before = signet_e2e::standalone::proc_cpu_time(None);
     let tainted_at = Instant::now();
     operator
         .admin(AdminRequest::Taint {
@@ -517,7 +500,7 @@ async fn scenario(workloads: usize, agent_count: usize, window: Duration) -> Out
         .expect("the ledger still counts live SVIDs of the tainted CA")
         .unwrap()
         .duration_since(tainted_at);
-    let cpu = cpu_time().saturating_sub(cpu_before);
+    let cpu = signet_e2e::standalone::proc_cpu_time(None).saturating_sub(cpu_before);
     let peak_rss_kib = status_kib("VmHWM:");
     let mut taint_known = Duration::ZERO;
     for task in learning {

@@ -542,6 +542,29 @@ pub fn proc_status_field(pid: u32, field: &str) -> String {
         .to_owned()
 }
 
+/// CPU time (user + system) process `pid` has spent so far; `None` for
+/// this process.
+pub fn proc_cpu_time(pid: Option<u32>) -> std::time::Duration {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    // utime and stime are fields 14 and 15, in USER_HZ ticks (100 per
+    // second in Linux's user ABI); the command name before them may hold
+    // spaces, so count from the closing parenthesis.
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    std::time::Duration::from_millis(ticks * 10)
+}
+
 /// The current process's uid.
 pub fn current_uid() -> u32 {
     rustix::process::getuid().as_raw()

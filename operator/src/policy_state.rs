@@ -33,8 +33,9 @@ pub struct PolicyState {
 }
 
 /// What one part of a whole policy carries at most, give or take an
-/// object: every stream's gRPC encode buffer grows to its largest message.
-pub const PART_BYTES: usize = 256 * 1024;
+/// object: every stream's gRPC encode buffer grows to its largest message
+/// and keeps that size while the stream lasts.
+pub const PART_BYTES: usize = 64 * 1024;
 
 impl PolicyState {
     pub fn compile(version: u64, trust_domain: &TrustDomain, document: &PolicyDocument) -> Self {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use signet_identity::{TrustBundle, TrustDomain};
 use signet_policy::NodeFacts;
 use signet_proto::issuer::v1 as pb;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tonic::Status;
 
 use crate::agents::AgentRecord;
@@ -36,7 +36,18 @@ pub struct PolicyFeed {
     pub accepts_deltas: bool,
     /// The agent said it takes a whole policy in parts.
     pub accepts_parts: bool,
+    /// Shared by every stream of the issuer: at most
+    /// [`WHOLE_POLICY_SENDS`] send a whole policy at once.
+    pub whole_policy_sends: Arc<Semaphore>,
 }
+
+/// How many streams send a whole policy at the same time; the others wait
+/// their turn. A whole policy is megabytes at thousands of identities and
+/// every stream encodes (and TLS encrypts) its own copy: a thousand agents
+/// connecting at once would otherwise hold a thousand copies in encode and
+/// HTTP/2 send buffers, and the operator's RSS would keep the peak. The
+/// CPU, not the number of streams, bounds how fast they all get it.
+pub const WHOLE_POLICY_SENDS: usize = 32;
 
 /// What the update says of the policy: the whole document, or the change
 /// from the version last sent.
@@ -159,7 +170,7 @@ impl PolicyFeed {
         tracing::debug!(agent = %agent.name, "policy watch opened");
         let mut last_sent: Option<u64> = None;
         'stream: loop {
-            let (parts_before, update) = {
+            let (whole, parts_before, update) = {
                 let current_policy = self.policy.borrow_and_update().clone();
                 let current_federation = self.federation.bundles.borrow_and_update().clone();
                 let current_bundle = self.bundle.borrow_and_update().clone();
@@ -168,6 +179,7 @@ impl PolicyFeed {
                     .as_mut()
                     .and_then(|node| node.borrow_and_update().clone());
                 let mut part = policy_part(&current_policy, self.accepts_deltas, last_sent);
+                let whole = part.1.is_none();
                 last_sent = Some(current_policy.version);
                 // A whole policy too large for one part goes in parts; the
                 // last one with everything else, as a full update.
@@ -177,10 +189,10 @@ impl PolicyFeed {
                     && let Some((last, rest)) = current_policy.parts().split_last()
                     && !rest.is_empty()
                 {
-                    parts_before = rest
-                        .iter()
-                        .map(|p| partial_update(&self.trust_domain, current_policy.version, p))
-                        .collect();
+                    // Made into updates one at a time as they are sent: a
+                    // copy of every part's object list per stream would be
+                    // megabytes per waiting stream.
+                    parts_before = rest.to_vec();
                     part = (bytes::Bytes::new(), Some(last.as_ref().clone()));
                 }
                 let update = policy_update(
@@ -191,13 +203,34 @@ impl PolicyFeed {
                     &current_federation,
                     current_node.as_ref(),
                 );
-                (parts_before, update)
+                (whole, (current_policy.version, parts_before), update)
             };
-            for update in parts_before.into_iter().chain(std::iter::once(update)) {
+            let turn = if whole {
+                tokio::select! {
+                    turn = self.whole_policy_sends.acquire() => turn.ok(),
+                    () = sender.closed() => break 'stream,
+                }
+            } else {
+                None
+            };
+            let (version, parts_before) = parts_before;
+            let parts = parts_before
+                .iter()
+                .map(|part| partial_update(&self.trust_domain, version, part));
+            for update in parts.chain(std::iter::once(update)) {
                 if sender.send(Ok(update)).await.is_err() {
                     break 'stream;
                 }
             }
+            if turn.is_some() {
+                // The turn ends once the stream has taken every update
+                // from the channel: then at most its encode and send
+                // buffers still hold some of it.
+                if sender.reserve_many(sender.max_capacity()).await.is_err() {
+                    break 'stream;
+                }
+            }
+            drop(turn);
             tokio::select! {
                 changed = self.policy.changed() => if changed.is_err() { break },
                 changed = self.bundle.changed() => if changed.is_err() { break },
@@ -271,6 +304,7 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             accepts_deltas: false,
             accepts_parts: false,
+            whole_policy_sends: Arc::new(Semaphore::new(WHOLE_POLICY_SENDS)),
         };
         let id = SpiffeId::parse("spiffe://example.org/signet/agent/k8s/n1").unwrap();
         let agent = AgentRecord::from_spiffe_id(&id, &td).unwrap();
@@ -322,6 +356,7 @@ mod tests {
                 metrics: Arc::new(Metrics::default()),
                 accepts_deltas: false,
                 accepts_parts: false,
+                whole_policy_sends: Arc::new(Semaphore::new(WHOLE_POLICY_SENDS)),
             };
             let id =
                 SpiffeId::parse(&format!("spiffe://example.org/signet/agent/join/{name}")).unwrap();
@@ -388,6 +423,7 @@ mod tests {
                 metrics: Arc::new(Metrics::default()),
                 accepts_deltas,
                 accepts_parts: false,
+                whole_policy_sends: Arc::new(Semaphore::new(WHOLE_POLICY_SENDS)),
             };
             let id = SpiffeId::parse("spiffe://example.org/signet/agent/join/vm").unwrap();
             let (sender, updates) = mpsc::channel(4);
@@ -466,6 +502,7 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             accepts_deltas: true,
             accepts_parts: true,
+            whole_policy_sends: Arc::new(Semaphore::new(WHOLE_POLICY_SENDS)),
         };
         let id = SpiffeId::parse("spiffe://example.org/signet/agent/join/vm").unwrap();
         let (sender, mut updates) = mpsc::channel(4);
@@ -507,5 +544,72 @@ mod tests {
         assert_eq!(parts[parts.len() - 1], (false, 7, false));
         let expected: Vec<String> = (0..1500).map(|i| format!("w{i:04}")).collect();
         assert_eq!(names, expected);
+    }
+
+    /// Streams take turns to send a whole policy: while one agent has not
+    /// taken its parts, another waits for its turn; deltas never wait.
+    #[tokio::test(start_paused = true)]
+    async fn whole_policies_are_sent_a_few_streams_at_a_time() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let yamls: Vec<String> = (0..1500)
+            .map(|i| identity_yaml(&format!("w{i:04}"), "1h"))
+            .collect();
+        let v1 = Arc::new(PolicyState::compile(1, &td, &document(&yamls)));
+        assert!(
+            v1.parts().len() > 5,
+            "more parts than a stream's channel holds"
+        );
+        let (policy_tx, policy) = watch::channel(v1.clone());
+        let (_bundle_tx, bundle) = watch::channel(empty_bundle(&td));
+        let one_at_a_time = Arc::new(Semaphore::new(1));
+        let open = |name: &str| {
+            let feed = PolicyFeed {
+                trust_domain: td.clone(),
+                policy: policy.clone(),
+                bundle: bundle.clone(),
+                federation: Federation::default(),
+                node: None,
+                revocations: watch::channel(Arc::default()).1,
+                metrics: Arc::new(Metrics::default()),
+                accepts_deltas: true,
+                accepts_parts: true,
+                whole_policy_sends: one_at_a_time.clone(),
+            };
+            let id =
+                SpiffeId::parse(&format!("spiffe://example.org/signet/agent/join/{name}")).unwrap();
+            let (sender, updates) = mpsc::channel(4);
+            tokio::spawn(feed.run(AgentRecord::from_spiffe_id(&id, &td).unwrap(), sender));
+            updates
+        };
+        let mut first = open("first");
+        assert!(
+            next(&mut first).await.partial,
+            "the first stream has its turn"
+        );
+        let mut second = open("second");
+        let waited = tokio::time::timeout(Duration::from_secs(60), second.recv()).await;
+        assert!(
+            waited.is_err(),
+            "the second stream sent while the first had its turn"
+        );
+
+        // The first agent takes the rest of its parts: the turn passes.
+        while next(&mut first).await.partial {}
+        let mut parts = 1;
+        while next(&mut second).await.partial {
+            parts += 1;
+        }
+        assert_eq!(parts, v1.parts().len());
+
+        // A change goes to both as a delta, without waiting for a turn.
+        let _turn = one_at_a_time.acquire().await.unwrap();
+        let v2 = PolicyState::compile_after(2, &td, &document(&yamls[..1499]), &v1);
+        policy_tx.send_replace(Arc::new(v2));
+        for updates in [&mut first, &mut second] {
+            let update = next(updates).await;
+            assert_eq!(update.version, 2);
+            let delta = update.delta.expect("a delta");
+            assert_eq!(delta.removed_workload_identities, ["w1499"]);
+        }
     }
 }

@@ -29,7 +29,7 @@ use crate::federation::Federation;
 use crate::inventory::{AgentInventory, JoinMethod};
 use crate::issuer::join_throttle::JoinThrottle;
 use crate::issuer::node_pods::NodePodsFeed;
-use crate::issuer::policy_stream::PolicyFeed;
+use crate::issuer::policy_stream::{PolicyFeed, WHOLE_POLICY_SENDS};
 use crate::issuer::request::{JwtRequest, X509Request, subject_key};
 use crate::issuer::signing::{
     AgentSvidError, Asked, Caller, IssuanceObserver, RENEWAL, Signer, unix_seconds,
@@ -115,6 +115,8 @@ struct Inner {
     join_throttle: JoinThrottle,
     signer: Signer,
     node_pods: Option<Arc<PodCache>>,
+    /// Streams sending a whole policy now (see [`WHOLE_POLICY_SENDS`]).
+    whole_policy_sends: Arc<tokio::sync::Semaphore>,
 }
 
 pub struct IssuerParts {
@@ -153,6 +155,7 @@ impl IssuerService {
                 standing: parts.standing,
                 join_throttle: JoinThrottle::new(parts.clock),
                 node_pods: parts.node_pods,
+                whole_policy_sends: Arc::new(tokio::sync::Semaphore::new(WHOLE_POLICY_SENDS)),
                 signer: Signer {
                     trust_domain,
                     authority: parts.authority,
@@ -388,6 +391,7 @@ impl Issuer for IssuerService {
             metrics: self.inner.signer.metrics.clone(),
             accepts_deltas: request.get_ref().accepts_policy_deltas,
             accepts_parts: request.get_ref().accepts_policy_parts,
+            whole_policy_sends: self.inner.whole_policy_sends.clone(),
         };
         let seen = self
             .inner
