@@ -15,6 +15,12 @@
 //! state and re-encodes it statelessly (literals without indexing), so the
 //! server's HPACK decoder never sees the client's dynamic table. Input it
 //! cannot parse is passed through as it is, for the server to reject.
+//!
+//! A connection whose first header block needs no change (most clients:
+//! grpc-go and tonic say `localhost`) is passed through unchanged from
+//! then on, so its calls cost no HPACK decoding here: a channel keeps one
+//! authority for all its calls, and the server's HPACK state is the
+//! client's as long as nothing was re-encoded.
 
 use std::borrow::Cow;
 use std::io;
@@ -67,8 +73,12 @@ pub struct AuthorityRewriter {
     output: BytesMut,
     decoder: Decoder<'static>,
     block: Option<PendingBlock>,
-    /// Set after input this layer cannot follow: bytes pass unchanged.
+    /// Set after input this layer cannot follow, or once the connection's
+    /// first header block needed no change: bytes pass unchanged.
     passthrough: bool,
+    /// Whether a header block was re-encoded: the server's HPACK state is
+    /// no longer the client's, so every later block must be re-encoded too.
+    rewritten: bool,
 }
 
 impl Default for AuthorityRewriter {
@@ -88,6 +98,7 @@ impl AuthorityRewriter {
             decoder,
             block: None,
             passthrough: false,
+            rewritten: false,
         }
     }
 
@@ -194,11 +205,13 @@ impl AuthorityRewriter {
             return;
         };
         let mut encoded = Vec::with_capacity(block.fragment.len() + 16);
+        let mut replaced = false;
         let decoded = self.decoder.decode_with_cb(
             &block.fragment,
             |name: Cow<'_, [u8]>, value: Cow<'_, [u8]>| {
                 let value: &[u8] = if name.as_ref() == b":authority" && !is_valid_authority(&value)
                 {
+                    replaced = true;
                     REPLACEMENT_AUTHORITY
                 } else {
                     &value
@@ -212,6 +225,14 @@ impl AuthorityRewriter {
             self.fall_back();
             return;
         }
+        if !replaced && !self.rewritten {
+            // Nothing to change, and the server's HPACK state is still the
+            // client's: the rest of the connection needs no help.
+            self.output.extend_from_slice(&block.raw);
+            self.fall_back();
+            return;
+        }
+        self.rewritten = true;
         self.write_header_frames(&block, &encoded);
     }
 
@@ -528,9 +549,9 @@ mod tests {
     }
 
     #[test]
-    fn valid_authorities_flags_padding_and_continuations_are_kept() {
+    fn flags_padding_and_continuations_are_kept_through_a_rewrite() {
         let mut encoder = loona_hpack::Encoder::new();
-        let block = client_block(&mut encoder, b"localhost");
+        let block = client_block(&mut encoder, b"/run/signet/agent.sock");
         let (head, tail) = block.split_at(10);
         // PADDED + PRIORITY + END_STREAM on HEADERS, the rest in CONTINUATION.
         let mut payload = vec![3];
@@ -560,7 +581,11 @@ mod tests {
     fn large_blocks_are_split_into_frames_the_server_accepts() {
         let mut encoder = loona_hpack::Encoder::new();
         let big = vec![b'x'; 40_000];
-        let block = encoder.encode([(&b":path"[..], &b"/a"[..]), (b"x-big", &big[..])]);
+        let block = encoder.encode([
+            (&b":path"[..], &b"/a"[..]),
+            (b":authority", b"%2Fa.sock"),
+            (b"x-big", &big[..]),
+        ]);
         let mut wire = PREFACE.to_vec();
         let (first, rest) = block.split_at(MAX_FRAME_PAYLOAD);
         let (second, third) = rest.split_at(MAX_FRAME_PAYLOAD);
@@ -572,6 +597,38 @@ mod tests {
         let frames = server_view(rewriter.output());
         assert!(frames.len() >= 3);
         assert_eq!(value(&frames.last().unwrap().3, b"x-big"), &big[..]);
+    }
+
+    /// A valid first block: the connection is the client's bytes from then
+    /// on, and a block after it with a bad authority is the server's to
+    /// refuse (a channel keeps one authority).
+    #[test]
+    fn a_connection_that_needs_no_change_passes_through_unchanged() {
+        let mut encoder = loona_hpack::Encoder::new();
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(0x4, 0, 0, b""));
+        for stream in [1, 3, 5] {
+            wire.extend(frame(
+                FRAME_HEADERS,
+                FLAG_END_HEADERS,
+                stream,
+                &client_block(&mut encoder, b"localhost"),
+            ));
+            wire.extend(frame(0x0, FLAG_END_STREAM, stream, b"\0\0\0\0\0"));
+        }
+        wire.extend(frame(
+            FRAME_HEADERS,
+            FLAG_END_HEADERS,
+            7,
+            &client_block(&mut encoder, b"%2Fagent.sock"),
+        ));
+        let mut rewriter = AuthorityRewriter::new();
+        for chunk in wire.chunks(7) {
+            rewriter.feed(chunk);
+        }
+        assert_eq!(&rewriter.output()[..], &wire[..]);
+        let frames = server_view(rewriter.output());
+        assert_eq!(value(&frames[5].3, b":authority"), b"localhost");
     }
 
     #[test]
