@@ -419,10 +419,27 @@ async fn first_x509(client: &mut WorkloadClient) -> Result<pb::X509svidResponse,
 /// unreachable). A refusal (`PermissionDenied`) is an answer, given at once.
 fn worth_retrying(error: &CliError) -> bool {
     match error {
-        CliError::Connect { .. } => true,
+        CliError::Connect { source, .. } => not_serving_yet(source),
         CliError::Rpc { code, .. } => matches!(code, tonic::Code::Unavailable),
         _ => false,
     }
+}
+
+/// Whether connecting failed because nothing serves the socket yet (it is
+/// missing, or nobody accepts on it), not because the caller may not use
+/// it (permissions: final).
+fn not_serving_yet(error: &tonic::transport::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            );
+        }
+        cause = current.source();
+    }
+    false
 }
 
 /// The first attempt of `attempt` that succeeds within `timeout`, trying

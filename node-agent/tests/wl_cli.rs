@@ -12,13 +12,18 @@ use signet_identity::PrivateKey;
 use signet_identity::x509::{certs_from_pem, spiffe_id_from_cert};
 use wl_support::*;
 
-async fn api(args: &[&str]) -> String {
+/// `signet-agent api <args>` as parsed.
+fn api_command(args: &[&str]) -> signet_agent::cli::ApiCommand {
     let cli = Cli::try_parse_from(["signet-agent", "api"].iter().chain(args)).unwrap();
     let Command::Api(command) = cli.command else {
         panic!("not an api command");
     };
+    command
+}
+
+async fn api(args: &[&str]) -> String {
     let mut out = Vec::new();
-    run_api(command, &mut out).await.unwrap();
+    run_api(api_command(args), &mut out).await.unwrap();
     String::from_utf8(out).unwrap()
 }
 
@@ -124,18 +129,7 @@ async fn jwt_fetch_and_validate_and_bundles() {
 #[tokio::test]
 async fn errors_name_the_rpc_and_code() {
     let agent = TestAgent::builder().policy_yaml(nobody_policy()).start();
-    let cli = Cli::try_parse_from([
-        "signet-agent",
-        "api",
-        "fetch",
-        "x509",
-        "--socket-path",
-        &agent.endpoint(),
-    ])
-    .unwrap();
-    let Command::Api(command) = cli.command else {
-        panic!("not an api command");
-    };
+    let command = api_command(&["fetch", "x509", "--socket-path", &agent.endpoint()]);
     let error = run_api(command, &mut Vec::new()).await.unwrap_err();
     let message = error.to_string();
     // A refusal is an answer: given at once, not retried.
@@ -153,20 +147,14 @@ async fn fetch_waits_for_an_agent_that_is_not_serving_yet() {
     let endpoint = format!("unix://{}", socket.display());
     let finished = std::cell::Cell::new(false);
     let fetching = async {
-        let cli = Cli::try_parse_from([
-            "signet-agent",
-            "api",
+        let command = api_command(&[
             "fetch",
             "x509",
             "--socket-path",
             &endpoint,
             "--timeout",
             "30s",
-        ])
-        .unwrap();
-        let Command::Api(command) = cli.command else {
-            panic!("not an api command");
-        };
+        ]);
         let mut out = Vec::new();
         let result = run_api(command, &mut out).await;
         finished.set(true);
