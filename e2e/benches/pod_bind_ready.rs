@@ -18,12 +18,11 @@
 //! `SIGNET_BENCH_KEEP=1` leaves the release and the pods for a look.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use signet_e2e::cluster::{
-    kubectl, kubectl_apply, kubectl_output, note, run_to_completion, skip_reason,
+    csi_pod, helm, kubectl, kubectl_apply, kubectl_output, note, run_to_completion, skip_reason,
     wait_for_daemonset,
 };
 use signet_e2e::standalone::wait_until_every;
@@ -31,14 +30,6 @@ use signet_e2e::standalone::wait_until_every;
 const RELEASE: &str = "signet-bench";
 const NS: &str = "signet-bench-system";
 const APPS: &str = "signet-bench-apps";
-
-fn helm(args: &[&str]) -> std::process::Output {
-    let helm = std::env::var_os("SIGNET_E2E_BIN_DIR")
-        .map(|dir| PathBuf::from(dir).join("helm"))
-        .filter(|path| path.is_file())
-        .unwrap_or_else(|| PathBuf::from("helm"));
-    Command::new(helm).args(args).output().unwrap()
-}
 
 fn clean() {
     let _ = kubectl_output(
@@ -97,26 +88,14 @@ spec:
 fn pods(count: usize) -> String {
     (0..count)
         .map(|i| {
-            format!(
-                r#"apiVersion: v1
-kind: Pod
-metadata: {{name: bind-{i}, namespace: {APPS}, labels: {{app: bind}}}}
-spec:
-  restartPolicy: Never
-  terminationGracePeriodSeconds: 1
-  containers:
-    - name: main
-      image: localhost/signet/agent:dev
-      imagePullPolicy: Never
-      args: [api, fetch, x509, --timeout, 120s]
-      env:
-        - {{name: SPIFFE_ENDPOINT_SOCKET, value: "unix:///spiffe-workload-api/agent.sock"}}
-      volumeMounts:
-        - {{name: spiffe, mountPath: /spiffe-workload-api, readOnly: true}}
-  volumes:
-    - name: spiffe
-      csi: {{driver: csi.signet.dev, readOnly: true}}
-"#
+            csi_pod(
+                APPS,
+                &format!("bind-{i}"),
+                "default",
+                "localhost/signet/agent:dev",
+                &["api", "fetch", "x509", "--timeout", "120s"],
+                None,
+                "Never",
             )
         })
         .collect::<Vec<_>>()

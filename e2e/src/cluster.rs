@@ -30,6 +30,73 @@ pub fn kubectl_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("kubectl"))
 }
 
+/// `helm` from the e2e tools (`SIGNET_E2E_BIN_DIR`), else from `PATH`.
+pub fn helm_path() -> PathBuf {
+    std::env::var_os("SIGNET_E2E_BIN_DIR")
+        .map(|dir| PathBuf::from(dir).join("helm"))
+        .filter(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from("helm"))
+}
+
+/// Runs `helm` with `args`.
+pub fn helm(args: &[&str]) -> Output {
+    Command::new(helm_path())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running helm: {e}"))
+}
+
+/// A pod in `namespace` with the Signet CSI volume (socket mode) running
+/// `args` from `image`, with `SPIFFE_ENDPOINT_SOCKET` set; `out` (a host
+/// directory) is mounted at /out when given.
+pub fn csi_pod(
+    namespace: &str,
+    name: &str,
+    sa: &str,
+    image: &str,
+    args: &[&str],
+    out: Option<&std::path::Path>,
+    restart: &str,
+) -> String {
+    let args = args
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (out_mount, out_volume) = match out {
+        Some(dir) => (
+            "\n        - {name: out, mountPath: /out}".to_owned(),
+            format!(
+                "\n    - name: out\n      hostPath: {{path: \"{}\", type: Directory}}",
+                dir.display()
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {namespace}, labels: {{app: {name}}}}}
+spec:
+  serviceAccountName: {sa}
+  restartPolicy: {restart}
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: main
+      image: "{image}"
+      imagePullPolicy: Never
+      args: [{args}]
+      env:
+        - {{name: SPIFFE_ENDPOINT_SOCKET, value: "unix:///spiffe-workload-api/agent.sock"}}
+      volumeMounts:
+        - {{name: spiffe, mountPath: /spiffe-workload-api, readOnly: true}}{out_mount}
+  volumes:
+    - name: spiffe
+      csi: {{driver: csi.signet.dev, readOnly: true}}{out_volume}
+"#
+    )
+}
+
 pub fn kubectl_output(args: &[&str], stdin: Option<&str>) -> Output {
     let mut command = Command::new(kubectl_path());
     command

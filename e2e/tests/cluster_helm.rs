@@ -38,7 +38,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use signet_e2e::cluster::{
-    NodeFiles, kubectl, kubectl_apply, kubectl_output, kubectl_signet, note, pod_field,
+    NodeFiles, helm, kubectl, kubectl_apply, kubectl_output, kubectl_signet, note, pod_field,
     run_to_completion, skip_reason, wait_for_daemonset,
 };
 use signet_e2e::standalone::wait_until_every;
@@ -50,17 +50,6 @@ const APPS: &str = "signet-e2e-apps";
 const TD: &str = "example.org";
 const IMAGES: [&str; 5] = ["operator", "agent", "csi", "mtls-example", "probe"];
 const POLL: Duration = Duration::from_millis(500);
-
-fn helm_path() -> PathBuf {
-    std::env::var_os("SIGNET_E2E_BIN_DIR")
-        .map(|dir| PathBuf::from(dir).join("helm"))
-        .filter(|path| path.is_file())
-        .unwrap_or_else(|| PathBuf::from("helm"))
-}
-
-fn helm(args: &[&str]) -> std::process::Output {
-    Command::new(helm_path()).args(args).output().unwrap()
-}
 
 fn image(name: &str) -> String {
     format!("localhost/signet/{name}:dev")
@@ -214,9 +203,7 @@ spec:
     workloadIdentityLabels: {signet-e2e: [helm]}
 "#;
 
-/// A pod with the Signet CSI volume (socket mode) running `args` from
-/// `image`, with `SPIFFE_ENDPOINT_SOCKET` set; `out` (a host directory) is
-/// mounted at /out when given.
+/// [`signet_e2e::cluster::csi_pod`] in the test's namespace.
 fn csi_pod(
     name: &str,
     sa: &str,
@@ -225,43 +212,7 @@ fn csi_pod(
     out: Option<&Path>,
     restart: &str,
 ) -> String {
-    let args = args
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let (out_mount, out_volume) = match out {
-        Some(dir) => (
-            "\n        - {name: out, mountPath: /out}".to_owned(),
-            format!(
-                "\n    - name: out\n      hostPath: {{path: \"{}\", type: Directory}}",
-                dir.display()
-            ),
-        ),
-        None => (String::new(), String::new()),
-    };
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: {APPS}, labels: {{app: {name}}}}}
-spec:
-  serviceAccountName: {sa}
-  restartPolicy: {restart}
-  terminationGracePeriodSeconds: 1
-  containers:
-    - name: main
-      image: "{image}"
-      imagePullPolicy: Never
-      args: [{args}]
-      env:
-        - {{name: SPIFFE_ENDPOINT_SOCKET, value: "unix:///spiffe-workload-api/agent.sock"}}
-      volumeMounts:
-        - {{name: spiffe, mountPath: /spiffe-workload-api, readOnly: true}}{out_mount}
-  volumes:
-    - name: spiffe
-      csi: {{driver: csi.signet.dev, readOnly: true}}{out_volume}
-"#
-    )
+    signet_e2e::cluster::csi_pod(APPS, name, sa, image, args, out, restart)
 }
 
 /// [`csi_pod`] with the volume in files mode: `svid.pem`, `svid_key.pem`

@@ -729,20 +729,24 @@ impl Worker {
         let Some(offered) = self.offers.get(pod_uid).cloned() else {
             return;
         };
-        let wanted = |donor: &Workload, name: &str, entry: &Entry| {
-            donor.entries.get(name).is_some_and(|o| {
-                o.desired == entry.desired
-                    && o.svid.is_some()
-                    && matches!(o.state, EntryState::Idle)
-            })
+        // The identities the caller wants exactly as they were signed
+        // ahead (same name, SPIFFE ID and fingerprint), with SVIDs in hand.
+        let Some(donor) = self.workloads.get(&offered) else {
+            return;
         };
-        let takes_any = self.workloads.get(&offered).is_some_and(|donor| {
-            fresh
-                .entries
-                .iter()
-                .any(|(name, entry)| wanted(donor, name, entry))
-        });
-        if !takes_any {
+        let taken: Vec<String> = fresh
+            .entries
+            .iter()
+            .filter(|(name, entry)| {
+                donor.entries.get(*name).is_some_and(|o| {
+                    o.desired == entry.desired
+                        && o.svid.is_some()
+                        && matches!(o.state, EntryState::Idle)
+                })
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        if taken.is_empty() {
             return;
         }
         self.offers.remove(pod_uid);
@@ -750,11 +754,10 @@ impl Worker {
             return;
         };
         let mut moved = 0;
-        for (name, entry) in &mut fresh.entries {
-            if !wanted(&donor, name, entry) {
-                continue;
-            }
-            if let Some(offered) = donor.entries.remove(name) {
+        for name in &taken {
+            if let (Some(entry), Some(offered)) =
+                (fresh.entries.get_mut(name), donor.entries.remove(name))
+            {
                 entry.svid = offered.svid;
                 entry.svid_authority = offered.svid_authority;
                 entry.taint_handled = offered.taint_handled;

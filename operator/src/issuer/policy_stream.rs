@@ -270,6 +270,40 @@ mod tests {
             .expect("not an error")
     }
 
+    /// A feed with no Node, no revocations and its own turn, for agents
+    /// that take neither deltas nor parts.
+    fn feed(
+        td: &TrustDomain,
+        policy: watch::Receiver<Arc<PolicyState>>,
+        bundle: watch::Receiver<Arc<PublishedBundle>>,
+    ) -> PolicyFeed {
+        PolicyFeed {
+            trust_domain: td.clone(),
+            policy,
+            bundle,
+            federation: Federation::default(),
+            node: None,
+            revocations: watch::channel(Arc::default()).1,
+            metrics: Arc::new(Metrics::default()),
+            accepts_deltas: false,
+            accepts_parts: false,
+            whole_policy_sends: Arc::new(Semaphore::new(WHOLE_POLICY_SENDS)),
+        }
+    }
+
+    /// Runs `feed` for the joined agent `name`; its updates.
+    fn start(
+        feed: PolicyFeed,
+        td: &TrustDomain,
+        name: &str,
+    ) -> mpsc::Receiver<Result<pb::PolicyUpdate, Status>> {
+        let id =
+            SpiffeId::parse(&format!("spiffe://example.org/signet/agent/join/{name}")).unwrap();
+        let (sender, updates) = mpsc::channel(4);
+        tokio::spawn(feed.run(AgentRecord::from_spiffe_id(&id, td).unwrap(), sender));
+        updates
+    }
+
     fn empty_bundle(td: &TrustDomain) -> Arc<PublishedBundle> {
         Arc::new(PublishedBundle {
             bundle: TrustBundle::new(td.clone()),
@@ -295,16 +329,8 @@ mod tests {
         let (_bundle_tx, bundle) = watch::channel(empty_bundle(&td));
         let (node_tx, node) = watch::channel(None);
         let feed = PolicyFeed {
-            trust_domain: td.clone(),
-            policy,
-            bundle,
-            federation: Federation::default(),
             node: Some(node),
-            revocations: watch::channel(Arc::default()).1,
-            metrics: Arc::new(Metrics::default()),
-            accepts_deltas: false,
-            accepts_parts: false,
-            whole_policy_sends: Arc::new(Semaphore::new(WHOLE_POLICY_SENDS)),
+            ..feed(&td, policy, bundle)
         };
         let id = SpiffeId::parse("spiffe://example.org/signet/agent/k8s/n1").unwrap();
         let agent = AgentRecord::from_spiffe_id(&id, &td).unwrap();
@@ -347,22 +373,10 @@ mod tests {
         let (revocations_tx, revocations) = watch::channel(Arc::new(RevocationList::default()));
         let open = |name: &str| {
             let feed = PolicyFeed {
-                trust_domain: td.clone(),
-                policy: policy.clone(),
-                bundle: bundle.clone(),
-                federation: Federation::default(),
-                node: None,
                 revocations: revocations.clone(),
-                metrics: Arc::new(Metrics::default()),
-                accepts_deltas: false,
-                accepts_parts: false,
-                whole_policy_sends: Arc::new(Semaphore::new(WHOLE_POLICY_SENDS)),
+                ..feed(&td, policy.clone(), bundle.clone())
             };
-            let id =
-                SpiffeId::parse(&format!("spiffe://example.org/signet/agent/join/{name}")).unwrap();
-            let (sender, updates) = mpsc::channel(4);
-            tokio::spawn(feed.run(AgentRecord::from_spiffe_id(&id, &td).unwrap(), sender));
-            updates
+            start(feed, &td, name)
         };
         let mut vm1 = open("vm-1");
         let mut vm2 = open("vm-2");
@@ -414,16 +428,8 @@ mod tests {
         let (bundle_tx, bundle) = watch::channel(empty_bundle(&td));
         let open = |accepts_deltas: bool| {
             let feed = PolicyFeed {
-                trust_domain: td.clone(),
-                policy: policy.clone(),
-                bundle: bundle.clone(),
-                federation: Federation::default(),
-                node: None,
-                revocations: watch::channel(Arc::default()).1,
-                metrics: Arc::new(Metrics::default()),
                 accepts_deltas,
-                accepts_parts: false,
-                whole_policy_sends: Arc::new(Semaphore::new(WHOLE_POLICY_SENDS)),
+                ..feed(&td, policy.clone(), bundle.clone())
             };
             let id = SpiffeId::parse("spiffe://example.org/signet/agent/join/vm").unwrap();
             let (sender, updates) = mpsc::channel(4);
@@ -493,16 +499,9 @@ mod tests {
         let (_policy_tx, policy) = watch::channel(v1.clone());
         let (_bundle_tx, bundle) = watch::channel(empty_bundle(&td));
         let feed = PolicyFeed {
-            trust_domain: td.clone(),
-            policy,
-            bundle,
-            federation: Federation::default(),
-            node: None,
-            revocations: watch::channel(Arc::default()).1,
-            metrics: Arc::new(Metrics::default()),
             accepts_deltas: true,
             accepts_parts: true,
-            whole_policy_sends: Arc::new(Semaphore::new(WHOLE_POLICY_SENDS)),
+            ..feed(&td, policy, bundle)
         };
         let id = SpiffeId::parse("spiffe://example.org/signet/agent/join/vm").unwrap();
         let (sender, mut updates) = mpsc::channel(4);
@@ -564,22 +563,12 @@ mod tests {
         let one_at_a_time = Arc::new(Semaphore::new(1));
         let open = |name: &str| {
             let feed = PolicyFeed {
-                trust_domain: td.clone(),
-                policy: policy.clone(),
-                bundle: bundle.clone(),
-                federation: Federation::default(),
-                node: None,
-                revocations: watch::channel(Arc::default()).1,
-                metrics: Arc::new(Metrics::default()),
                 accepts_deltas: true,
                 accepts_parts: true,
                 whole_policy_sends: one_at_a_time.clone(),
+                ..feed(&td, policy.clone(), bundle.clone())
             };
-            let id =
-                SpiffeId::parse(&format!("spiffe://example.org/signet/agent/join/{name}")).unwrap();
-            let (sender, updates) = mpsc::channel(4);
-            tokio::spawn(feed.run(AgentRecord::from_spiffe_id(&id, &td).unwrap(), sender));
-            updates
+            start(feed, &td, name)
         };
         let mut first = open("first");
         assert!(
