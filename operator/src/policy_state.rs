@@ -181,13 +181,12 @@ fn json_by_name_reusing<T: serde::Serialize + PartialEq>(
     before_json: &BTreeMap<String, Bytes>,
     metadata: impl Fn(&T) -> &kube::api::ObjectMeta,
 ) -> BTreeMap<String, Bytes> {
-    let name_of = |o: &T| metadata(o).name.clone().unwrap_or_default();
     objects
         .iter()
         .filter_map(|o| {
             let name = metadata(o).name.clone()?;
             let unchanged = before
-                .binary_search_by(|b| name_of(b).as_str().cmp(&name))
+                .binary_search_by(|b| metadata(b).name.as_deref().unwrap_or_default().cmp(&name))
                 .ok()
                 .and_then(|at| before.get(at))
                 .is_some_and(|b| b == o);
